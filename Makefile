@@ -1,0 +1,23 @@
+# dimerec-dist: the two commands a new machine needs.
+#   make install   create .venv here and install the pinned stack (tools/install.sh owns the matrix)
+#   make test      the test suite, with line coverage; fails if dimerec_dist/model drops under 90%
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dimerec-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test clean
+
+install: $(STAMP)
+
+# Re-runs only when the install recipe or the package metadata changed.
+$(STAMP): tools/install.sh pyproject.toml
+	VENV=$(VENV) bash tools/install.sh
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest --cov=dimerec_dist --cov-report=term $(PYTEST_ARGS)
+	$(PY) -m coverage report --include='dimerec_dist/model/*' --fail-under=90
+
+clean:
+	rm -rf $(VENV) .pytest_cache .coverage *.egg-info

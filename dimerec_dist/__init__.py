@@ -1,0 +1,1 @@
+"""dimerec-dist."""

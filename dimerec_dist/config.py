@@ -1,0 +1,213 @@
+"""Every knob of a dimerec-dist job, as dataclasses filled from YAML and key=value overrides.
+
+One tree of dataclasses is the single source of truth: the YAML file, the command line
+and the checkpoint all speak it. Unknown keys and out-of-range values are refused with
+a one-line error that names the key and where it came from, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run: the message names the key and its source."""
+
+
+GEM_KINDS = ("comirec_sa", "comirec_dr", "sasrec", "mean", "last_k")
+GUIDANCE_POOLING = ("concat", "attention")
+BETA_SCHEDULES = ("linear", "cosine")
+NOISE_SPACES = ("sphere", "euclidean")
+GRW_NOISE_SCALES = ("angle", "literal")
+REVERSE_NOISE_STDS = ("posterior", "beta_tilde")
+
+
+@dataclass
+class ModelConfig:
+    """The DimeRec model: GEM, DAM, diffusion and loss weights (METHOD.md)."""
+
+    embedding_dim: int = 64
+    max_history: int = 50
+    # GEM
+    gem: str = "comirec_sa"
+    num_interests: int = 4
+    gem_hidden_mult: int = 4  # ComiRec-SA: W1 maps d -> gem_hidden_mult * d
+    routing_iterations: int = 3  # ComiRec-DR
+    sasrec_layers: int = 2
+    sasrec_heads: int = 2
+    dropout: float = 0.1
+    # DAM
+    dam_hidden: int = 256
+    dam_layers: int = 2
+    guidance_pooling: str = "concat"
+    # Diffusion
+    diffusion_steps: int = 50
+    beta_schedule: str = "cosine"  # reaches alphabar_T ~ 0 for any T; linear 1e-4..0.02 needs T ~ 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    noise_space: str = "sphere"  # "sphere": GRW; "euclidean": the paper's "w/o GRW" ablation
+    # "angle": the geodesic angle follows sqrt(1 - alphabar_t), rescaled to reach grw_max_angle at t = T
+    # (pi/2: where a uniform random start of inference lies); "literal": Algorithm 1 as printed, whose
+    # step sqrt(1 - alphabar_t) * |eps| ~ sqrt(d) radians wraps around the sphere.
+    grw_noise_scale: str = "angle"
+    grw_max_angle: float = math.pi / 2
+    reverse_noise_std: str = "posterior"  # sqrt(beta_tilde) (DDPM); "beta_tilde" as Algorithm 2 prints
+    sample_steps: int = 1  # denoising steps at inference, 1..diffusion_steps
+    sample_deterministic: bool = True
+    # Losses: L = w_gem * L_gem + lambda * L_recon + mu * L_ssm; a weight of 0 switches a term off.
+    gem_weight: float = 1.0
+    recon_weight: float = 1.0  # lambda
+    ssm_weight: float = 1.0  # mu
+    temperature: float = 0.07
+    # Cosine logits (unit query and items) inside both sampled softmaxes; False = raw inner products.
+    cosine_logits: bool = True
+
+    def validate(self) -> None:
+        _choice("model.gem", self.gem, GEM_KINDS)
+        _choice("model.guidance_pooling", self.guidance_pooling, GUIDANCE_POOLING)
+        _choice("model.beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        _choice("model.noise_space", self.noise_space, NOISE_SPACES)
+        _choice("model.grw_noise_scale", self.grw_noise_scale, GRW_NOISE_SCALES)
+        _choice("model.reverse_noise_std", self.reverse_noise_std, REVERSE_NOISE_STDS)
+        for key in ("embedding_dim", "max_history", "num_interests", "gem_hidden_mult", "routing_iterations",
+                    "sasrec_layers", "sasrec_heads", "dam_hidden", "dam_layers", "diffusion_steps"):
+            _at_least(f"model.{key}", getattr(self, key), 1)
+        if self.embedding_dim % self.sasrec_heads:
+            raise ConfigError(f"model.sasrec_heads={self.sasrec_heads} must divide model.embedding_dim={self.embedding_dim}")
+        if not 1 <= self.sample_steps <= self.diffusion_steps:
+            raise ConfigError(f"model.sample_steps={self.sample_steps} must lie in 1..model.diffusion_steps={self.diffusion_steps}")
+        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+            raise ConfigError(f"need 0 < model.beta_start ({self.beta_start}) < model.beta_end ({self.beta_end}) < 1")
+        if not 0.0 < self.grw_max_angle <= math.pi:
+            raise ConfigError(f"model.grw_max_angle={self.grw_max_angle} must lie in (0, pi]")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
+        if self.temperature <= 0:
+            raise ConfigError(f"model.temperature={self.temperature} must be > 0")
+        for key in ("gem_weight", "recon_weight", "ssm_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 0")
+        if self.gem_weight == self.recon_weight == self.ssm_weight == 0:
+            raise ConfigError("model.gem_weight, recon_weight and ssm_weight are all 0: nothing to train")
+
+
+@dataclass
+class JobConfig:
+    """The whole job. Sections are added here as the trainer grows (data, train, eval, ...)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.model.validate()
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} must be >= {low}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, raw: Any, kind: Any, source: str) -> Any:
+    """Turn a YAML value or an override string into the field's type, or say why not."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return raw.lower() in ("true", "1", "yes")
+    elif kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+            return str(raw)
+    else:
+        return raw
+    raise ConfigError(f"{source}: {key}={raw!r} is not a valid {getattr(kind, '__name__', kind)}")
+
+
+def apply_mapping(obj: Any, values: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Fill the dataclass `obj` in place from a nested mapping; unknown keys are errors."""
+    types = _field_types(type(obj))
+    for key, raw in values.items():
+        path = f"{prefix}{key}"
+        if key not in types:
+            known = ", ".join(sorted(types))
+            raise ConfigError(f"{source}: unknown key {path!r} (known here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{source}: {path} must be a section (a mapping), got {raw!r}")
+            apply_mapping(current, raw, source, prefix=f"{path}.")
+        else:
+            setattr(obj, key, _coerce(path, raw, types[key], source))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'model.num_interests=8' -> {'model': {'num_interests': '8'}}."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    dotted, value = text.split("=", 1)
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Defaults, then the YAML file, then each override in order; validated at the end."""
+    import yaml
+
+    config = JobConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        apply_mapping(config, values, str(path))
+    for text in overrides:
+        apply_mapping(config, parse_override(text), f"override {text!r}")
+    config.validate()
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

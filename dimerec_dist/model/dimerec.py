@@ -1,0 +1,133 @@
+"""DimeRec: GEM + DAM + diffusion, trained on L_gem + lambda L_recon + mu L_ssm.
+
+The model owns no item table. The caller looks up embeddings (from a plain table, or
+from a table TorchRec shards over ranks) and passes tensors in; the model returns
+losses for training and a unit query vector for retrieval. Nothing here knows about
+torch.distributed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dimerec_dist.config import ModelConfig
+from dimerec_dist.model.dam import DAM
+from dimerec_dist.model.diffusion import (DiffusionSchedule, beta_schedule, euclidean_forward, grw_forward,
+                                          normalize, reverse_sample)
+from dimerec_dist.model.gem import build_gem, hard_readout
+from dimerec_dist.model.losses import reconstruction_loss, sampled_softmax_loss
+
+
+@dataclass
+class DimeRecLosses:
+    total: Tensor
+    gem: Tensor
+    recon: Tensor
+    ssm: Tensor
+
+    def scalars(self) -> dict[str, float]:
+        return {"loss/total": self.total.item(), "loss/gem": self.gem.item(), "loss/recon": self.recon.item(),
+                "loss/ssm": self.ssm.item()}
+
+
+@dataclass
+class NoiseDraw:
+    """The random part of one training step, drawn outside so a distributed trainer can
+    draw it for the global batch and give each rank its slice."""
+
+    t: Tensor  # (B,) steps in 1..T
+    noise: Tensor  # (B, d) standard normal
+
+    @staticmethod
+    def draw(batch: int, dim: int, steps: int, generator: torch.Generator | None = None,
+             device: torch.device | str = "cpu") -> "NoiseDraw":
+        t = torch.randint(1, steps + 1, (batch,), generator=generator, device=device)
+        return NoiseDraw(t, torch.randn(batch, dim, generator=generator, device=device))
+
+
+class DimeRec(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        self.gem = build_gem(c.gem, c.embedding_dim, c.num_interests, c.max_history, hidden_mult=c.gem_hidden_mult,
+                             routing_iterations=c.routing_iterations, sasrec_layers=c.sasrec_layers,
+                             sasrec_heads=c.sasrec_heads, dropout=c.dropout)
+        self.dam = DAM(c.embedding_dim, c.num_interests, c.diffusion_steps, c.dam_hidden, c.dam_layers,
+                       c.guidance_pooling)
+        self.schedule = DiffusionSchedule(beta_schedule(c.beta_schedule, c.diffusion_steps, c.beta_start, c.beta_end))
+
+    # ------------------------------------------------------------------ training
+
+    def diffuse(self, target: Tensor, draw: NoiseDraw) -> tuple[Tensor, Tensor]:
+        """(x0, x_t) for the target embeddings: GRW on the sphere, or Euclidean DDPM noise."""
+        c = self.config
+        if c.noise_space == "sphere":
+            x0 = normalize(target)
+            return x0, grw_forward(x0, draw.t, self.schedule, draw.noise, c.grw_noise_scale, c.grw_max_angle)
+        return target, euclidean_forward(target, draw.t, self.schedule, draw.noise)
+
+    def forward(self, history: Tensor, mask: Tensor, target: Tensor, target_ids: Tensor, negatives: Tensor,
+                negative_ids: Tensor, *, draw: NoiseDraw | None = None, target_log_q: Tensor | None = None,
+                negative_log_q: Tensor | None = None, generator: torch.Generator | None = None,
+                reduction: str = "mean") -> DimeRecLosses:
+        """The three losses for one batch.
+
+        history (B, N, d) and mask (B, N): the embedded history; target (B, d) and
+        target_ids (B,): the next item; negatives (M, d) or (B, M, d) with their ids.
+        A loss whose weight is 0 is not computed (reported as 0).
+        """
+        c = self.config
+        softmax = dict(temperature=c.temperature, cosine=c.cosine_logits, target_log_q=target_log_q,
+                       negative_log_q=negative_log_q, reduction=reduction)
+        zero = target.new_zeros(())
+        guidance = self.gem(history, mask)
+
+        gem_loss = zero
+        if c.gem_weight > 0:
+            chosen = hard_readout(guidance, target, cosine=c.cosine_logits)
+            gem_loss = sampled_softmax_loss(chosen, target, negatives, target_ids, negative_ids, **softmax)
+
+        recon = ssm = zero
+        if c.recon_weight > 0 or c.ssm_weight > 0:
+            if draw is None:
+                draw = NoiseDraw.draw(target.shape[0], target.shape[1], c.diffusion_steps, generator, target.device)
+            x0, x_t = self.diffuse(target, draw)
+            x0_hat = self.dam(x_t, draw.t, guidance)
+            if c.recon_weight > 0:
+                recon = reconstruction_loss(x0, x0_hat, reduction)
+            if c.ssm_weight > 0:
+                ssm = sampled_softmax_loss(x0_hat, target, negatives, target_ids, negative_ids, **softmax)
+
+        total = c.gem_weight * gem_loss + c.recon_weight * recon + c.ssm_weight * ssm
+        return DimeRecLosses(total=total, gem=gem_loss, recon=recon, ssm=ssm)
+
+    # ------------------------------------------------------------------ inference
+
+    def interests(self, history: Tensor, mask: Tensor) -> Tensor:
+        """The GEM's K interests (B, K, d), for GEM-only retrieval and diagnostics."""
+        return self.gem(history, mask)
+
+    @torch.no_grad()
+    def user_embedding(self, history: Tensor, mask: Tensor, *, steps: int | None = None,
+                       deterministic: bool | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """The generated next interest e_u (B, d) (Algorithm 2); unit norm on the sphere."""
+        c = self.config
+        guidance = self.gem(history, mask)
+        return reverse_sample(lambda x, t: self.dam(x, t, guidance), history.shape[0], c.embedding_dim,
+                              self.schedule, c.sample_steps if steps is None else steps,
+                              c.sample_deterministic if deterministic is None else deterministic,
+                              space=c.noise_space, noise_std=c.reverse_noise_std, generator=generator,
+                              device=history.device)
+
+    def item_scores(self, query: Tensor, items: Tensor) -> Tensor:
+        """Retrieval scores (B, M) of queries against item embeddings, in the space the softmaxes trained."""
+        if self.config.cosine_logits:
+            query, items = F.normalize(query, dim=-1), F.normalize(items, dim=-1)
+        return query @ items.T
+

@@ -1,0 +1,207 @@
+"""Guidance Extraction Modules: a user's history (B, N, d) -> K interest vectors (B, K, d).
+
+Every variant takes the history's item embeddings and a boolean mask (True = a real
+item). Histories are left-aligned: position 0 is the oldest item kept, padding follows
+the last real item. Padded positions never contribute to the guidance.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def check_history(history: Tensor, mask: Tensor) -> Tensor:
+    """Validate shapes and non-empty histories; return the length of each history (B,)."""
+    if history.dim() != 3 or mask.shape != history.shape[:2]:
+        raise ValueError(f"history must be (B, N, d) with a (B, N) mask, got {tuple(history.shape)} "
+                         f"and {tuple(mask.shape)}")
+    lengths = mask.sum(dim=1)
+    if bool((lengths == 0).any()):
+        empty = torch.nonzero(lengths == 0).flatten()[:5].tolist()
+        raise ValueError(f"empty history in batch rows {empty}: every sample needs at least one item")
+    return lengths
+
+
+def recency_positions(mask: Tensor) -> Tensor:
+    """0 for the most recent real item, 1 for the one before, ...; padding gets 0 too.
+
+    Counting from the most recent item gives a position the same meaning whatever the
+    length of the history, which matters when long histories are cut to the last N.
+    """
+    lengths = mask.sum(dim=1, keepdim=True)
+    index = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    return (lengths - 1 - index).clamp(min=0)
+
+
+def masked_softmax(scores: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Softmax over `dim` where masked-out entries get exactly zero weight."""
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=dim) * mask
+
+
+class ComiRecSA(nn.Module):
+    """ComiRec-SA (Cen et al. 2020): K attention heads over the history.
+
+    A = softmax_positions(W2 tanh(W1 (H + P))), g = A^T H. The weighted sum uses H
+    without the position embedding, as in ComiRec's own code.
+    """
+
+    def __init__(self, dim: int, num_interests: int, max_history: int, hidden_mult: int = 4):
+        super().__init__()
+        self.num_interests = num_interests
+        self.positions = nn.Embedding(max_history, dim)
+        self.w1 = nn.Linear(dim, hidden_mult * dim)
+        self.w2 = nn.Linear(hidden_mult * dim, num_interests)
+        nn.init.normal_(self.positions.weight, std=0.02)
+
+    def attention(self, history: Tensor, mask: Tensor) -> Tensor:
+        """(B, N, K) attention weights; zero on padding, each column sums to 1 over positions."""
+        keyed = history + self.positions(recency_positions(mask))
+        scores = self.w2(torch.tanh(self.w1(keyed)))
+        return masked_softmax(scores, mask.unsqueeze(-1), dim=1)
+
+    def forward(self, history: Tensor, mask: Tensor) -> Tensor:
+        check_history(history, mask)
+        return torch.einsum("bnk,bnd->bkd", self.attention(history, mask), history)
+
+
+def squash(s: Tensor) -> Tensor:
+    """Capsule non-linearity: keeps the direction, maps the norm into [0, 1)."""
+    sq = (s * s).sum(-1, keepdim=True)
+    return sq / (1 + sq) * s / (sq + 1e-9).sqrt()
+
+
+class ComiRecDR(nn.Module):
+    """ComiRec-DR / MIND-style dynamic routing: K capsules over the history.
+
+    Each interest has its own bilinear map of the items; routing logits start at zero
+    (deterministic) and are refined `iterations` times. As in ComiRec, the prediction
+    vectors are detached in all but the last iteration so routing does not backprop.
+    """
+
+    def __init__(self, dim: int, num_interests: int, iterations: int = 3):
+        super().__init__()
+        self.num_interests = num_interests
+        self.iterations = iterations
+        self.maps = nn.Linear(dim, num_interests * dim, bias=False)
+
+    def forward(self, history: Tensor, mask: Tensor) -> Tensor:
+        check_history(history, mask)
+        b, n, d = history.shape
+        predictions = self.maps(history).view(b, n, self.num_interests, d).transpose(1, 2)  # B,K,N,d
+        logits = history.new_zeros(b, self.num_interests, n)
+        keep = mask.unsqueeze(1).to(history.dtype)  # B,1,N
+        for it in range(self.iterations):
+            last = it == self.iterations - 1
+            u = predictions if last else predictions.detach()
+            coupling = torch.softmax(logits, dim=1) * keep  # each item spreads over interests
+            interests = squash(torch.einsum("bkn,bknd->bkd", coupling, u))
+            if not last:
+                logits = logits + torch.einsum("bknd,bkd->bkn", u, interests)
+        return interests
+
+
+def gather_recent(history: Tensor, lengths: Tensor, count: int) -> Tensor:
+    """The embeddings of the last `count` real items, most recent first (B, count, d).
+
+    A history shorter than `count` repeats its oldest item in the missing slots, so every
+    slot holds a real item.
+    """
+    back = torch.arange(count, device=history.device).unsqueeze(0)
+    index = (lengths.unsqueeze(1) - 1 - back).clamp(min=0)
+    return torch.gather(history, 1, index.unsqueeze(-1).expand(-1, -1, history.shape[-1]))
+
+
+class SASRecGEM(nn.Module):
+    """SASRec (Kang & McAuley 2018) as a GEM: a causal transformer over the history.
+
+    The output at position i summarises items 0..i; the K guidance vectors are the
+    outputs at the K most recent positions (the user's state after each of the last
+    K interactions).
+    """
+
+    def __init__(self, dim: int, num_interests: int, max_history: int, layers: int = 2, heads: int = 2,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.num_interests = num_interests
+        self.positions = nn.Embedding(max_history, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.normal_(self.positions.weight, std=0.02)
+
+    def forward(self, history: Tensor, mask: Tensor) -> Tensor:
+        lengths = check_history(history, mask)
+        n = history.shape[1]
+        # Causal order runs oldest -> newest, so this position code counts from the start.
+        x = self.dropout(history + self.positions.weight[:n].unsqueeze(0)) * mask.unsqueeze(-1)
+        causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=history.device), diagonal=1)
+        hidden = self.norm(self.encoder(x, mask=causal, src_key_padding_mask=~mask))
+        return gather_recent(hidden, lengths, self.num_interests)
+
+
+class MeanPoolGEM(nn.Module):
+    """YouTube-DNN-like pooling: the mean of the history through an MLP with K output heads."""
+
+    def __init__(self, dim: int, num_interests: int):
+        super().__init__()
+        self.num_interests = num_interests
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, num_interests * dim))
+
+    def forward(self, history: Tensor, mask: Tensor) -> Tensor:
+        lengths = check_history(history, mask)
+        weights = mask.to(history.dtype).unsqueeze(-1)
+        mean = (history * weights).sum(1) / lengths.unsqueeze(-1).to(history.dtype)
+        return self.mlp(mean).view(history.shape[0], self.num_interests, history.shape[-1])
+
+
+class LastKGEM(nn.Module):
+    """Rule-based guidance: the embeddings of the K most recent items; no parameters."""
+
+    def __init__(self, num_interests: int):
+        super().__init__()
+        self.num_interests = num_interests
+
+    def forward(self, history: Tensor, mask: Tensor) -> Tensor:
+        return gather_recent(history, check_history(history, mask), self.num_interests)
+
+
+def build_gem(kind: str, dim: int, num_interests: int, max_history: int, *, hidden_mult: int = 4,
+              routing_iterations: int = 3, sasrec_layers: int = 2, sasrec_heads: int = 2,
+              dropout: float = 0.1) -> nn.Module:
+    if kind == "comirec_sa":
+        return ComiRecSA(dim, num_interests, max_history, hidden_mult)
+    if kind == "comirec_dr":
+        return ComiRecDR(dim, num_interests, routing_iterations)
+    if kind == "sasrec":
+        return SASRecGEM(dim, num_interests, max_history, sasrec_layers, sasrec_heads, dropout)
+    if kind == "mean":
+        return MeanPoolGEM(dim, num_interests)
+    if kind == "last_k":
+        return LastKGEM(num_interests)
+    raise ValueError(f"unknown GEM {kind!r}")
+
+
+def hard_readout(guidance: Tensor, target: Tensor, cosine: bool = False) -> Tensor:
+    """ComiRec's hard readout for L_gem: the interest with the largest inner product with the target.
+
+    guidance (B, K, d), target (B, d) -> (B, d). With `cosine` the choice is made between
+    unit interests (matching cosine logits), but the raw interest is returned. The argmax
+    is not differentiated; the gradient flows into the chosen interest only.
+    """
+    keys = F.normalize(guidance, dim=-1) if cosine else guidance
+    choice = torch.einsum("bkd,bd->bk", keys, target).argmax(dim=1)
+    return guidance[torch.arange(guidance.shape[0], device=guidance.device), choice]
+
+
+def interest_scores(guidance: Tensor, items: Tensor) -> Tensor:
+    """Retrieval with a GEM alone: an item's score is its best inner product over the K interests."""
+    return torch.einsum("bkd,md->bkm", guidance, items).amax(dim=1)
+
+
+__all__ = ["ComiRecSA", "ComiRecDR", "SASRecGEM", "MeanPoolGEM", "LastKGEM", "build_gem", "hard_readout",
+           "interest_scores", "check_history", "masked_softmax"]

@@ -1,0 +1,73 @@
+"""Configuration: YAML + overrides, one-line errors naming the key and where it came from."""
+
+import pytest
+
+from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config, parse_override
+
+
+def write(tmp_path, text):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_validate_and_round_trip_to_a_dict():
+    config = load_config()
+    assert config.model.gem == "comirec_sa"
+    assert config_to_dict(config)["model"]["num_interests"] == 4
+
+
+def test_yaml_then_overrides_in_order(tmp_path):
+    path = write(tmp_path, "model:\n  num_interests: 8\n  gem: comirec_dr\nseed: 3\n")
+    config = load_config(path, ["model.num_interests=2", "model.cosine_logits=false", "model.temperature=0.1"])
+    assert (config.model.num_interests, config.model.gem, config.seed) == (2, "comirec_dr", 3)
+    assert config.model.cosine_logits is False and config.model.temperature == 0.1
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("model:\n  num_interest: 4\n", r"job.yaml: unknown key 'model.num_interest'"),
+    ("modle:\n  gem: x\n", r"unknown key 'modle'"),
+    ("model: 3\n", r"model must be a section"),
+    ("model:\n  num_interests: four\n", r"model.num_interests='four' is not a valid int"),
+    ("model:\n  cosine_logits: maybe\n", r"not a valid bool"),
+    ("- a\n- b\n", r"top level must be a mapping"),
+    ("model: [unclosed\n", r"not valid YAML"),
+])
+def test_bad_files_give_one_line_errors_naming_key_and_file(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("model.gem=gru", r"model.gem='gru' is not one of"),
+    ("model.num_interests=0", r"model.num_interests=0 must be >= 1"),
+    ("model.sample_steps=99", r"sample_steps=99 must lie in 1..model.diffusion_steps=50"),
+    ("model.temperature=0", r"temperature=0.0 must be > 0"),
+    ("model.beta_start=0.5", r"beta_start"),
+    ("model.dropout=1.5", r"dropout=1.5"),
+    ("model.grw_max_angle=4", r"grw_max_angle"),
+    ("model.recon_weight=-1", r"recon_weight=-1.0 must be >= 0"),
+    ("model.sasrec_heads=3", r"must divide model.embedding_dim"),
+    ("model.no_such=1", r"override 'model.no_such=1': unknown key"),
+    ("seed", r"is not key=value"),
+])
+def test_out_of_range_and_unknown_overrides_are_refused(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [override])
+
+
+def test_all_loss_weights_zero_is_refused():
+    with pytest.raises(ConfigError, match="nothing to train"):
+        load_config(None, ["model.gem_weight=0", "model.recon_weight=0", "model.ssm_weight=0"])
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_parse_override_nests_dotted_keys():
+    assert parse_override("model.gem=sasrec") == {"model": {"gem": "sasrec"}}
+    assert parse_override("seed=4") == {"seed": "4"}
+    assert isinstance(JobConfig().model.num_interests, int)
