@@ -96,15 +96,121 @@ class ModelConfig:
             raise ConfigError("model.gem_weight, recon_weight and ssm_weight are all 0: nothing to train")
 
 
+DATA_SOURCES = ("prepared", "raw", "synthetic")
+RAW_FORMATS = ("movielens", "pairs", "sequences", "events")
+SAMPLE_MODES = ("all", "random_cut")
+NEGATIVE_SAMPLERS = ("uniform", "popularity")
+SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
+SHARDING = ("row_wise", "table_wise", "column_wise")
+QUERY_MODES = ("auto", "dam", "gem")
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared dataset is, or how to make it on first use."""
+
+    # prepared: `path` holds a dimerec-prepare output. raw: prepare `raw_path` (of `raw_format`) into
+    # `path`. synthetic: generate a short-video log, then prepare it into `path`.
+    source: str = "synthetic"  # the default job needs no data at all
+    path: str = ""  # empty: <run_dir>/data
+    raw_path: str = ""
+    raw_format: str = "sequences"
+    kcore: int = 0
+    synth_users: int = 5000
+    synth_items: int = 2000
+    synth_events: int = 200_000
+    synth_seed: int = 0
+    sample_mode: str = "all"  # every position of each training prefix, or ComiRec's one random cut per user
+
+    def validate(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        _choice("data.raw_format", self.raw_format, RAW_FORMATS)
+        _choice("data.sample_mode", self.sample_mode, SAMPLE_MODES)
+        if self.source == "prepared" and not self.path:
+            raise ConfigError("data.source=prepared needs data.path (a dimerec-prepare output directory)")
+        if self.source == "raw" and not self.raw_path:
+            raise ConfigError("data.source=raw needs data.raw_path")
+        for key in ("synth_users", "synth_items", "synth_events"):
+            _at_least(f"data.{key}", getattr(self, key), 1)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256  # global: split evenly over ranks
+    epochs: int = 10
+    max_steps: int = 0  # > 0: stop after this many steps, whatever the epochs
+    dense_lr: float = 1e-3  # Adam on GEM and DAM
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # max global norm of dense gradients; 0: off
+    sparse_optimizer: str = "rowwise_adagrad"  # fused into the table's backward; adam is GPU-only
+    sparse_lr: float = 0.05
+    embedding_init: float = 0.1  # table rows start U(-x, x)
+    negatives: int = 1024  # shared by every sample of a step
+    negative_sampler: str = "uniform"
+    popularity_alpha: float = 0.75
+    logq_correction: bool = True  # only changes anything with the popularity sampler
+    log_every: int = 50
+    eval_every_epochs: int = 1  # 0: evaluate only at the end
+    threads: int = 0  # torch intra-op threads per rank; 0: leave torch's default
+    device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        for key in ("batch_size", "epochs", "negatives", "log_every"):
+            _at_least(f"train.{key}", getattr(self, key), 1)
+        for key in ("max_steps", "warmup_steps", "eval_every_epochs", "threads"):
+            _at_least(f"train.{key}", getattr(self, key), 0)
+        for key in ("dense_lr", "sparse_lr", "embedding_init"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        _choice("train.sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS)
+        _choice("train.negative_sampler", self.negative_sampler, NEGATIVE_SAMPLERS)
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass
+class ShardingConfig:
+    type: str = "row_wise"
+
+    def validate(self) -> None:
+        _choice("sharding.type", self.type, SHARDING)
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50])
+    batch_size: int = 256  # users per rank per step
+    exclude_seen: bool = True  # the literature's protocol: never recommend what the user has seen
+    query: str = "auto"  # dam: the generated interest; gem: best of the K interests; auto: dam unless GEM-only
+
+    def validate(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"eval.ks={self.ks} must be a non-empty list of positive integers")
+        _at_least("eval.batch_size", self.batch_size, 1)
+        _choice("eval.query", self.query, QUERY_MODES)
+
+
 @dataclass
 class JobConfig:
-    """The whole job. Sections are added here as the trainer grows (data, train, eval, ...)."""
+    """The whole job: one YAML file's sections."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
 
     def validate(self) -> None:
-        self.model.validate()
+        for section in (self.model, self.data, self.train, self.sharding, self.eval):
+            section.validate()
+
+    def query_mode(self) -> str:
+        if self.eval.query != "auto":
+            return self.eval.query
+        return "gem" if self.model.recon_weight == 0 and self.model.ssm_weight == 0 else "dam"
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -148,6 +254,11 @@ def _coerce(key: str, raw: Any, kind: Any, source: str) -> Any:
                 return float(raw)
             except ValueError:
                 pass
+    elif typing.get_origin(kind) is list:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if isinstance(items, list):
+            (inner,) = typing.get_args(kind)
+            return [_coerce(f"{key}[{i}]", item, inner, source) for i, item in enumerate(items)]
     elif kind is str:
         if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
             return str(raw)

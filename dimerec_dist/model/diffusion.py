@@ -137,13 +137,15 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t (B,d), t (B,)) -> x0_hat (
 @torch.no_grad()
 def reverse_sample(denoise: Denoiser, batch: int, dim: int, schedule: DiffusionSchedule, steps: int,
                    deterministic: bool = True, space: str = "sphere", noise_std: str = "posterior",
-                   generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+                   generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                   start: Tensor | None = None) -> Tensor:
     """Algorithm 2 with any number of steps from 1 to T.
 
     Starts from x_T (uniform on the sphere, or N(0, I) in Euclidean space) and walks the
     chosen sub-sequence of steps with the DDPM posterior between consecutive ones. On the
     sphere every intermediate point is renormalised. `deterministic` drops the posterior
-    noise; x_T still comes from `generator`, so a seeded generator repeats exactly.
+    noise; x_T comes from `generator` (or is given as `start`, e.g. drawn per user so a
+    user's query does not depend on its batch), so a seeded call repeats exactly.
     `noise_std`: "posterior" uses sqrt(beta_tilde) (DDPM), "beta_tilde" uses beta_tilde
     itself, as Algorithm 2 prints it.
     """
@@ -151,7 +153,7 @@ def reverse_sample(denoise: Denoiser, batch: int, dim: int, schedule: DiffusionS
         raise ValueError(f"unknown noise space {space!r}")
     if noise_std not in ("posterior", "beta_tilde"):
         raise ValueError(f"unknown reverse noise std {noise_std!r} (posterior or beta_tilde)")
-    x = torch.randn(batch, dim, generator=generator, device=device)
+    x = torch.randn(batch, dim, generator=generator, device=device) if start is None else start
     if space == "sphere":
         x = normalize(x)
     timesteps = sample_timesteps(schedule.steps, steps) + [0]

@@ -115,15 +115,18 @@ class DimeRec(nn.Module):
 
     @torch.no_grad()
     def user_embedding(self, history: Tensor, mask: Tensor, *, steps: int | None = None,
-                       deterministic: bool | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """The generated next interest e_u (B, d) (Algorithm 2); unit norm on the sphere."""
+                       deterministic: bool | None = None, generator: torch.Generator | None = None,
+                       start: Tensor | None = None) -> Tensor:
+        """The generated next interest e_u (B, d) (Algorithm 2); unit norm on the sphere.
+
+        `start` (B, d) fixes x_T; otherwise it is drawn from `generator`."""
         c = self.config
         guidance = self.gem(history, mask)
         return reverse_sample(lambda x, t: self.dam(x, t, guidance), history.shape[0], c.embedding_dim,
                               self.schedule, c.sample_steps if steps is None else steps,
                               c.sample_deterministic if deterministic is None else deterministic,
                               space=c.noise_space, noise_std=c.reverse_noise_std, generator=generator,
-                              device=history.device)
+                              device=history.device, start=start)
 
     def item_scores(self, query: Tensor, items: Tensor) -> Tensor:
         """Retrieval scores (B, M) of queries against item embeddings, in the space the softmaxes trained."""

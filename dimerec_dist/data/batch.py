@@ -1,0 +1,87 @@
+"""One rank's batch: ids as a KeyedJaggedTensor for the sharded item table, plus negatives.
+
+The item table serves three features: the history (jagged), the target (one id per
+sample) and the step's shared negatives (all attached to the first sample, so the
+table looks them up once per rank). Jagged values come straight from the padded ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dimerec_dist.data.samples import HistoryBatch
+
+FEATURES = ("history", "target", "negatives")
+
+
+@dataclass
+class Batch:
+    kjt: KeyedJaggedTensor
+    mask: torch.Tensor  # (B, N) True on real history positions
+    target_ids: torch.Tensor  # (B,)
+    negative_ids: torch.Tensor  # (M,)
+    negative_log_q: torch.Tensor | None  # (M,) log expected count, for logQ correction
+    target_log_q: torch.Tensor | None  # (B,)
+
+    @property
+    def size(self) -> int:
+        return int(self.target_ids.shape[0])
+
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(self.kjt.to(device), move(self.mask), move(self.target_ids), move(self.negative_ids),
+                     move(self.negative_log_q), move(self.target_log_q))
+
+
+def make_batch(history: HistoryBatch, targets: np.ndarray, negative_ids: np.ndarray,
+               log_q: np.ndarray | None = None) -> Batch:
+    size, width = history.ids.shape
+    mask = np.arange(width)[None, :] < history.lengths[:, None]
+    history_values = history.ids[mask]  # row-major: each row's items in order
+    negative_lengths = np.zeros(size, np.int64)
+    if size:
+        negative_lengths[0] = len(negative_ids)
+    values = np.concatenate([history_values, targets, negative_ids]).astype(np.int64)
+    lengths = np.concatenate([history.lengths, np.ones(size, np.int64), negative_lengths])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(FEATURES), values=torch.from_numpy(values),
+                                              lengths=torch.from_numpy(lengths.astype(np.int32)))
+    return Batch(kjt=kjt, mask=torch.from_numpy(mask), target_ids=torch.from_numpy(targets.astype(np.int64)),
+                 negative_ids=torch.from_numpy(negative_ids.astype(np.int64)),
+                 negative_log_q=None if log_q is None else torch.from_numpy(log_q[negative_ids].astype(np.float32)),
+                 target_log_q=None if log_q is None else torch.from_numpy(log_q[targets].astype(np.float32)))
+
+
+class NegativeSampler:
+    """Negatives shared by every sample of a step, drawn identically on every rank.
+
+    `uniform` over items 1..I, or `popularity`: proportional to count ** alpha. The draw
+    depends only on (seed, epoch, step), so world sizes 1 and N see the same negatives.
+    `log_q` is log(M * q_i), the expected count of item i among the M draws (the logQ
+    correction of sampled softmax).
+    """
+
+    def __init__(self, kind: str, num_items: int, count: int, popularity: np.ndarray | None = None,
+                 alpha: float = 0.75, seed: int = 0):
+        if kind not in ("uniform", "popularity"):
+            raise ValueError(f"unknown negative sampler {kind!r} (uniform or popularity)")
+        self.kind, self.num_items, self.count, self.seed = kind, num_items, count, seed
+        if kind == "popularity":
+            if popularity is None or len(popularity) != num_items:
+                raise ValueError("the popularity sampler needs one count per item")
+            weights = np.power(popularity.astype(np.float64) + 1.0, alpha)  # +1: every item can be drawn
+            q = weights / weights.sum()
+            self.cdf = np.cumsum(q)
+            q_full = np.concatenate([[1.0], q])  # index 0 (padding) is never drawn
+        else:
+            q_full = np.full(num_items + 1, 1.0 / num_items)
+        self.log_q = np.log(count * q_full)
+
+    def draw(self, epoch: int, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, step, 0x9E6])
+        if self.kind == "uniform":
+            return rng.integers(1, self.num_items + 1, self.count)
+        return 1 + np.minimum(np.searchsorted(self.cdf, rng.random(self.count)), self.num_items - 1)

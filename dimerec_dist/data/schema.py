@@ -1,0 +1,146 @@
+"""The prepared-dataset format: manifest.json, items.parquet and the split shards.
+
+Written by `dimerec-prepare`, read by the trainer. docs/DATA.md describes it for people;
+this file is the one place that describes it for code. Readers check what they load
+(schema, checksums, id ranges) and name the file and row of anything wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+PADDING_ID = 0  # item id 0 is never a real item: it pads histories
+
+ITEMS_SCHEMA = pa.schema([("item_id", pa.int64()), ("raw_id", pa.string()), ("popularity", pa.int64())])
+TRAIN_SCHEMA = pa.schema([("user", pa.int64()), ("raw_user", pa.string()), ("items", pa.list_(pa.int64()))])
+EVAL_SCHEMA = pa.schema([("user", pa.int64()), ("history", pa.list_(pa.int64())), ("target", pa.int64())])
+SPLIT_SCHEMAS = {"train": TRAIN_SCHEMA, "valid": EVAL_SCHEMA, "test": EVAL_SCHEMA}
+
+
+class DataError(ValueError):
+    """Input data that cannot be used: the message names the file and, where known, the row or line."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Manifest:
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def num_items(self) -> int:
+        """Real items; the table has num_items + 1 rows (row 0 is padding)."""
+        return int(self.data["counts"]["items"])
+
+    @property
+    def num_users(self) -> int:
+        return int(self.data["counts"]["users"])
+
+    def split_files(self, split: str) -> list[Path]:
+        if split not in self.data["files"]:
+            raise DataError(f"{self.root / 'manifest.json'}: no split {split!r} (has {sorted(self.data['files'])})")
+        return [self.root / entry["path"] for entry in self.data["files"][split]]
+
+    @staticmethod
+    def load(root: str | Path, verify_checksums: bool = True) -> "Manifest":
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.is_file():
+            raise DataError(f"{path} does not exist: run dimerec-prepare first, or check data.path")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from None
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DataError(f"{path}: schema_version {version!r}, this build reads {SCHEMA_VERSION}")
+        manifest = Manifest(root, data)
+        for split, entries in [("items", [data["items"]])] + list(data["files"].items()):
+            for entry in entries:
+                file = root / entry["path"]
+                if not file.is_file():
+                    raise DataError(f"{path}: {split} file {entry['path']} is listed but missing")
+                if verify_checksums and sha256_of(file) != entry["sha256"]:
+                    raise DataError(f"{file}: checksum differs from {path} (file changed or truncated)")
+        return manifest
+
+
+def write_parquet(table: pa.Table, root: Path, relative: str, row_group_size: int) -> dict[str, Any]:
+    """Write one shard and return its manifest entry (path relative to the dataset root)."""
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_size, compression="zstd")
+    return {"path": relative, "rows": table.num_rows, "sha256": sha256_of(path)}
+
+
+def read_split(manifest: Manifest, split: str) -> pa.Table:
+    """All shards of a split, schema- and range-checked."""
+    expected = SPLIT_SCHEMAS[split]
+    tables = []
+    for file in manifest.split_files(split):
+        try:
+            table = pq.read_table(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{file}: cannot read Parquet ({exc})") from None
+        if not table.schema.equals(expected, check_metadata=False):
+            raise DataError(f"{file}: schema {table.schema.to_string(show_schema_metadata=False)!r} "
+                            f"is not the {split} schema {expected.to_string()!r}".replace("\n", "; "))
+        check_item_ids(table, manifest.num_items, file)
+        tables.append(table)
+    return pa.concat_tables(tables) if tables else expected.empty_table()
+
+
+def check_item_ids(table: pa.Table, num_items: int, file: Path) -> None:
+    """Every item id must be a real item: 1..num_items, never null."""
+    for column in ("items", "history", "target"):
+        if column not in table.column_names:
+            continue
+        array = table.column(column).combine_chunks()
+        values = array.flatten() if pa.types.is_list(array.type) else array
+        if values.null_count or array.null_count:
+            row = _first_row(array, lambda a: np.asarray(a.is_null().to_numpy(zero_copy_only=False)))
+            raise DataError(f"{file}: null in column {column!r} at row {row}")
+        ids = values.to_numpy()
+        bad = (ids < 1) | (ids > num_items)
+        if bad.any():
+            flat_index = int(np.argmax(bad))
+            row = _row_of_flat_index(array, flat_index) if pa.types.is_list(array.type) else flat_index
+            raise DataError(f"{file}: column {column!r} row {row} holds item id {int(ids[flat_index])}, "
+                            f"outside the manifest's 1..{num_items}")
+        if pa.types.is_list(array.type):
+            lengths = np.asarray(array.value_lengths().to_numpy(zero_copy_only=False))
+            if (lengths == 0).any():
+                raise DataError(f"{file}: column {column!r} row {int(np.argmax(lengths == 0))} is an empty list")
+
+
+def _first_row(array: pa.Array, is_null) -> int:
+    mask = is_null(array)
+    if mask.any():
+        return int(np.argmax(mask))
+    flat_index = int(np.argmax(is_null(array.flatten())))
+    return _row_of_flat_index(array, flat_index)
+
+
+def _row_of_flat_index(array: pa.ListArray, flat_index: int) -> int:
+    offsets = np.asarray(array.offsets.to_numpy())
+    return int(np.searchsorted(offsets, flat_index, side="right") - 1)
+
+
+def read_items(manifest: Manifest) -> pa.Table:
+    return pq.read_table(manifest.root / manifest.data["items"]["path"])

@@ -1,0 +1,195 @@
+"""Full-catalog evaluation with the item table still sharded.
+
+For each batch of users: every rank computes its users' queries; the queries (and the
+items each user has seen) are gathered to all ranks; each rank scores them against the
+rows it holds and keeps a local top-k; the local top-k lists are gathered and merged.
+No rank ever holds the whole table. Metrics: HR@k and NDCG@k for a single held-out item.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dimerec_dist.data.batch import make_batch
+from dimerec_dist.data.samples import EvaluationUsers
+from dimerec_dist.data.schema import PADDING_ID
+from dimerec_dist.parallel import DistContext, RowShard, all_gather_cat, all_reduce_max_int
+
+log = logging.getLogger("dimerec.eval")
+ROW_CHUNK = 1 << 14
+
+
+def score_block(queries: torch.Tensor, rows: torch.Tensor, cosine: bool) -> torch.Tensor:
+    """(U, Q, d) queries against (R, d) rows -> (U, R): the best of each user's Q queries."""
+    if cosine:
+        queries, rows = F.normalize(queries, dim=-1), F.normalize(rows, dim=-1)
+    return torch.einsum("uqd,rd->uqr", queries, rows).amax(dim=1)
+
+
+def mask_rows(scores: torch.Tensor, first_row: int, seen: torch.Tensor | None) -> torch.Tensor:
+    """-inf on the padding row and, where given, on each user's seen items (padded with 0 in `seen`)."""
+    rows = scores.shape[1]
+    if first_row <= PADDING_ID < first_row + rows:
+        scores[:, PADDING_ID - first_row] = -math.inf
+    if seen is not None:
+        local = seen - first_row
+        inside = (local >= 0) & (local < rows) & (seen != PADDING_ID)
+        user_index = torch.arange(seen.shape[0], device=seen.device).unsqueeze(1).expand_as(seen)
+        scores[user_index[inside], local[inside]] = -math.inf
+    return scores
+
+
+def merge_topk(values: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of candidate lists (U, C), ties broken by the smaller item id so any sharding agrees."""
+    order = torch.argsort(ids, dim=1, stable=True)
+    values, ids = values.gather(1, order), ids.gather(1, order)
+    order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    return values.gather(1, order), ids.gather(1, order)
+
+
+def local_topk(shards: list[RowShard], k: int, seen: torch.Tensor | None,
+               score: callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k over the rows this rank holds, in row chunks so the score matrix stays small."""
+    best_values, best_ids = None, None
+    for shard in shards:
+        for start in range(0, shard.weight.shape[0], ROW_CHUNK):
+            rows = shard.weight[start:start + ROW_CHUNK]
+            first = shard.row_offset + start
+            scores = mask_rows(score(rows, first), first, seen)
+            take = min(k, scores.shape[1])
+            values, index = torch.topk(scores, take, dim=1)
+            ids = index + first
+            if best_values is not None:
+                values, ids = torch.cat([best_values, values], 1), torch.cat([best_ids, ids], 1)
+            best_values, best_ids = merge_topk(values, ids, k)
+    return best_values, best_ids
+
+
+def gathered_topk(shards: list[RowShard], k: int, seen: torch.Tensor | None, score: callable, users: int,
+                  device: torch.device) -> torch.Tensor:
+    """Item ids (U, k) of the global top-k: local top-k on every rank, gathered and merged."""
+    if shards:
+        values, ids = local_topk(shards, k, seen, score)
+    else:
+        values, ids = torch.empty(users, 0, device=device), torch.empty(users, 0, dtype=torch.long, device=device)
+    # Ranks holding fewer than k rows (or none) pad with -inf so every rank sends the same shape.
+    if values.shape[1] < k:
+        pad = k - values.shape[1]
+        values = torch.cat([values, torch.full((users, pad), -math.inf, device=device)], 1)
+        ids = torch.cat([ids, torch.full((users, pad), torch.iinfo(torch.long).max, device=device)], 1)
+    gathered_values = all_gather_cat(values.unsqueeze(0))
+    gathered_ids = all_gather_cat(ids.unsqueeze(0))
+    values = gathered_values.permute(1, 0, 2).reshape(users, -1)
+    ids = gathered_ids.permute(1, 0, 2).reshape(users, -1)
+    return merge_topk(values, ids, k)[1]
+
+
+def user_starts(user_ids: np.ndarray, dim: int, seed: int) -> torch.Tensor:
+    """A fixed random x_T per user, (U, d)."""
+    return torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(u)))
+                        for u in user_ids])
+
+
+def ranking_metrics(topk: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """HR@k and NDCG@k for one held-out target per user."""
+    hit_rank = np.full(len(targets), -1)
+    rows, cols = np.nonzero(topk == targets[:, None])
+    hit_rank[rows] = cols
+    out = {}
+    for k in ks:
+        hit = (hit_rank >= 0) & (hit_rank < k)
+        out[f"hr@{k}"] = float(hit.mean()) if len(targets) else 0.0
+        gain = np.where(hit, 1.0 / np.log2(np.maximum(hit_rank, 0) + 2.0), 0.0)
+        out[f"ndcg@{k}"] = float(gain.mean()) if len(targets) else 0.0
+    return out
+
+
+def _rank_rows(count: int, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's contiguous share of `count` users, padded by repeating its last row so every
+    rank runs the same number of collective steps; the second array marks the real rows."""
+    per_rank = math.ceil(count / ctx.world_size)
+    rows = np.arange(ctx.rank * per_rank, min(count, (ctx.rank + 1) * per_rank))
+    real = np.ones(per_rank, dtype=bool)
+    real[len(rows):] = False
+    if len(rows) < per_rank:
+        filler = rows[-1] if len(rows) else 0
+        rows = np.concatenate([rows, np.full(per_rank - len(rows), filler)])
+    return rows, real
+
+
+@torch.no_grad()
+def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: DistContext, *, dim: int, ks: list[int],
+                   batch_size: int, exclude_seen: bool, query_mode: str, cosine: bool, sample_steps: int | None,
+                   seed: int, popularity: np.ndarray | None = None, progress_every: float = 30.0
+                   ) -> tuple[dict[str, float], dict[str, float] | None, np.ndarray]:
+    """Metrics of the model (and of the popularity ranking, if counts are given) on one split.
+
+    Returns (model metrics, popularity metrics, model top-k ids for the users in split order).
+    """
+    k = max(ks)
+    rows, real = _rank_rows(len(users), ctx)
+    num_batches = all_reduce_max_int(math.ceil(len(rows) / batch_size), ctx.device)
+    pop_tensor = None if popularity is None else torch.as_tensor(popularity, dtype=torch.float32, device=ctx.device)
+    all_topk, all_pop_topk, all_targets, all_real = [], [], [], []
+    started = last_log = time.time()
+    for index in range(num_batches):
+        chunk = rows[index * batch_size:(index + 1) * batch_size]
+        chunk_real = real[index * batch_size:(index + 1) * batch_size]
+        history, seen, targets = users.batch(chunk)
+        batch = make_batch(history, targets, np.zeros(0, np.int64)).to(ctx.device)
+        # x_T depends on (seed, user) only, so any sharding or batching gives the same deterministic queries.
+        user_ids = users.users[chunk]
+        start = user_starts(user_ids, dim, seed).to(ctx.device)
+        generator = torch.Generator(device=ctx.device).manual_seed(seed * 1_000_003 + int(user_ids[0]))
+        queries = model.queries(batch, query_mode, steps=sample_steps, generator=generator, start=start)
+        gathered_queries = all_gather_cat(queries)
+        seen_tensor = None
+        if exclude_seen:
+            width = all_reduce_max_int(max(len(s) for s in seen), ctx.device)
+            padded = np.zeros((len(seen), width), np.int64)
+            for r, items in enumerate(seen):
+                padded[r, :len(items)] = items
+            seen_tensor = all_gather_cat(torch.from_numpy(padded).to(ctx.device))
+        count = gathered_queries.shape[0]
+        topk = gathered_topk(shards, k, seen_tensor, lambda rows_, first: score_block(gathered_queries, rows_, cosine),
+                             count, ctx.device)
+        all_topk.append(topk.cpu().numpy())
+        if pop_tensor is not None:
+            scores = lambda rows_, first: pop_tensor[first:first + rows_.shape[0]].unsqueeze(0).expand(count, -1).clone()
+            all_pop_topk.append(gathered_topk(shards, k, seen_tensor, scores, count, ctx.device).cpu().numpy())
+        all_targets.append(all_gather_cat(torch.from_numpy(targets).to(ctx.device)).cpu().numpy())
+        all_real.append(all_gather_cat(torch.from_numpy(chunk_real).to(ctx.device)).cpu().numpy())
+        if ctx.is_main and time.time() - last_log > progress_every:
+            last_log = time.time()
+            rate = (index + 1) / (last_log - started)
+            log.info("eval %d/%d batches, %.1f batches/s, ETA %.0fs", index + 1, num_batches, rate,
+                     (num_batches - index - 1) / rate)
+    # Rows come back grouped per batch as [rank 0 chunk, rank 1 chunk, ...]: reorder to split order.
+    order = _gathered_order(len(rows), batch_size, num_batches, ctx.world_size)
+    real_mask = np.concatenate(all_real)[order]
+    topk = np.concatenate(all_topk)[order][real_mask]
+    targets = np.concatenate(all_targets)[order][real_mask]
+    metrics = ranking_metrics(topk, targets, ks)
+    pop_metrics = None
+    if all_pop_topk:
+        pop_metrics = ranking_metrics(np.concatenate(all_pop_topk)[order][real_mask], targets, ks)
+    return metrics, pop_metrics, topk
+
+
+def _gathered_order(per_rank: int, batch_size: int, num_batches: int, world: int) -> np.ndarray:
+    """Index into the concatenated gathered rows that restores rank-major (split) order."""
+    positions = []
+    offset = 0
+    for index in range(num_batches):
+        size = max(0, min(batch_size, per_rank - index * batch_size))
+        for rank in range(world):
+            positions.append((rank, index * batch_size + np.arange(size), offset + rank * size + np.arange(size)))
+        offset += world * size
+    ordered = sorted(positions, key=lambda item: item[0])
+    return np.concatenate([p[2] for p in ordered]) if ordered else np.zeros(0, np.int64)

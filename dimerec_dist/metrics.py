@@ -1,0 +1,66 @@
+"""What a run shows: TensorBoard events (run_dir/tb), the same scalars as JSON lines
+(run_dir/metrics.jsonl), and a progress line with rate and ETA. Rank 0 writes; other
+ranks hold a logger that does nothing, so call sites need no rank checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger("dimerec.train")
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self._writer = None
+        self._jsonl = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self._writer.add_scalar(name, value, step)
+        self._jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+
+    def close(self) -> None:
+        if self.enabled:
+            self._writer.close()
+            self._jsonl.close()
+
+
+class Progress:
+    """Rate over the last interval and ETA to the final step."""
+
+    def __init__(self, total_steps: int, samples_per_step: int):
+        self.total_steps = total_steps
+        self.samples_per_step = samples_per_step
+        self._last_time = time.time()
+        self._last_step = 0
+
+    def rate(self, step: int) -> float:
+        """Samples per second since the previous call."""
+        now = time.time()
+        steps = max(step - self._last_step, 1)
+        rate = steps * self.samples_per_step / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        return rate
+
+    def line(self, step: int, epoch: int, rate: float, losses: dict[str, float]) -> str:
+        remaining = (self.total_steps - step) * self.samples_per_step / max(rate, 1e-9)
+        parts = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in losses.items())
+        return (f"step {step}/{self.total_steps} ({100 * step / max(self.total_steps, 1):.0f}%) epoch {epoch} "
+                f"{parts} | {rate:,.0f} samples/s | ETA {_clock(remaining)}")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,64 @@
+"""DimeRec with its item table as a TorchRec EmbeddingCollection: the module the trainer shards.
+
+The table is the only large thing; TorchRec shards it over ranks (the plan comes from
+the config) and DDP replicates the rest. One forward: look up the batch's history,
+target and negatives through the table, hand the embeddings to DimeRec.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import EmbeddingCollection, EmbeddingConfig
+
+from dimerec_dist.config import ModelConfig
+from dimerec_dist.data.batch import FEATURES, Batch
+from dimerec_dist.model import DimeRec, DimeRecLosses, NoiseDraw
+
+TABLE_NAME = "item"  # not "items": EmbeddingCollection keeps tables in a ModuleDict, which has .items()
+TABLE_STATE_KEY = f"embeddings.{TABLE_NAME}.weight"
+
+
+def padded_history(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Jagged history embeddings (sum of lengths, d) -> (B, N, d), zeros on padding (differentiable)."""
+    b, n = mask.shape
+    slots = mask.reshape(-1).nonzero().squeeze(1)
+    dense = values.new_zeros(b * n, values.shape[-1]).index_copy(0, slots, values)
+    return dense.view(b, n, -1)
+
+
+class ShardedDimeRec(nn.Module):
+    def __init__(self, config: ModelConfig, num_items: int, device: torch.device = torch.device("meta")):
+        super().__init__()
+        self.num_items = num_items
+        # Meta device: the rows are materialised only by the sharder, on the rank that owns them.
+        self.item_table = EmbeddingCollection(
+            tables=[EmbeddingConfig(name=TABLE_NAME, embedding_dim=config.embedding_dim,
+                                    num_embeddings=num_items + 1, feature_names=list(FEATURES))],
+            device=device)
+        self.dimerec = DimeRec(config)
+
+    def embed(self, batch: Batch) -> dict[str, torch.Tensor]:
+        looked_up = self.item_table(batch.kjt)
+        return {name: looked_up[name].values() for name in FEATURES}
+
+    def forward(self, batch: Batch, global_batch: int, draw: NoiseDraw) -> DimeRecLosses:
+        """Losses summed over this rank's samples and divided by the global batch size:
+        summed over ranks they are the global mean (see parallel.py on gradient scaling)."""
+        emb = self.embed(batch)
+        losses = self.dimerec(padded_history(emb["history"], batch.mask), batch.mask, emb["target"], batch.target_ids,
+                              emb["negatives"], batch.negative_ids, draw=draw, target_log_q=batch.target_log_q,
+                              negative_log_q=batch.negative_log_q, reduction="sum")
+        scale = 1.0 / global_batch
+        return DimeRecLosses(total=losses.total * scale, gem=losses.gem * scale, recon=losses.recon * scale,
+                             ssm=losses.ssm * scale)
+
+    @torch.no_grad()
+    def queries(self, batch: Batch, mode: str, steps: int | None = None, generator: torch.Generator | None = None,
+                start: torch.Tensor | None = None) -> torch.Tensor:
+        """Retrieval queries (B, Q, d): the DAM's generated interest (Q = 1) or the GEM's K interests."""
+        history = padded_history(self.embed(batch)["history"], batch.mask)
+        if mode == "gem":
+            return self.dimerec.interests(history, batch.mask)
+        return self.dimerec.user_embedding(history, batch.mask, steps=steps, generator=generator,
+                                            start=start).unsqueeze(1)

@@ -1,0 +1,261 @@
+"""dimerec-train: train DimeRec with the item table sharded by TorchRec.
+
+Runs as a plain process (a one-rank group) or under torchrun (gloo on CPU, NCCL on GPU):
+
+    dimerec-train --config configs/quickstart.yaml --run-dir runs/quick
+    torchrun --nproc_per_node=2 -m dimerec_dist.train --config configs/beauty.yaml --run-dir runs/beauty
+
+One step, top to bottom: the plan gives this rank its slice of the global batch; the
+batch's ids go through the sharded table (history, target, shared negatives); DimeRec
+returns L_gem + lambda L_recon + mu L_ssm; backward updates the table in place (fused
+optimizer) and the dense Adam steps GEM and DAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from dimerec_dist.checkpoint import load_model, save_model
+from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
+from dimerec_dist.data.batch import NegativeSampler, make_batch
+from dimerec_dist.data.samples import EvaluationUsers, StepPlan, TrainingSamples
+from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
+from dimerec_dist.data.source import ensure_dataset
+from dimerec_dist.evaluate import evaluate_split
+from dimerec_dist.metrics import MetricsLogger, Progress
+from dimerec_dist.model import NoiseDraw
+from dimerec_dist.parallel import (DistContext, init_distributed, init_table_deterministically, local_row_shards,
+                                   plan_sharding, shard_model, shutdown)
+from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
+
+log = logging.getLogger("dimerec.train")
+
+
+def setup_logging(ctx: DistContext) -> None:
+    """Our INFO lines on rank 0; libraries (TorchRec, FBGEMM) only at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {ctx.rank}] %(name)s %(message)s",
+                        force=True)
+    logging.getLogger("dimerec").setLevel(logging.INFO if ctx.is_main else logging.WARNING)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def sparse_optimizer(config: JobConfig, ctx: DistContext) -> tuple[type, dict]:
+    """The optimizer TorchRec fuses into the table's backward pass."""
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    kind, lr = config.train.sparse_optimizer, config.train.sparse_lr
+    if kind == "adam" and ctx.device.type != "cuda":
+        raise ConfigError("train.sparse_optimizer=adam is fused only on GPU; use rowwise_adagrad or sgd on CPU")
+    return {"rowwise_adagrad": (RowWiseAdagrad, {"lr": lr, "eps": 1e-8}),
+            "sgd": (torch.optim.SGD, {"lr": lr}),
+            "adam": (torch.optim.Adam, {"lr": lr})}[kind]
+
+
+def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Path | None):
+    """The sharded model: plan, shard, then a deterministic table init that any world size repeats."""
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    torch.manual_seed(config.seed)  # dense weights: identical on every rank and every world size
+    module = ShardedDimeRec(config.model, num_items)
+    optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
+    apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
+    plan, sharders = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx, fused_params={})
+    if ctx.is_main:
+        log.info("sharding plan (%s over %d ranks):\n%s", config.sharding.type, ctx.world_size, plan)
+        if run_dir is not None:
+            (run_dir / "sharding_plan.txt").write_text(str(plan) + "\n")
+    model = shard_model(module, plan, sharders, ctx)
+    shards = local_row_shards(model, TABLE_STATE_KEY)
+    init_table_deterministically(shards, config.model.embedding_dim, config.seed, config.train.embedding_init)
+    rows_per_rank = [None] * ctx.world_size
+    dist.all_gather_object(rows_per_rank, sum(s.weight.numel() for s in shards) // config.model.embedding_dim)
+    log.info("table of %d rows x %d: rows held per rank %s", num_items + 1, config.model.embedding_dim, rows_per_rank)
+    return model, shards
+
+
+def dense_optimizer(model, config: JobConfig):
+    params = list(model.module.dimerec.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.train.dense_lr, weight_decay=config.train.weight_decay)
+    warmup = config.train.warmup_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return params, optimizer, schedule
+
+
+def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, rank_slice: slice,
+                   device: torch.device) -> NoiseDraw:
+    """The step's diffusion noise, drawn for the whole global batch and sliced: the same
+    sample gets the same t and eps whatever the world size."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + step)
+    draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps, generator)
+    return NoiseDraw(draw.t[rank_slice].to(device), draw.noise[rank_slice].to(device))
+
+
+def reduce_losses(losses, device: torch.device) -> dict[str, float]:
+    """Each rank holds sum(local)/global_batch; their sum is the global mean."""
+    parts = torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(),
+                         losses.ssm.detach()]).to(device)
+    dist.all_reduce(parts)
+    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), parts.tolist()))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model, shards, config: JobConfig, ctx: DistContext, users: EvaluationUsers,
+             popularity: np.ndarray | None = None):
+    return evaluate_split(model.module, shards, users, ctx, dim=config.model.embedding_dim, ks=config.eval.ks,
+                          batch_size=config.eval.batch_size, exclude_seen=config.eval.exclude_seen,
+                          query_mode=config.query_mode(), cosine=config.model.cosine_logits,
+                          sample_steps=config.model.sample_steps, seed=config.seed, popularity=popularity)
+
+
+def selection_key(config: JobConfig) -> str:
+    k = 10 if 10 in config.eval.ks else config.eval.ks[0]
+    return f"ndcg@{k}"
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(config: JobConfig, run_dir: Path) -> dict:
+    ctx = init_distributed(config.train.device)
+    setup_logging(ctx)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+    # Data: every rank reads the same prepared dataset; the plan decides who reads what.
+    manifest = Manifest.load(ensure_dataset(config.data, run_dir, ctx.is_main))
+    samples = TrainingSamples(read_split(manifest, "train"), config.model.max_history)
+    valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
+    test = EvaluationUsers(read_split(manifest, "test"), config.model.max_history)
+    popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])
+    sampler = NegativeSampler(config.train.negative_sampler, manifest.num_items, config.train.negatives,
+                              popularity=popularity[1:], alpha=config.train.popularity_alpha, seed=config.seed)
+    log_q = sampler.log_q if config.train.logq_correction and config.train.negative_sampler == "popularity" else None
+    if config.train.batch_size % ctx.world_size:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} must divide evenly over {ctx.world_size} ranks")
+    global_batch, per_rank = config.train.batch_size, config.train.batch_size // ctx.world_size
+    rank_rows = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+
+    model, shards = build_model(config, manifest.num_items, ctx, run_dir)
+    params, optimizer, schedule = dense_optimizer(model, config)
+    metrics = MetricsLogger(run_dir, ctx.is_main)
+
+    steps_per_epoch = StepPlan(*samples.epoch_order(config.data.sample_mode, config.seed, 0), global_batch,
+                               ctx.world_size).steps
+    if steps_per_epoch == 0:
+        raise DataError(f"{manifest.root}: {len(samples)} training samples, fewer than one batch of {global_batch}")
+    total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    log.info("%d training samples, %d steps/epoch, %d steps, global batch %d (%d per rank), %d ranks",
+             len(samples), steps_per_epoch, total_steps, global_batch, per_rank, ctx.world_size)
+    progress = Progress(total_steps, global_batch)
+    best_path, best_score, step = run_dir / "model", -1.0, 0
+    model.train()
+
+    for epoch in range(epochs):
+        plan = StepPlan(*samples.epoch_order(config.data.sample_mode, config.seed, epoch), global_batch, ctx.world_size)
+        for epoch_step in range(plan.steps):
+            if step >= total_steps:
+                break
+            history, targets = samples.batch(*plan.rank_slice(epoch_step, ctx.rank))
+            batch = make_batch(history, targets, sampler.draw(epoch, epoch_step), log_q).to(ctx.device)
+            draw = noise_for_rank(config, global_batch, epoch, epoch_step, rank_rows, ctx.device)
+
+            losses = model(batch, global_batch, draw)
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()  # the table's rows are updated here, by the fused optimizer
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip or float("inf"))
+            optimizer.step()
+            schedule.step()
+            step += 1
+
+            values = reduce_losses(losses, ctx.device)
+            if not all(math.isfinite(v) for v in values.values()):
+                raise FloatingPointError(f"non-finite loss at step {step}: {values}")
+            if step % config.train.log_every == 0 or step == total_steps:
+                rate = progress.rate(step)
+                metrics.scalars(step, {**values, "lr/dense": schedule.get_last_lr()[0],
+                                       "lr/sparse": config.train.sparse_lr, "grad_norm/dense": float(grad_norm),
+                                       "throughput/samples_per_s": rate, "epoch": epoch})
+                log.info(progress.line(step, epoch, rate, values))
+
+        last_epoch = step >= total_steps
+        if config.train.eval_every_epochs and ((epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch):
+            model.eval()
+            scores, _, _ = evaluate(model, shards, config, ctx, valid)
+            model.train()
+            metrics.scalars(step, {f"valid/{k}": v for k, v in scores.items()})
+            log.info("epoch %d valid %s", epoch, _fmt(scores))
+            if scores[selection_key(config)] > best_score:
+                best_score = scores[selection_key(config)]
+                save_model(model, best_path, manifest.num_items, config.model, {"step": step, "epoch": epoch})
+        if last_epoch:
+            break
+
+    if config.train.eval_every_epochs:
+        load_model(model, best_path, manifest.num_items, config.model)  # the best epoch on validation
+    else:
+        save_model(model, best_path, manifest.num_items, config.model, {"step": step})
+    model.eval()
+    final = final_metrics(model, shards, config, ctx, valid, test, popularity)
+    metrics.scalars(step, {f"final/{split}/{k}": v for split in ("valid", "test") for k, v in final[split].items()})
+    metrics.close()
+    if ctx.is_main:
+        (run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+        log.info("final test %s | popularity %s", _fmt(final["test"]), _fmt(final["popularity"]["test"]))
+    return final
+
+
+def final_metrics(model, shards, config, ctx, valid, test, popularity) -> dict:
+    valid_scores, valid_pop, _ = evaluate(model, shards, config, ctx, valid, popularity)
+    test_scores, test_pop, _ = evaluate(model, shards, config, ctx, test, popularity)
+    return {"valid": valid_scores, "test": test_scores, "popularity": {"valid": valid_pop, "test": test_pop},
+            "protocol": {"split": "leave-one-out", "ranking": "full catalog",
+                         "exclude_seen": config.eval.exclude_seen, "query": config.query_mode(),
+                         "sample_steps": config.model.sample_steps}}
+
+
+def _fmt(scores: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in scores.items())
+
+
+def parse_args(argv: list[str] | None, prog: str, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, default=None, help="YAML job file (default: the built-in quickstart)")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. model.num_interests=8 train.epochs=3")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv, "dimerec-train", "Train DimeRec with a TorchRec-sharded item table.")
+    try:
+        config = load_config(args.config, args.overrides)
+        train(config, args.run_dir)
+    except (ConfigError, DataError) as exc:
+        print(f"dimerec-train: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
