@@ -72,22 +72,33 @@ def local_topk(shards: list[RowShard], k: int, seen: torch.Tensor | None,
 
 
 def gathered_topk(shards: list[RowShard], k: int, seen: torch.Tensor | None, score: callable, users: int,
-                  device: torch.device) -> torch.Tensor:
-    """Item ids (U, k) of the global top-k: local top-k on every rank, gathered and merged."""
+                  device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Item ids (U, k) of the global top-k: local top-k on every rank, gathered and merged.
+    `dtype` is the scores' type, which every rank must agree on (even one holding no rows)."""
     if shards:
         values, ids = local_topk(shards, k, seen, score)
+        values = values.to(dtype)
     else:
-        values, ids = torch.empty(users, 0, device=device), torch.empty(users, 0, dtype=torch.long, device=device)
+        values, ids = torch.empty(users, 0, dtype=dtype, device=device), torch.empty(users, 0, dtype=torch.long, device=device)
     # Ranks holding fewer than k rows (or none) pad with -inf so every rank sends the same shape.
     if values.shape[1] < k:
         pad = k - values.shape[1]
-        values = torch.cat([values, torch.full((users, pad), -math.inf, device=device)], 1)
+        values = torch.cat([values, torch.full((users, pad), -math.inf, dtype=values.dtype, device=device)], 1)
         ids = torch.cat([ids, torch.full((users, pad), torch.iinfo(torch.long).max, device=device)], 1)
     gathered_values = all_gather_cat(values.unsqueeze(0))
     gathered_ids = all_gather_cat(ids.unsqueeze(0))
     values = gathered_values.permute(1, 0, 2).reshape(users, -1)
     ids = gathered_ids.permute(1, 0, 2).reshape(users, -1)
     return merge_topk(values, ids, k)[1]
+
+
+def popularity_scores(counts: np.ndarray) -> np.ndarray:
+    """Distinct float64 scores ranking items by count, ties broken by the smaller id, so the
+    popularity baseline's top-k is the same on any sharding (raw counts tie everywhere)."""
+    order = np.lexsort((np.arange(len(counts)), -counts.astype(np.int64)))
+    scores = np.empty(len(counts), np.float64)
+    scores[order] = -np.arange(len(counts), dtype=np.float64)
+    return scores
 
 
 def user_starts(user_ids: np.ndarray, dim: int, seed: int) -> torch.Tensor:
@@ -135,7 +146,7 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
     k = max(ks)
     rows, real = _rank_rows(len(users), ctx)
     num_batches = all_reduce_max_int(math.ceil(len(rows) / batch_size), ctx.device)
-    pop_tensor = None if popularity is None else torch.as_tensor(popularity, dtype=torch.float32, device=ctx.device)
+    pop_tensor = None if popularity is None else torch.as_tensor(popularity_scores(popularity), device=ctx.device)
     all_topk, all_pop_topk, all_targets, all_real = [], [], [], []
     started = last_log = time.time()
     for index in range(num_batches):
@@ -162,7 +173,8 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
         all_topk.append(topk.cpu().numpy())
         if pop_tensor is not None:
             scores = lambda rows_, first: pop_tensor[first:first + rows_.shape[0]].unsqueeze(0).expand(count, -1).clone()
-            all_pop_topk.append(gathered_topk(shards, k, seen_tensor, scores, count, ctx.device).cpu().numpy())
+            all_pop_topk.append(gathered_topk(shards, k, seen_tensor, scores, count, ctx.device,
+                                              dtype=torch.float64).cpu().numpy())
         all_targets.append(all_gather_cat(torch.from_numpy(targets).to(ctx.device)).cpu().numpy())
         all_real.append(all_gather_cat(torch.from_numpy(chunk_real).to(ctx.device)).cpu().numpy())
         if ctx.is_main and time.time() - last_log > progress_every:

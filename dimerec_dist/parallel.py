@@ -76,8 +76,12 @@ def init_distributed(device: str = "auto") -> DistContext:
                        backend=backend)
 
 
-def shutdown() -> None:
+def shutdown(wait_for_peers: bool = True) -> None:
+    """Leave the group. After a clean run, together: a rank tearing down gloo while a peer
+    still talks to it aborts the peer. After an error, at once (peers may never arrive)."""
     if dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

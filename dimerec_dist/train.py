@@ -251,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         train(config, args.run_dir)
     except (ConfigError, DataError) as exc:
         print(f"dimerec-train: error: {exc}", file=sys.stderr)
+        shutdown(wait_for_peers=False)
         return 2
-    finally:
-        shutdown()
+    shutdown()
     return 0
 
 

@@ -1,0 +1,136 @@
+"""dimerec-prepare: every input format, ordering, k-core, leave-one-out, and bad input."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dimerec_dist.data.prepare import PrepareOptions, kcore_mask, main, prepare
+from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def run(tmp_path, fmt, text, name="input.txt", **options):
+    source = tmp_path / name
+    source.write_text(text)
+    out = tmp_path / "prepared"
+    prepare(PrepareOptions(format=fmt, input=source, out=out, **options))
+    return Manifest.load(out)
+
+
+def sequences_of(manifest):
+    """{raw user: [raw items]} in the order the split files give, train + valid + test targets."""
+    raw_items = read_items(manifest).column("raw_id").to_pylist()
+    train = read_split(manifest, "train").to_pylist()
+    test = {row["user"]: row for row in read_split(manifest, "test").to_pylist()}
+    out = {}
+    for row in train:
+        full = test[row["user"]]["history"] + [test[row["user"]]["target"]] if row["user"] in test else row["items"]
+        out[row["raw_user"]] = [raw_items[i - 1] for i in full]
+    return out
+
+
+def test_sequences_format_keeps_order_and_splits_leave_one_out(tmp_path):
+    manifest = run(tmp_path, "sequences", "u1 a b c d\nu2 b c\nu3 c a b\n")
+    assert manifest.num_users == 3 and manifest.num_items == 4
+    assert sequences_of(manifest) == {"u1": list("abcd"), "u2": list("bc"), "u3": list("cab")}
+    valid = read_split(manifest, "valid").to_pylist()
+    test = read_split(manifest, "test").to_pylist()
+    train = read_split(manifest, "train").to_pylist()
+    assert [r["user"] for r in valid] == [0, 2], "u2 (2 items) has no held-out item"
+    assert train[0]["items"] == [1, 2] and valid[0] == {"user": 0, "history": [1, 2], "target": 3}
+    assert test[0] == {"user": 0, "history": [1, 2, 3], "target": 4}
+    assert train[1]["items"] == [2, 3], "a short user keeps all its items for training"
+    items = read_items(manifest).to_pylist()
+    # Popularity counts training prefixes only: a in u1's; b in u1's and u2's.
+    assert items[:2] == [{"item_id": 1, "raw_id": "a", "popularity": 1}, {"item_id": 2, "raw_id": "b", "popularity": 2}]
+    assert manifest.data["counts"]["train_samples"] == 1 + 1 + 0
+
+
+def test_movielens_orders_by_time_then_file_order(tmp_path):
+    text = "1\t10\t5\t300\n1\t11\t3\t100\n1\t12\t4\t200\n1\t13\t4\t200\n2\t10\t1\t5\n"
+    manifest = run(tmp_path, "movielens", text, name="u.data")
+    assert sequences_of(manifest)["1"] == ["11", "12", "13", "10"]
+    dat = run(tmp_path, "movielens", "1::10::5::300\n1::11::3::100\n", name="ratings.dat")
+    assert sequences_of(dat)["1"] == ["11", "10"]
+
+
+def test_pairs_format(tmp_path):
+    manifest = run(tmp_path, "pairs", "a x\na y\nb y\na z\n")
+    assert sequences_of(manifest) == {"a": ["x", "y", "z"], "b": ["y"]}
+
+
+def test_events_parquet_directory_with_named_columns(tmp_path):
+    events = tmp_path / "events"
+    events.mkdir()
+    pq.write_table(pa.table({"uid": [1, 1, 2, 1], "vid": [7, 8, 7, 9], "ts": [3, 1, 1, 2]}), events / "part-0.parquet")
+    out = tmp_path / "prepared"
+    prepare(PrepareOptions(format="events", input=events, out=out, user_col="uid", item_col="vid", time_col="ts"))
+    assert sequences_of(Manifest.load(out)) == {"1": ["8", "9", "7"], "2": ["7"]}
+
+
+def test_kcore_keeps_only_dense_users_and_items():
+    users = [0, 0, 0, 1, 1, 1, 2]
+    items = [0, 1, 2, 0, 1, 3, 0]
+    import numpy as np
+    keep = kcore_mask(np.array(users), np.array(items), 2)
+    assert keep.tolist() == [True, True, False, True, True, False, False]
+
+
+def test_manifest_records_counts_checksums_and_options(tmp_path):
+    manifest = run(tmp_path, "sequences", "u1 a b c\n", kcore=0)
+    data = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    assert data["schema_version"] == 1 and data["source"]["format"] == "sequences"
+    assert data["counts"]["events"] == 3 and len(data["files"]["train"][0]["sha256"]) == 64
+    assert manifest.split_files("test")[0].name == "part-00000.parquet"
+
+
+@pytest.mark.parametrize("fmt, text, pattern", [
+    ("sequences", "u1 a b\nlonely\n", r"input.txt:2: expected a user followed by at least one item"),
+    ("pairs", "a x\nb y z\n", r"input.txt:2: expected 2 fields"),
+    ("movielens", "1\t2\t3\t4\n1\t2\t3\tnoon\n", r"input.txt:2: timestamp 'noon' is not an integer"),
+    ("movielens", "1\t2\t3\n", r"input.txt:1: expected 4 fields"),
+])
+def test_malformed_lines_name_file_and_line(tmp_path, fmt, text, pattern):
+    with pytest.raises(DataError, match=pattern):
+        run(tmp_path, fmt, text)
+
+
+def test_bad_lines_can_be_skipped_and_are_counted(tmp_path):
+    manifest = run(tmp_path, "pairs", "a x\nbroken\na y\n", skip_bad_lines=True)
+    assert manifest.data["counts"]["bad_lines_skipped"] == 1
+    assert sequences_of(manifest) == {"a": ["x", "y"]}
+
+
+def test_missing_inputs_and_columns_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        prepare(PrepareOptions(format="pairs", input=tmp_path / "nope.txt", out=tmp_path / "o"))
+    events = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user": [1], "thing": [2], "time": [3]}), events)
+    with pytest.raises(DataError, match=r"e.parquet: missing column\(s\) \['item'\]"):
+        prepare(PrepareOptions(format="events", input=events, out=tmp_path / "o"))
+    pq.write_table(pa.table({"user": [1], "item": [2], "time": ["noon"]}), events)
+    with pytest.raises(DataError, match="time column 'time' has type string"):
+        prepare(PrepareOptions(format="events", input=events, out=tmp_path / "o"))
+
+
+def test_cli_prints_one_line_error_and_exits_2(tmp_path, capsys):
+    (tmp_path / "bad.txt").write_text("u1 a\nu2\n")
+    code = main(["--format", "sequences", "--input", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "bad.txt:2:" in err
+
+
+@pytest.mark.skipif(not (SHARED / "beauty" / "Beauty.txt").is_file(), reason="shared data not present")
+@pytest.mark.parametrize("folder, file, fmt, users, items, events", [
+    ("beauty", "Beauty.txt", "sequences", 22363, 12101, 198502),
+    ("games", "Video.txt", "pairs", 31013, 23715, 287107),
+    ("ml-100k", "u.data", "movielens", 943, 1682, 100000),
+])
+def test_real_data_sets_prepare_with_documented_counts(tmp_path, folder, file, fmt, users, items, events):
+    prepare(PrepareOptions(format=fmt, input=SHARED / folder / file, out=tmp_path / folder))
+    counts = Manifest.load(tmp_path / folder).data["counts"]
+    assert (counts["users"], counts["items"], counts["events"]) == (users, items, events)

@@ -1,0 +1,43 @@
+"""Fixtures for tests that launch real torchrun jobs (gloo, CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dimerec_dist.data.prepare import PrepareOptions, prepare
+from dimerec_dist.data.synth import SynthOptions, synthesize
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def torchrun(nproc: int, module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m module args` under torchrun on loopback; fail the test with the job's output."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", module, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
+    return done
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A small synthetic short-video log, prepared: 400 users, 300 items, ~8k events."""
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize(root / "raw", SynthOptions(users=400, items=300, events=8000, categories=12, seed=1))
+    prepare(PrepareOptions(format="events", input=root / "raw" / "events", out=root / "prepared"))
+    return root / "prepared"
+
+
+TINY_JOB = ["model.embedding_dim=16", "model.max_history=20", "model.num_interests=2", "model.dam_hidden=32",
+            "model.diffusion_steps=10", "model.dropout=0", "train.batch_size=64", "train.negatives=128",
+            "train.log_every=1", "eval.batch_size=64"]
