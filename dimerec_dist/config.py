@@ -121,11 +121,19 @@ class DataConfig:
     synth_events: int = 200_000
     synth_seed: int = 0
     sample_mode: str = "all"  # every position of each training prefix, or ComiRec's one random cut per user
+    # Virtual streams of the data plan (0: the world size). Runs with the same value see the same global
+    # batches whatever their world size, which must divide it.
+    streams: int = 0
+    backend: str = "local"  # decode row groups in this process, or in Ray tasks ("ray")
+    window: int = 4  # row groups decoded ahead per rank
 
     def validate(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
         _choice("data.raw_format", self.raw_format, RAW_FORMATS)
         _choice("data.sample_mode", self.sample_mode, SAMPLE_MODES)
+        _choice("data.backend", self.backend, ("local", "ray"))
+        _at_least("data.streams", self.streams, 0)
+        _at_least("data.window", self.window, 1)
         if self.source == "prepared" and not self.path:
             raise ConfigError("data.source=prepared needs data.path (a dimerec-prepare output directory)")
         if self.source == "raw" and not self.raw_path:

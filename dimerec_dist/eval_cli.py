@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimerec_dist.checkpoint import CheckpointError, load_model
+from dimerec_dist.checkpoint import CheckpointError, check_compatible, load_model
 from dimerec_dist.config import ConfigError, load_config
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
@@ -38,9 +38,10 @@ def run(run_dir: Path, include_seen: bool, overrides: list[str]) -> dict:
     config = load_config(config_file, overrides)
     if include_seen:
         config.eval = dataclasses.replace(config.eval, exclude_seen=False)
+    manifest = Manifest.load(dataset_path(config.data, run_dir))
+    check_compatible(run_dir / "model", manifest.num_items, config.model)  # before any process group or model
     ctx = init_distributed(config.train.device)
     setup_logging(ctx)
-    manifest = Manifest.load(dataset_path(config.data, run_dir))
     model, shards = build_model(config, manifest.num_items, ctx, run_dir=None)
     load_model(model, run_dir / "model", manifest.num_items, config.model)
     model.eval()

@@ -11,6 +11,7 @@ both parts see exactly the gradient of the global mean loss, for any world size.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -79,6 +80,9 @@ def init_distributed(device: str = "auto") -> DistContext:
 def shutdown(wait_for_peers: bool = True) -> None:
     """Leave the group. After a clean run, together: a rank tearing down gloo while a peer
     still talks to it aborts the peer. After an error, at once (peers may never arrive)."""
+    # Free what still holds the group (DDP, sharded modules sit in reference cycles) while the
+    # group exists: torn down later, at interpreter exit, their threads abort the process.
+    gc.collect()
     if dist.is_initialized():
         if wait_for_peers:
             dist.barrier()

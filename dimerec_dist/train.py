@@ -29,7 +29,8 @@ import yaml
 from dimerec_dist.checkpoint import load_model, save_model
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
 from dimerec_dist.data.batch import NegativeSampler, make_batch
-from dimerec_dist.data.samples import EvaluationUsers, StepPlan, TrainingSamples
+from dimerec_dist.data.samples import EvaluationUsers
+from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import ensure_dataset
 from dimerec_dist.evaluate import evaluate_split
@@ -94,13 +95,13 @@ def dense_optimizer(model, config: JobConfig):
     return params, optimizer, schedule
 
 
-def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, rank_slice: slice,
+def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, rows: torch.Tensor,
                    device: torch.device) -> NoiseDraw:
-    """The step's diffusion noise, drawn for the whole global batch and sliced: the same
-    sample gets the same t and eps whatever the world size."""
+    """The step's diffusion noise, drawn for the whole global batch; this rank takes its
+    rows. The same sample gets the same t and eps whatever the world size."""
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + step)
     draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps, generator)
-    return NoiseDraw(draw.t[rank_slice].to(device), draw.noise[rank_slice].to(device))
+    return NoiseDraw(draw.t[rows].to(device), draw.noise[rows].to(device))
 
 
 def reduce_losses(losses, device: torch.device) -> dict[str, float]:
@@ -109,6 +110,17 @@ def reduce_losses(losses, device: torch.device) -> dict[str, float]:
                          losses.ssm.detach()]).to(device)
     dist.all_reduce(parts)
     return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), parts.tolist()))
+
+
+def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:
+    """Steps to run in each epoch: `epochs` whole epochs, or as many as `max_steps` needs.
+    Epochs can differ by a few steps (the shortest stream of each epoch's plan decides)."""
+    steps: list[int] = []
+    while (sum(steps) < max_steps) if max_steps else (len(steps) < epochs):
+        steps.append(stream.steps(len(steps)))
+    if max_steps:
+        steps[-1] -= sum(steps) - max_steps
+    return steps
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -141,40 +153,42 @@ def train(config: JobConfig, run_dir: Path) -> dict:
 
     # Data: every rank reads the same prepared dataset; the plan decides who reads what.
     manifest = Manifest.load(ensure_dataset(config.data, run_dir, ctx.is_main))
-    samples = TrainingSamples(read_split(manifest, "train"), config.model.max_history)
+    global_batch = config.train.batch_size
+    if global_batch % ctx.world_size:
+        raise ConfigError(f"train.batch_size={global_batch} must divide evenly over {ctx.world_size} ranks")
+    stream = TrainStream(manifest, max_history=config.model.max_history, global_batch=global_batch,
+                         streams=config.data.streams, world_size=ctx.world_size, rank=ctx.rank, seed=config.seed,
+                         sample_mode=config.data.sample_mode, backend=config.data.backend,
+                         window_size=config.data.window)
+    rank_rows = torch.from_numpy(stream.global_rows)
     valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
     test = EvaluationUsers(read_split(manifest, "test"), config.model.max_history)
     popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])
     sampler = NegativeSampler(config.train.negative_sampler, manifest.num_items, config.train.negatives,
                               popularity=popularity[1:], alpha=config.train.popularity_alpha, seed=config.seed)
     log_q = sampler.log_q if config.train.logq_correction and config.train.negative_sampler == "popularity" else None
-    if config.train.batch_size % ctx.world_size:
-        raise ConfigError(f"train.batch_size={config.train.batch_size} must divide evenly over {ctx.world_size} ranks")
-    global_batch, per_rank = config.train.batch_size, config.train.batch_size // ctx.world_size
-    rank_rows = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
 
     model, shards = build_model(config, manifest.num_items, ctx, run_dir)
     params, optimizer, schedule = dense_optimizer(model, config)
     metrics = MetricsLogger(run_dir, ctx.is_main)
 
-    steps_per_epoch = StepPlan(*samples.epoch_order(config.data.sample_mode, config.seed, 0), global_batch,
-                               ctx.world_size).steps
-    if steps_per_epoch == 0:
-        raise DataError(f"{manifest.root}: {len(samples)} training samples, fewer than one batch of {global_batch}")
-    total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    log.info("%d training samples, %d steps/epoch, %d steps, global batch %d (%d per rank), %d ranks",
-             len(samples), steps_per_epoch, total_steps, global_batch, per_rank, ctx.world_size)
+    if stream.steps(0) == 0:
+        raise DataError(f"{manifest.root}: {manifest.data['counts']['train_samples']} training samples, "
+                        f"fewer than one batch of {global_batch} per stream")
+    epoch_steps = plan_epochs(stream, config.train.epochs, config.train.max_steps)
+    total_steps = sum(epoch_steps)
+    log.info("%d training samples, ~%d steps/epoch, %d steps over %d epochs, global batch %d (%d per rank), "
+             "%d ranks, %d streams, %s reader", manifest.data["counts"]["train_samples"], epoch_steps[0], total_steps,
+             len(epoch_steps), global_batch, global_batch // ctx.world_size, ctx.world_size, stream.plan.streams,
+             config.data.backend)
     progress = Progress(total_steps, global_batch)
     best_path, best_score, step = run_dir / "model", -1.0, 0
     model.train()
 
-    for epoch in range(epochs):
-        plan = StepPlan(*samples.epoch_order(config.data.sample_mode, config.seed, epoch), global_batch, ctx.world_size)
-        for epoch_step in range(plan.steps):
-            if step >= total_steps:
+    for epoch, steps_this_epoch in enumerate(epoch_steps):
+        for epoch_step, history, targets in stream.batches(epoch):
+            if epoch_step >= steps_this_epoch:
                 break
-            history, targets = samples.batch(*plan.rank_slice(epoch_step, ctx.rank))
             batch = make_batch(history, targets, sampler.draw(epoch, epoch_step), log_q).to(ctx.device)
             draw = noise_for_rank(config, global_batch, epoch, epoch_step, rank_rows, ctx.device)
 
@@ -196,7 +210,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
                                        "throughput/samples_per_s": rate, "epoch": epoch})
                 log.info(progress.line(step, epoch, rate, values))
 
-        last_epoch = step >= total_steps
+        last_epoch = epoch == len(epoch_steps) - 1
         if config.train.eval_every_epochs and ((epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch):
             model.eval()
             scores, _, _ = evaluate(model, shards, config, ctx, valid)
@@ -206,8 +220,6 @@ def train(config: JobConfig, run_dir: Path) -> dict:
             if scores[selection_key(config)] > best_score:
                 best_score = scores[selection_key(config)]
                 save_model(model, best_path, manifest.num_items, config.model, {"step": step, "epoch": epoch})
-        if last_epoch:
-            break
 
     if config.train.eval_every_epochs:
         load_model(model, best_path, manifest.num_items, config.model)  # the best epoch on validation

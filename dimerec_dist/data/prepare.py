@@ -5,6 +5,11 @@ ids (items 1..I in order of first appearance, 0 kept for padding) -> each user's
 time order (ties keep file order) -> leave-one-out split (last item = test, second to
 last = validation) -> Parquet shards + items.parquet + manifest.json.
 
+Memory does not grow with the number of events: a first pass streams the input, gives
+users and items dense codes and spills the events into buckets by user; a second pass
+sorts one bucket at a time and writes the splits. What stays in memory is one bucket
+and the id dictionaries (which grow with users and items, not with events).
+
 Users with fewer than 3 items have no held-out item: all their items go to training.
 """
 
@@ -13,23 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from dimerec_dist.data.readers import FORMATS, BadLines, ReadOptions, read_events
 from dimerec_dist.data.schema import (EVAL_SCHEMA, ITEMS_SCHEMA, SCHEMA_VERSION, TRAIN_SCHEMA, DataError,
                                       sha256_of, write_parquet)
+from dimerec_dist.data.writer import SplitWriter
 
 log = logging.getLogger("dimerec.prepare")
-FORMATS = ("movielens", "pairs", "sequences", "events")
+BUCKET_SCHEMA = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("time", pa.float64()), ("order", pa.int64())])
 
 
 @dataclass
@@ -42,205 +48,190 @@ class PrepareOptions:
     item_col: str = "item"
     time_col: str | None = "time"
     rows_per_shard: int = 1_000_000
-    row_group_size: int = 8192
+    row_group_size: int = 2048
     skip_bad_lines: bool = False
+    buckets: int = 0  # 0: from the input's size, about 256 MB of input per bucket
 
 
-# --------------------------------------------------------------------------- readers
+class Codes:
+    """Dense codes 0.. in order of first appearance, assigned chunk by chunk."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+
+    def encode(self, column: pa.ChunkedArray) -> np.ndarray:
+        encoded = pc.dictionary_encode(column).combine_chunks()  # chunk-local codes, first appearance order
+        uniques = encoded.dictionary.to_pylist()
+        index = self.index
+        to_global = np.fromiter((index.setdefault(u, len(index)) for u in uniques), np.int64, len(uniques))
+        return to_global[encoded.indices.to_numpy()]
+
+    def raw(self) -> np.ndarray:
+        return np.array(list(self.index), dtype=object)
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                line = line.strip()
-                if line:
-                    yield number, line
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text near byte {exc.start}") from None
+class Buckets:
+    """Events spilled to disk in Arrow IPC files, one per bucket of users (user code % count)."""
+
+    def __init__(self, root: Path, count: int):
+        self.root, self.count = root, count
+        root.mkdir(parents=True, exist_ok=True)
+        self._writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+
+    def path(self, bucket: int) -> Path:
+        return self.root / f"bucket-{bucket:05d}.arrow"
+
+    def append(self, users: np.ndarray, items: np.ndarray, times: np.ndarray, order: np.ndarray) -> None:
+        bucket_of = users % self.count
+        sort = np.argsort(bucket_of, kind="stable")
+        bounds = np.searchsorted(bucket_of[sort], np.arange(self.count + 1))
+        for bucket in np.flatnonzero(np.diff(bounds)):
+            rows = sort[bounds[bucket]:bounds[bucket + 1]]
+            batch = pa.record_batch([users[rows], items[rows], times[rows], order[rows]], schema=BUCKET_SCHEMA)
+            if bucket not in self._writers:
+                self._writers[bucket] = pa.ipc.new_file(self.path(bucket), BUCKET_SCHEMA)
+            self._writers[bucket].write_batch(batch)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+    def read(self, bucket: int) -> dict[str, np.ndarray] | None:
+        if not self.path(bucket).is_file():
+            return None
+        with pa.memory_map(str(self.path(bucket))) as source:
+            table = pa.ipc.open_file(source).read_all()
+        return {name: table.column(name).to_numpy() for name in BUCKET_SCHEMA.names}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
-class _BadLines:
-    """Either raises on the first bad line (default) or counts and skips them."""
-
-    def __init__(self, path: Path, skip: bool):
-        self.path, self.skip, self.count, self.first = path, skip, 0, None
-
-    def __call__(self, number: int, line: str, why: str) -> None:
-        message = f"{self.path}:{number}: {why}: {line[:80]!r}"
-        if not self.skip:
-            raise DataError(message)
-        self.count += 1
-        self.first = self.first or message
+def bucket_count(options: PrepareOptions) -> int:
+    if options.buckets:
+        return options.buckets
+    files = [options.input] if options.input.is_file() else list(options.input.rglob("*"))
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    return max(1, min(4096, math.ceil(size / (256 << 20))))
 
 
-def read_movielens(path: Path, bad: _BadLines) -> pa.Table:
-    """u.data (tab-separated) or ratings.dat (`::`): user item rating timestamp."""
-    users, items, times = [], [], []
-    for number, line in _lines(path):
-        fields = line.split("::") if "::" in line else line.split()
-        if len(fields) != 4:
-            bad(number, line, f"expected 4 fields (user item rating timestamp), found {len(fields)}")
-            continue
-        try:
-            stamp = int(fields[3])
-        except ValueError:
-            bad(number, line, f"timestamp {fields[3]!r} is not an integer")
-            continue
-        users.append(fields[0]), items.append(fields[1]), times.append(stamp)
-    return _events(users, items, times)
+# --------------------------------------------------------------------------- passes
 
 
-def read_pairs(path: Path, bad: _BadLines) -> pa.Table:
-    """`user item` per line; each user's lines are in time order."""
-    users, items = [], []
-    for number, line in _lines(path):
-        fields = line.split()
-        if len(fields) != 2:
-            bad(number, line, f"expected 2 fields (user item), found {len(fields)}")
-            continue
-        users.append(fields[0]), items.append(fields[1])
-    return _events(users, items, None)
+def spill_events(options: PrepareOptions, buckets: Buckets, bad: BadLines) -> tuple[Codes, Codes, int]:
+    """Pass 1: stream the input, code users and items, spill events to buckets."""
+    users, items, order = Codes(), Codes(), 0
+    reader = read_events(ReadOptions(options.format, options.input, options.user_col, options.item_col,
+                                     options.time_col, bad))
+    started = time.time()
+    for chunk in reader:
+        n = chunk.num_rows
+        buckets.append(users.encode(chunk.column("user")), items.encode(chunk.column("item")),
+                       chunk.column("time").to_numpy(), np.arange(order, order + n))
+        order += n
+        log.info("read %d events (%.0f/s), %d users, %d items", order, order / max(time.time() - started, 1e-9),
+                 len(users), len(items))
+    buckets.close()
+    if order == 0:
+        raise DataError(f"{options.input}: holds no events")
+    return users, items, order
 
 
-def read_sequences(path: Path, bad: _BadLines) -> pa.Table:
-    """`user i1 i2 ...` per line, items in time order."""
-    users, items = [], []
-    for number, line in _lines(path):
-        fields = line.split()
-        if len(fields) < 2:
-            bad(number, line, "expected a user followed by at least one item")
-            continue
-        users.extend([fields[0]] * (len(fields) - 1)), items.extend(fields[1:])
-    return _events(users, items, None)
-
-
-def read_events(path: Path, user_col: str, item_col: str, time_col: str | None) -> pa.Table:
-    """CSV or Parquet (a file, or a directory of part files) with named user/item/time columns."""
-    if not path.exists():
-        raise DataError(f"input {path} does not exist")
-    files = sorted(path.rglob("*.parquet")) + sorted(path.rglob("*.csv")) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"input directory {path} holds no .parquet or .csv files")
-    wanted = [c for c in (user_col, item_col, time_col) if c]
-    tables = []
-    for file in files:
-        try:
-            table = pq.read_table(file) if file.suffix == ".parquet" else pacsv.read_csv(file)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{file}: cannot read ({str(exc).splitlines()[0]})") from None
-        missing = [c for c in wanted if c not in table.column_names]
-        if missing:
-            raise DataError(f"{file}: missing column(s) {missing}; has {table.column_names} "
-                            f"(choose them with --user-col/--item-col/--time-col)")
-        for column in (user_col, item_col):
-            if table.column(column).null_count:
-                row = int(np.argmax(table.column(column).is_null().to_numpy(zero_copy_only=False)))
-                raise DataError(f"{file}: null {column!r} at row {row}")
-        times = None
-        if time_col:
-            stamps = table.column(time_col)
-            if not (pa.types.is_integer(stamps.type) or pa.types.is_timestamp(stamps.type)
-                    or pa.types.is_floating(stamps.type)):
-                raise DataError(f"{file}: time column {time_col!r} has type {stamps.type}, expected numbers or timestamps")
-            if stamps.null_count:
-                row = int(np.argmax(stamps.is_null().to_numpy(zero_copy_only=False)))
-                raise DataError(f"{file}: null {time_col!r} at row {row}")
-            times = stamps.cast(pa.int64()) if not pa.types.is_floating(stamps.type) else stamps
-        tables.append(pa.table({"user": table.column(user_col).cast(pa.string()),
-                                "item": table.column(item_col).cast(pa.string()),
-                                "time": times if times is not None else pa.array(np.zeros(table.num_rows, np.int64))}))
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def _events(users: list[str], items: list[str], times: list[int] | None) -> pa.Table:
-    stamps = np.zeros(len(users), dtype=np.int64) if times is None else np.asarray(times, dtype=np.int64)
-    return pa.table({"user": pa.array(users, pa.string()), "item": pa.array(items, pa.string()), "time": stamps})
-
-
-# --------------------------------------------------------------------------- transforms
-
-
-def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    """Events kept by the iterative k-core filter: every kept user and item has >= k events."""
-    keep = np.ones(len(users), dtype=bool)
+def kcore_filter(buckets: Buckets, num_users: int, num_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Users and items kept by the iterative k-core: every kept one has >= k events among kept events."""
+    user_ok, item_ok = np.ones(num_users, bool), np.ones(num_items, bool)
     while True:
-        user_counts = np.bincount(users[keep], minlength=users.max(initial=0) + 1)
-        item_counts = np.bincount(items[keep], minlength=items.max(initial=0) + 1)
-        new_keep = keep & (user_counts[users] >= k) & (item_counts[items] >= k)
-        if new_keep.sum() == keep.sum():
-            return keep
-        keep = new_keep
+        user_counts, item_counts = np.zeros(num_users, np.int64), np.zeros(num_items, np.int64)
+        for bucket in range(buckets.count):
+            events = buckets.read(bucket)
+            if events is None:
+                continue
+            kept = user_ok[events["user"]] & item_ok[events["item"]]
+            user_counts += np.bincount(events["user"][kept], minlength=num_users)
+            item_counts += np.bincount(events["item"][kept], minlength=num_items)
+        new_user_ok, new_item_ok = user_ok & (user_counts >= k), item_ok & (item_counts >= k)
+        if np.array_equal(new_user_ok, user_ok) and np.array_equal(new_item_ok, item_ok):
+            return user_ok, item_ok
+        user_ok, item_ok = new_user_ok, new_item_ok
 
 
-def first_appearance_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Dense codes 0.. in order of first appearance, and the raw value of each code."""
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    return encoded.indices.to_numpy().astype(np.int64), encoded.dictionary
+def dense_ids(buckets: Buckets, user_ok: np.ndarray, item_ok: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """New ids for the kept users (from 0) and items (from `first`), in order of first kept appearance."""
+    first_user, first_item = np.full(len(user_ok), np.iinfo(np.int64).max), np.full(len(item_ok), np.iinfo(np.int64).max)
+    for bucket in range(buckets.count):
+        events = buckets.read(bucket)
+        if events is None:
+            continue
+        kept = user_ok[events["user"]] & item_ok[events["item"]]
+        np.minimum.at(first_user, events["user"][kept], events["order"][kept])
+        np.minimum.at(first_item, events["item"][kept], events["order"][kept])
+    user_ids, item_ids = np.full(len(user_ok), -1), np.full(len(item_ok), -1)
+    kept_users, kept_items = np.flatnonzero(user_ok), np.flatnonzero(item_ok)
+    user_ids[kept_users[np.argsort(first_user[kept_users], kind="stable")]] = np.arange(len(kept_users))
+    item_ids[kept_items[np.argsort(first_item[kept_items], kind="stable")]] = np.arange(len(kept_items)) + first
+    return user_ids, item_ids
 
 
-@dataclass
-class Sequences:
-    """Every user's items in time order, flattened: items[offsets[u]:offsets[u+1]]."""
-
-    offsets: np.ndarray
-    items: np.ndarray
-    raw_users: pa.Array
-    raw_items: pa.Array
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
-def build_sequences(events: pa.Table, kcore: int) -> Sequences:
-    if events.num_rows == 0:
-        raise DataError("the input holds no events")
-    user_codes, _ = first_appearance_codes(events.column("user"))
-    item_codes, _ = first_appearance_codes(events.column("item"))
-    keep = kcore_mask(user_codes, item_codes, kcore) if kcore > 1 else np.ones(events.num_rows, dtype=bool)
-    if not keep.any():
-        raise DataError(f"the {kcore}-core filter removed every event")
-    events = events.filter(pa.array(keep))
-    # Codes again after filtering: dense ids with no holes, items 1..I (0 is padding).
-    user_codes, raw_users = first_appearance_codes(events.column("user"))
-    item_codes, raw_items = first_appearance_codes(events.column("item"))
-    times = events.column("time").to_numpy()
-    order = np.lexsort((np.arange(len(user_codes)), times, user_codes))  # user, then time, then file order
-    counts = np.bincount(user_codes, minlength=len(raw_users))
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    return Sequences(offsets=offsets, items=item_codes[order] + 1, raw_users=raw_users, raw_items=raw_items)
-
-
-def _list_array(lengths: np.ndarray, starts: np.ndarray, values: np.ndarray) -> pa.ListArray:
+def list_column(lengths: np.ndarray, starts: np.ndarray, values: np.ndarray) -> pa.ListArray:
     """A list column whose row r is values[starts[r] : starts[r] + lengths[r]], built without Python loops."""
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if lengths.sum() < 2**31 else np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     row_of = np.repeat(np.arange(len(lengths)), lengths)
-    index = starts[row_of] + (np.arange(int(lengths.sum())) - offsets[:-1][row_of])
-    list_type = pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray
-    return list_type.from_arrays(pa.array(offsets), pa.array(values[index], pa.int64()))
+    index = starts[row_of] + (np.arange(int(offsets[-1])) - offsets[:-1][row_of])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[index], pa.int64()))
 
 
-def leave_one_out(seqs: Sequences) -> dict[str, pa.Table]:
-    lengths = seqs.lengths()
-    starts = seqs.offsets[:-1]
+def leave_one_out(user_ids: np.ndarray, raw_users: np.ndarray, offsets: np.ndarray, items: np.ndarray
+                  ) -> dict[str, pa.Table]:
+    """Split each user's time-ordered items (items[offsets[u]:offsets[u+1]])."""
+    lengths, starts = np.diff(offsets), offsets[:-1]
     held_out = lengths >= 3
     train_lengths = np.where(held_out, lengths - 2, lengths)
-    users = np.arange(len(lengths), dtype=np.int64)
-    train = pa.table([pa.array(users), seqs.raw_users.cast(pa.string()), _list_array(train_lengths, starts, seqs.items)],
+    train = pa.table([pa.array(user_ids), pa.array(raw_users, pa.string()), list_column(train_lengths, starts, items)],
                      schema=TRAIN_SCHEMA)
-    h_users, h_starts, h_lengths = users[held_out], starts[held_out], lengths[held_out]
-    valid = pa.table([pa.array(h_users), _list_array(h_lengths - 2, h_starts, seqs.items),
-                      pa.array(seqs.items[h_starts + h_lengths - 2])], schema=EVAL_SCHEMA)
-    test = pa.table([pa.array(h_users), _list_array(h_lengths - 1, h_starts, seqs.items),
-                     pa.array(seqs.items[h_starts + h_lengths - 1])], schema=EVAL_SCHEMA)
+    users, starts, lengths = user_ids[held_out], starts[held_out], lengths[held_out]
+    valid = pa.table([pa.array(users), list_column(lengths - 2, starts, items), pa.array(items[starts + lengths - 2])],
+                     schema=EVAL_SCHEMA)
+    test = pa.table([pa.array(users), list_column(lengths - 1, starts, items), pa.array(items[starts + lengths - 1])],
+                    schema=EVAL_SCHEMA)
     return {"train": train, "valid": valid, "test": test}
 
 
-def _shards(table: pa.Table, rows: int) -> Iterable[pa.Table]:
-    for start in range(0, max(table.num_rows, 1), rows):
-        yield table.slice(start, rows)
+def train_row_group_size(requested: int, users: int) -> int:
+    """Row groups are the data plan's unit: keep at least ~64 of them (small data sets get
+    small groups) so the plan can balance streams, but never more users than requested."""
+    return max(1, min(requested, max(32, math.ceil(users / 64))))
+
+
+def write_splits(options: PrepareOptions, buckets: Buckets, user_ids: np.ndarray, item_ids: np.ndarray,
+                 raw_users: np.ndarray, num_items: int) -> tuple[dict[str, list[dict]], np.ndarray, int]:
+    """Pass 2: sort each bucket by (user, time, file order), split, write. Returns files, popularity, events."""
+    group_size = train_row_group_size(options.row_group_size, len(raw_users))
+    writers = {split: SplitWriter(options.out, split, schema, group_size, options.rows_per_shard)
+               for split, schema in (("train", TRAIN_SCHEMA), ("valid", EVAL_SCHEMA), ("test", EVAL_SCHEMA))}
+    popularity = np.zeros(num_items + 1, np.int64)
+    events_kept = 0
+    for bucket in range(buckets.count):
+        events = buckets.read(bucket)
+        if events is None:
+            continue
+        users, items = user_ids[events["user"]], item_ids[events["item"]]
+        kept = (users >= 0) & (items >= 0)
+        users, items, times, order = users[kept], items[kept], events["time"][kept], events["order"][kept]
+        sort = np.lexsort((order, times, users))
+        users, items = users[sort], items[sort]
+        starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))
+        offsets = np.append(starts, len(users))
+        bucket_users = users[starts]
+        splits = leave_one_out(bucket_users, raw_users[bucket_users], offsets, items)
+        for split, table in splits.items():
+            writers[split].write(table)
+        train_items = splits["train"].column("items").combine_chunks().flatten().to_numpy()
+        popularity += np.bincount(train_items, minlength=num_items + 1)
+        events_kept += len(items)
+    return {split: writer.close() for split, writer in writers.items()}, popularity, events_kept
 
 
 def prepare(options: PrepareOptions) -> dict:
@@ -248,52 +239,52 @@ def prepare(options: PrepareOptions) -> dict:
     started = time.time()
     if options.format not in FORMATS:
         raise DataError(f"unknown format {options.format!r}; choose one of {', '.join(FORMATS)}")
-    bad = _BadLines(options.input, options.skip_bad_lines)
-    if options.format == "movielens":
-        events = read_movielens(options.input, bad)
-    elif options.format == "pairs":
-        events = read_pairs(options.input, bad)
-    elif options.format == "sequences":
-        events = read_sequences(options.input, bad)
-    else:
-        events = read_events(options.input, options.user_col, options.item_col, options.time_col)
-    if bad.count:
-        log.warning("skipped %d bad lines; the first: %s", bad.count, bad.first)
-    log.info("read %d events from %s", events.num_rows, options.input)
+    options.out.mkdir(parents=True, exist_ok=True)
+    bad = BadLines(skip=options.skip_bad_lines)
+    buckets = Buckets(options.out / ".buckets", bucket_count(options))
+    try:
+        users, items, events_read = spill_events(options, buckets, bad)
+        if bad.count:
+            log.warning("skipped %d bad lines; the first: %s", bad.count, bad.first)
+        if options.kcore > 1:
+            user_ok, item_ok = kcore_filter(buckets, len(users), len(items), options.kcore)
+            if not user_ok.any() or not item_ok.any():
+                raise DataError(f"{options.input}: the {options.kcore}-core filter removed every event")
+        else:
+            user_ok, item_ok = np.ones(len(users), bool), np.ones(len(items), bool)
+        user_ids, item_ids = dense_ids(buckets, user_ok, item_ok, first=1)
+        num_users, num_items = int(user_ok.sum()), int(item_ok.sum())
+        raw_users = np.empty(num_users, dtype=object)
+        raw_users[user_ids[user_ok]] = users.raw()[user_ok]
+        files, popularity, events = write_splits(options, buckets, user_ids, item_ids, raw_users, num_items)
+    finally:
+        buckets.remove()
 
-    seqs = build_sequences(events, options.kcore)
-    splits = leave_one_out(seqs)
-    out = options.out
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, list[dict]] = {}
-    for split, table in splits.items():
-        files[split] = [write_parquet(shard, out, f"{split}/part-{index:05d}.parquet", options.row_group_size)
-                        for index, shard in enumerate(_shards(table, options.rows_per_shard))]
-    train_items = splits["train"].column("items").combine_chunks().flatten().to_numpy()
-    popularity = np.bincount(train_items, minlength=len(seqs.raw_items) + 1)[1:]
-    items = pa.table([pa.array(np.arange(1, len(seqs.raw_items) + 1)), seqs.raw_items.cast(pa.string()),
-                      pa.array(popularity.astype(np.int64))], schema=ITEMS_SCHEMA)
-    items_entry = write_parquet(items, out, "items.parquet", options.row_group_size)
-    lengths = seqs.lengths()
+    raw_items = np.empty(num_items, dtype=object)
+    raw_items[item_ids[item_ok] - 1] = items.raw()[item_ok]
+    items_table = pa.table([pa.array(np.arange(1, num_items + 1)), pa.array(raw_items, pa.string()),
+                            pa.array(popularity[1:])], schema=ITEMS_SCHEMA)
+    items_entry = write_parquet(items_table, options.out, "items.parquet", options.row_group_size)
+    count = lambda split: sum(entry["rows"] for entry in files[split])  # noqa: E731
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_by": "dimerec-prepare",
         "source": {"format": options.format, "input": str(options.input),
                    "input_sha256": sha256_of(options.input) if options.input.is_file() else None},
         "options": {"kcore": options.kcore, "split": "leave-one-out", "order": "time, then file order",
-                    "skip_bad_lines": options.skip_bad_lines},
-        "counts": {"events_read": events.num_rows, "events": int(lengths.sum()), "users": len(lengths),
-                   "items": len(seqs.raw_items), "bad_lines_skipped": bad.count,
-                   "train_interactions": int(len(train_items)), "valid_users": splits["valid"].num_rows,
-                   "test_users": splits["test"].num_rows,
-                   "train_samples": int(np.maximum(splits["train"].column("items").combine_chunks()
-                                                   .value_lengths().to_numpy() - 1, 0).sum())},
+                    "skip_bad_lines": options.skip_bad_lines,
+                    "row_group_size": train_row_group_size(options.row_group_size, num_users)},
+        "counts": {"events_read": events_read, "events": events, "users": num_users, "items": num_items,
+                   "bad_lines_skipped": bad.count, "train_interactions": int(popularity.sum()),
+                   "valid_users": count("valid"), "test_users": count("test"),
+                   "train_samples": sum(g["samples"] for entry in files["train"] for g in entry["row_groups"])},
         "items": items_entry,
         "files": files,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    log.info("wrote %s: %d users, %d items, %d events in %.1fs", out, manifest["counts"]["users"],
-             manifest["counts"]["items"], manifest["counts"]["events"], time.time() - started)
+    (options.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    elapsed = time.time() - started
+    log.info("wrote %s: %d users, %d items, %d events in %.1fs (%.0f events/s)", options.out, num_users, num_items,
+             events, elapsed, events_read / max(elapsed, 1e-9))
     return manifest
 
 
@@ -306,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user-col", default="user")
     parser.add_argument("--item-col", default="item")
     parser.add_argument("--time-col", default="time", help="'' when the events have no time column (file order)")
-    parser.add_argument("--rows-per-shard", type=int, default=1_000_000)
-    parser.add_argument("--row-group-size", type=int, default=8192)
+    parser.add_argument("--rows-per-shard", type=int, default=1_000_000, help="users per output file")
+    parser.add_argument("--row-group-size", type=int, default=2048, help="users per row group (the plan's unit)")
+    parser.add_argument("--buckets", type=int, default=0, help="spill buckets (0: ~256 MB of input each)")
     parser.add_argument("--skip-bad-lines", action="store_true", help="count and skip unparsable lines instead of failing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -315,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(PrepareOptions(format=args.format, input=args.input, out=args.out, kcore=args.kcore,
                                user_col=args.user_col, item_col=args.item_col, time_col=args.time_col or None,
                                rows_per_shard=args.rows_per_shard, row_group_size=args.row_group_size,
-                               skip_bad_lines=args.skip_bad_lines))
+                               buckets=args.buckets, skip_bad_lines=args.skip_bad_lines))
     except DataError as exc:
         print(f"dimerec-prepare: error: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
-"""Training samples and evaluation users cut from a prepared dataset, and the data plan.
+"""Histories cut from flat item arrays, and the users of an evaluation split.
 
 A training sample is (user, position p >= 1): the history is the user's training items
-before p (the last `max_history` of them) and the target is the item at p. The plan
-splits each epoch's shuffled samples into global batches, and each global batch into
-one contiguous slice per rank, so any world size sees the same global batches.
+before p (the last `max_history` of them) and the target is the item at p; stream.py
+lists the samples, `window` cuts their histories. An evaluation user brings its whole
+history (to exclude seen items) and its held-out target.
 """
 
 from __future__ import annotations
@@ -41,61 +41,6 @@ def _flat_lists(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     values = array.flatten().to_numpy()
     lengths = array.value_lengths().to_numpy()
     return values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-
-
-class TrainingSamples:
-    def __init__(self, train: pa.Table, max_history: int):
-        self.items, self.offsets = _flat_lists(train.column("items"))
-        self.max_history = max_history
-        lengths = np.diff(self.offsets)
-        # Every position p >= 1 of every sequence.
-        self.sample_seq = np.repeat(np.arange(len(lengths)), np.maximum(lengths - 1, 0))
-        first_of_seq = np.concatenate([[0], np.cumsum(np.maximum(lengths - 1, 0))])[:-1]
-        self.sample_pos = np.arange(len(self.sample_seq)) - first_of_seq[self.sample_seq] + 1
-        self.trainable_seqs = np.flatnonzero(lengths >= 2)
-        self.seq_lengths = lengths
-
-    def __len__(self) -> int:
-        return len(self.sample_seq)
-
-    def epoch_order(self, mode: str, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(sequence, position) of each sample of the epoch, shuffled from (seed, epoch).
-
-        `all`: every position once. `random_cut` (ComiRec): one random position per user.
-        """
-        rng = np.random.default_rng([seed, epoch, 0x5A])
-        if mode == "all":
-            order = rng.permutation(len(self))
-            return self.sample_seq[order], self.sample_pos[order]
-        if mode == "random_cut":
-            seqs = rng.permutation(self.trainable_seqs)
-            positions = 1 + (rng.random(len(seqs)) * (self.seq_lengths[seqs] - 1)).astype(np.int64)
-            return seqs, positions
-        raise ValueError(f"unknown sample mode {mode!r} ({', '.join(SAMPLE_MODES)})")
-
-    def batch(self, seqs: np.ndarray, positions: np.ndarray) -> tuple[HistoryBatch, np.ndarray]:
-        starts = self.offsets[seqs]
-        history = window(self.items, starts, starts + positions, self.max_history)
-        return history, self.items[starts + positions]
-
-
-@dataclass
-class StepPlan:
-    """Which samples each rank reads at each step of an epoch."""
-
-    seqs: np.ndarray
-    positions: np.ndarray
-    global_batch: int
-    world_size: int
-
-    @property
-    def steps(self) -> int:
-        return len(self.seqs) // self.global_batch  # the ragged tail is dropped: all ranks step together
-
-    def rank_slice(self, step: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
-        per_rank = self.global_batch // self.world_size
-        start = step * self.global_batch + rank * per_rank
-        return self.seqs[start:start + per_rank], self.positions[start:start + per_rank]
 
 
 class EvaluationUsers:

@@ -1,17 +1,19 @@
-"""Synthetic short-video logs with planted interests (the quickstart's data, and tests').
+"""dimerec-synth: synthetic short-video logs with planted interests, at any scale.
 
 The generative story, per user:
 - items belong to categories; item popularity is Zipf over the whole catalog;
-- a user holds a few latent interests (categories, with Dirichlet weights), which drift:
-  at each new session, with probability `drift`, one interest is replaced by another;
-- events come in sessions; a session follows one interest (drawn by weight), and its
+- a user holds a few latent interests (categories, with Dirichlet weights) that drift:
+  at a new session, with probability `drift`, one interest is replaced by another;
+- events come in sessions; a session follows one interest (drawn by weight) and its
   items are drawn by popularity within that interest's category, with a little noise
-  from the whole catalog;
-- each event has a watch ratio, higher on items of the user's interests.
+  from the whole catalog; each event has a watch ratio, higher on the user's interests.
 
-Every user is generated from its own random stream (seed, user), so the output does not
-depend on how users are split between workers. Written beside the log: the planted
-interests of each user (at the end of its log) and each item's category.
+Every user is generated from its own random stream (seed, user) and shards cover fixed
+user ranges, so the output is the same whatever the number of workers. Shards are
+written in parallel by Ray tasks (`--backend ray`, RAY_ADDRESS or a local Ray), local
+processes (`processes`) or in this process (`local`). Beside the log: each user's
+planted interests at the end of its log (interests.parquet) and each item's category
+(item_categories.parquet), so a trained model can be checked against them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 log = logging.getLogger("dimerec.synth")
+BACKENDS = ("local", "processes", "ray")
 
 
 @dataclass
@@ -43,15 +48,14 @@ class SynthOptions:
     mean_session: float = 6.0
     drift: float = 0.15
     noise: float = 0.05
-    users_per_shard: int = 100_000
+    users_per_shard: int = 50_000
 
 
 @dataclass
 class Catalog:
-    category: np.ndarray  # (items,) category of item i (0-based item index)
-    popularity: np.ndarray  # (items,) Zipf weight
-    members: list[np.ndarray]  # items of each category
-    member_cdf: list[np.ndarray]  # cumulative popularity within each category
+    category: np.ndarray  # (items,) category of each item (0-based item index)
+    members: np.ndarray  # items grouped by category
+    segment_cdf: np.ndarray  # category c's popularity CDF, shifted to (c, c + 1]
     category_weight: np.ndarray  # how often a category is chosen as an interest
 
 
@@ -61,98 +65,162 @@ def build_catalog(options: SynthOptions) -> Catalog:
     popularity = popularity[rng.permutation(options.items)]
     category = rng.integers(0, options.categories, options.items)
     category[: options.categories] = np.arange(min(options.categories, options.items))  # no empty category
-    members = [np.flatnonzero(category == c) for c in range(options.categories)]
-    member_cdf = [np.cumsum(popularity[m]) / popularity[m].sum() for m in members]
-    category_weight = np.array([popularity[m].sum() for m in members])
-    return Catalog(category, popularity, members, member_cdf, category_weight / category_weight.sum())
+    members = np.argsort(category, kind="stable")
+    grouped = category[members]
+    within = np.zeros(options.items)
+    weight = np.zeros(options.categories)
+    for c in range(options.categories):  # categories, not events: cheap
+        rows = np.flatnonzero(grouped == c)
+        mass = popularity[members[rows]]
+        within[rows] = np.cumsum(mass) / mass.sum()
+        weight[c] = mass.sum()
+    return Catalog(category, members, grouped + within, weight / weight.sum())
 
 
 def events_per_user(options: SynthOptions) -> np.ndarray:
     """Heavy-tailed activity, at least 5 events each, summing to about options.events."""
     rng = np.random.default_rng([options.seed, 0xAC71])
     weight = rng.lognormal(0.0, 0.8, options.users)
-    counts = np.maximum(5, np.round(weight / weight.sum() * options.events)).astype(np.int64)
-    return counts
+    return np.maximum(5, np.round(weight / weight.sum() * options.events)).astype(np.int64)
 
 
 def generate_user(user: int, count: int, catalog: Catalog, options: SynthOptions) -> dict[str, np.ndarray]:
+    """One user's log, vectorised over its sessions and events."""
     rng = np.random.default_rng([options.seed, 1, user])
-    num_interests = int(rng.integers(1, options.max_interests + 1))
-    interests = rng.choice(len(catalog.members), num_interests, replace=False, p=catalog.category_weight)
-    weights = rng.dirichlet(np.ones(num_interests))
-    items = np.empty(count, np.int64)
-    times = np.empty(count, np.int64)
-    clock = int(rng.integers(0, 30 * 86400))
-    position = 0
-    while position < count:
-        if position and rng.random() < options.drift:  # interest drift between sessions
-            slot = int(rng.integers(num_interests))
-            others = np.setdiff1d(np.arange(len(catalog.members)), interests)
-            interests[slot] = rng.choice(others, p=catalog.category_weight[others] / catalog.category_weight[others].sum())
-        length = min(count - position, int(rng.geometric(1.0 / options.mean_session)))
-        category = interests[rng.choice(num_interests, p=weights)]
-        draws = np.searchsorted(catalog.member_cdf[category], rng.random(length))
-        chosen = catalog.members[category][np.minimum(draws, len(catalog.members[category]) - 1)]
-        noisy = rng.random(length) < options.noise
-        chosen[noisy] = rng.integers(0, len(catalog.category), int(noisy.sum()))
-        items[position:position + length] = chosen
-        times[position:position + length] = clock + np.cumsum(rng.integers(5, 120, length))
-        clock = int(times[position + length - 1]) + int(rng.integers(3600, 3 * 86400))
-        position += length
-    liked = np.isin(catalog.category[items], interests)
-    watch = np.clip(np.where(liked, rng.beta(5, 2, count), rng.beta(2, 5, count)), 0, 1)
-    return {"items": items, "times": times, "watch": watch.astype(np.float32), "interests": interests,
-            "weights": weights}
+    num_categories = len(catalog.category_weight)
+    m = int(rng.integers(1, options.max_interests + 1))
+    initial = rng.choice(num_categories, m, replace=False, p=catalog.category_weight)
+    weights = rng.dirichlet(np.ones(m))
+    # Sessions covering exactly `count` events.
+    lengths = rng.geometric(1.0 / options.mean_session, size=count)
+    ends = np.cumsum(lengths)
+    sessions = int(np.searchsorted(ends, count)) + 1
+    lengths = lengths[:sessions]
+    lengths[-1] -= ends[sessions - 1] - count
+    # Drift: each slot's category at a session is the last assignment to it so far.
+    drifts = rng.random(sessions) < options.drift
+    drifts[0] = False
+    drift_slot = rng.integers(m, size=sessions)
+    drift_category = rng.choice(num_categories, size=sessions, p=catalog.category_weight)
+    slot_category = np.empty((m, sessions), np.int64)
+    for slot in range(m):
+        # Assignment 0 is the initial interest; then each drift that hit this slot.
+        changes = np.flatnonzero(drifts & (drift_slot == slot))
+        assigned = np.concatenate([[initial[slot]], drift_category[changes]])
+        slot_category[slot] = assigned[np.searchsorted(changes, np.arange(sessions), side="right")]
+    session_category = slot_category[rng.choice(m, size=sessions, p=weights), np.arange(sessions)]
+    # Items: by popularity within each event's category, plus catalog-wide noise.
+    event_category = np.repeat(session_category, lengths)
+    position = np.searchsorted(catalog.segment_cdf, event_category + rng.random(count))
+    items = catalog.members[np.minimum(position, len(catalog.members) - 1)]
+    noisy = rng.random(count) < options.noise
+    items[noisy] = rng.integers(0, len(catalog.category), int(noisy.sum()))
+    # Time: seconds between videos inside a session, hours to days between sessions.
+    gaps = rng.integers(5, 120, count)
+    session_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    gaps[session_starts] = rng.integers(3600, 3 * 86400, sessions)
+    times = int(rng.integers(0, 30 * 86400)) + np.cumsum(gaps)
+    final = slot_category[:, -1]
+    liked = np.isin(catalog.category[items], final)
+    watch = np.where(liked, rng.beta(5, 2, count), rng.beta(2, 5, count)).astype(np.float32)
+    return {"items": items, "times": times, "watch": watch, "interests": final, "weights": weights}
 
 
-def generate_shard(first_user: int, last_user: int, counts: np.ndarray, catalog: Catalog,
-                   options: SynthOptions) -> tuple[pa.Table, pa.Table]:
-    users, items, times, watch = [], [], [], []
-    planted_users, planted_interests, planted_weights = [], [], []
-    for user in range(first_user, last_user):
-        out = generate_user(user, int(counts[user]), catalog, options)
-        users.append(np.full(len(out["items"]), user)), items.append(out["items"]), times.append(out["times"])
-        watch.append(out["watch"])
-        planted_users.append(user), planted_interests.append(out["interests"].tolist())
-        planted_weights.append(out["weights"].tolist())
-    events = pa.table({"user": pa.array(np.concatenate(users)), "item": pa.array(np.concatenate(items)),
-                       "time": pa.array(np.concatenate(times)), "watch_ratio": pa.array(np.concatenate(watch))})
-    planted = pa.table({"user": pa.array(planted_users, pa.int64()),
-                        "categories": pa.array(planted_interests, pa.list_(pa.int64())),
-                        "weights": pa.array(planted_weights, pa.list_(pa.float64()))})
-    return events, planted
-
-
-def synthesize(out: Path, options: SynthOptions) -> dict:
-    """Write events/part-*.parquet, interests.parquet, item_categories.parquet and synth.json."""
-    started = time.time()
+def write_shard(out: str, index: int, first_user: int, last_user: int, options: SynthOptions) -> dict:
+    """Generate users [first_user, last_user) and write events/part-INDEX.parquet and its planted interests."""
     catalog = build_catalog(options)
     counts = events_per_user(options)
-    (out / "events").mkdir(parents=True, exist_ok=True)
-    planted_tables = []
+    parts, planted = [], {"user": [], "categories": [], "weights": []}
+    for user in range(first_user, last_user):
+        out_user = generate_user(user, int(counts[user]), catalog, options)
+        parts.append((np.full(len(out_user["items"]), user), out_user["items"], out_user["times"], out_user["watch"]))
+        planted["user"].append(user)
+        planted["categories"].append(out_user["interests"].tolist())
+        planted["weights"].append(out_user["weights"].tolist())
+    columns = [np.concatenate(column) for column in zip(*parts)]
+    events = pa.table({"user": columns[0], "item": columns[1], "time": columns[2], "watch_ratio": columns[3]})
+    root = Path(out)
+    pq.write_table(events, root / "events" / f"part-{index:05d}.parquet", row_group_size=1 << 20)
+    pq.write_table(pa.table({"user": pa.array(planted["user"], pa.int64()),
+                             "categories": pa.array(planted["categories"], pa.list_(pa.int64())),
+                             "weights": pa.array(planted["weights"], pa.list_(pa.float64()))}),
+                   root / "interests" / f"part-{index:05d}.parquet")
+    return {"index": index, "events": events.num_rows}
+
+
+def _run_local(jobs, options, workers):
+    for job in jobs:
+        yield write_shard(*job, options)
+
+
+def _run_processes(jobs, options, workers):
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(write_shard, *zip(*jobs), [options] * len(jobs))
+
+
+def _run_ray(jobs, options, workers):
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, **({} if address else {"num_cpus": workers}), include_dashboard=False,
+                 log_to_driver=False)
+    task = ray.remote(num_cpus=1)(write_shard)
+    pending, queue = [], list(jobs)
+    try:
+        while queue or pending:  # at most `workers` shards in flight
+            while queue and len(pending) < workers:
+                pending.append(task.remote(*queue.pop(0), options))
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def synthesize(out: Path, options: SynthOptions, workers: int = 1, backend: str = "local") -> dict:
+    """Write events/, interests.parquet, item_categories.parquet and synth.json under `out`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
+    started = time.time()
+    for folder in ("events", "interests"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     bounds = list(range(0, options.users, options.users_per_shard)) + [options.users]
-    for index, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
-        events, planted = generate_shard(first, last, counts, catalog, options)
-        pq.write_table(events, out / "events" / f"part-{index:05d}.parquet", row_group_size=65536)
-        planted_tables.append(planted)
-    pq.write_table(pa.concat_tables(planted_tables), out / "interests.parquet")
+    jobs = [(str(out), index, first, last) for index, (first, last) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    run = {"local": _run_local, "processes": _run_processes, "ray": _run_ray}[backend]
+    events = 0
+    for done, result in enumerate(run(jobs, options, max(workers, 1)), start=1):
+        events += result["events"]
+        rate = events / max(time.time() - started, 1e-9)
+        log.info("shard %d/%d: %d events so far, %.0f events/s, ETA %.0fs", done, len(jobs), events, rate,
+                 (options.events - events) / max(rate, 1e-9))
+    planted = pq.read_table(out / "interests")
+    pq.write_table(planted.sort_by("user"), out / "interests.parquet")
+    catalog = build_catalog(options)
     pq.write_table(pa.table({"item": pa.array(np.arange(options.items)), "category": pa.array(catalog.category)}),
                    out / "item_categories.parquet")
-    summary = {"options": asdict(options), "events": int(counts.sum()), "seconds": round(time.time() - started, 2)}
+    summary = {"options": asdict(options), "events": events, "shards": len(jobs), "workers": workers,
+               "backend": backend, "seconds": round(time.time() - started, 2)}
     (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("wrote %d events for %d users to %s in %.1fs", summary["events"], options.users, out, summary["seconds"])
+    log.info("wrote %d events for %d users to %s in %.1fs (%.0f events/s)", events, options.users, out,
+             summary["seconds"], events / max(summary["seconds"], 1e-9))
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-synth", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="default: ray with several workers, local with one")
     defaults = SynthOptions()
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    synthesize(args.out, SynthOptions(**{k: getattr(args, k) for k in asdict(defaults)}))
+    backend = args.backend or ("ray" if args.workers > 1 else "local")
+    synthesize(args.out, SynthOptions(**{k: getattr(args, k) for k in asdict(defaults)}), args.workers, backend)
     return 0
 
 

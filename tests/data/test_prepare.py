@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dimerec_dist.data.prepare import PrepareOptions, kcore_mask, main, prepare
+from dimerec_dist.data.prepare import PrepareOptions, main, prepare
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -72,12 +72,25 @@ def test_events_parquet_directory_with_named_columns(tmp_path):
     assert sequences_of(Manifest.load(out)) == {"1": ["8", "9", "7"], "2": ["7"]}
 
 
-def test_kcore_keeps_only_dense_users_and_items():
-    users = [0, 0, 0, 1, 1, 1, 2]
-    items = [0, 1, 2, 0, 1, 3, 0]
-    import numpy as np
-    keep = kcore_mask(np.array(users), np.array(items), 2)
-    assert keep.tolist() == [True, True, False, True, True, False, False]
+def test_kcore_keeps_only_dense_users_and_items_and_renumbers_them(tmp_path):
+    # u3 has one event; dropping it leaves item c with one event, which then drops too.
+    manifest = run(tmp_path, "pairs", "u1 a\nu1 b\nu1 c\nu2 a\nu2 b\nu2 d\nu3 c\n", kcore=2)
+    assert sequences_of(manifest) == {"u1": ["a", "b"], "u2": ["a", "b"]}
+    assert read_items(manifest).column("item_id").to_pylist() == [1, 2], "ids stay dense after filtering"
+    assert manifest.data["counts"]["events_read"] == 7 and manifest.data["counts"]["events"] == 4
+
+
+def test_many_buckets_and_small_row_groups_give_the_same_dataset(tmp_path):
+    text = "".join(f"u{u % 37} i{(u * 7 + k) % 23}\n" for u in range(300) for k in range(3))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = run(tmp_path / "a", "pairs", text, buckets=1)
+    many = run(tmp_path / "b", "pairs", text, buckets=7, row_group_size=5, rows_per_shard=10)
+    assert sequences_of(one) == sequences_of(many)
+    assert len(many.split_files("train")) == 4, "37 users in shards of 10"
+    groups = [g for entry in many.data["files"]["train"] for g in entry["row_groups"]]
+    assert sum(g["rows"] for g in groups) == 37 and max(g["rows"] for g in groups) == 5
+    assert sum(g["samples"] for g in groups) == many.data["counts"]["train_samples"]
 
 
 def test_manifest_records_counts_checksums_and_options(tmp_path):

@@ -1,51 +1,18 @@
-"""Training samples, the step plan, negatives and the KJT batch."""
+"""History windows, negatives, the KJT batch and evaluation users."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from dimerec_dist.data.batch import FEATURES, NegativeSampler, make_batch
-from dimerec_dist.data.samples import EvaluationUsers, StepPlan, TrainingSamples, window
-from dimerec_dist.data.schema import EVAL_SCHEMA, TRAIN_SCHEMA
-
-
-def train_table(sequences):
-    return pa.table([pa.array(range(len(sequences)), pa.int64()), pa.array([str(i) for i in range(len(sequences))]),
-                     pa.array(sequences, pa.list_(pa.int64()))], schema=TRAIN_SCHEMA)
+from dimerec_dist.data.samples import EvaluationUsers, window
+from dimerec_dist.data.schema import EVAL_SCHEMA
 
 
 def test_window_is_left_aligned_and_keeps_the_most_recent_items():
     flat = np.array([5, 6, 7, 8, 9])
     out = window(flat, np.array([0, 3]), np.array([4, 4]), 3)
     assert out.ids.tolist() == [[6, 7, 8], [8, 0, 0]] and out.lengths.tolist() == [3, 1]
-
-
-def test_every_position_of_every_sequence_is_one_sample():
-    samples = TrainingSamples(train_table([[1, 2, 3], [4], [5, 6]]), max_history=2)
-    assert len(samples) == 3
-    seqs, positions = samples.epoch_order("all", seed=0, epoch=0)
-    history, targets = samples.batch(seqs, positions)
-    got = sorted((tuple(h[:l]), t) for h, l, t in zip(history.ids.tolist(), history.lengths, targets))
-    assert got == [((1,), 2), ((1, 2), 3), ((5,), 6)]
-
-
-def test_epochs_reshuffle_deterministically_and_random_cut_takes_one_per_user():
-    samples = TrainingSamples(train_table([[1, 2, 3, 4], [5, 6, 7], [8]]), max_history=5)
-    a, b = samples.epoch_order("all", 1, 0), samples.epoch_order("all", 1, 0)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    seqs, positions = samples.epoch_order("random_cut", 1, 0)
-    assert sorted(seqs.tolist()) == [0, 1] and all(1 <= p < 4 for p in positions)
-    with pytest.raises(ValueError, match="unknown sample mode"):
-        samples.epoch_order("every_other", 1, 0)
-
-
-def test_plan_gives_each_rank_a_slice_and_the_union_is_the_global_batch():
-    seqs, positions = np.arange(10), np.arange(10) + 100
-    one, two = StepPlan(seqs, positions, 4, 1), StepPlan(seqs, positions, 4, 2)
-    assert one.steps == two.steps == 2  # the ragged tail (2 samples) is dropped on every world size
-    for step in range(2):
-        merged = np.concatenate([two.rank_slice(step, r)[0] for r in range(2)])
-        assert np.array_equal(merged, one.rank_slice(step, 0)[0])
 
 
 def test_negative_sampler_is_deterministic_in_range_and_log_q_is_expected_count():
@@ -64,9 +31,8 @@ def test_negative_sampler_is_deterministic_in_range_and_log_q_is_expected_count(
 
 
 def test_make_batch_builds_the_three_features():
-    samples = TrainingSamples(train_table([[1, 2, 3], [4, 5]]), max_history=3)
-    history, targets = samples.batch(np.array([0, 1]), np.array([2, 1]))
-    batch = make_batch(history, targets, np.array([9, 8, 7]), log_q=np.log(np.arange(1, 11, dtype=float)))
+    history = window(np.array([1, 2, 3, 4, 5]), np.array([0, 3]), np.array([2, 4]), 3)
+    batch = make_batch(history, np.array([3, 5]), np.array([9, 8, 7]), log_q=np.log(np.arange(1, 11, dtype=float)))
     kjt = batch.kjt.to_dict()
     assert list(batch.kjt.keys()) == list(FEATURES)
     assert kjt["history"].values().tolist() == [1, 2, 4] and kjt["history"].lengths().tolist() == [2, 1]

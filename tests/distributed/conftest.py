@@ -40,4 +40,4 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 TINY_JOB = ["model.embedding_dim=16", "model.max_history=20", "model.num_interests=2", "model.dam_hidden=32",
             "model.diffusion_steps=10", "model.dropout=0", "train.batch_size=64", "train.negatives=128",
-            "train.log_every=1", "eval.batch_size=64"]
+            "train.log_every=1", "eval.batch_size=64", "data.streams=2"]

@@ -1,0 +1,247 @@
+"""The data plan and the stream of training batches each rank reads.
+
+The plan: the train split's row groups (a few thousand users each) are dealt, every
+epoch in an order shuffled from (seed, epoch), to `streams` virtual streams, balancing
+their sample counts. A global batch is one slice of `global_batch / streams` samples
+from every stream; rank r reads the streams v with v % world_size == r. So the global
+batch is the same for any world size that divides `streams`, every rank runs the same
+number of steps, and nothing is read twice.
+
+Reading: a row group is decoded into its users' items and a shuffled list of samples
+(user, position); windows of history are cut only when a batch is built. Decoding runs
+in this process (`local`) or in Ray tasks (`ray`), with a bounded window of row groups in
+flight per rank. Ray Data is not used: it is not supported inside multi-process torchrun,
+Ray tasks are.
+
+Position: (epoch, step) determines everything, so a resumed job continues exactly where
+it stopped; whole row groups are skipped from the manifest's counts without reading them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dimerec_dist.data.samples import SAMPLE_MODES, HistoryBatch, window
+from dimerec_dist.data.schema import DataError, Manifest
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    id: int
+    file: str
+    index: int
+    samples: int  # training samples with sample_mode=all
+    trainable: int  # users with >= 2 items: samples with sample_mode=random_cut
+
+
+@dataclass
+class Decoded:
+    """One decoded row group: users' items, flat, and its samples in shuffled order."""
+
+    items: np.ndarray
+    offsets: np.ndarray
+    seqs: np.ndarray
+    positions: np.ndarray
+
+
+def decode_group(file: str, index: int, group_id: int, seed: int, epoch: int, sample_mode: str) -> Decoded:
+    """Read one row group and list its samples, shuffled from (seed, epoch, group)."""
+    try:
+        column = pq.ParquetFile(file).read_row_group(index, columns=["items"]).column("items").combine_chunks()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{file}: cannot read row group {index} ({str(exc).splitlines()[0]})") from None
+    items = column.flatten().to_numpy()  # flatten() honours slice offsets, unlike .values
+    lengths = column.value_lengths().to_numpy().astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    rng = np.random.default_rng([seed, epoch, group_id, 0x57])
+    if sample_mode == "all":
+        per_seq = np.maximum(lengths - 1, 0)
+        seqs = np.repeat(np.arange(len(lengths)), per_seq)
+        first = np.concatenate([[0], np.cumsum(per_seq)])[:-1]
+        positions = np.arange(len(seqs)) - first[seqs] + 1
+    else:
+        seqs = np.flatnonzero(lengths >= 2)
+        positions = 1 + (rng.random(len(seqs)) * (lengths[seqs] - 1)).astype(np.int64)
+    order = rng.permutation(len(seqs))
+    return Decoded(items, offsets, seqs[order], positions[order])
+
+
+def row_groups(manifest: Manifest) -> list[RowGroup]:
+    groups = []
+    for entry in manifest.data["files"]["train"]:
+        for index, group in enumerate(entry.get("row_groups", [])):
+            groups.append(RowGroup(len(groups), str(manifest.root / entry["path"]), index, group["samples"],
+                                   group["trainable"]))
+    if not groups:
+        raise DataError(f"{manifest.root / 'manifest.json'}: the train split lists no row groups")
+    return groups
+
+
+class DataPlan:
+    def __init__(self, groups: list[RowGroup], streams: int, global_batch: int, seed: int, sample_mode: str):
+        if sample_mode not in SAMPLE_MODES:
+            raise ValueError(f"unknown sample mode {sample_mode!r} ({', '.join(SAMPLE_MODES)})")
+        if global_batch % streams:
+            raise DataError(f"the global batch {global_batch} must be a multiple of data.streams={streams}")
+        self.groups, self.streams, self.seed, self.sample_mode = groups, streams, seed, sample_mode
+        self.per_stream = global_batch // streams
+
+    def samples_of(self, group: RowGroup) -> int:
+        return group.samples if self.sample_mode == "all" else group.trainable
+
+    def assignment(self, epoch: int) -> list[list[RowGroup]]:
+        """Row groups of each stream this epoch: shuffled, then dealt to the stream with the fewest samples."""
+        order = np.random.default_rng([self.seed, epoch, 0x91A]).permutation(len(self.groups))
+        streams: list[list[RowGroup]] = [[] for _ in range(self.streams)]
+        load = np.zeros(self.streams, np.int64)
+        for index in order:
+            target = int(np.argmin(load))  # ties go to the lowest stream: deterministic
+            streams[target].append(self.groups[index])
+            load[target] += self.samples_of(self.groups[index])
+        return streams
+
+    def steps(self, epoch: int) -> int:
+        """Steps every rank runs this epoch: the shortest stream decides (the others' tails are dropped)."""
+        shortest = min(sum(self.samples_of(g) for g in stream) for stream in self.assignment(epoch))
+        return shortest // self.per_stream
+
+
+class _LocalDecoder:
+    def __init__(self, plan: DataPlan, window_size: int):
+        self.plan = plan
+
+    def submit(self, group: RowGroup, epoch: int):
+        return (group, epoch)
+
+    def result(self, handle) -> Decoded:
+        group, epoch = handle
+        return decode_group(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode)
+
+
+class _RayDecoder:
+    """Decoding as Ray tasks; connects to RAY_ADDRESS or starts a local Ray."""
+
+    def __init__(self, plan: DataPlan, window_size: int):
+        import ray
+
+        if not ray.is_initialized():
+            address = os.environ.get("RAY_ADDRESS")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     **({} if address else {"num_cpus": max(window_size, 1)}))
+        self.ray, self.plan = ray, plan
+        self.task = ray.remote(num_cpus=1)(decode_group)
+
+    def submit(self, group: RowGroup, epoch: int):
+        return self.task.remote(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode)
+
+    def result(self, handle) -> Decoded:
+        return self.ray.get(handle)
+
+
+class StreamCursor:
+    """One virtual stream in one epoch: hands out its next `count` samples, decoding ahead."""
+
+    def __init__(self, groups: list[RowGroup], epoch: int, decoder, ahead: int, skip: int, plan: DataPlan):
+        self.epoch, self.decoder, self.ahead = epoch, decoder, max(ahead, 1)
+        # Skip whole row groups from the manifest's counts, without reading them.
+        queue = list(groups)
+        while queue and plan.samples_of(queue[0]) <= skip:
+            skip -= plan.samples_of(queue.pop(0))
+        self.todo = deque(queue)
+        self.in_flight: deque = deque()
+        self.current: Decoded | None = None
+        self.cursor = 0
+        self._fill()
+        self._drop = skip
+
+    def _fill(self) -> None:
+        while self.todo and len(self.in_flight) < self.ahead:
+            self.in_flight.append(self.decoder.submit(self.todo.popleft(), self.epoch))
+
+    def _next_group(self) -> None:
+        if not self.in_flight:
+            raise RuntimeError("a stream ran out of samples before the planned number of steps")
+        self.current, self.cursor = self.decoder.result(self.in_flight.popleft()), 0
+        self._fill()
+
+    def take(self, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(items, starts, ends) pieces holding the next `count` samples."""
+        if self._drop:
+            self._skip(self._drop)
+            self._drop = 0
+        pieces = []
+        while count:
+            if self.current is None or self.cursor == len(self.current.seqs):
+                self._next_group()
+                continue
+            n = min(count, len(self.current.seqs) - self.cursor)
+            seqs = self.current.seqs[self.cursor:self.cursor + n]
+            positions = self.current.positions[self.cursor:self.cursor + n]
+            starts = self.current.offsets[seqs]
+            pieces.append((self.current.items, starts, starts + positions))
+            self.cursor += n
+            count -= n
+        return pieces
+
+    def _skip(self, count: int) -> None:
+        while count:
+            if self.current is None or self.cursor == len(self.current.seqs):
+                self._next_group()
+                continue
+            n = min(count, len(self.current.seqs) - self.cursor)
+            self.cursor += n
+            count -= n
+
+
+class TrainStream:
+    """The batches one rank trains on: its streams' slices of every global batch."""
+
+    def __init__(self, manifest: Manifest, *, max_history: int, global_batch: int, streams: int, world_size: int,
+                 rank: int, seed: int, sample_mode: str = "all", backend: str = "local", window_size: int = 4):
+        streams = streams or world_size
+        if streams % world_size:
+            raise DataError(f"data.streams={streams} must be a multiple of the world size {world_size}")
+        if backend not in BACKENDS:
+            raise DataError(f"unknown data backend {backend!r} ({', '.join(BACKENDS)})")
+        self.plan = DataPlan(row_groups(manifest), streams, global_batch, seed, sample_mode)
+        self.max_history = max_history
+        self.owned = list(range(rank, streams, world_size))
+        self.window_size = window_size
+        decoder_class = _RayDecoder if backend == "ray" else _LocalDecoder
+        self.decoder = decoder_class(self.plan, window_size)
+        per = self.plan.per_stream
+        # Rows of the global batch this rank holds: stream v's slice is [v * per, (v + 1) * per).
+        self.global_rows = np.concatenate([np.arange(v * per, (v + 1) * per) for v in self.owned])
+
+    def steps(self, epoch: int) -> int:
+        return self.plan.steps(epoch)
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, HistoryBatch, np.ndarray]]:
+        """(step, history, targets) for steps start_step.. of the epoch."""
+        assignment = self.plan.assignment(epoch)
+        per = self.plan.per_stream
+        ahead = -(-self.window_size // len(self.owned))
+        cursors = [StreamCursor(assignment[v], epoch, self.decoder, ahead, start_step * per, self.plan)
+                   for v in self.owned]
+        for step in range(start_step, self.plan.steps(epoch)):
+            pieces = [piece for cursor in cursors for piece in cursor.take(per)]
+            yield (step, *self._cut(pieces))
+
+    def _cut(self, pieces: list) -> tuple[HistoryBatch, np.ndarray]:
+        ids, lengths, targets = [], [], []
+        for items, starts, ends in pieces:
+            history = window(items, starts, ends, self.max_history)
+            ids.append(history.ids)
+            lengths.append(history.lengths)
+            targets.append(items[ends])
+        return HistoryBatch(np.concatenate(ids), np.concatenate(lengths)), np.concatenate(targets)
