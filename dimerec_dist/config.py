@@ -126,6 +126,7 @@ class DataConfig:
     streams: int = 0
     backend: str = "local"  # decode row groups in this process, or in Ray tasks ("ray")
     window: int = 4  # row groups decoded ahead per rank
+    mix: int = 4  # consecutive row groups of a stream whose samples are shuffled together
 
     def validate(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
@@ -134,6 +135,7 @@ class DataConfig:
         _choice("data.backend", self.backend, ("local", "ray"))
         _at_least("data.streams", self.streams, 0)
         _at_least("data.window", self.window, 1)
+        _at_least("data.mix", self.mix, 1)
         if self.source == "prepared" and not self.path:
             raise ConfigError("data.source=prepared needs data.path (a dimerec-prepare output directory)")
         if self.source == "raw" and not self.raw_path:
@@ -192,6 +194,7 @@ class EvalConfig:
     batch_size: int = 256  # users per rank per step
     exclude_seen: bool = True  # the literature's protocol: never recommend what the user has seen
     query: str = "auto"  # dam: the generated interest; gem: best of the K interests; auto: dam unless GEM-only
+    at_end: bool = True  # evaluate valid and test after training (final.json); benchmarks turn it off
 
     def validate(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):

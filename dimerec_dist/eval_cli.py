@@ -12,32 +12,46 @@ sharded. Writes run_dir/eval.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dimerec_dist.checkpoint import CheckpointError, check_compatible, load_model
-from dimerec_dist.config import ConfigError, load_config
+from dimerec_dist.config import ConfigError, JobConfig, load_config
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import dataset_path
-from dimerec_dist.parallel import init_distributed, shutdown
+from dimerec_dist.parallel import DistContext, init_distributed, shutdown
 from dimerec_dist.train import build_model, final_metrics, setup_logging
 
 log = logging.getLogger("dimerec.eval")
 
 
-def run(run_dir: Path, include_seen: bool, overrides: list[str]) -> dict:
+@dataclass
+class LoadedRun:
+    config: JobConfig
+    manifest: Manifest
+    ctx: DistContext
+    model: object
+    shards: list
+
+    def users(self, split: str) -> EvaluationUsers:
+        return EvaluationUsers(read_split(self.manifest, split), self.config.model.max_history)
+
+    def popularity(self) -> np.ndarray:
+        return np.concatenate([[0], read_items(self.manifest).column("popularity").to_numpy()])
+
+
+def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
+    """A finished run's model, rebuilt from its config.yaml and loaded, table sharded over this job's ranks."""
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a dimerec-train run directory (no config.yaml)")
     config = load_config(config_file, overrides)
-    if include_seen:
-        config.eval = dataclasses.replace(config.eval, exclude_seen=False)
     manifest = Manifest.load(dataset_path(config.data, run_dir))
     check_compatible(run_dir / "model", manifest.num_items, config.model)  # before any process group or model
     ctx = init_distributed(config.train.device)
@@ -45,11 +59,14 @@ def run(run_dir: Path, include_seen: bool, overrides: list[str]) -> dict:
     model, shards = build_model(config, manifest.num_items, ctx, run_dir=None)
     load_model(model, run_dir / "model", manifest.num_items, config.model)
     model.eval()
-    valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
-    test = EvaluationUsers(read_split(manifest, "test"), config.model.max_history)
-    popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])
-    result = final_metrics(model, shards, config, ctx, valid, test, popularity)
-    if ctx.is_main:
+    return LoadedRun(config, manifest, ctx, model, shards)
+
+
+def run(run_dir: Path, include_seen: bool, overrides: list[str]) -> dict:
+    loaded = load_run(run_dir, overrides + (["eval.exclude_seen=false"] if include_seen else []))
+    result = final_metrics(loaded.model, loaded.shards, loaded.config, loaded.ctx, loaded.users("valid"),
+                           loaded.users("test"), loaded.popularity())
+    if loaded.ctx.is_main:
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         for split in ("valid", "test"):
             log.info("%s %s", split, " ".join(f"{k}={v:.4f}" for k, v in result[split].items()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -121,6 +122,16 @@ def ranking_metrics(topk: np.ndarray, targets: np.ndarray, ks: list[int]) -> dic
     return out
 
 
+@dataclass
+class SplitEvaluation:
+    """A split's metrics and top-k item ids (users in split order), for the model and popularity."""
+
+    metrics: dict[str, float]
+    topk: np.ndarray
+    popularity: dict[str, float] | None = None
+    popularity_topk: np.ndarray | None = None
+
+
 def _rank_rows(count: int, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
     """This rank's contiguous share of `count` users, padded by repeating its last row so every
     rank runs the same number of collective steps; the second array marks the real rows."""
@@ -138,11 +149,8 @@ def _rank_rows(count: int, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: DistContext, *, dim: int, ks: list[int],
                    batch_size: int, exclude_seen: bool, query_mode: str, cosine: bool, sample_steps: int | None,
                    seed: int, popularity: np.ndarray | None = None, progress_every: float = 30.0
-                   ) -> tuple[dict[str, float], dict[str, float] | None, np.ndarray]:
-    """Metrics of the model (and of the popularity ranking, if counts are given) on one split.
-
-    Returns (model metrics, popularity metrics, model top-k ids for the users in split order).
-    """
+                   ) -> SplitEvaluation:
+    """Metrics and top-k lists of the model (and of the popularity ranking, if counts are given) on one split."""
     k = max(ks)
     rows, real = _rank_rows(len(users), ctx)
     num_batches = all_reduce_max_int(math.ceil(len(rows) / batch_size), ctx.device)
@@ -187,11 +195,11 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
     real_mask = np.concatenate(all_real)[order]
     topk = np.concatenate(all_topk)[order][real_mask]
     targets = np.concatenate(all_targets)[order][real_mask]
-    metrics = ranking_metrics(topk, targets, ks)
-    pop_metrics = None
+    result = SplitEvaluation(ranking_metrics(topk, targets, ks), topk)
     if all_pop_topk:
-        pop_metrics = ranking_metrics(np.concatenate(all_pop_topk)[order][real_mask], targets, ks)
-    return metrics, pop_metrics, topk
+        result.popularity_topk = np.concatenate(all_pop_topk)[order][real_mask]
+        result.popularity = ranking_metrics(result.popularity_topk, targets, ks)
+    return result
 
 
 def _gathered_order(per_rank: int, batch_size: int, num_batches: int, world: int) -> np.ndarray:

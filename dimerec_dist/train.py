@@ -159,7 +159,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     stream = TrainStream(manifest, max_history=config.model.max_history, global_batch=global_batch,
                          streams=config.data.streams, world_size=ctx.world_size, rank=ctx.rank, seed=config.seed,
                          sample_mode=config.data.sample_mode, backend=config.data.backend,
-                         window_size=config.data.window)
+                         window_size=config.data.window, mix=config.data.mix)
     rank_rows = torch.from_numpy(stream.global_rows)
     valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
     test = EvaluationUsers(read_split(manifest, "test"), config.model.max_history)
@@ -213,7 +213,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
         last_epoch = epoch == len(epoch_steps) - 1
         if config.train.eval_every_epochs and ((epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch):
             model.eval()
-            scores, _, _ = evaluate(model, shards, config, ctx, valid)
+            scores = evaluate(model, shards, config, ctx, valid).metrics
             model.train()
             metrics.scalars(step, {f"valid/{k}": v for k, v in scores.items()})
             log.info("epoch %d valid %s", epoch, _fmt(scores))
@@ -226,6 +226,9 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     else:
         save_model(model, best_path, manifest.num_items, config.model, {"step": step})
     model.eval()
+    if not config.eval.at_end:
+        metrics.close()
+        return {}
     final = final_metrics(model, shards, config, ctx, valid, test, popularity)
     metrics.scalars(step, {f"final/{split}/{k}": v for split in ("valid", "test") for k, v in final[split].items()})
     metrics.close()
@@ -236,9 +239,10 @@ def train(config: JobConfig, run_dir: Path) -> dict:
 
 
 def final_metrics(model, shards, config, ctx, valid, test, popularity) -> dict:
-    valid_scores, valid_pop, _ = evaluate(model, shards, config, ctx, valid, popularity)
-    test_scores, test_pop, _ = evaluate(model, shards, config, ctx, test, popularity)
-    return {"valid": valid_scores, "test": test_scores, "popularity": {"valid": valid_pop, "test": test_pop},
+    valid_result = evaluate(model, shards, config, ctx, valid, popularity)
+    test_result = evaluate(model, shards, config, ctx, test, popularity)
+    return {"valid": valid_result.metrics, "test": test_result.metrics,
+            "popularity": {"valid": valid_result.popularity, "test": test_result.popularity},
             "protocol": {"split": "leave-one-out", "ranking": "full catalog",
                          "exclude_seen": config.eval.exclude_seen, "query": config.query_mode(),
                          "sample_steps": config.model.sample_steps}}

@@ -52,6 +52,12 @@ class Manifest:
     def num_users(self) -> int:
         return int(self.data["counts"]["users"])
 
+    def _check_listing(self, path: Path) -> None:
+        """Every shard listed once, no copies, no unlisted shard: a plan must never read a row twice or miss one."""
+        problems = _listing_problems(self.root, self.data)
+        if problems:
+            raise DataError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
     def split_files(self, split: str) -> list[Path]:
         if split not in self.data["files"]:
             raise DataError(f"{self.root / 'manifest.json'}: no split {split!r} (has {sorted(self.data['files'])})")
@@ -71,6 +77,7 @@ class Manifest:
         if version != SCHEMA_VERSION:
             raise DataError(f"{path}: schema_version {version!r}, this build reads {SCHEMA_VERSION}")
         manifest = Manifest(root, data)
+        manifest._check_listing(path)
         for split, entries in [("items", [data["items"]])] + list(data["files"].items()):
             for entry in entries:
                 file = root / entry["path"]
@@ -79,6 +86,27 @@ class Manifest:
                 if verify_checksums and sha256_of(file) != entry["sha256"]:
                     raise DataError(f"{file}: checksum differs from {path} (file changed or truncated)")
         return manifest
+
+
+def _listing_problems(root: Path, data: dict[str, Any]) -> list[str]:
+    problems = []
+    listed: dict[str, str] = {}
+    checksums: dict[str, str] = {}
+    for split, entries in data["files"].items():
+        for entry in entries:
+            if entry["path"] in listed:
+                problems.append(f"shard {entry['path']} is listed twice ({listed[entry['path']]} and {split})")
+            elif entry["sha256"] in checksums and entry["rows"]:
+                problems.append(f"shards {checksums[entry['sha256']]} and {entry['path']} are duplicates (same checksum)")
+            listed[entry["path"]] = split
+            checksums.setdefault(entry["sha256"], entry["path"])
+        folder = root / split
+        if folder.is_dir():
+            for file in sorted(folder.glob("*.parquet")):
+                relative = f"{split}/{file.name}"
+                if relative not in listed:
+                    problems.append(f"{relative} is in the dataset but not listed in the manifest")
+    return problems
 
 
 def write_parquet(table: pa.Table, root: Path, relative: str, row_group_size: int) -> dict[str, Any]:

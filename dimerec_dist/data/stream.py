@@ -54,13 +54,26 @@ class Decoded:
     positions: np.ndarray
 
 
-def decode_group(file: str, index: int, group_id: int, seed: int, epoch: int, sample_mode: str) -> Decoded:
-    """Read one row group and list its samples, shuffled from (seed, epoch, group)."""
+def decode_group(file: str, index: int, group_id: int, seed: int, epoch: int, sample_mode: str,
+                 num_items: int) -> Decoded:
+    """Read one row group and list its samples, shuffled from (seed, epoch, group).
+
+    Ids are checked here, where they are read: an id outside 1..num_items would otherwise
+    reach the embedding kernel as an out-of-bounds row."""
     try:
         column = pq.ParquetFile(file).read_row_group(index, columns=["items"]).column("items").combine_chunks()
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
         raise DataError(f"{file}: cannot read row group {index} ({str(exc).splitlines()[0]})") from None
-    items = column.flatten().to_numpy()  # flatten() honours slice offsets, unlike .values
+    if not (pa.types.is_list(column.type) and column.type.value_type == pa.int64()):
+        raise DataError(f"{file}: column 'items' has type {column.type}, expected list<int64>")
+    items = column.flatten().to_numpy(zero_copy_only=False)  # flatten() honours slice offsets, unlike .values
+    if column.null_count or column.flatten().null_count:
+        raise DataError(f"{file}: row group {index} holds null item ids")
+    if len(items) and (items.min() < 1 or items.max() > num_items):
+        bad = int(np.flatnonzero((items < 1) | (items > num_items))[0])
+        row = int(np.searchsorted(column.offsets.to_numpy(), bad, side="right") - 1)
+        raise DataError(f"{file}: row group {index}, row {row}: item id {int(items[bad])} outside the manifest's "
+                        f"1..{num_items}")
     lengths = column.value_lengths().to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     rng = np.random.default_rng([seed, epoch, group_id, 0x57])
@@ -88,12 +101,14 @@ def row_groups(manifest: Manifest) -> list[RowGroup]:
 
 
 class DataPlan:
-    def __init__(self, groups: list[RowGroup], streams: int, global_batch: int, seed: int, sample_mode: str):
+    def __init__(self, groups: list[RowGroup], streams: int, global_batch: int, seed: int, sample_mode: str,
+                 num_items: int, mix: int = 4):
         if sample_mode not in SAMPLE_MODES:
             raise ValueError(f"unknown sample mode {sample_mode!r} ({', '.join(SAMPLE_MODES)})")
         if global_batch % streams:
             raise DataError(f"the global batch {global_batch} must be a multiple of data.streams={streams}")
         self.groups, self.streams, self.seed, self.sample_mode = groups, streams, seed, sample_mode
+        self.num_items, self.mix = num_items, mix
         self.per_stream = global_batch // streams
 
     def samples_of(self, group: RowGroup) -> int:
@@ -125,7 +140,8 @@ class _LocalDecoder:
 
     def result(self, handle) -> Decoded:
         group, epoch = handle
-        return decode_group(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode)
+        return decode_group(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode,
+                            self.plan.num_items)
 
 
 class _RayDecoder:
@@ -142,78 +158,93 @@ class _RayDecoder:
         self.task = ray.remote(num_cpus=1)(decode_group)
 
     def submit(self, group: RowGroup, epoch: int):
-        return self.task.remote(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode)
+        return self.task.remote(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode,
+                                self.plan.num_items)
 
     def result(self, handle) -> Decoded:
         return self.ray.get(handle)
 
 
+def merge_shuffled(parts: list[Decoded], rng: np.random.Generator) -> Decoded:
+    """Several decoded row groups as one, their samples shuffled together."""
+    item_shift = np.cumsum([0] + [len(p.items) for p in parts])
+    seq_shift = np.cumsum([0] + [len(p.offsets) - 1 for p in parts])
+    items = np.concatenate([p.items for p in parts])
+    offsets = np.concatenate([p.offsets[:-1] + shift for p, shift in zip(parts, item_shift)] + [[item_shift[-1]]])
+    seqs = np.concatenate([p.seqs + shift for p, shift in zip(parts, seq_shift)])
+    positions = np.concatenate([p.positions for p in parts])
+    order = rng.permutation(len(seqs))
+    return Decoded(items, offsets, seqs[order], positions[order])
+
+
 class StreamCursor:
-    """One virtual stream in one epoch: hands out its next `count` samples, decoding ahead."""
+    """One virtual stream in one epoch: hands out its next samples, decoding ahead.
+
+    The stream's row groups are read in chunks of `mix` consecutive groups whose samples
+    are shuffled together, so a batch slice mixes several groups' users. Chunks are the
+    unit of resumption: whole chunks are skipped from the manifest's counts, unread.
+    """
 
     def __init__(self, groups: list[RowGroup], epoch: int, decoder, ahead: int, skip: int, plan: DataPlan):
-        self.epoch, self.decoder, self.ahead = epoch, decoder, max(ahead, 1)
-        # Skip whole row groups from the manifest's counts, without reading them.
-        queue = list(groups)
-        while queue and plan.samples_of(queue[0]) <= skip:
-            skip -= plan.samples_of(queue.pop(0))
-        self.todo = deque(queue)
-        self.in_flight: deque = deque()
+        self.epoch, self.decoder, self.plan, self.ahead = epoch, decoder, plan, max(ahead, 1)
+        chunks = [groups[i:i + plan.mix] for i in range(0, len(groups), plan.mix)]
+        while chunks and sum(plan.samples_of(g) for g in chunks[0]) <= skip:
+            skip -= sum(plan.samples_of(g) for g in chunks.pop(0))
+        self.todo = deque(chunks)
+        self.in_flight: deque = deque()  # (chunk, handles)
         self.current: Decoded | None = None
         self.cursor = 0
         self._fill()
         self._drop = skip
 
     def _fill(self) -> None:
-        while self.todo and len(self.in_flight) < self.ahead:
-            self.in_flight.append(self.decoder.submit(self.todo.popleft(), self.epoch))
+        while self.todo and sum(len(chunk) for chunk, _ in self.in_flight) < self.ahead:
+            chunk = self.todo.popleft()
+            self.in_flight.append((chunk, [self.decoder.submit(group, self.epoch) for group in chunk]))
 
-    def _next_group(self) -> None:
+    def _next_chunk(self) -> None:
         if not self.in_flight:
             raise RuntimeError("a stream ran out of samples before the planned number of steps")
-        self.current, self.cursor = self.decoder.result(self.in_flight.popleft()), 0
+        chunk, handles = self.in_flight.popleft()
         self._fill()
+        rng = np.random.default_rng([self.plan.seed, self.epoch, chunk[0].id, 0x313])
+        self.current, self.cursor = merge_shuffled([self.decoder.result(h) for h in handles], rng), 0
+
+    def _advance(self, count: int, pieces: list | None) -> None:
+        while count:
+            if self.current is None or self.cursor == len(self.current.seqs):
+                self._next_chunk()
+                continue
+            n = min(count, len(self.current.seqs) - self.cursor)
+            if pieces is not None:
+                seqs = self.current.seqs[self.cursor:self.cursor + n]
+                starts = self.current.offsets[seqs]
+                pieces.append((self.current.items, starts, starts + self.current.positions[self.cursor:self.cursor + n]))
+            self.cursor += n
+            count -= n
 
     def take(self, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(items, starts, ends) pieces holding the next `count` samples."""
+        """(items, history starts, history ends = target index) pieces holding the next `count` samples."""
         if self._drop:
-            self._skip(self._drop)
+            self._advance(self._drop, None)
             self._drop = 0
-        pieces = []
-        while count:
-            if self.current is None or self.cursor == len(self.current.seqs):
-                self._next_group()
-                continue
-            n = min(count, len(self.current.seqs) - self.cursor)
-            seqs = self.current.seqs[self.cursor:self.cursor + n]
-            positions = self.current.positions[self.cursor:self.cursor + n]
-            starts = self.current.offsets[seqs]
-            pieces.append((self.current.items, starts, starts + positions))
-            self.cursor += n
-            count -= n
+        pieces: list = []
+        self._advance(count, pieces)
         return pieces
-
-    def _skip(self, count: int) -> None:
-        while count:
-            if self.current is None or self.cursor == len(self.current.seqs):
-                self._next_group()
-                continue
-            n = min(count, len(self.current.seqs) - self.cursor)
-            self.cursor += n
-            count -= n
 
 
 class TrainStream:
     """The batches one rank trains on: its streams' slices of every global batch."""
 
     def __init__(self, manifest: Manifest, *, max_history: int, global_batch: int, streams: int, world_size: int,
-                 rank: int, seed: int, sample_mode: str = "all", backend: str = "local", window_size: int = 4):
+                 rank: int, seed: int, sample_mode: str = "all", backend: str = "local", window_size: int = 4,
+                 mix: int = 4):
         streams = streams or world_size
         if streams % world_size:
             raise DataError(f"data.streams={streams} must be a multiple of the world size {world_size}")
         if backend not in BACKENDS:
             raise DataError(f"unknown data backend {backend!r} ({', '.join(BACKENDS)})")
-        self.plan = DataPlan(row_groups(manifest), streams, global_batch, seed, sample_mode)
+        self.plan = DataPlan(row_groups(manifest), streams, global_batch, seed, sample_mode, manifest.num_items, mix)
         self.max_history = max_history
         self.owned = list(range(rank, streams, world_size))
         self.window_size = window_size
@@ -230,7 +261,7 @@ class TrainStream:
         """(step, history, targets) for steps start_step.. of the epoch."""
         assignment = self.plan.assignment(epoch)
         per = self.plan.per_stream
-        ahead = -(-self.window_size // len(self.owned))
+        ahead = max(-(-self.window_size // len(self.owned)), self.plan.mix)
         cursors = [StreamCursor(assignment[v], epoch, self.decoder, ahead, start_step * per, self.plan)
                    for v in self.owned]
         for step in range(start_step, self.plan.steps(epoch)):

@@ -81,3 +81,24 @@ def test_manifest_from_another_schema_version(prepared):
     (prepared / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(DataError, match="schema_version 99"):
         Manifest.load(prepared)
+
+
+def test_a_shard_not_listed_in_the_manifest_is_refused(prepared):
+    import shutil
+
+    shutil.copy(prepared / "test" / "part-00000.parquet", prepared / "test" / "part-00007.parquet")
+    with pytest.raises(DataError, match="test/part-00007.parquet is in the dataset but not listed in the manifest"):
+        Manifest.load(prepared)
+
+
+def test_duplicate_shards_are_refused(prepared):
+    data = json.loads((prepared / "manifest.json").read_text())
+    data["files"]["train"].append(dict(data["files"]["train"][0]))
+    (prepared / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="train/part-00000.parquet is listed twice"):
+        Manifest.load(prepared)
+    data["files"]["train"][1] = dict(data["files"]["train"][0], path="train/part-00001.parquet")
+    (prepared / "train" / "part-00001.parquet").write_bytes((prepared / "train" / "part-00000.parquet").read_bytes())
+    (prepared / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="are duplicates \\(same checksum\\)"):
+        Manifest.load(prepared)

@@ -33,17 +33,18 @@ def as_rows(history, targets):
 
 def test_decoded_group_lists_every_sample_once(dataset):
     group = row_groups(dataset)[0]
-    decoded = decode_group(group.file, group.index, group.id, 3, 0, "all")
+    decoded = decode_group(group.file, group.index, group.id, 3, 0, "all", dataset.num_items)
     assert len(decoded.seqs) == group.samples
     pairs = set(zip(decoded.seqs.tolist(), decoded.positions.tolist()))
     lengths = np.diff(decoded.offsets)
     assert pairs == {(s, p) for s in range(len(lengths)) for p in range(1, lengths[s])}
-    cut = decode_group(group.file, group.index, group.id, 3, 0, "random_cut")
+    cut = decode_group(group.file, group.index, group.id, 3, 0, "random_cut", dataset.num_items)
     assert len(cut.seqs) == group.trainable and len(set(cut.seqs.tolist())) == len(cut.seqs)
 
 
 def test_plan_balances_streams_and_reshuffles_each_epoch(dataset):
-    plan = DataPlan(row_groups(dataset), streams=4, global_batch=16, seed=3, sample_mode="all")
+    plan = DataPlan(row_groups(dataset), streams=4, global_batch=16, seed=3, sample_mode="all",
+                    num_items=dataset.num_items)
     first, second = plan.assignment(0), plan.assignment(1)
     assert sorted(g.id for s in first for g in s) == list(range(len(plan.groups))), "every group once"
     loads = [sum(g.samples for g in s) for s in first]
@@ -106,3 +107,16 @@ def test_ray_backend_reads_the_same_batches(dataset):
     local = [as_rows(h, t) for _, h, t in stream(dataset).batches(0)]
     remote = [as_rows(h, t) for _, h, t in stream(dataset, backend="ray").batches(0)]
     assert remote == local
+
+
+def test_out_of_vocabulary_ids_are_caught_where_they_are_read(dataset, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"items": pa.array([[1, 2], [3, dataset.num_items + 5]], pa.list_(pa.int64()))}), bad)
+    with pytest.raises(DataError, match=rf"bad.parquet: row group 0, row 1: item id {dataset.num_items + 5} outside"):
+        decode_group(str(bad), 0, 0, 0, 0, "all", dataset.num_items)
+    pq.write_table(pa.table({"items": pa.array([["a"]], pa.list_(pa.string()))}), bad)
+    with pytest.raises(DataError, match=r"column 'items' has type list<\w+: string>, expected list<int64>"):
+        decode_group(str(bad), 0, 0, 0, 0, "all", dataset.num_items)
