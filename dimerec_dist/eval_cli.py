@@ -25,7 +25,7 @@ from dimerec_dist.config import ConfigError, JobConfig, load_config
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import dataset_path
-from dimerec_dist.parallel import DistContext, init_distributed, shutdown
+from dimerec_dist.parallel import DistContext, init_distributed, run_command
 from dimerec_dist.train import build_model, final_metrics, setup_logging
 
 log = logging.getLogger("dimerec.eval")
@@ -79,14 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--include-seen", action="store_true", help="rank items the user has already seen too")
     parser.add_argument("overrides", nargs="*", help="key=value for evaluation, e.g. model.sample_steps=10")
     args = parser.parse_args(argv)
-    try:
-        run(args.run_dir, args.include_seen, args.overrides)
-    except (ConfigError, DataError, CheckpointError) as exc:
-        print(f"dimerec-eval: error: {exc}", file=sys.stderr)
-        shutdown(wait_for_peers=False)
-        return 2
-    shutdown()
-    return 0
+    return run_command("dimerec-eval", lambda: run(args.run_dir, args.include_seen, args.overrides),
+                       (ConfigError, DataError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import gc
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -87,6 +89,19 @@ def shutdown(wait_for_peers: bool = True) -> None:
         if wait_for_peers:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Exception], ...]) -> int:
+    """Run a command's job and leave the process group. A user error (bad config, data,
+    checkpoint) is one line on stderr and exit code 2; anything else is a bug and raises."""
+    try:
+        job()
+    except user_errors as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        shutdown(wait_for_peers=False)
+        return 2
+    shutdown()
+    return 0
 
 
 class _SumDataParallelWrapper(DefaultDataParallelWrapper):

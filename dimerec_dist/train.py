@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from dimerec_dist.evaluate import evaluate_split
 from dimerec_dist.metrics import MetricsLogger, Progress
 from dimerec_dist.model import NoiseDraw
 from dimerec_dist.parallel import (DistContext, init_distributed, init_table_deterministically, local_row_shards,
-                                   plan_sharding, shard_model, shutdown)
+                                   plan_sharding, run_command, shard_model)
 from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
 
 log = logging.getLogger("dimerec.train")
@@ -252,25 +251,15 @@ def _fmt(scores: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in scores.items())
 
 
-def parse_args(argv: list[str] | None, prog: str, description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", type=Path, default=None, help="YAML job file (default: the built-in quickstart)")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dimerec-train", description="Train DimeRec with a TorchRec-sharded item table.")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML job file (default: the built-in defaults, a synthetic short-video log)")
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model.num_interests=8 train.epochs=3")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv, "dimerec-train", "Train DimeRec with a TorchRec-sharded item table.")
-    try:
-        config = load_config(args.config, args.overrides)
-        train(config, args.run_dir)
-    except (ConfigError, DataError) as exc:
-        print(f"dimerec-train: error: {exc}", file=sys.stderr)
-        shutdown(wait_for_peers=False)
-        return 2
-    shutdown()
-    return 0
+    args = parser.parse_args(argv)
+    return run_command("dimerec-train", lambda: train(load_config(args.config, args.overrides), args.run_dir),
+                       (ConfigError, DataError))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 import subprocess
 import sys
 
-import pytest
-
 from dimerec_dist import eval_cli, train
 
 

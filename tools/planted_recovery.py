@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from dimerec_dist.data.schema import read_items, read_split
+from dimerec_dist.checkpoint import CheckpointError
+from dimerec_dist.config import ConfigError
+from dimerec_dist.data.schema import DataError, read_items, read_split
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.evaluate import evaluate_split
-from dimerec_dist.parallel import shutdown
+from dimerec_dist.parallel import run_command
 
 
 def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[int]]) -> dict[str, float]:
@@ -35,13 +37,9 @@ def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[
             "distinct_categories": float(distinct.mean())}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--synth", type=Path, default=None)
-    args = parser.parse_args()
-    loaded = load_run(args.run_dir, [])
-    synth = args.synth or dataset_path(loaded.config.data, args.run_dir) / "raw"
+def report(run_dir: Path, synth: Path | None) -> None:
+    loaded = load_run(run_dir, [])
+    synth = synth or dataset_path(loaded.config.data, run_dir) / "raw"
     users = loaded.users("test")
     c = loaded.config
     result = evaluate_split(loaded.model.module, loaded.shards, users, loaded.ctx, dim=c.model.embedding_dim, ks=[50],
@@ -58,15 +56,22 @@ def main() -> int:
         interests = pq.read_table(synth / "interests.parquet")
         planted_of = dict(zip(interests.column("user").to_pylist(), interests.column("categories").to_pylist()))
         planted = [set(planted_of[raw_user[int(u)]]) for u in users.users]
-        report = {"users": len(users), "model": {"hr@50": result.metrics["hr@50"],
+        result_json = {"users": len(users), "model": {"hr@50": result.metrics["hr@50"],
                                                  **category_scores(result.topk, categories, planted)},
                   "popularity": {"hr@50": result.popularity["hr@50"],
                                  **category_scores(result.popularity_topk, categories, planted)}}
-        report["hr@50_ratio"] = report["model"]["hr@50"] / max(report["popularity"]["hr@50"], 1e-12)
-        (args.run_dir / "planted.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(report, indent=2))
-    shutdown()
-    return 0
+        result_json["hr@50_ratio"] = result_json["model"]["hr@50"] / max(result_json["popularity"]["hr@50"], 1e-12)
+        (run_dir / "planted.json").write_text(json.dumps(result_json, indent=2) + "\n")
+        print(json.dumps(result_json, indent=2))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--synth", type=Path, default=None)
+    args = parser.parse_args()
+    return run_command("planted_recovery", lambda: report(args.run_dir, args.synth),
+                       (ConfigError, DataError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np

@@ -14,7 +14,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dimerec_dist.config import load_config
 from dimerec_dist.data.samples import EvaluationUsers
-from dimerec_dist.data.schema import Manifest, read_items, read_split
+from dimerec_dist.data.schema import Manifest, read_split
 from dimerec_dist.evaluate import mask_rows, ranking_metrics, user_starts
 from dimerec_dist.model import DimeRec
 from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun
@@ -78,7 +78,6 @@ def brute_force_test_metrics(run_dir, dataset, tmp_path):
     seen_ids = torch.tensor([list(s) + [0] * (width - len(s)) for s in seen])
     scores = mask_rows(model.item_scores(queries, table), 0, seen_ids)
     topk = torch.topk(scores, 50, dim=1).indices.numpy()
-    popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])
     return ranking_metrics(topk, targets, [10, 20, 50])
 
 

@@ -7,7 +7,7 @@ import sys
 from tests.distributed.conftest import REPO
 
 
-def test_quickstart_config_learns_far_beyond_popularity(tmp_path):
+def test_quickstart_learns_far_beyond_popularity_and_recovers_planted_interests(tmp_path):
     run_dir = tmp_path / "quick"
     command = [sys.executable, "-m", "dimerec_dist.train", "--config", "configs/quickstart.yaml", "--run-dir",
                str(run_dir), "data.synth_users=1500", "data.synth_events=60000", "train.epochs=2",
@@ -20,3 +20,11 @@ def test_quickstart_config_learns_far_beyond_popularity(tmp_path):
     final = json.loads((run_dir / "final.json").read_text())
     model, popularity = final["test"]["hr@50"], final["popularity"]["test"]["hr@50"]
     assert model >= 2 * popularity, f"test HR@50 {model:.4f} vs popularity {popularity:.4f}"
+
+    # The planted interests are recovered: the model's top-50 sits in the user's planted categories.
+    done = subprocess.run([sys.executable, "tools/planted_recovery.py", "--run-dir", str(run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    planted = json.loads((run_dir / "planted.json").read_text())
+    assert planted["hr@50_ratio"] >= 3, planted
+    assert planted["model"]["planted_category_share"] > 5 * planted["popularity"]["planted_category_share"], planted

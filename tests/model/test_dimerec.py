@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from dimerec_dist.config import ModelConfig
 from dimerec_dist.model import DimeRec, NoiseDraw
