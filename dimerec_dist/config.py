@@ -101,7 +101,8 @@ RAW_FORMATS = ("movielens", "pairs", "sequences", "events")
 SAMPLE_MODES = ("all", "random_cut")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
-SHARDING = ("row_wise", "table_wise", "column_wise")
+# column_wise needs partial scores summed over ranks in evaluation: not built yet, so refused here.
+SHARDING = ("row_wise", "table_wise")
 QUERY_MODES = ("auto", "dam", "gem")
 
 

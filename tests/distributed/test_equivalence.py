@@ -1,8 +1,9 @@
 """The distributed path computes what one process computes.
 
-Same data, seed and global batch: 1 and 2 ranks must give the same losses step by step
-(within 1e-4 relative; measured ~1e-6, float summation order), the same metrics exactly,
-and the sharded evaluation must equal a brute-force single-process ranking.
+Same data, seed and global batch: 1 rank and 2 ranks (row-wise, and table-wise where
+rank 1 holds no rows) must give the same losses step by step (within 1e-4 relative;
+measured ~1e-6, float summation order), the same metrics exactly, and the sharded
+evaluation must equal a brute-force single-process ranking.
 """
 
 import json
@@ -26,17 +27,19 @@ LOSSES = ("loss/total", "loss/gem", "loss/recon", "loss/ssm")
 def runs(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for world in (1, 2):
-        run_dir = root / f"world{world}"
+    for world, sharding in ((1, "row_wise"), (2, "row_wise"), (2, "table_wise")):
+        run_dir = root / f"world{world}-{sharding}"
         done = torchrun(world, "dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared",
-                        f"data.path={tiny_dataset}", "train.max_steps=20", "train.eval_every_epochs=0", *TINY_JOB)
-        out[world] = (run_dir, done.stdout + done.stderr)
+                        f"data.path={tiny_dataset}", "train.max_steps=20", "train.eval_every_epochs=0",
+                        f"sharding.type={sharding}", *TINY_JOB)
+        out[world if sharding == "row_wise" else sharding] = (run_dir, done.stdout + done.stderr)
     return out
 
 
-def test_one_and_two_ranks_give_the_same_losses_for_20_steps(runs):
+@pytest.mark.parametrize("other", [2, "table_wise"])
+def test_one_and_two_ranks_give_the_same_losses_for_20_steps(runs, other):
     one = [row for row in read_jsonl(runs[1][0] / "metrics.jsonl") if "loss/total" in row]
-    two = [row for row in read_jsonl(runs[2][0] / "metrics.jsonl") if "loss/total" in row]
+    two = [row for row in read_jsonl(runs[other][0] / "metrics.jsonl") if "loss/total" in row]
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 21))
     for a, b in zip(one, two):
         for key in LOSSES:
@@ -51,9 +54,10 @@ def test_two_ranks_shard_the_table_row_wise_and_log_the_plan(runs):
     assert "sharding plan (row_wise over 2 ranks)" in output
 
 
-def test_final_metrics_are_identical_across_world_sizes(runs):
+@pytest.mark.parametrize("other", [2, "table_wise"])
+def test_final_metrics_are_identical_across_world_sizes(runs, other):
     one = json.loads((runs[1][0] / "final.json").read_text())
-    two = json.loads((runs[2][0] / "final.json").read_text())
+    two = json.loads((runs[other][0] / "final.json").read_text())
     assert one["test"] == two["test"] and one["valid"] == two["valid"]
     assert set(one["test"]) == {f"{m}@{k}" for m in ("hr", "ndcg") for k in (10, 20, 50)}
     assert one["popularity"] == two["popularity"]

@@ -1,0 +1,44 @@
+"""The launch scripts: two torchrun "nodes" on one machine (c10d rendezvous on 127.0.0.1)."""
+
+import json
+import os
+import socket
+import subprocess
+
+from tests.distributed.conftest import REPO, TINY_JOB
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_rendezvous_and_train_with_the_table_sharded_over_both(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "two-nodes"
+    env = {**os.environ, "NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "NPROC_PER_NODE": "1", "RDZV_ID": f"test-{os.getpid()}", "OMP_NUM_THREADS": "1"}
+    args = ["--run-dir", str(run_dir), "data.source=prepared", f"data.path={tiny_dataset}", "train.max_steps=6",
+            "train.eval_every_epochs=0", *TINY_JOB]
+    nodes = [subprocess.Popen(["bash", "launch/multi_node.sh", *args], cwd=REPO, env={**env, "NODE_RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    for rank, (node, output) in enumerate(zip(nodes, outputs)):
+        assert node.returncode == 0, f"node {rank}:\n{output[-4000:]}"
+    plan = (run_dir / "sharding_plan.txt").read_text()
+    assert "rank:0" in plan and "rank:1" in plan, plan
+    final = json.loads((run_dir / "final.json").read_text())
+    assert set(final["test"]) >= {"hr@10", "ndcg@50"}
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "loss/total" in line]
+    assert steps == list(range(1, 7))
+
+
+def test_single_node_script_runs_the_trainer(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "one-node"
+    done = subprocess.run(["bash", "launch/single_node.sh", "--run-dir", str(run_dir), "data.source=prepared",
+                           f"data.path={tiny_dataset}", "train.max_steps=3", "train.eval_every_epochs=0", *TINY_JOB],
+                          cwd=REPO, env={**os.environ, "NPROC": "2", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (run_dir / "final.json").is_file()
