@@ -1,58 +1,99 @@
-"""Saving and loading the sharded model with torch.distributed.checkpoint.
+"""Checkpoints with torch.distributed.checkpoint: the model for evaluation and serving, and
+the whole training state for resuming.
 
-Every rank writes its own shards; nothing is gathered. A save goes to a temporary
-directory that becomes the real one only after every rank has finished, so a reader
-never sees half a model. Beside the shards, model.json records what the weights are
-for (catalog size, model config), and a load refuses weights of another model.
+Every rank writes its own shards; nothing is gathered. A save goes to `NAME.tmp` and is
+renamed to `NAME` by rank 0 only after every rank has finished and meta.json is written,
+so a directory without the suffix is always complete, and a save killed half-way leaves
+only a `.tmp` that nobody reads (and the next save of that name replaces).
+
+A training checkpoint holds: the sharded table and its fused optimizer state, the dense
+weights (DCP); the dense optimizer and learning-rate schedule (dense.pt, replicated, so
+rank 0 writes it); step, epoch and position in the data plan, the best validation score,
+and the config (meta.json). No RNG state is needed: every random draw in training derives
+from (seed, epoch, step[, rank]).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from dimerec_dist.config import ModelConfig
 
-META_FILE = "model.json"
+log = logging.getLogger("dimerec.checkpoint")
+META_FILE = "meta.json"
+LEGACY_META_FILE = "model.json"
+DENSE_FILE = "dense.pt"
+# Model config keys that change the shape or meaning of saved weights.
+SHAPE_KEYS = ("embedding_dim", "max_history", "gem", "num_interests", "gem_hidden_mult", "routing_iterations",
+              "sasrec_layers", "sasrec_heads", "dam_hidden", "dam_layers", "guidance_pooling", "diffusion_steps")
 
 
 class CheckpointError(ValueError):
     pass
 
 
-def save_model(model, path: Path, num_items: int, model_config: ModelConfig, extra: dict | None = None) -> None:
-    path = Path(path)
-    staging = path.with_name(path.name + ".tmp")
-    if dist.get_rank() == 0 and staging.exists():
-        shutil.rmtree(staging)
+def _is_main() -> bool:
+    return dist.get_rank() == 0
+
+
+def _commit(staging: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Called on every rank after its shards are written: make the checkpoint visible atomically."""
     dist.barrier()
-    dcp.save(model.state_dict(), checkpoint_id=str(staging))
-    dist.barrier()
-    if dist.get_rank() == 0:
-        meta = {"num_items": num_items, "model": dataclasses.asdict(model_config), **(extra or {})}
+    if _is_main():
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
     dist.barrier()
+
+
+def _stage(final: Path) -> Path:
+    staging = final.with_name(final.name + ".tmp")
+    if _is_main():
+        if staging.exists():
+            shutil.rmtree(staging)  # a save that was killed half-way
+        staging.mkdir(parents=True)
+    dist.barrier()
+    return staging
+
+
+def model_meta(num_items: int, model_config: ModelConfig, **extra: Any) -> dict[str, Any]:
+    return {"num_items": num_items, "model": dataclasses.asdict(model_config), **extra}
+
+
+def save_model(model, path: Path, num_items: int, model_config: ModelConfig, extra: dict | None = None) -> None:
+    """The model's weights only (what evaluation and export read)."""
+    path = Path(path)
+    staging = _stage(path)
+    dcp.save(model.state_dict(), checkpoint_id=str(staging))
+    _commit(staging, path, model_meta(num_items, model_config, **(extra or {})))
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    for name in (META_FILE, LEGACY_META_FILE):
+        if (Path(path) / name).is_file():
+            return json.loads((Path(path) / name).read_text())
+    raise CheckpointError(f"{path} is not a complete dimerec checkpoint (no {META_FILE})")
 
 
 def check_compatible(path: Path, num_items: int, model_config: ModelConfig) -> dict:
-    meta_path = Path(path) / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"{path} is not a dimerec model checkpoint (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
+    """Refuse, before anything is loaded, weights saved for another catalog or model shape."""
+    meta = read_meta(path)
     if meta["num_items"] != num_items:
         raise CheckpointError(f"{path}: saved for a catalog of {meta['num_items']} items, this job has {num_items}")
     ours = dataclasses.asdict(model_config)
-    shape_keys = ("embedding_dim", "max_history", "gem", "num_interests", "gem_hidden_mult", "sasrec_layers",
-                  "dam_hidden", "dam_layers", "guidance_pooling", "diffusion_steps")
-    differ = [f"{k} (saved {meta['model'].get(k)!r}, now {ours[k]!r})" for k in shape_keys
+    differ = [f"{k} (saved {meta['model'].get(k)!r}, now {ours[k]!r})" for k in SHAPE_KEYS
               if meta["model"].get(k) != ours[k]]
     if differ:
         raise CheckpointError(f"{path}: saved by a different model: {', '.join(differ)}")
@@ -65,3 +106,83 @@ def load_model(model, path: Path, num_items: int, model_config: ModelConfig) -> 
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state)
     return meta
+
+
+# --------------------------------------------------------------------------- training state
+
+
+@dataclass
+class TrainingState:
+    """Where training stands: enough, with the weights, to continue as if never stopped."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch the next step belongs to
+    epoch_step: int = 0  # steps done within that epoch (the data plan's position)
+    best_score: float = -1.0
+
+
+class CheckpointManager:
+    """`run_dir/checkpoints/step-XXXXXXXX`, the last `keep` of them kept."""
+
+    def __init__(self, root: Path, keep: int = 2):
+        self.root, self.keep = Path(root), keep
+
+    def path_for(self, step: int) -> Path:
+        return self.root / f"step-{step:08d}"
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a `.tmp` or a directory without meta.json is not one)."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step-")
+                 and not p.name.endswith(".tmp") and (p / META_FILE).is_file()]
+        return sorted(found, key=lambda p: p.name)
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def save(self, model, dense: dict[str, Any], state: TrainingState, num_items: int, config_dict: dict) -> Path:
+        started = time.time()
+        final = self.path_for(state.step)
+        staging = _stage(final)
+        dcp.save(_sharded_state(model), checkpoint_id=str(staging))
+        if _is_main():
+            torch.save(dense, staging / DENSE_FILE)
+        meta = model_meta(num_items, _model_config(config_dict), training=dataclasses.asdict(state),
+                          config=config_dict, world_size=dist.get_world_size(), saved_at=time.time())
+        _commit(staging, final, meta)
+        if _is_main():
+            for old in self.complete()[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint %s written in %.1fs", final, time.time() - started)
+        return final
+
+    @staticmethod
+    def load(path: Path, model, num_items: int, model_config: ModelConfig) -> tuple[TrainingState, dict]:
+        """Load weights and sparse optimizer state in place (any world size or sharding); return the
+        training state and the dense optimizer/schedule state."""
+        meta = check_compatible(path, num_items, model_config)
+        if "training" not in meta:
+            raise CheckpointError(f"{path} holds model weights only, not a training state to resume")
+        state = _sharded_state(model)
+        dcp.load(state, checkpoint_id=str(path))
+        model.load_state_dict(state["model"])
+        if "sparse_optimizer" in state:
+            model.fused_optimizer.load_state_dict(state["sparse_optimizer"])
+        dense = torch.load(Path(path) / DENSE_FILE, weights_only=False)
+        return TrainingState(**meta["training"]), dense
+
+
+def _sharded_state(model) -> dict[str, Any]:
+    """What DCP saves and loads for training: weights, and the fused optimizer's state where this
+    rank holds table rows (table-wise sharding can leave a rank with none, and no state)."""
+    state = {"model": model.state_dict()}
+    sparse = model.fused_optimizer.state_dict()
+    if sparse.get("state"):
+        state["sparse_optimizer"] = sparse
+    return state
+
+
+def _model_config(config_dict: dict) -> ModelConfig:
+    return ModelConfig(**config_dict["model"])

@@ -163,13 +163,16 @@ class TrainConfig:
     logq_correction: bool = True  # only changes anything with the popularity sampler
     log_every: int = 50
     eval_every_epochs: int = 1  # 0: evaluate only at the end
+    checkpoint_every: int = 0  # steps between training checkpoints; every epoch end always saves one
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # auto: the newest complete checkpoint in run_dir/checkpoints; none; or a path
     threads: int = 0  # torch intra-op threads per rank; 0: leave torch's default
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self) -> None:
         for key in ("batch_size", "epochs", "negatives", "log_every"):
             _at_least(f"train.{key}", getattr(self, key), 1)
-        for key in ("max_steps", "warmup_steps", "eval_every_epochs", "threads"):
+        for key in ("max_steps", "warmup_steps", "eval_every_epochs", "threads", "checkpoint_every"):
             _at_least(f"train.{key}", getattr(self, key), 0)
         for key in ("dense_lr", "sparse_lr", "embedding_init"):
             if getattr(self, key) <= 0:
@@ -179,6 +182,7 @@ class TrainConfig:
         _choice("train.sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS)
         _choice("train.negative_sampler", self.negative_sampler, NEGATIVE_SAMPLERS)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _at_least("train.keep_checkpoints", self.keep_checkpoints, 1)
 
 
 @dataclass

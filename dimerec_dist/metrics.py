@@ -40,11 +40,11 @@ class MetricsLogger:
 class Progress:
     """Rate over the last interval and ETA to the final step."""
 
-    def __init__(self, total_steps: int, samples_per_step: int):
+    def __init__(self, total_steps: int, samples_per_step: int, start_step: int = 0):
         self.total_steps = total_steps
         self.samples_per_step = samples_per_step
         self._last_time = time.time()
-        self._last_step = 0
+        self._last_step = start_step
 
     def rate(self, step: int) -> float:
         """Samples per second since the previous call."""

@@ -73,7 +73,15 @@ def init_distributed(device: str = "auto") -> DistContext:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent keeps one store across restarts. Without a per-attempt prefix, a
+            # restarted worker can read a dead worker's address from it and fail to connect.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(backend, store=dist.PrefixStore(f"dimerec/attempt_{attempt}", store),
+                                    rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+        else:
+            dist.init_process_group(backend)
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                        device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
                        backend=backend)
@@ -91,17 +99,21 @@ def shutdown(wait_for_peers: bool = True) -> None:
         dist.destroy_process_group()
 
 
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped by a signal after saving a checkpoint
+
+
 def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Exception], ...]) -> int:
     """Run a command's job and leave the process group. A user error (bad config, data,
-    checkpoint) is one line on stderr and exit code 2; anything else is a bug and raises."""
+    checkpoint) is one line on stderr and exit code 2; a job stopped by a signal after its
+    checkpoint exits 143; anything else is a bug and raises."""
     try:
-        job()
+        result = job()
     except user_errors as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         shutdown(wait_for_peers=False)
         return 2
     shutdown()
-    return 0
+    return PREEMPTED_EXIT_CODE if isinstance(result, dict) and result.get("preempted") else 0
 
 
 class _SumDataParallelWrapper(DefaultDataParallelWrapper):

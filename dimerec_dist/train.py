@@ -17,7 +17,10 @@ import argparse
 import json
 import logging
 import math
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dimerec_dist.checkpoint import load_model, save_model
+from dimerec_dist.checkpoint import CheckpointError, CheckpointManager, TrainingState, load_model, save_model
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
 from dimerec_dist.data.batch import NegativeSampler, make_batch
 from dimerec_dist.data.samples import EvaluationUsers
@@ -103,12 +106,14 @@ def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, 
     return NoiseDraw(draw.t[rows].to(device), draw.noise[rows].to(device))
 
 
-def reduce_losses(losses, device: torch.device) -> dict[str, float]:
-    """Each rank holds sum(local)/global_batch; their sum is the global mean."""
+def reduce_losses(losses, stop_requested: bool, device: torch.device) -> tuple[dict[str, float], bool]:
+    """Global mean losses (each rank holds sum(local)/global_batch; their sum is the mean), and
+    whether any rank was asked to stop, in one all-reduce."""
     parts = torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(),
-                         losses.ssm.detach()]).to(device)
+                         losses.ssm.detach(), torch.tensor(float(stop_requested))]).to(device)
     dist.all_reduce(parts)
-    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), parts.tolist()))
+    values = parts.tolist()
+    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), values[:4])), values[4] > 0
 
 
 def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:
@@ -180,14 +185,36 @@ def train(config: JobConfig, run_dir: Path) -> dict:
              "%d ranks, %d streams, %s reader", manifest.data["counts"]["train_samples"], epoch_steps[0], total_steps,
              len(epoch_steps), global_batch, global_batch // ctx.world_size, ctx.world_size, stream.plan.streams,
              config.data.backend)
-    progress = Progress(total_steps, global_batch)
-    best_path, best_score, step = run_dir / "model", -1.0, 0
+
+    # Resume: the newest complete checkpoint (resume=auto), or a named one.
+    checkpoints = CheckpointManager(run_dir / "checkpoints", config.train.keep_checkpoints)
+    state = TrainingState()
+    resume_from = resume_path(config.train.resume, checkpoints)
+    if resume_from is not None:
+        state, dense = CheckpointManager.load(resume_from, model, manifest.num_items, config.model)
+        optimizer.load_state_dict(dense["optimizer"])
+        schedule.load_state_dict(dense["schedule"])
+        log.info("resumed from %s: step %d, epoch %d (%d steps into it)", resume_from, state.step, state.epoch,
+                 state.epoch_step)
+
+    def save_checkpoint() -> None:
+        if checkpoints.latest() != checkpoints.path_for(state.step):  # not twice for one step
+            checkpoints.save(model, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, state,
+                             manifest.num_items, config_to_dict(config))
+
+    progress = Progress(total_steps, global_batch, start_step=state.step)
+    stop = StopRequest()
+    best_path = run_dir / "model"
     model.train()
 
-    for epoch, steps_this_epoch in enumerate(epoch_steps):
-        for epoch_step, history, targets in stream.batches(epoch):
-            if epoch_step >= steps_this_epoch:
+    for epoch in range(state.epoch, len(epoch_steps)):
+        first = state.epoch_step if epoch == state.epoch else 0
+        for epoch_step, history, targets in stream.batches(epoch, start_step=first):
+            if epoch_step >= epoch_steps[epoch]:
                 break
+            inject_fault_for_tests(state.step, ctx.rank)
+            # Dropout's generator, from (seed, step, rank): a resumed run draws what it would have drawn.
+            torch.manual_seed(config.seed * 1_000_003 + state.step * 1_009 + ctx.rank)
             batch = make_batch(history, targets, sampler.draw(epoch, epoch_step), log_q).to(ctx.device)
             draw = noise_for_rank(config, global_batch, epoch, epoch_step, rank_rows, ctx.device)
 
@@ -197,44 +224,89 @@ def train(config: JobConfig, run_dir: Path) -> dict:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip or float("inf"))
             optimizer.step()
             schedule.step()
-            step += 1
+            state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
 
-            values = reduce_losses(losses, ctx.device)
+            values, stop_now = reduce_losses(losses, stop.requested, ctx.device)
             if not all(math.isfinite(v) for v in values.values()):
-                raise FloatingPointError(f"non-finite loss at step {step}: {values}")
-            if step % config.train.log_every == 0 or step == total_steps:
-                rate = progress.rate(step)
-                metrics.scalars(step, {**values, "lr/dense": schedule.get_last_lr()[0],
-                                       "lr/sparse": config.train.sparse_lr, "grad_norm/dense": float(grad_norm),
-                                       "throughput/samples_per_s": rate, "epoch": epoch})
-                log.info(progress.line(step, epoch, rate, values))
+                raise FloatingPointError(f"non-finite loss at step {state.step}: {values}")
+            if state.step % config.train.log_every == 0 or state.step == total_steps:
+                rate = progress.rate(state.step)
+                metrics.scalars(state.step, {**values, "lr/dense": schedule.get_last_lr()[0],
+                                             "lr/sparse": config.train.sparse_lr, "grad_norm/dense": float(grad_norm),
+                                             "throughput/samples_per_s": rate, "epoch": epoch})
+                log.info(progress.line(state.step, epoch, rate, values))
+            if stop_now:
+                save_checkpoint()
+                log.warning("stopped by a signal at step %d; the checkpoint is saved, resume=auto continues", state.step)
+                metrics.close()
+                return {"preempted": True, "step": state.step}
+            if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
+                save_checkpoint()
 
+        state.epoch, state.epoch_step = epoch + 1, 0
         last_epoch = epoch == len(epoch_steps) - 1
         if config.train.eval_every_epochs and ((epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch):
             model.eval()
             scores = evaluate(model, shards, config, ctx, valid).metrics
             model.train()
-            metrics.scalars(step, {f"valid/{k}": v for k, v in scores.items()})
+            metrics.scalars(state.step, {f"valid/{k}": v for k, v in scores.items()})
             log.info("epoch %d valid %s", epoch, _fmt(scores))
-            if scores[selection_key(config)] > best_score:
-                best_score = scores[selection_key(config)]
-                save_model(model, best_path, manifest.num_items, config.model, {"step": step, "epoch": epoch})
+            if scores[selection_key(config)] > state.best_score:
+                state.best_score = scores[selection_key(config)]
+                save_model(model, best_path, manifest.num_items, config.model, {"step": state.step, "epoch": epoch})
+        save_checkpoint()  # every epoch end (and every checkpoint_every steps): what resume=auto picks up
 
-    if config.train.eval_every_epochs:
-        load_model(model, best_path, manifest.num_items, config.model)  # the best epoch on validation
-    else:
-        save_model(model, best_path, manifest.num_items, config.model, {"step": step})
+    if not config.train.eval_every_epochs:
+        save_model(model, best_path, manifest.num_items, config.model, {"step": state.step})
+    load_model(model, best_path, manifest.num_items, config.model)  # the best epoch on validation
     model.eval()
     if not config.eval.at_end:
         metrics.close()
         return {}
     final = final_metrics(model, shards, config, ctx, valid, test, popularity)
-    metrics.scalars(step, {f"final/{split}/{k}": v for split in ("valid", "test") for k, v in final[split].items()})
+    metrics.scalars(state.step, {f"final/{split}/{k}": v for split in ("valid", "test") for k, v in final[split].items()})
     metrics.close()
     if ctx.is_main:
         (run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
         log.info("final test %s | popularity %s", _fmt(final["test"]), _fmt(final["popularity"]["test"]))
     return final
+
+
+def resume_path(resume: str, checkpoints: CheckpointManager) -> Path | None:
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return checkpoints.latest()
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"train.resume={resume}: no such checkpoint directory")
+    return path
+
+
+class StopRequest:
+    """SIGTERM or SIGINT asks for a checkpoint and a clean stop at the end of the current step."""
+
+    def __init__(self):
+        self.requested = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def inject_fault_for_tests(step: int, rank: int) -> None:
+    """The restart tests kill one rank at a chosen step, on the first attempt only
+    (DIMEREC_FAULT_STEP=N DIMEREC_FAULT_RANK=R), or slow every step down to have time to
+    signal a run (DIMEREC_STEP_DELAY=seconds). Unset in real jobs, this does nothing."""
+    if os.environ.get("DIMEREC_STEP_DELAY"):
+        time.sleep(float(os.environ["DIMEREC_STEP_DELAY"]))
+    if os.environ.get("DIMEREC_FAULT_STEP") is None or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    if step == int(os.environ["DIMEREC_FAULT_STEP"]) and rank == int(os.environ.get("DIMEREC_FAULT_RANK", "0")):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def final_metrics(model, shards, config, ctx, valid, test, popularity) -> dict:
@@ -259,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model.num_interests=8 train.epochs=3")
     args = parser.parse_args(argv)
     return run_command("dimerec-train", lambda: train(load_config(args.config, args.overrides), args.run_dir),
-                       (ConfigError, DataError))
+                       (ConfigError, DataError, CheckpointError))
 
 
 if __name__ == "__main__":
