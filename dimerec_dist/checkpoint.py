@@ -15,6 +15,7 @@ from (seed, epoch, step[, rank]).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 
 from dimerec_dist.config import ModelConfig
 
@@ -122,10 +124,19 @@ class TrainingState:
 
 
 class CheckpointManager:
-    """`run_dir/checkpoints/step-XXXXXXXX`, the last `keep` of them kept."""
+    """`run_dir/checkpoints/step-XXXXXXXX`, the last `keep` of them kept.
 
-    def __init__(self, root: Path, keep: int = 2):
-        self.root, self.keep = Path(root), keep
+    With `asynchronous`, the sharded state is copied to CPU staging memory and written by a
+    background thread (on a process group of its own, so its collectives never interleave
+    with training's) while training goes on; the checkpoint is committed at the next save,
+    or at `wait()`, which every rank calls at the same step.
+    """
+
+    def __init__(self, root: Path, keep: int = 2, asynchronous: bool = False):
+        self.root, self.keep, self.asynchronous = Path(root), keep, asynchronous
+        self._group = dist.new_group(backend="gloo") if asynchronous else None
+        self._pending: tuple | None = None
+        self.last_saved_step: int | None = None
 
     def path_for(self, step: int) -> Path:
         return self.root / f"step-{step:08d}"
@@ -143,20 +154,39 @@ class CheckpointManager:
         return done[-1] if done else None
 
     def save(self, model, dense: dict[str, Any], state: TrainingState, num_items: int, config_dict: dict) -> Path:
+        self.wait()
         started = time.time()
         final = self.path_for(state.step)
         staging = _stage(final)
-        dcp.save(_sharded_state(model), checkpoint_id=str(staging))
         if _is_main():
-            torch.save(dense, staging / DENSE_FILE)
+            torch.save(dense, staging / DENSE_FILE)  # small and replicated: written now, from rank 0
         meta = model_meta(num_items, _model_config(config_dict), training=dataclasses.asdict(state),
                           config=config_dict, world_size=dist.get_world_size(), saved_at=time.time())
+        self.last_saved_step = state.step
+        if self.asynchronous:
+            future = dcp.async_save(_sharded_state(model), checkpoint_id=str(staging), process_group=self._group,
+                                    async_stager=_CopyStager())
+            self._pending = (future, staging, final, meta, started)
+            log.info("checkpoint %s staged in %.1fs, writing in the background", final, time.time() - started)
+        else:
+            dcp.save(_sharded_state(model), checkpoint_id=str(staging))
+            self._finish(staging, final, meta, started)
+        return final
+
+    def wait(self) -> None:
+        """Commit the background save, if one is running (collective: every rank calls it)."""
+        if self._pending is not None:
+            future, staging, final, meta, started = self._pending
+            self._pending = None
+            future.result()
+            self._finish(staging, final, meta, started)
+
+    def _finish(self, staging: Path, final: Path, meta: dict, started: float) -> None:
         _commit(staging, final, meta)
         if _is_main():
             for old in self.complete()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint %s written in %.1fs", final, time.time() - started)
-        return final
 
     @staticmethod
     def load(path: Path, model, num_items: int, model_config: ModelConfig) -> tuple[TrainingState, dict]:
@@ -182,6 +212,31 @@ def _sharded_state(model) -> dict[str, Any]:
     if sparse.get("state"):
         state["sparse_optimizer"] = sparse
     return state
+
+
+class _CopyStager:
+    """Stages a training state for a background save: a CPU copy that training can no longer
+    change. (DCP's default stager cannot copy TorchRec's ShardedTensors.)"""
+
+    should_synchronize_after_execute = False
+
+    def stage(self, state: Any) -> Any:
+        if isinstance(state, dict):
+            return {key: self.stage(value) for key, value in state.items()}
+        if isinstance(state, ShardedTensor):
+            shards = [Shard(shard.tensor.detach().to("cpu", copy=True), copy.deepcopy(shard.metadata))
+                      for shard in state.local_shards()]
+            return ShardedTensor._init_from_local_shards_and_global_metadata(
+                shards, sharded_tensor_metadata=copy.deepcopy(state.metadata()), process_group=state._process_group)
+        if isinstance(state, torch.Tensor):
+            return state.detach().to("cpu", copy=True)
+        return copy.deepcopy(state)
+
+    def synchronize_staging(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _model_config(config_dict: dict) -> ModelConfig:

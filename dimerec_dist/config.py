@@ -165,6 +165,7 @@ class TrainConfig:
     eval_every_epochs: int = 1  # 0: evaluate only at the end
     checkpoint_every: int = 0  # steps between training checkpoints; every epoch end always saves one
     keep_checkpoints: int = 2
+    checkpoint_async: bool = False  # write checkpoints in the background while training goes on
     resume: str = "auto"  # auto: the newest complete checkpoint in run_dir/checkpoints; none; or a path
     threads: int = 0  # torch intra-op threads per rank; 0: leave torch's default
     device: str = "auto"  # auto | cpu | cuda

@@ -187,7 +187,8 @@ def train(config: JobConfig, run_dir: Path) -> dict:
              config.data.backend)
 
     # Resume: the newest complete checkpoint (resume=auto), or a named one.
-    checkpoints = CheckpointManager(run_dir / "checkpoints", config.train.keep_checkpoints)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", config.train.keep_checkpoints,
+                                    asynchronous=config.train.checkpoint_async)
     state = TrainingState()
     resume_from = resume_path(config.train.resume, checkpoints)
     if resume_from is not None:
@@ -198,7 +199,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
                  state.epoch_step)
 
     def save_checkpoint() -> None:
-        if checkpoints.latest() != checkpoints.path_for(state.step):  # not twice for one step
+        if checkpoints.last_saved_step != state.step and checkpoints.latest() != checkpoints.path_for(state.step):
             checkpoints.save(model, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, state,
                              manifest.num_items, config_to_dict(config))
 
@@ -237,6 +238,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
                 log.info(progress.line(state.step, epoch, rate, values))
             if stop_now:
                 save_checkpoint()
+                checkpoints.wait()
                 log.warning("stopped by a signal at step %d; the checkpoint is saved, resume=auto continues", state.step)
                 metrics.close()
                 return {"preempted": True, "step": state.step}
@@ -255,6 +257,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
                 state.best_score = scores[selection_key(config)]
                 save_model(model, best_path, manifest.num_items, config.model, {"step": state.step, "epoch": epoch})
         save_checkpoint()  # every epoch end (and every checkpoint_every steps): what resume=auto picks up
+    checkpoints.wait()
 
     if not config.train.eval_every_epochs:
         save_model(model, best_path, manifest.num_items, config.model, {"step": state.step})

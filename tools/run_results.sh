@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains DimeRec and GEM-only (lambda = mu = 0) on Beauty, Games and ML-100K with the
-# item table sharded over 2 ranks, then writes the test table to docs/RESULTS_TABLE.md.
+# item table sharded over 2 ranks, then writes the test table to RUNS_DIR/table.md (the table in docs/RESULTS.md).
 #   tools/run_results.sh [RUNS_DIR]        (default runs/results; about an hour on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +21,5 @@ for data in beauty games ml100k; do
     [[ -f "$prepared/manifest.json" ]] || cp -r "$dir/data" "$prepared"
   done
 done
-.venv/bin/python tools/results_table.py "$RUNS"/{beauty,games,ml100k}-{dimerec,gem_only} > docs/RESULTS_TABLE.md
-cat docs/RESULTS_TABLE.md
+.venv/bin/python tools/results_table.py "$RUNS"/{beauty,games,ml100k}-{dimerec,gem_only} > "$RUNS/table.md"
+cat "$RUNS/table.md"

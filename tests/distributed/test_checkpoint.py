@@ -119,3 +119,15 @@ def test_only_complete_checkpoints_are_picked_and_the_last_k_are_kept(tmp_path):
     manager.path_for(40).mkdir()  # shards written, never committed (no meta.json)
     assert manager.latest() == manager.path_for(20)
     assert [p.name for p in manager.complete()] == ["step-00000010", "step-00000020"]
+
+
+def test_asynchronous_saves_write_the_same_checkpoints_as_synchronous_ones(uninterrupted, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "async"
+    torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
+             *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10", "train.checkpoint_async=true"))
+    assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
+    for step in (30, STEPS):  # the table moved on while these were written in the background
+        ours = table_and_momentum(CheckpointManager(run_dir / "checkpoints").path_for(step), tmp_path, f"a{step}")
+        reference = table_and_momentum(CheckpointManager(uninterrupted / "checkpoints").path_for(step), tmp_path,
+                                       f"s{step}")
+        assert all(torch.equal(a, b) for a, b in zip(ours, reference)), f"step {step}"
