@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -38,14 +39,20 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backend", default="ray")
+    parser.add_argument("--reuse-log", action="store_true", help="keep OUT/raw from an earlier run; prepare only")
     args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
     raw, prepared = args.out / "raw", args.out / "prepared"
-    synth = timed([str(bin_dir / "dimerec-synth"), "--out", str(raw), "--users", str(args.users), "--items",
-                   str(args.items), "--events", str(args.events), "--categories", "1000", "--workers",
-                   str(args.workers), "--backend", args.backend])
+    if args.reuse_log and (raw / "synth.json").is_file():
+        synth = json.loads((args.out / "bench.json").read_text())["synth"]
+    else:
+        synth = timed([str(bin_dir / "dimerec-synth"), "--out", str(raw), "--users", str(args.users), "--items",
+                       str(args.items), "--events", str(args.events), "--categories", "1000", "--workers",
+                       str(args.workers), "--backend", args.backend])
     events = json.loads((raw / "synth.json").read_text())["events"]
     synth["events_per_s"] = round(events / synth["seconds"])
+    if prepared.exists():
+        shutil.rmtree(prepared)
     prepare = timed([str(bin_dir / "dimerec-prepare"), "--format", "events", "--input", str(raw / "events"),
                      "--out", str(prepared)])
     prepare["events_per_s"] = round(events / prepare["seconds"])

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dimerec_dist.data.readers import FORMATS, BadLines, ReadOptions, read_events
 from dimerec_dist.data.schema import (EVAL_SCHEMA, ITEMS_SCHEMA, SCHEMA_VERSION, TRAIN_SCHEMA, DataError,
@@ -50,7 +51,7 @@ class PrepareOptions:
     rows_per_shard: int = 1_000_000
     row_group_size: int = 2048
     skip_bad_lines: bool = False
-    buckets: int = 0  # 0: from the input's size, about 256 MB of input per bucket
+    buckets: int = 0  # 0: about 2M events per bucket, estimated from the input
 
 
 class Codes:
@@ -110,12 +111,31 @@ class Buckets:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+EVENTS_PER_BUCKET = 2_000_000  # ~64 MB of spilled columns: what pass 2 holds and sorts at once
+
+
+def estimated_events(path: Path) -> int:
+    """Events in the input, from Parquet footers (exact) or text size (~16 bytes a event)."""
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    total = 0
+    for file in files:
+        if file.suffix == ".parquet":
+            try:
+                total += pq.ParquetFile(file).metadata.num_rows
+                continue
+            except (pa.ArrowInvalid, OSError):
+                pass  # unreadable: the reader names it properly in pass 1
+        total += file.stat().st_size // 16
+    return total
+
+
 def bucket_count(options: PrepareOptions) -> int:
+    """Enough buckets that one holds ~2M events, so memory stays flat as the log grows."""
     if options.buckets:
         return options.buckets
-    files = [options.input] if options.input.is_file() else list(options.input.rglob("*"))
-    size = sum(f.stat().st_size for f in files if f.is_file())
-    return max(1, min(4096, math.ceil(size / (256 << 20))))
+    if not options.input.exists():
+        return 1
+    return max(1, min(4096, math.ceil(estimated_events(options.input) / EVENTS_PER_BUCKET)))
 
 
 # --------------------------------------------------------------------------- passes
@@ -299,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-col", default="time", help="'' when the events have no time column (file order)")
     parser.add_argument("--rows-per-shard", type=int, default=1_000_000, help="users per output file")
     parser.add_argument("--row-group-size", type=int, default=2048, help="users per row group (the plan's unit)")
-    parser.add_argument("--buckets", type=int, default=0, help="spill buckets (0: ~256 MB of input each)")
+    parser.add_argument("--buckets", type=int, default=0, help="spill buckets (0: ~2M events each)")
     parser.add_argument("--skip-bad-lines", action="store_true", help="count and skip unparsable lines instead of failing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
