@@ -34,7 +34,7 @@ from dimerec_dist.config import ModelConfig
 
 log = logging.getLogger("dimerec.checkpoint")
 META_FILE = "meta.json"
-LEGACY_META_FILE = "model.json"
+LEGACY_META_FILE = "model.json"  # model directories written by the first trainer version
 DENSE_FILE = "dense.pt"
 # Model config keys that change the shape or meaning of saved weights.
 SHAPE_KEYS = ("embedding_dim", "max_history", "gem", "num_interests", "gem_hidden_mult", "routing_iterations",

@@ -210,7 +210,3 @@ def all_reduce_max_int(value: int, device: torch.device) -> int:
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor.item())
-
-
-def describe_plan(plan: ShardingPlan) -> str:
-    return str(plan)
