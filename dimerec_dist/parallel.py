@@ -132,7 +132,9 @@ def _allreduce_sum_hook(process_group, bucket):
 
 
 def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: DistContext,
-                  fused_params: dict) -> tuple[ShardingPlan, list]:
+                  fused_params: dict) -> tuple[ShardingPlan, list, dict[int, int]]:
+    """The planner's plan for the table, its sharders, and (on rank 0) its memory estimate
+    per rank in bytes (device memory on GPU, host memory on CPU)."""
     if sharding_type not in SHARDING_TYPES:
         raise ValueError(f"unknown sharding type {sharding_type!r} ({', '.join(SHARDING_TYPES)})")
     sharders = [EmbeddingCollectionSharder(fused_params=fused_params)]
@@ -140,7 +142,13 @@ def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: D
     constraints = {table_name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding_type]])}
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
-    return plan, sharders
+    estimate: dict[int, int] = {}
+    for option in getattr(planner, "_best_plan", None) or []:
+        for shard in option.shards:
+            if shard.rank is not None and shard.storage is not None:
+                used = shard.storage.hbm if ctx.device.type == "cuda" else shard.storage.ddr
+                estimate[shard.rank] = estimate.get(shard.rank, 0) + int(used)
+    return plan, sharders, estimate
 
 
 def shard_model(module: nn.Module, plan: ShardingPlan, sharders: list, ctx: DistContext) -> DistributedModelParallel:
@@ -195,6 +203,16 @@ def init_table_deterministically(shards: list[RowShard], total_cols: int, seed: 
             piece = values[lo - block * INIT_BLOCK_ROWS:hi - block * INIT_BLOCK_ROWS,
                            shard.col_offset:shard.col_offset + cols]
             shard.weight[lo - shard.row_offset:hi - shard.row_offset].copy_(piece)
+
+
+def local_table_bytes(model: DistributedModelParallel, shards: list[RowShard]) -> int:
+    """Bytes this rank holds for the sharded table: its rows and their fused optimizer state."""
+    total = sum(s.weight.numel() * s.weight.element_size() for s in shards)
+    for per_param in model.fused_optimizer.state_dict().get("state", {}).values():
+        for value in per_param.values():
+            for piece in (value.local_shards() if hasattr(value, "local_shards") else []):
+                total += piece.tensor.numel() * piece.tensor.element_size()
+    return total
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:

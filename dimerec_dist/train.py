@@ -39,7 +39,7 @@ from dimerec_dist.evaluate import evaluate_split
 from dimerec_dist.metrics import MetricsLogger, Progress
 from dimerec_dist.model import NoiseDraw
 from dimerec_dist.parallel import (DistContext, init_distributed, init_table_deterministically, local_row_shards,
-                                   plan_sharding, run_command, shard_model)
+                                   local_table_bytes, plan_sharding, run_command, shard_model)
 from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
 
 log = logging.getLogger("dimerec.train")
@@ -75,17 +75,20 @@ def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Pa
     module = ShardedDimeRec(config.model, num_items)
     optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
     apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
-    plan, sharders = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx, fused_params={})
-    if ctx.is_main:
-        log.info("sharding plan (%s over %d ranks):\n%s", config.sharding.type, ctx.world_size, plan)
-        if run_dir is not None:
-            (run_dir / "sharding_plan.txt").write_text(str(plan) + "\n")
+    plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx, fused_params={})
     model = shard_model(module, plan, sharders, ctx)
     shards = local_row_shards(model, TABLE_STATE_KEY)
     init_table_deterministically(shards, config.model.embedding_dim, config.seed, config.train.embedding_init)
-    rows_per_rank = [None] * ctx.world_size
-    dist.all_gather_object(rows_per_rank, sum(s.weight.numel() for s in shards) // config.model.embedding_dim)
-    log.info("table of %d rows x %d: rows held per rank %s", num_items + 1, config.model.embedding_dim, rows_per_rank)
+    held = [None] * ctx.world_size
+    dist.all_gather_object(held, (sum(s.weight.shape[0] for s in shards if s.col_offset == 0),
+                                  local_table_bytes(model, shards)))
+    if ctx.is_main:
+        lines = [f"rank {r}: {rows:,} rows, table + optimizer state {_size(measured)} measured, "
+                 f"planner estimate {_size(estimate.get(r, 0))}" for r, (rows, measured) in enumerate(held)]
+        summary = f"{plan}\n\nmemory per rank ({config.sharding.type}, {ctx.world_size} ranks):\n" + "\n".join(lines)
+        log.info("sharding plan:\n%s", summary)
+        if run_dir is not None:
+            (run_dir / "sharding_plan.txt").write_text(summary + "\n")
     return model, shards
 
 
@@ -320,6 +323,14 @@ def final_metrics(model, shards, config, ctx, valid, test, popularity) -> dict:
             "protocol": {"split": "leave-one-out", "ranking": "full catalog",
                          "exclude_seen": config.eval.exclude_seen, "query": config.query_mode(),
                          "sample_steps": config.model.sample_steps}}
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:,.1f} {unit}"
+        num_bytes /= 1024
+    return ""
 
 
 def _fmt(scores: dict[str, float]) -> str:

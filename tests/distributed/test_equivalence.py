@@ -51,7 +51,9 @@ def test_two_ranks_shard_the_table_row_wise_and_log_the_plan(runs):
     run_dir, output = runs[2]
     plan = (run_dir / "sharding_plan.txt").read_text()
     assert "row_wise" in plan and "rank:0" in plan and "rank:1" in plan
-    assert "sharding plan (row_wise over 2 ranks)" in output
+    assert "memory per rank (row_wise, 2 ranks)" in plan and "memory per rank (row_wise, 2 ranks)" in output
+    rows = [int(line.split()[2].replace(",", "")) for line in plan.splitlines() if line.startswith("rank ")]
+    assert len(rows) == 2 and sum(rows) == 301 and abs(rows[0] - rows[1]) <= 1, "the 301 rows split evenly"
 
 
 @pytest.mark.parametrize("other", [2, "table_wise"])
