@@ -99,6 +99,7 @@ class ModelConfig:
 DATA_SOURCES = ("prepared", "raw", "synthetic")
 RAW_FORMATS = ("movielens", "pairs", "sequences", "events")
 SAMPLE_MODES = ("all", "random_cut")
+DATA_BACKENDS = ("local", "ray")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
 # column_wise needs partial scores summed over ranks in evaluation: not built yet, so refused here.
@@ -133,7 +134,7 @@ class DataConfig:
         _choice("data.source", self.source, DATA_SOURCES)
         _choice("data.raw_format", self.raw_format, RAW_FORMATS)
         _choice("data.sample_mode", self.sample_mode, SAMPLE_MODES)
-        _choice("data.backend", self.backend, ("local", "ray"))
+        _choice("data.backend", self.backend, DATA_BACKENDS)
         _at_least("data.streams", self.streams, 0)
         _at_least("data.window", self.window, 1)
         _at_least("data.mix", self.mix, 1)

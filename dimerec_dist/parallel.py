@@ -131,13 +131,13 @@ def _allreduce_sum_hook(process_group, bucket):
     return work.get_future().then(lambda fut: fut.value()[0])
 
 
-def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: DistContext,
-                  fused_params: dict) -> tuple[ShardingPlan, list, dict[int, int]]:
+def plan_sharding(module: nn.Module, table_name: str, sharding_type: str,
+                  ctx: DistContext) -> tuple[ShardingPlan, list, dict[int, int]]:
     """The planner's plan for the table, its sharders, and (on rank 0) its memory estimate
     per rank in bytes (device memory on GPU, host memory on CPU)."""
     if sharding_type not in SHARDING_TYPES:
         raise ValueError(f"unknown sharding type {sharding_type!r} ({', '.join(SHARDING_TYPES)})")
-    sharders = [EmbeddingCollectionSharder(fused_params=fused_params)]
+    sharders = [EmbeddingCollectionSharder()]  # the optimizer comes from apply_optimizer_in_backward
     topology = Topology(world_size=ctx.world_size, compute_device=ctx.device.type)
     constraints = {table_name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding_type]])}
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)

@@ -75,7 +75,7 @@ def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Pa
     module = ShardedDimeRec(config.model, num_items)
     optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
     apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
-    plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx, fused_params={})
+    plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx)
     model = shard_model(module, plan, sharders, ctx)
     shards = local_row_shards(model, TABLE_STATE_KEY)
     init_table_deterministically(shards, config.model.embedding_dim, config.seed, config.train.embedding_init)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-SAMPLE_MODES = ("all", "random_cut")
 
 
 @dataclass
@@ -35,9 +34,9 @@ def window(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_history: 
     return HistoryBatch(ids=ids.astype(np.int64), lengths=lengths.astype(np.int64))
 
 
-def _flat_lists(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def flat_lists(column: pa.ChunkedArray | pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets) of a list column, honouring slices (never `.values`)."""
-    array = column.combine_chunks()
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     values = array.flatten().to_numpy()
     lengths = array.value_lengths().to_numpy()
     return values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -49,7 +48,7 @@ class EvaluationUsers:
 
     def __init__(self, table: pa.Table, max_history: int):
         self.users = table.column("user").to_numpy()
-        self.items, self.offsets = _flat_lists(table.column("history"))
+        self.items, self.offsets = flat_lists(table.column("history"))
         self.targets = table.column("target").to_numpy()
         self.max_history = max_history
 

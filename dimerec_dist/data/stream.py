@@ -28,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dimerec_dist.data.samples import SAMPLE_MODES, HistoryBatch, window
+from dimerec_dist.config import DATA_BACKENDS, SAMPLE_MODES
+from dimerec_dist.data.samples import HistoryBatch, flat_lists, window
 from dimerec_dist.data.schema import DataError, Manifest
 
-BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,15 @@ def decode_group(file: str, index: int, group_id: int, seed: int, epoch: int, sa
         raise DataError(f"{file}: cannot read row group {index} ({str(exc).splitlines()[0]})") from None
     if not (pa.types.is_list(column.type) and column.type.value_type == pa.int64()):
         raise DataError(f"{file}: column 'items' has type {column.type}, expected list<int64>")
-    items = column.flatten().to_numpy(zero_copy_only=False)  # flatten() honours slice offsets, unlike .values
     if column.null_count or column.flatten().null_count:
         raise DataError(f"{file}: row group {index} holds null item ids")
+    items, offsets = flat_lists(column)
     if len(items) and (items.min() < 1 or items.max() > num_items):
         bad = int(np.flatnonzero((items < 1) | (items > num_items))[0])
-        row = int(np.searchsorted(column.offsets.to_numpy(), bad, side="right") - 1)
+        row = int(np.searchsorted(offsets, bad, side="right") - 1)
         raise DataError(f"{file}: row group {index}, row {row}: item id {int(items[bad])} outside the manifest's "
                         f"1..{num_items}")
-    lengths = column.value_lengths().to_numpy().astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    lengths = np.diff(offsets)
     rng = np.random.default_rng([seed, epoch, group_id, 0x57])
     if sample_mode == "all":
         per_seq = np.maximum(lengths - 1, 0)
@@ -241,8 +240,8 @@ class TrainStream:
         streams = streams or world_size
         if streams % world_size:
             raise DataError(f"data.streams={streams} must be a multiple of the world size {world_size}")
-        if backend not in BACKENDS:
-            raise DataError(f"unknown data backend {backend!r} ({', '.join(BACKENDS)})")
+        if backend not in DATA_BACKENDS:
+            raise DataError(f"unknown data backend {backend!r} ({', '.join(DATA_BACKENDS)})")
         self.plan = DataPlan(row_groups(manifest), streams, global_batch, seed, sample_mode, manifest.num_items, mix)
         self.max_history = max_history
         self.owned = list(range(rank, streams, world_size))

@@ -135,7 +135,7 @@ def test_three_losses_fall_together_with_grw_on_planted_data():
     """With GRW, L_gem, L_recon and L_ssm all fall; the Euclidean ablation is recorded beside it.
 
     Measured (seed 0, 200 steps, CPU, default cosine schedule; start -> end of 20-step means;
-    `PYTHONPATH=. python -c` on train_planted/loss_drop reproduces them):
+    `python tools/planted_losses.py` reproduces them):
       GRW angle:    gem 7.08 -> 3.87, recon 1.14 -> 0.69, ssm 5.27 -> 2.19
       GRW literal:  gem 7.07 -> 3.73, recon 1.15 -> 0.72, ssm 5.45 -> 3.67
       Euclidean:    gem 7.08 -> 3.73, recon 0.52 -> 0.31, ssm 5.52 -> 3.70
