@@ -102,8 +102,7 @@ SAMPLE_MODES = ("all", "random_cut")
 DATA_BACKENDS = ("local", "ray")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
-# column_wise needs partial scores summed over ranks in evaluation: not built yet, so refused here.
-SHARDING = ("row_wise", "table_wise")
+SHARDING = ("row_wise", "table_wise", "column_wise", "data_parallel")
 QUERY_MODES = ("auto", "dam", "gem")
 
 
@@ -189,10 +188,17 @@ class TrainConfig:
 
 @dataclass
 class ShardingConfig:
+    """How TorchRec lays the item table over ranks (the planner places the pieces)."""
+
     type: str = "row_wise"
+    # column_wise: columns per block; 0 = embedding_dim / world size (one block per rank). Row-wise
+    # Adagrad keeps one accumulator per row *per block*, so the block width is part of the optimizer.
+    column_block: int = 0
 
     def validate(self) -> None:
         _choice("sharding.type", self.type, SHARDING)
+        if self.column_block < 0 or self.column_block % 4:
+            raise ConfigError(f"sharding.column_block={self.column_block} must be 0 or a positive multiple of 4")
 
 
 @dataclass
@@ -224,6 +230,9 @@ class JobConfig:
     def validate(self) -> None:
         for section in (self.model, self.data, self.train, self.sharding, self.eval):
             section.validate()
+        if self.sharding.column_block and self.model.embedding_dim % self.sharding.column_block:
+            raise ConfigError(f"sharding.column_block={self.sharding.column_block} must divide "
+                              f"model.embedding_dim={self.model.embedding_dim}")
 
     def query_mode(self) -> str:
         if self.eval.query != "auto":

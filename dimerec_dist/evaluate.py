@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from dimerec_dist.data.batch import make_batch
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import PADDING_ID
-from dimerec_dist.parallel import DistContext, RowShard, all_gather_cat, all_reduce_max_int
+from dimerec_dist.parallel import DistContext, all_gather_cat, all_reduce_max_int
+from dimerec_dist.table_shards import RowShard, scoring_shards
 
 log = logging.getLogger("dimerec.eval")
 ROW_CHUNK = 1 << 14
@@ -152,6 +153,7 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
                    ) -> SplitEvaluation:
     """Metrics and top-k lists of the model (and of the popularity ranking, if counts are given) on one split."""
     k = max(ks)
+    shards = scoring_shards(shards, model.num_items + 1, dim, ctx.device)
     rows, real = _rank_rows(len(users), ctx)
     num_batches = all_reduce_max_int(math.ceil(len(rows) / batch_size), ctx.device)
     pop_tensor = None if popularity is None else torch.as_tensor(popularity_scores(popularity), device=ctx.device)

@@ -3,14 +3,18 @@
 Knows nothing of DimeRec: it shards whatever EmbeddingCollection a module holds, wraps
 the rest in DDP, and offers gathers and the local rows of a sharded table.
 
-Gradient scaling, the one subtle point: TorchRec sums the sharded table's gradients over
-ranks, while plain DDP averages dense gradients. The trainer's loss is a sum over local
-samples divided by the *global* batch size, and DDP here sums too (a comm hook), so
-both parts see exactly the gradient of the global mean loss, for any world size.
+Gradient scaling: every part follows the libraries' convention of averaging over ranks.
+Each rank's loss is the mean over its own samples (all ranks hold the same number); DDP
+averages the dense gradients, TorchRec divides the sharded table's gradients by the
+world size on their way back to the owning rank (comm_ops.GRADIENT_DIVISION), and a
+data-parallel table's DDP averages too. So every parameter sees the gradient of the
+global mean loss, for any world size and sharding type (tests/distributed checks it
+with SGD, which, unlike Adagrad, would show a wrong scale).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -21,6 +25,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
@@ -116,30 +121,21 @@ def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Ex
     return PREEMPTED_EXIT_CODE if isinstance(result, dict) and result.get("preempted") else 0
 
 
-class _SumDataParallelWrapper(DefaultDataParallelWrapper):
-    """TorchRec's default DDP wrapping, with gradients summed instead of averaged."""
-
-    def _ddp_wrap(self, dmp, env, device, ddp_ignore_param_names) -> None:
-        super()._ddp_wrap(dmp, env, device, ddp_ignore_param_names)
-        ddp = dmp._dmp_wrapped_module
-        if isinstance(ddp, nn.parallel.DistributedDataParallel):
-            ddp.register_comm_hook(None, _allreduce_sum_hook)
-
-
-def _allreduce_sum_hook(process_group, bucket):
-    work = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
-
-
-def plan_sharding(module: nn.Module, table_name: str, sharding_type: str,
-                  ctx: DistContext) -> tuple[ShardingPlan, list, dict[int, int]]:
+def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: DistContext,
+                  column_block: int = 0) -> tuple[ShardingPlan, list, dict[int, int]]:
     """The planner's plan for the table, its sharders, and (on rank 0) its memory estimate
     per rank in bytes (device memory on GPU, host memory on CPU)."""
     if sharding_type not in SHARDING_TYPES:
         raise ValueError(f"unknown sharding type {sharding_type!r} ({', '.join(SHARDING_TYPES)})")
     sharders = [EmbeddingCollectionSharder()]  # the optimizer comes from apply_optimizer_in_backward
     topology = Topology(world_size=ctx.world_size, compute_device=ctx.device.type)
-    constraints = {table_name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding_type]])}
+    # Column-wise: TorchRec's default column block is as wide as the table for d <= 128, which would put
+    # the whole table on one rank; by default one block per rank spreads it (a multiple of 4 wide).
+    min_partition = None
+    if sharding_type == "column_wise":
+        min_partition = column_block or max(4, _table_dim(module, table_name) // ctx.world_size // 4 * 4)
+    constraints = {table_name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding_type]],
+                                                    min_partition=min_partition)}
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
     estimate: dict[int, int] = {}
@@ -151,68 +147,56 @@ def plan_sharding(module: nn.Module, table_name: str, sharding_type: str,
     return plan, sharders, estimate
 
 
+def _table_dim(module: nn.Module, table_name: str) -> int:
+    for collection in module.modules():
+        for table in getattr(collection, "embedding_configs", lambda: [])():
+            if table.name == table_name:
+                return table.embedding_dim
+    raise KeyError(f"no embedding table named {table_name!r}")
+
+
 def shard_model(module: nn.Module, plan: ShardingPlan, sharders: list, ctx: DistContext) -> DistributedModelParallel:
-    return DistributedModelParallel(module, device=ctx.device, plan=plan, sharders=sharders,
-                                    data_parallel_wrapper=_SumDataParallelWrapper(static_graph=False,
-                                                                                  find_unused_parameters=True))
+    model = DistributedModelParallel(module, device=ctx.device, plan=plan, sharders=sharders,
+                                     data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False,
+                                                                                      find_unused_parameters=True))
+    _unpool_cpu_sequence_lookups(model)
+    return model
 
 
-@dataclass
-class RowShard:
-    """A block of table rows this rank holds: rows [row_offset, row_offset + rows) x columns."""
+def _unpool_cpu_sequence_lookups(model: nn.Module) -> None:
+    """Make data-parallel sequence lookups return one row per id on CPU.
 
-    row_offset: int
-    col_offset: int
-    weight: torch.Tensor  # a live view: writes go to the table
-
-
-def local_row_shards(model: DistributedModelParallel, table_key_suffix: str) -> list[RowShard]:
-    """This rank's pieces of the sharded table named by the state-dict key ending in `table_key_suffix`."""
-    state = model.state_dict()
-    keys = [k for k in state if k.endswith(table_key_suffix)]
-    if len(keys) != 1:
-        raise KeyError(f"expected one state-dict key ending in {table_key_suffix!r}, found {keys}")
-    value = state[keys[0]]
-    if hasattr(value, "local_shards"):
-        return [RowShard(int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
-                for s in value.local_shards()]
-    return [RowShard(0, 0, value)]  # data-parallel: a full replica
-
-
-INIT_BLOCK_ROWS = 4096
-
-
-@torch.no_grad()
-def init_table_deterministically(shards: list[RowShard], total_cols: int, seed: int, scale: float) -> None:
-    """Fill the table with U(-scale, scale) values that depend only on (seed, row, column).
-
-    Rows are drawn in fixed global blocks, each from its own generator, so any shard
-    layout (1 rank or many, row- or column-wise) initialises the table identically, and
-    a rank draws only the blocks that overlap its rows.
+    TorchRec's data-parallel EmbeddingCollection uses FBGEMM's dense table with pooling
+    NONE, but the CPU build of that op (fbgemm-gpu-cpu 1.8) pools each bag anyway: it
+    returns one row per sample and feature instead of one per id, and TorchRec then
+    fails to split it. On CPU those modules look up their ids with a plain indexed read
+    of the same weights instead (the same rows forward, the same gradient backward).
+    Only this model's modules are touched; GPU lookups keep FBGEMM's kernel.
     """
-    for shard in shards:
-        rows, cols = shard.weight.shape
-        if rows == 0:
-            continue
-        first, last = shard.row_offset // INIT_BLOCK_ROWS, (shard.row_offset + rows - 1) // INIT_BLOCK_ROWS
-        for block in range(first, last + 1):
-            generator = torch.Generator().manual_seed((seed << 32) + block)
-            values = (torch.rand(INIT_BLOCK_ROWS, total_cols, generator=generator) * 2 - 1) * scale
-            lo = max(block * INIT_BLOCK_ROWS, shard.row_offset)
-            hi = min((block + 1) * INIT_BLOCK_ROWS, shard.row_offset + rows)
-            piece = values[lo - block * INIT_BLOCK_ROWS:hi - block * INIT_BLOCK_ROWS,
-                           shard.col_offset:shard.col_offset + cols]
-            shard.weight[lo - shard.row_offset:hi - shard.row_offset].copy_(piece)
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (DenseTableBatchedEmbeddingBagsCodegen,
+                                                                        PoolingMode)
+
+    # Sharded modules keep their lookups in a plain list, out of modules()' reach.
+    lookups = [lookup for owner in model.modules() for lookup in getattr(owner, "_lookups", [])]
+    for module in (m for lookup in lookups for m in lookup.modules()):
+        if (isinstance(module, DenseTableBatchedEmbeddingBagsCodegen) and module.pooling_mode == PoolingMode.NONE
+                and module.weights.device.type == "cpu"):
+            module.forward = functools.partial(_sequence_lookup, module)
 
 
-def local_table_bytes(model: DistributedModelParallel, shards: list[RowShard]) -> int:
-    """Bytes this rank holds for the sharded table: its rows and their fused optimizer state."""
-    total = sum(s.weight.numel() * s.weight.element_size() for s in shards)
-    for per_param in model.fused_optimizer.state_dict().get("state", {}).values():
-        for value in per_param.values():
-            for piece in (value.local_shards() if hasattr(value, "local_shards") else []):
-                total += piece.tensor.numel() * piece.tensor.element_size()
-    return total
+def _sequence_lookup(table, indices: torch.Tensor, offsets: torch.Tensor, per_sample_weights=None,
+                     feature_requires_grad=None, batch_size_per_feature_per_rank=None) -> torch.Tensor:
+    """(ids, D) rows of a dense FBGEMM table: ids are grouped by feature, B bags per feature,
+    and feature f reads the table whose first row is hash_size_cumsum[f]."""
+    if any(dim != table.max_D for _, dim in table.embedding_specs) or per_sample_weights is not None:
+        raise NotImplementedError("CPU data-parallel lookup: tables of one dimension, unweighted ids only")
+    features = table.D_offsets.numel() - 1
+    bags = (offsets.numel() - 1) // features
+    feature_starts = offsets[torch.arange(features, device=offsets.device) * bags]
+    positions = torch.arange(indices.numel(), device=indices.device, dtype=feature_starts.dtype)
+    feature_of_id = torch.searchsorted(feature_starts, positions, right=True) - 1
+    rows = indices.long() + table.hash_size_cumsum[:features][feature_of_id]
+    return F.embedding(rows, table.weights.view(-1, table.max_D))
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:

@@ -42,16 +42,12 @@ class ShardedDimeRec(nn.Module):
         looked_up = self.item_table(batch.kjt)
         return {name: looked_up[name].values() for name in FEATURES}
 
-    def forward(self, batch: Batch, global_batch: int, draw: NoiseDraw) -> DimeRecLosses:
-        """Losses summed over this rank's samples and divided by the global batch size:
-        summed over ranks they are the global mean (see parallel.py on gradient scaling)."""
+    def forward(self, batch: Batch, draw: NoiseDraw) -> DimeRecLosses:
+        """Losses averaged over this rank's samples (see parallel.py on gradient scaling)."""
         emb = self.embed(batch)
-        losses = self.dimerec(padded_history(emb["history"], batch.mask), batch.mask, emb["target"], batch.target_ids,
-                              emb["negatives"], batch.negative_ids, draw=draw, target_log_q=batch.target_log_q,
-                              negative_log_q=batch.negative_log_q, reduction="sum")
-        scale = 1.0 / global_batch
-        return DimeRecLosses(total=losses.total * scale, gem=losses.gem * scale, recon=losses.recon * scale,
-                             ssm=losses.ssm * scale)
+        return self.dimerec(padded_history(emb["history"], batch.mask), batch.mask, emb["target"], batch.target_ids,
+                            emb["negatives"], batch.negative_ids, draw=draw, target_log_q=batch.target_log_q,
+                            negative_log_q=batch.negative_log_q)
 
     @torch.no_grad()
     def queries(self, batch: Batch, mode: str, steps: int | None = None, generator: torch.Generator | None = None,

@@ -38,8 +38,8 @@ from dimerec_dist.data.source import ensure_dataset
 from dimerec_dist.evaluate import evaluate_split
 from dimerec_dist.metrics import MetricsLogger, Progress
 from dimerec_dist.model import NoiseDraw
-from dimerec_dist.parallel import (DistContext, init_distributed, init_table_deterministically, local_row_shards,
-                                   local_table_bytes, plan_sharding, run_command, shard_model)
+from dimerec_dist.parallel import DistContext, init_distributed, plan_sharding, run_command, shard_model
+from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes
 from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
 
 log = logging.getLogger("dimerec.train")
@@ -75,21 +75,41 @@ def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Pa
     module = ShardedDimeRec(config.model, num_items)
     optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
     apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
-    plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx)
+    plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx,
+                                             config.sharding.column_block)
     model = shard_model(module, plan, sharders, ctx)
     shards = local_row_shards(model, TABLE_STATE_KEY)
     init_table_deterministically(shards, config.model.embedding_dim, config.seed, config.train.embedding_init)
     held = [None] * ctx.world_size
-    dist.all_gather_object(held, (sum(s.weight.shape[0] for s in shards if s.col_offset == 0),
-                                  local_table_bytes(model, shards)))
+    dist.all_gather_object(held, ([tuple(s.weight.shape) for s in shards], local_table_bytes(model, shards)))
     if ctx.is_main:
-        lines = [f"rank {r}: {rows:,} rows, table + optimizer state {_size(measured)} measured, "
-                 f"planner estimate {_size(estimate.get(r, 0))}" for r, (rows, measured) in enumerate(held)]
+        lines = [f"rank {r}: {_pieces(pieces)}, table + optimizer state {_size(measured)} measured, "
+                 f"planner estimate {_size(estimate.get(r, 0))}" for r, (pieces, measured) in enumerate(held)]
         summary = f"{plan}\n\nmemory per rank ({config.sharding.type}, {ctx.world_size} ranks):\n" + "\n".join(lines)
         log.info("sharding plan:\n%s", summary)
         if run_dir is not None:
             (run_dir / "sharding_plan.txt").write_text(summary + "\n")
     return model, shards
+
+
+def replicated_table_optimizer(model, config: JobConfig, ctx: DistContext) -> torch.optim.Optimizer | None:
+    """The table's optimizer when it is data-parallel. TorchRec fuses optimizers into sharded
+    tables only; a replicated table is a plain parameter (its DDP averages the gradient), so
+    the configured sparse optimizer steps it after backward, like the dense one."""
+    if config.sharding.type != "data_parallel":
+        return None
+    optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
+    table = [p for name, p in model.named_parameters() if name.endswith(TABLE_STATE_KEY)]
+    if len(table) != 1:
+        raise RuntimeError(f"expected the data-parallel table among the parameters, found {len(table)}")
+    return optimizer_class(table, **optimizer_args)
+
+
+def _pieces(shapes: list[tuple[int, int]]) -> str:
+    """'151 rows x 16 columns' for the table pieces one rank holds."""
+    if not shapes:
+        return "0 rows"
+    return " + ".join(f"{rows:,} rows x {cols} columns" for rows, cols in shapes)
 
 
 def dense_optimizer(model, config: JobConfig):
@@ -110,13 +130,14 @@ def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, 
 
 
 def reduce_losses(losses, stop_requested: bool, device: torch.device) -> tuple[dict[str, float], bool]:
-    """Global mean losses (each rank holds sum(local)/global_batch; their sum is the mean), and
+    """Global mean losses (the mean of the ranks' means: every rank holds as many samples), and
     whether any rank was asked to stop, in one all-reduce."""
     parts = torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(),
                          losses.ssm.detach(), torch.tensor(float(stop_requested))]).to(device)
     dist.all_reduce(parts)
     values = parts.tolist()
-    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), values[:4])), values[4] > 0
+    means = [value / dist.get_world_size() for value in values[:4]]
+    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), means)), values[4] > 0
 
 
 def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:
@@ -177,6 +198,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
 
     model, shards = build_model(config, manifest.num_items, ctx, run_dir)
     params, optimizer, schedule = dense_optimizer(model, config)
+    table_optimizer = replicated_table_optimizer(model, config, ctx)
     metrics = MetricsLogger(run_dir, ctx.is_main)
 
     if stream.steps(0) == 0:
@@ -198,13 +220,19 @@ def train(config: JobConfig, run_dir: Path) -> dict:
         state, dense = CheckpointManager.load(resume_from, model, manifest.num_items, config.model)
         optimizer.load_state_dict(dense["optimizer"])
         schedule.load_state_dict(dense["schedule"])
+        if (table_optimizer is None) != (dense.get("table_optimizer") is None):
+            raise CheckpointError(f"{resume_from} was trained with the table {'sharded' if table_optimizer else 'replicated'}"
+                                  f" (sharding.type); resume with that sharding, or load its weights in a new run")
+        if table_optimizer is not None:
+            table_optimizer.load_state_dict(dense["table_optimizer"])
         log.info("resumed from %s: step %d, epoch %d (%d steps into it)", resume_from, state.step, state.epoch,
                  state.epoch_step)
 
     def save_checkpoint() -> None:
         if checkpoints.last_saved_step != state.step and checkpoints.latest() != checkpoints.path_for(state.step):
-            checkpoints.save(model, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, state,
-                             manifest.num_items, config_to_dict(config))
+            dense = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                     "table_optimizer": None if table_optimizer is None else table_optimizer.state_dict()}
+            checkpoints.save(model, dense, state, manifest.num_items, config_to_dict(config))
 
     progress = Progress(total_steps, global_batch, start_step=state.step)
     stop = StopRequest()
@@ -222,11 +250,14 @@ def train(config: JobConfig, run_dir: Path) -> dict:
             batch = make_batch(history, targets, sampler.draw(epoch, epoch_step), log_q).to(ctx.device)
             draw = noise_for_rank(config, global_batch, epoch, epoch_step, rank_rows, ctx.device)
 
-            losses = model(batch, global_batch, draw)
+            losses = model(batch, draw)
             optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()  # the table's rows are updated here, by the fused optimizer
+            losses.total.backward()  # a sharded table's rows are updated here, by the fused optimizer
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip or float("inf"))
             optimizer.step()
+            if table_optimizer is not None:
+                table_optimizer.step()
+                table_optimizer.zero_grad(set_to_none=True)
             schedule.step()
             state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
 

@@ -8,7 +8,7 @@ import torch
 
 from dimerec_dist import evaluate
 from dimerec_dist.evaluate import local_topk, mask_rows, merge_topk, ranking_metrics, score_block
-from dimerec_dist.parallel import RowShard
+from dimerec_dist.table_shards import RowShard
 
 
 def test_metrics_for_hits_at_known_ranks():

@@ -98,6 +98,7 @@ def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(uninterru
 @pytest.mark.parametrize("override, message", [
     ("model.embedding_dim=32", "saved by a different model: embedding_dim (saved 16, now 32)"),
     ("model.num_interests=3", "num_interests (saved 2, now 3)"),
+    ("sharding.type=data_parallel", "was trained with the table sharded (sharding.type)"),
 ])
 def test_a_checkpoint_of_another_model_is_refused_before_the_first_step(uninterrupted, tiny_dataset, tmp_path,
                                                                         override, message):

@@ -1,9 +1,15 @@
 """The distributed path computes what one process computes.
 
-Same data, seed and global batch: 1 rank and 2 ranks (row-wise, and table-wise where
-rank 1 holds no rows) must give the same losses step by step (within 1e-4 relative;
-measured ~1e-6, float summation order), the same metrics exactly, and the sharded
-evaluation must equal a brute-force single-process ranking.
+Same data, seed and global batch: 1 rank and 2 ranks must give the same losses step by
+step (within 1e-4 relative; measured ~3e-7, float summation order) and the same metrics
+exactly, for every sharding type: row-wise, table-wise (rank 1 holds no rows),
+data-parallel, column-wise. The sharded evaluation must equal a brute-force
+single-process ranking.
+
+Row-wise Adagrad divides a row's step by the root of its mean squared gradient, which
+hides a wrong gradient *scale*; the SGD pairs would show one. Column-wise with row-wise
+Adagrad keeps an accumulator per row and column block, so it is compared with one rank
+holding the same blocks; with SGD it is compared with plain row-wise.
 """
 
 import json
@@ -21,30 +27,56 @@ from dimerec_dist.model import DimeRec
 from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun
 
 LOSSES = ("loss/total", "loss/gem", "loss/recon", "loss/ssm")
+SGD = ["train.sparse_optimizer=sgd", "train.sparse_lr=0.5"]
+COLUMN_BLOCKS = ["sharding.type=column_wise", "sharding.column_block=8"]
+RUNS = {  # name: (ranks, overrides)
+    "one": (1, []),
+    "row_wise": (2, []),
+    "table_wise": (2, ["sharding.type=table_wise"]),
+    "data_parallel": (2, ["sharding.type=data_parallel"]),
+    "one_column_blocks": (1, COLUMN_BLOCKS),
+    "column_wise": (2, COLUMN_BLOCKS),
+    "one_sgd": (1, SGD),
+    "row_wise_sgd": (2, SGD),
+    "column_wise_sgd": (2, ["sharding.type=column_wise", *SGD]),
+}
+PAIRS = [("one", "row_wise"), ("one", "table_wise"), ("one", "data_parallel"), ("one_column_blocks", "column_wise"),
+         ("one_sgd", "row_wise_sgd"), ("one_sgd", "column_wise_sgd")]
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for world, sharding in ((1, "row_wise"), (2, "row_wise"), (2, "table_wise")):
-        run_dir = root / f"world{world}-{sharding}"
+    for name, (world, overrides) in RUNS.items():
+        run_dir = root / name
         done = torchrun(world, "dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared",
                         f"data.path={tiny_dataset}", "train.max_steps=20", "train.eval_every_epochs=0",
-                        f"sharding.type={sharding}", *TINY_JOB)
-        out[world if sharding == "row_wise" else sharding] = (run_dir, done.stdout + done.stderr)
+                        *TINY_JOB, *overrides)
+        out[name] = (run_dir, done.stdout + done.stderr)
+    out[1], out[2] = out["one"], out["row_wise"]
     return out
 
 
-@pytest.mark.parametrize("other", [2, "table_wise"])
-def test_one_and_two_ranks_give_the_same_losses_for_20_steps(runs, other):
-    one = [row for row in read_jsonl(runs[1][0] / "metrics.jsonl") if "loss/total" in row]
-    two = [row for row in read_jsonl(runs[other][0] / "metrics.jsonl") if "loss/total" in row]
+@pytest.mark.parametrize("single,sharded", PAIRS)
+def test_one_and_two_ranks_give_the_same_losses_for_20_steps(runs, single, sharded):
+    one = [row for row in read_jsonl(runs[single][0] / "metrics.jsonl") if "loss/total" in row]
+    two = [row for row in read_jsonl(runs[sharded][0] / "metrics.jsonl") if "loss/total" in row]
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 21))
     for a, b in zip(one, two):
         for key in LOSSES:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), f"step {a['step']} {key}"
     assert one[-1]["loss/total"] < one[0]["loss/total"], "20 steps should already lower the loss"
+
+
+def test_each_sharding_type_lays_the_table_out_as_its_name_says(runs):
+    def pieces(name):
+        plan = (runs[name][0] / "sharding_plan.txt").read_text()
+        return [line for line in plan.splitlines() if line.startswith("rank ")]
+    assert pieces("table_wise")[1].startswith("rank 1: 0 rows")
+    assert all("301 rows x 16 columns" in line for line in pieces("data_parallel"))  # a replica each
+    assert all("301 rows x 8 columns," in line for line in pieces("column_wise"))  # one block each
+    assert "301 rows x 8 columns + 301 rows x 8 columns" in pieces("one_column_blocks")[0]
 
 
 def test_two_ranks_shard_the_table_row_wise_and_log_the_plan(runs):
@@ -56,10 +88,10 @@ def test_two_ranks_shard_the_table_row_wise_and_log_the_plan(runs):
     assert len(rows) == 2 and sum(rows) == 301 and abs(rows[0] - rows[1]) <= 1, "the 301 rows split evenly"
 
 
-@pytest.mark.parametrize("other", [2, "table_wise"])
-def test_final_metrics_are_identical_across_world_sizes(runs, other):
-    one = json.loads((runs[1][0] / "final.json").read_text())
-    two = json.loads((runs[other][0] / "final.json").read_text())
+@pytest.mark.parametrize("single,sharded", PAIRS)
+def test_final_metrics_are_identical_across_world_sizes(runs, single, sharded):
+    one = json.loads((runs[single][0] / "final.json").read_text())
+    two = json.loads((runs[sharded][0] / "final.json").read_text())
     assert one["test"] == two["test"] and one["valid"] == two["valid"]
     assert set(one["test"]) == {f"{m}@{k}" for m in ("hr", "ndcg") for k in (10, 20, 50)}
     assert one["popularity"] == two["popularity"]
@@ -87,15 +119,17 @@ def brute_force_test_metrics(run_dir, dataset, tmp_path):
     return ranking_metrics(topk, targets, [10, 20, 50])
 
 
-def test_sharded_evaluation_equals_single_process_brute_force(runs, tiny_dataset, tmp_path):
-    reference = brute_force_test_metrics(runs[2][0], tiny_dataset, tmp_path)
-    sharded = json.loads((runs[2][0] / "final.json").read_text())["test"]
+@pytest.mark.parametrize("name", ["row_wise", "data_parallel", "column_wise"])
+def test_sharded_evaluation_equals_single_process_brute_force(runs, name, tiny_dataset, tmp_path):
+    reference = brute_force_test_metrics(runs[name][0], tiny_dataset, tmp_path)
+    sharded = json.loads((runs[name][0] / "final.json").read_text())["test"]
     assert sharded == reference
 
 
-def test_dimerec_eval_reloads_a_model_on_another_world_size(runs):
-    run_dir = runs[1][0]
-    torchrun(2, "dimerec_dist.eval_cli", "--run-dir", str(run_dir))
+@pytest.mark.parametrize("name,sharding", [("one", "row_wise"), ("data_parallel", "column_wise")])
+def test_dimerec_eval_reloads_a_model_on_another_world_size_and_sharding(runs, name, sharding):
+    run_dir = runs[name][0]
+    torchrun(2, "dimerec_dist.eval_cli", "--run-dir", str(run_dir), f"sharding.type={sharding}")
     evaluated = json.loads((run_dir / "eval.json").read_text())
     final = json.loads((run_dir / "final.json").read_text())
     assert evaluated["test"] == final["test"] and evaluated["valid"] == final["valid"]
