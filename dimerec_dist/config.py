@@ -160,7 +160,9 @@ class TrainConfig:
     negatives: int = 1024  # shared by every sample of a step
     negative_sampler: str = "uniform"
     popularity_alpha: float = 0.75
-    logq_correction: bool = True  # only changes anything with the popularity sampler
+    # Also score each sample against every target of the global batch (gathered from all ranks).
+    in_batch_negatives: bool = False
+    logq_correction: bool = True  # with the popularity sampler or in-batch negatives (both popularity-biased)
     log_every: int = 50
     eval_every_epochs: int = 1  # 0: evaluate only at the end
     checkpoint_every: int = 0  # steps between training checkpoints; every epoch end always saves one

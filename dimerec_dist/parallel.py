@@ -208,6 +208,29 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class _AllGatherWithGradient(torch.autograd.Function):
+    """all_gather_cat that passes gradients back: each rank gets the sum over ranks of the
+    gradient of its own rows (an all-reduce, which gloo has, unlike reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rows = tensor.shape[0]
+        return all_gather_cat(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        if dist.get_world_size() > 1:
+            dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def all_gather_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate the ranks' tensors along dim 0, differentiably (same shape on every rank)."""
+    return _AllGatherWithGradient.apply(tensor)
+
+
 def all_reduce_max_int(value: int, device: torch.device) -> int:
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)

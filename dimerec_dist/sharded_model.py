@@ -14,6 +14,7 @@ from torchrec import EmbeddingCollection, EmbeddingConfig
 from dimerec_dist.config import ModelConfig
 from dimerec_dist.data.batch import FEATURES, Batch
 from dimerec_dist.model import DimeRec, DimeRecLosses, NoiseDraw
+from dimerec_dist.parallel import all_gather_cat, all_gather_with_gradient
 
 TABLE_NAME = "item"  # not "items": EmbeddingCollection keeps tables in a ModuleDict, which has .items()
 TABLE_STATE_KEY = f"embeddings.{TABLE_NAME}.weight"
@@ -28,9 +29,11 @@ def padded_history(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ShardedDimeRec(nn.Module):
-    def __init__(self, config: ModelConfig, num_items: int, device: torch.device = torch.device("meta")):
+    def __init__(self, config: ModelConfig, num_items: int, device: torch.device = torch.device("meta"),
+                 in_batch_negatives: bool = False):
         super().__init__()
         self.num_items = num_items
+        self.in_batch_negatives = in_batch_negatives
         # Meta device: the rows are materialised only by the sharder, on the rank that owns them.
         self.item_table = EmbeddingCollection(
             tables=[EmbeddingConfig(name=TABLE_NAME, embedding_dim=config.embedding_dim,
@@ -45,9 +48,17 @@ class ShardedDimeRec(nn.Module):
     def forward(self, batch: Batch, draw: NoiseDraw) -> DimeRecLosses:
         """Losses averaged over this rank's samples (see parallel.py on gradient scaling)."""
         emb = self.embed(batch)
+        negatives, negative_ids, negative_log_q = emb["negatives"], batch.negative_ids, batch.negative_log_q
+        if self.in_batch_negatives:
+            # Every target of the global batch, from all ranks; a sample's own target is masked as a hit.
+            # Gradients reach the rank that looked each target up (parallel.all_gather_with_gradient).
+            negatives = torch.cat([negatives, all_gather_with_gradient(emb["target"])])
+            negative_ids = torch.cat([negative_ids, all_gather_cat(batch.target_ids)])
+            if negative_log_q is not None:
+                negative_log_q = torch.cat([negative_log_q, all_gather_cat(batch.in_batch_log_q)])
         return self.dimerec(padded_history(emb["history"], batch.mask), batch.mask, emb["target"], batch.target_ids,
-                            emb["negatives"], batch.negative_ids, draw=draw, target_log_q=batch.target_log_q,
-                            negative_log_q=batch.negative_log_q)
+                            negatives, negative_ids, draw=draw, target_log_q=batch.target_log_q,
+                            negative_log_q=negative_log_q)
 
     @torch.no_grad()
     def queries(self, batch: Batch, mode: str, steps: int | None = None, generator: torch.Generator | None = None,

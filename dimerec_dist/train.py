@@ -72,7 +72,7 @@ def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Pa
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
     torch.manual_seed(config.seed)  # dense weights: identical on every rank and every world size
-    module = ShardedDimeRec(config.model, num_items)
+    module = ShardedDimeRec(config.model, num_items, in_batch_negatives=config.train.in_batch_negatives)
     optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
     apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
     plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx,
@@ -120,6 +120,21 @@ def dense_optimizer(model, config: JobConfig):
     return params, optimizer, schedule
 
 
+def logq_corrections(config: JobConfig, sampler: NegativeSampler,
+                     popularity: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """log expected count of each item among the sampled negatives and among the in-batch
+    negatives (global batch size x its share of training events), or None where uncorrected.
+    Uniform sampling alone needs none: a constant shift leaves the softmax unchanged."""
+    train = config.train
+    if not train.logq_correction or (train.negative_sampler == "uniform" and not train.in_batch_negatives):
+        return None, None
+    in_batch = None
+    if train.in_batch_negatives:
+        share = np.maximum(popularity.astype(np.float64), 1.0) / max(1.0, float(popularity[1:].sum()))
+        in_batch = np.log(train.batch_size * share)
+    return sampler.log_q, in_batch
+
+
 def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, rows: torch.Tensor,
                    device: torch.device) -> NoiseDraw:
     """The step's diffusion noise, drawn for the whole global batch; this rank takes its
@@ -127,6 +142,20 @@ def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, 
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + step)
     draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps, generator)
     return NoiseDraw(draw.t[rows].to(device), draw.noise[rows].to(device))
+
+
+def training_step(model, batch, draw: NoiseDraw, params: list, optimizer: torch.optim.Optimizer,
+                  table_optimizer: torch.optim.Optimizer | None, grad_clip: float):
+    """Forward, backward, optimizer steps; the losses (this rank's) and the dense gradient norm."""
+    losses = model(batch, draw)
+    optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()  # a sharded table's rows are updated here, by the fused optimizer
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    optimizer.step()
+    if table_optimizer is not None:
+        table_optimizer.step()
+        table_optimizer.zero_grad(set_to_none=True)
+    return losses, grad_norm
 
 
 def reduce_losses(losses, stop_requested: bool, device: torch.device) -> tuple[dict[str, float], bool]:
@@ -194,7 +223,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])
     sampler = NegativeSampler(config.train.negative_sampler, manifest.num_items, config.train.negatives,
                               popularity=popularity[1:], alpha=config.train.popularity_alpha, seed=config.seed)
-    log_q = sampler.log_q if config.train.logq_correction and config.train.negative_sampler == "popularity" else None
+    log_q, in_batch_log_q = logq_corrections(config, sampler, popularity)
 
     model, shards = build_model(config, manifest.num_items, ctx, run_dir)
     params, optimizer, schedule = dense_optimizer(model, config)
@@ -247,17 +276,11 @@ def train(config: JobConfig, run_dir: Path) -> dict:
             inject_fault_for_tests(state.step, ctx.rank)
             # Dropout's generator, from (seed, step, rank): a resumed run draws what it would have drawn.
             torch.manual_seed(config.seed * 1_000_003 + state.step * 1_009 + ctx.rank)
-            batch = make_batch(history, targets, sampler.draw(epoch, epoch_step), log_q).to(ctx.device)
+            batch = make_batch(history, targets, sampler.draw(epoch, epoch_step), log_q, in_batch_log_q).to(ctx.device)
             draw = noise_for_rank(config, global_batch, epoch, epoch_step, rank_rows, ctx.device)
 
-            losses = model(batch, draw)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()  # a sharded table's rows are updated here, by the fused optimizer
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip or float("inf"))
-            optimizer.step()
-            if table_optimizer is not None:
-                table_optimizer.step()
-                table_optimizer.zero_grad(set_to_none=True)
+            losses, grad_norm = training_step(model, batch, draw, params, optimizer, table_optimizer,
+                                              config.train.grad_clip)
             schedule.step()
             state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
 

@@ -7,6 +7,7 @@ table looks them up once per rank). Jagged values come straight from the padded 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ class Batch:
     negative_ids: torch.Tensor  # (M,)
     negative_log_q: torch.Tensor | None  # (M,) log expected count, for logQ correction
     target_log_q: torch.Tensor | None  # (B,)
+    in_batch_log_q: torch.Tensor | None = None  # (B,) log expected count of each target among the in-batch negatives
 
     @property
     def size(self) -> int:
@@ -34,11 +36,13 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(self.kjt.to(device), move(self.mask), move(self.target_ids), move(self.negative_ids),
-                     move(self.negative_log_q), move(self.target_log_q))
+                     move(self.negative_log_q), move(self.target_log_q), move(self.in_batch_log_q))
 
 
 def make_batch(history: HistoryBatch, targets: np.ndarray, negative_ids: np.ndarray,
-               log_q: np.ndarray | None = None) -> Batch:
+               log_q: np.ndarray | None = None, in_batch_log_q: np.ndarray | None = None) -> Batch:
+    """`log_q`, `in_batch_log_q`: per item id, log of its expected count among the sampled and the
+    in-batch negatives (for logQ correction); None leaves the logits uncorrected."""
     size, width = history.ids.shape
     mask = np.arange(width)[None, :] < history.lengths[:, None]
     history_values = history.ids[mask]  # row-major: each row's items in order
@@ -52,7 +56,9 @@ def make_batch(history: HistoryBatch, targets: np.ndarray, negative_ids: np.ndar
     return Batch(kjt=kjt, mask=torch.from_numpy(mask), target_ids=torch.from_numpy(targets.astype(np.int64)),
                  negative_ids=torch.from_numpy(negative_ids.astype(np.int64)),
                  negative_log_q=None if log_q is None else torch.from_numpy(log_q[negative_ids].astype(np.float32)),
-                 target_log_q=None if log_q is None else torch.from_numpy(log_q[targets].astype(np.float32)))
+                 target_log_q=None if log_q is None else torch.from_numpy(log_q[targets].astype(np.float32)),
+                 in_batch_log_q=None if in_batch_log_q is None else torch.from_numpy(
+                     in_batch_log_q[targets].astype(np.float32)))
 
 
 class NegativeSampler:
@@ -75,10 +81,16 @@ class NegativeSampler:
             weights = np.power(popularity.astype(np.float64) + 1.0, alpha)  # +1: every item can be drawn
             q = weights / weights.sum()
             self.cdf = np.cumsum(q)
-            q_full = np.concatenate([[1.0], q])  # index 0 (padding) is never drawn
+
+    @functools.cached_property
+    def log_q(self) -> np.ndarray:
+        """Per item id; made on first use (a float64 per item: 400 MB for 50M items)."""
+        if self.kind == "popularity":
+            q_full = np.diff(self.cdf, prepend=0.0)
+            q_full = np.concatenate([[1.0], q_full])  # index 0 (padding) is never drawn
         else:
-            q_full = np.full(num_items + 1, 1.0 / num_items)
-        self.log_q = np.log(count * q_full)
+            q_full = np.full(self.num_items + 1, 1.0 / self.num_items)
+        return np.log(self.count * q_full)
 
     def draw(self, epoch: int, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch, step, 0x9E6])

@@ -29,6 +29,7 @@ from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun
 LOSSES = ("loss/total", "loss/gem", "loss/recon", "loss/ssm")
 SGD = ["train.sparse_optimizer=sgd", "train.sparse_lr=0.5"]
 COLUMN_BLOCKS = ["sharding.type=column_wise", "sharding.column_block=8"]
+IN_BATCH = ["train.in_batch_negatives=true", "train.negative_sampler=popularity"]
 RUNS = {  # name: (ranks, overrides)
     "one": (1, []),
     "row_wise": (2, []),
@@ -39,9 +40,12 @@ RUNS = {  # name: (ranks, overrides)
     "one_sgd": (1, SGD),
     "row_wise_sgd": (2, SGD),
     "column_wise_sgd": (2, ["sharding.type=column_wise", *SGD]),
+    # In-batch negatives gathered from all ranks (their gradients sent back), popularity negatives, logQ.
+    "one_in_batch": (1, [*SGD, *IN_BATCH]),
+    "row_wise_in_batch": (2, [*SGD, *IN_BATCH]),
 }
 PAIRS = [("one", "row_wise"), ("one", "table_wise"), ("one", "data_parallel"), ("one_column_blocks", "column_wise"),
-         ("one_sgd", "row_wise_sgd"), ("one_sgd", "column_wise_sgd")]
+         ("one_sgd", "row_wise_sgd"), ("one_sgd", "column_wise_sgd"), ("one_in_batch", "row_wise_in_batch")]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,316 @@
+"""Trainer throughput and memory against catalog size, world size and table layout, beside
+the replicated baseline, measured one after the other in one run.
+
+    python tools/bench_train.py --out runs/bench_train                   # the default grid
+    python tools/bench_train.py --out runs/bench_train --catalogs 1000 1000000 \
+        --worlds 1 2 --layouts row_wise replicated --steps 40
+
+Each cell is its own torchrun job (so peak RSS is its own), with the same cores split
+over its ranks (threads per rank = cores / world). A job builds the model for a catalog
+of N items (d = 64, the quickstart's model) - the trainer's sharded model for a TorchRec
+layout (row_wise, table_wise, column_wise, data_parallel), or the replicated baseline
+(dimerec_dist/replicated.py) - and runs the trainer's own training step on batches made
+in memory: histories of uniform length 1..max_history and ids uniform over the catalog
+(every lookup a different row: the worst case for locality). The global batch for step s
+depends only on (seed, s), so every cell trains on the same batches; the per-step losses
+are reported, and equal across layouts.
+
+Reported per cell: samples/s (global) over the timed steps after warm-up, peak RSS of
+each rank, the table's measured bytes per rank. Cells that cannot fit in this machine's
+memory are not started: their projected size per rank is reported instead. Writes
+results.json, results.md and two plots to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LAYOUTS = ("row_wise", "table_wise", "column_wise", "data_parallel", "replicated")
+MODEL = ["model.embedding_dim=64", "model.max_history=50", "model.num_interests=4", "train.negatives=1024"]
+
+
+# --------------------------------------------------------------------------- one cell (a torchrun job)
+
+
+def global_batch_ids(seed: int, step: int, batch: int, max_history: int, num_items: int):
+    """The step's global batch: histories (B, N) of uniform length 1..N and targets, ids uniform."""
+    import numpy as np
+
+    from dimerec_dist.data.samples import HistoryBatch
+
+    rng = np.random.default_rng([seed, step])
+    lengths = rng.integers(1, max_history + 1, batch)
+    ids = rng.integers(1, num_items + 1, (batch, max_history))
+    ids[np.arange(max_history)[None, :] >= lengths[:, None]] = 0
+    return HistoryBatch(ids=ids, lengths=lengths), rng.integers(1, num_items + 1, batch)
+
+
+def build_replicated(config, num_items: int, ctx):
+    import torch
+
+    from dimerec_dist.replicated import ReplicatedDimeRec, SparseRowWiseAdagrad
+    from dimerec_dist.table_shards import RowShard, init_table_deterministically
+
+    torch.manual_seed(config.seed)
+    module = ReplicatedDimeRec(config.model, num_items).to(ctx.device)
+    init_table_deterministically([RowShard(0, 0, module.item_table.weight.data)], config.model.embedding_dim,
+                                 config.seed, config.train.embedding_init)
+    model = torch.nn.parallel.DistributedDataParallel(module)
+    params = list(module.dimerec.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.train.dense_lr, weight_decay=config.train.weight_decay)
+    table_optimizer = SparseRowWiseAdagrad([module.item_table.weight], lr=config.train.sparse_lr)
+    table = module.item_table.weight
+    return model, params, optimizer, table_optimizer, table.numel() * table.element_size() + table.shape[0] * 4
+
+
+def run_cell(args) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from dimerec_dist.config import load_config
+    from dimerec_dist.data.batch import NegativeSampler, make_batch
+    from dimerec_dist.parallel import init_distributed, shutdown
+    from dimerec_dist.sharded_model import TABLE_STATE_KEY
+    from dimerec_dist.table_shards import local_row_shards, local_table_bytes
+    from dimerec_dist.train import (build_model, dense_optimizer, noise_for_rank, reduce_losses,
+                                    replicated_table_optimizer, training_step)
+
+    ctx = init_distributed("cpu")
+    torch.set_num_threads(args.threads)
+    layout = "row_wise" if args.layout == "replicated" else args.layout
+    config = load_config(None, [*MODEL, f"train.batch_size={args.batch}", f"sharding.type={layout}"])
+    started = time.time()
+    if args.layout == "replicated":
+        model, params, optimizer, table_optimizer, table_bytes = build_replicated(config, args.items, ctx)
+    else:
+        model, shards = build_model(config, args.items, ctx, run_dir=None)
+        _, optimizer, _ = dense_optimizer(model, config)
+        params = list(model.module.dimerec.parameters())
+        table_optimizer = replicated_table_optimizer(model, config, ctx)
+        table_bytes = local_table_bytes(model, local_row_shards(model, TABLE_STATE_KEY))
+    build_seconds = time.time() - started
+    sampler = NegativeSampler("uniform", args.items, config.train.negatives, seed=config.seed)
+    per_rank = args.batch // ctx.world_size
+    rows = torch.arange(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+    losses_by_step, timed_from = [], None
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            dist.barrier()
+            timed_from = time.time()
+        history, targets = global_batch_ids(config.seed, step, args.batch, config.model.max_history, args.items)
+        local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+        history.ids, history.lengths = history.ids[local], history.lengths[local]
+        batch = make_batch(history, targets[local], sampler.draw(0, step))
+        draw = noise_for_rank(config, args.batch, 0, step, rows, ctx.device)
+        losses, _ = training_step(model, batch, draw, params, optimizer, table_optimizer, config.train.grad_clip)
+        values, _ = reduce_losses(losses, False, ctx.device)  # the trainer does this every step too
+        losses_by_step.append(values["loss/total"])
+    dist.barrier()
+    elapsed = time.time() - timed_from
+    measured = [None] * ctx.world_size
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    dist.all_gather_object(measured, (peak_rss, table_bytes))
+    if ctx.is_main:
+        result = {"layout": args.layout, "world": ctx.world_size, "items": args.items, "batch": args.batch,
+                  "threads_per_rank": args.threads, "timed_steps": args.steps,
+                  "samples_per_s": args.steps * args.batch / elapsed, "build_s": build_seconds,
+                  "peak_rss_bytes": [m[0] for m in measured], "table_bytes": [m[1] for m in measured],
+                  "losses": losses_by_step}
+        Path(args.result).write_text(json.dumps(result, indent=1))
+    shutdown()
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def projected_bytes_per_rank(layout: str, items: int, world: int, dim: int = 64) -> int:
+    """Table + row-wise optimizer state on the fullest rank, what must fit in memory."""
+    rows = items + 1
+    full = rows * (dim * 4 + 4)
+    if layout in ("replicated", "data_parallel", "table_wise"):
+        return full
+    return math.ceil(full / world)
+
+
+def available_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def run_grid(args) -> list[dict]:
+    # On one rank, table- and column-wise hold what row-wise holds: not worth a cell.
+    cells = [(layout, world, items) for items in args.catalogs for world in args.worlds for layout in args.layouts
+             if not (world == 1 and layout in ("table_wise", "column_wise"))]
+    cores = args.cores or os.cpu_count()
+    # Repeats run the whole grid again (A B A B, not A A B B), so slow drift of a noisy machine
+    # hits every cell alike; the median rate is reported.
+    cells = cells * args.repeats
+    results, started = [], time.time()
+    for index, (layout, world, items) in enumerate(cells):
+        need = projected_bytes_per_rank(layout, items, world) * world
+        # Two copies' worth of headroom for start-up, the dense model and the allocator, per job.
+        if any(r.get("skipped") and (r["layout"], r["world"], r["items"]) == (layout, world, items) for r in results):
+            continue
+        if need * 1.15 + world * 1.5e9 > available_bytes():
+            results.append({"layout": layout, "world": world, "items": items, "skipped":
+                            f"needs ~{need / 2**30:.1f} GiB of table and optimizer state over {world} rank(s), "
+                            f"{available_bytes() / 2**30:.1f} GiB available"})
+            print(f"[{index + 1}/{len(cells)}] {layout} world {world} {items:,} items: cannot run here "
+                  f"({results[-1]['skipped']})", flush=True)
+            continue
+        result_file = Path(args.out) / f"cell-{layout}-w{world}-{items}.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+                   str(Path(__file__).resolve()), "--cell", "--layout", layout, "--items", str(items),
+                   "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--threads", str(max(1, cores // world)), "--result", str(result_file)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world)), "PYTHONPATH": str(REPO)}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+        result = json.loads(result_file.read_text())
+        earlier = next((r for r in results if (r["layout"], r["world"], r["items"]) == (layout, world, items)), None)
+        if earlier is None:
+            result["samples_per_s_runs"] = [result["samples_per_s"]]
+            results.append(result)
+        else:
+            earlier["samples_per_s_runs"].append(result["samples_per_s"])
+            earlier["samples_per_s"] = statistics.median(earlier["samples_per_s_runs"])
+            if result["losses"] != earlier["losses"]:
+                raise RuntimeError(f"{layout} world {world} {items} items: a repeat trained to other losses")
+        spent = time.time() - started
+        r = result
+        print(f"[{index + 1}/{len(cells)}] {layout} world {world} {items:,} items: {r['samples_per_s']:,.0f} samples/s, "
+              f"peak RSS/rank {max(r['peak_rss_bytes']) / 2**30:.2f} GiB | {spent:.0f}s elapsed, "
+              f"ETA ~{spent / (index + 1) * (len(cells) - index - 1):.0f}s", flush=True)
+    return results
+
+
+def catalog_memory(results: list[dict]) -> None:
+    """Peak RSS per rank minus the same layout and world size's run on the smallest catalog."""
+    base = {}
+    for r in results:
+        if "skipped" not in r:
+            key = (r["layout"], r["world"])
+            if key not in base or r["items"] < base[key]["items"]:
+                base[key] = r
+    for r in results:
+        if "skipped" not in r:
+            reference = base[(r["layout"], r["world"])]
+            r["catalog_bytes_per_rank"] = max(r["peak_rss_bytes"]) - max(reference["peak_rss_bytes"])
+            r["catalog_reference_items"] = reference["items"]
+
+
+def comparisons(results: list[dict]) -> list[str]:
+    """The issue's ratios: sharded against replicated, side by side from this run."""
+    cell = {(r["layout"], r["world"], r["items"]): r for r in results if "skipped" not in r}
+    lines = []
+    for (layout, world, items), r in sorted(cell.items()):
+        baseline = cell.get(("replicated", world, items))
+        if layout == "replicated" or baseline is None:
+            continue
+        line = (f"{layout} / replicated, world {world}, {items:,} items: samples/s x"
+                f"{r['samples_per_s'] / baseline['samples_per_s']:.2f}")
+        if baseline.get("catalog_bytes_per_rank", 0) > 0 and r["items"] != r["catalog_reference_items"]:
+            line += (f", catalog-dependent memory per rank x"
+                     f"{r['catalog_bytes_per_rank'] / baseline['catalog_bytes_per_rank']:.2f}")
+        lines.append(line)
+    for (layout, world, items), r in sorted(cell.items()):
+        reference = cell.get(("row_wise", min(w for l, w, i in cell if i == items), items))
+        if reference is not None and r is not reference:
+            drift = max(abs(a - b) / abs(a) for a, b in zip(reference["losses"], r["losses"]))
+            lines.append(f"losses of {layout}, world {world}, {items:,} items against row_wise on "
+                         f"{reference['world']} rank(s): max relative difference {drift:.1e}")
+    return lines
+
+
+def write_report(results: list[dict], out: Path, machine: str) -> None:
+    catalog_memory(results)
+    rows = ["| layout | world | items | samples/s | peak RSS per rank (GiB) | catalog-dependent RSS per rank (GiB) "
+            "| table + optimizer per rank, measured (GiB) |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "skipped" in r:
+            rows.append(f"| {r['layout']} | {r['world']} | {r['items']:,} | cannot run: {r['skipped']} | | | |")
+            continue
+        rows.append(f"| {r['layout']} | {r['world']} | {r['items']:,} | {r['samples_per_s']:,.0f} | "
+                    f"{' / '.join(f'{b / 2**30:.2f}' for b in r['peak_rss_bytes'])} | "
+                    f"{r['catalog_bytes_per_rank'] / 2**30:.2f} | "
+                    f"{' / '.join(f'{b / 2**30:.2f}' for b in r['table_bytes'])} |")
+    text = "\n".join([f"Machine: {machine}", "", *rows, "", *[f"- {line}" for line in comparisons(results)]])
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(text)
+    plot(results, out)
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple[str, int], list[dict]] = {}
+    for r in results:
+        if "skipped" not in r:
+            series.setdefault((r["layout"], r["world"]), []).append(r)
+    for key, ylabel, name in (("samples_per_s", "samples/s (global)", "bench_train_throughput.png"),
+                              ("peak_rss_bytes", "peak RSS of the fullest rank (GiB)", "bench_train_memory.png")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for (layout, world), cells in sorted(series.items()):
+            cells = sorted(cells, key=lambda r: r["items"])
+            values = [r[key] if key == "samples_per_s" else max(r[key]) / 2**30 for r in cells]
+            ax.plot([r["items"] for r in cells], values, marker="o",
+                    linestyle="--" if layout == "replicated" else "-", label=f"{layout}, {world} rank(s)")
+        ax.set_xscale("log")
+        ax.set_xlabel("catalog size (items)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench_train")
+    parser.add_argument("--catalogs", type=int, nargs="+", default=[1000, 1_000_000, 10_000_000, 50_000_000])
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["row_wise", "replicated"])
+    parser.add_argument("--batch", type=int, default=256, help="global batch")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per cell")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of the whole grid; the median is reported")
+    parser.add_argument("--cores", type=int, default=0, help="cores shared by a cell's ranks (0: all)")
+    parser.add_argument("--machine", default=f"{os.cpu_count()} CPU cores, "
+                                              f"{available_bytes() / 2**30:.0f} GiB available")
+    # One cell, run by torchrun:
+    parser.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--layout", choices=LAYOUTS, help=argparse.SUPPRESS)
+    parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cell:
+        run_cell(args)
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(run_grid(args), out, args.machine)
+
+
+if __name__ == "__main__":
+    main()
