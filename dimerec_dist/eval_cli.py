@@ -26,7 +26,7 @@ from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.parallel import DistContext, init_distributed, run_command
-from dimerec_dist.train import build_model, final_metrics, setup_logging
+from dimerec_dist.train import build_model, evaluate, final_metrics, setup_logging
 
 log = logging.getLogger("dimerec.eval")
 
@@ -62,10 +62,15 @@ def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
     return LoadedRun(config, manifest, ctx, model, shards)
 
 
-def run(run_dir: Path, include_seen: bool, overrides: list[str]) -> dict:
+def run(run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None) -> dict:
     loaded = load_run(run_dir, overrides + (["eval.exclude_seen=false"] if include_seen else []))
     result = final_metrics(loaded.model, loaded.shards, loaded.config, loaded.ctx, loaded.users("valid"),
                            loaded.users("test"), loaded.popularity())
+    if topk_out is not None:  # the ranked lists themselves, e.g. to compare a server's answers with
+        test = loaded.users("test")
+        ranked = evaluate(loaded.model, loaded.shards, loaded.config, loaded.ctx, test)
+        if loaded.ctx.is_main:
+            np.savez(topk_out, users=test.users, topk=ranked.topk)
     if loaded.ctx.is_main:
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         for split in ("valid", "test"):
@@ -77,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--include-seen", action="store_true", help="rank items the user has already seen too")
+    parser.add_argument("--topk-out", type=Path, default=None,
+                        help="also write the test users' ranked item ids (dense) to this .npz")
     parser.add_argument("overrides", nargs="*", help="key=value for evaluation, e.g. model.sample_steps=10")
     args = parser.parse_args(argv)
-    return run_command("dimerec-eval", lambda: run(args.run_dir, args.include_seen, args.overrides),
+    return run_command("dimerec-eval", lambda: run(args.run_dir, args.include_seen, args.overrides, args.topk_out),
                        (ConfigError, DataError, CheckpointError))
 
 

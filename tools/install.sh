@@ -23,6 +23,7 @@ PROJECT_NEEDS=(
   "tensorboard>=2.16"
   "pyyaml>=6"
   "matplotlib>=3.8"
+  "faiss-cpu==1.15.1"
   "pytest>=8"
   "pytest-cov>=5"
 )

@@ -127,7 +127,11 @@ def sample_timesteps(total: int, count: int) -> list[int]:
     """`count` strictly decreasing steps from `total` down to >= 1, evenly spread."""
     if not 1 <= count <= total:
         raise ValueError(f"sampling steps must lie in 1..{total}, got {count}")
-    grid = torch.linspace(total, 1, count, dtype=torch.float64).round().long().tolist()
+    # torch.linspace's own formula (each half from its end), in plain Python so the steps stay
+    # ints while torch.export traces the sampler.
+    step = (1 - total) / (count - 1) if count > 1 else 0.0
+    grid = [round(total + i * step) if i < count // 2 or count == 1 else round(1 - (count - 1 - i) * step)
+            for i in range(count)]
     return list(dict.fromkeys(grid))  # rounding can repeat a step when count is close to total
 
 

@@ -18,7 +18,10 @@ def check_history(history: Tensor, mask: Tensor) -> Tensor:
         raise ValueError(f"history must be (B, N, d) with a (B, N) mask, got {tuple(history.shape)} "
                          f"and {tuple(mask.shape)}")
     lengths = mask.sum(dim=1)
-    if bool((lengths == 0).any()):
+    # A data-dependent check cannot be traced: an exported tower skips it (its caller, the
+    # recommender, never passes an empty history).
+    tracing = torch.compiler.is_exporting() or torch.compiler.is_compiling()
+    if not tracing and bool((lengths == 0).any()):
         empty = torch.nonzero(lengths == 0).flatten()[:5].tolist()
         raise ValueError(f"empty history in batch rows {empty}: every sample needs at least one item")
     return lengths

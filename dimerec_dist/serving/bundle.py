@@ -1,0 +1,155 @@
+"""The serving bundle: what dimerec-export writes and dimerec-serve reads.
+
+    BUNDLE/
+      bundle.json            format, model facts, the item-table parts with checksums
+      items/part-NNNNN.npy   rows [first, last) of the item table (row 0 is padding), one per
+                             exporting rank; float32, float16, or int8 with a per-row scale
+      items/part-NNNNN.scale.npy   int8 only: float32 scale per row
+      vocabulary/            raw ids: by_item.npy (raw id of item i), sorted.npy + sorted_items.npy
+                             (for lookups by binary search), popularity.npy
+      tower.pt2              the user tower (GEM + DAM + a fixed number of reverse steps),
+                             a torch.export program
+      config.yaml            the run's config
+      index.faiss            optional approximate index
+
+Every .npy is memory-mapped at start-up, so a 10^7-item bundle opens in well under a
+second and pages in as it is scanned. Checksums are verified on request (`verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "dimerec-bundle"
+VERSION = 1
+MANIFEST = "bundle.json"
+DTYPES = ("float32", "float16", "int8")
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete, of another version, or fails its checksums."""
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class TablePart:
+    """Rows [first, last) of the item table, memory-mapped."""
+
+    first: int
+    last: int
+    rows: np.ndarray  # (last - first, d): float32, float16 or int8
+    scale: np.ndarray | None  # (last - first,) float32, int8 only
+
+    def dense(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of this part (part-local indices) as float32."""
+        return self.take(slice(start, stop))
+
+    def take(self, local) -> np.ndarray:
+        """Rows at part-local indices (a slice or an index array) as float32."""
+        block = self.rows[local]
+        if self.scale is None:
+            return np.asarray(block, dtype=np.float32)
+        return block.astype(np.float32) * self.scale[local][:, None]
+
+
+class Bundle:
+    def __init__(self, root: Path | str, verify: bool = False):
+        self.root = Path(root)
+        manifest_file = self.root / MANIFEST
+        if not manifest_file.is_file():
+            raise BundleError(f"{self.root} is not a serving bundle (no {MANIFEST}); make one with dimerec-export")
+        try:
+            self.manifest = json.loads(manifest_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{manifest_file}: not valid JSON ({exc})") from exc
+        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
+            raise BundleError(f"{manifest_file}: format {self.manifest.get('format')!r} version "
+                              f"{self.manifest.get('version')!r}, expected {FORMAT!r} version {VERSION}")
+        if verify:
+            self.verify()
+        m = self.manifest
+        self.num_items, self.dim = m["num_items"], m["dim"]
+        self.parts = [TablePart(p["first"], p["last"], self._load(p["file"]),
+                                self._load(p["scale_file"]) if p.get("scale_file") else None) for p in m["parts"]]
+        self.parts.sort(key=lambda part: part.first)
+        covered = [(p.first, p.last) for p in self.parts]
+        if (not covered or covered[0][0] != 0 or covered[-1][1] != self.num_items + 1
+                or any(a[1] != b[0] for a, b in zip(covered, covered[1:]))):
+            raise BundleError(f"{manifest_file}: the table parts cover {covered}, not rows 0..{self.num_items} "
+                              f"once each")
+        for part in self.parts:
+            if part.rows.shape != (part.last - part.first, self.dim):
+                raise BundleError(f"{self.root}: a part of rows [{part.first}, {part.last}) has shape "
+                                  f"{part.rows.shape}, expected ({part.last - part.first}, {self.dim})")
+        vocabulary = m["vocabulary"]
+        self.raw_by_item = self._load(vocabulary["by_item"])
+        self.sorted_raw = self._load(vocabulary["sorted"])
+        self.sorted_items = self._load(vocabulary["sorted_items"])
+        self.popularity = self._load(vocabulary["popularity"])
+
+    def _load(self, name: str) -> np.ndarray:
+        path = self.root / name
+        if not path.is_file():
+            raise BundleError(f"{self.root}: {name} is missing")
+        try:
+            return np.load(path, mmap_mode="r")
+        except ValueError as exc:
+            raise BundleError(f"{path}: not a readable .npy file ({exc})") from exc
+
+    def verify(self) -> None:
+        """Every file's SHA-256 against the manifest (reads the whole bundle)."""
+        for name, expected in self.manifest["checksums"].items():
+            path = self.root / name
+            if not path.is_file():
+                raise BundleError(f"{self.root}: {name} is missing")
+            if file_sha256(path) != expected:
+                raise BundleError(f"{path}: checksum mismatch (the file changed after export)")
+
+    @property
+    def cosine(self) -> bool:
+        return bool(self.manifest["cosine"])
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    # ------------------------------------------------------------------ ids
+
+    def item_ids(self, raw_ids: list) -> tuple[np.ndarray, list]:
+        """Dense item ids of the raw ids that are in the vocabulary (in order), and the unknown raw ids."""
+        keys = np.array([str(raw).encode() for raw in raw_ids], dtype=self.sorted_raw.dtype) if raw_ids else \
+            np.zeros(0, self.sorted_raw.dtype)
+        where = np.searchsorted(self.sorted_raw, keys)
+        inside = where < len(self.sorted_raw)
+        known = inside.copy()
+        known[inside] = self.sorted_raw[where[inside]] == keys[inside]
+        # A raw id longer than the vocabulary's widest would be truncated by the cast: never a match.
+        width = self.sorted_raw.dtype.itemsize
+        too_long = np.array([len(str(raw).encode()) > width for raw in raw_ids], dtype=bool)
+        known &= ~too_long
+        unknown = [raw for raw, ok in zip(raw_ids, known) if not ok]
+        return self.sorted_items[where[known]].astype(np.int64), unknown
+
+    def raw_ids(self, items: np.ndarray) -> list[str]:
+        return [raw.decode() for raw in self.raw_by_item[np.asarray(items, dtype=np.int64)]]
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """float32 rows of the given item ids (any order, repeats allowed)."""
+        items = np.asarray(items, dtype=np.int64)
+        out = np.zeros((len(items), self.dim), np.float32)
+        for part in self.parts:
+            index = np.nonzero((items >= part.first) & (items < part.last))[0]
+            if len(index):
+                out[index] = part.take(items[index] - part.first)
+        return out

@@ -1,0 +1,237 @@
+"""dimerec-export: turn a finished run into a serving bundle (serving/bundle.py).
+
+    dimerec-export --run-dir runs/quick --out bundles/quick
+    torchrun --nproc_per_node=4 -m dimerec_dist.serving.export --run-dir R --out B --dtype int8 --index hnsw
+
+The model is loaded with its table sharded over this job's ranks, exactly as dimerec-eval
+loads it; each rank writes the rows it holds, block by block, to its own part file. No
+process ever holds the whole table. Rank 0 then writes the vocabulary (raw ids), the
+user tower (a torch.export program with a fixed number of reverse steps), the config and
+the manifest with every file's SHA-256; with --index it builds a faiss index from the
+written parts and reports its recall@50 against exact search on the test users.
+
+The bundle is written to OUT.tmp and renamed to OUT when complete; an existing OUT is
+never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dimerec_dist.checkpoint import CheckpointError
+from dimerec_dist.config import ConfigError
+from dimerec_dist.data.schema import DataError, read_items
+from dimerec_dist.eval_cli import load_run
+from dimerec_dist.parallel import run_command
+from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, VERSION, BundleError, file_sha256
+from dimerec_dist.serving.tower import UserTower, export_tower
+from dimerec_dist.table_shards import scoring_shards
+
+log = logging.getLogger("dimerec.export")
+BLOCK_ROWS = 1 << 16
+INDEX_KINDS = ("none", "hnsw", "ivf")
+
+
+def quantize_int8(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: row ~ q * scale, |q| <= 127."""
+    scale = np.abs(rows).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    return np.clip(np.rint(rows / scale[:, None]), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
+def write_part(rows: torch.Tensor, first: int, staging: Path, name: str, dtype: str) -> dict:
+    """Write rows [first, first + len) in blocks; the part's manifest entry."""
+    from numpy.lib.format import open_memmap
+
+    count, dim = rows.shape
+    file = f"items/{name}.npy"
+    out = open_memmap(staging / file, mode="w+", dtype=np.dtype(dtype), shape=(count, dim))
+    scale_out = open_memmap(staging / f"items/{name}.scale.npy", mode="w+", dtype=np.float32,
+                            shape=(count,)) if dtype == "int8" else None
+    for start in range(0, count, BLOCK_ROWS):
+        block = rows[start:start + BLOCK_ROWS].detach().cpu().numpy().astype(np.float32)
+        if scale_out is not None:
+            out[start:start + len(block)], scale_out[start:start + len(block)] = quantize_int8(block)
+        else:
+            out[start:start + len(block)] = block
+    out.flush()
+    del out
+    entry = {"first": first, "last": first + count, "file": file}
+    if scale_out is not None:
+        scale_out.flush()
+        del scale_out
+        entry["scale_file"] = f"items/{name}.scale.npy"
+    return entry
+
+
+def write_vocabulary(manifest_data, staging: Path) -> dict:
+    """Raw ids by item (row 0, padding, is empty), sorted for binary search, and popularity."""
+    items = read_items(manifest_data)
+    item_ids = items.column("item_id").to_numpy()
+    raw = np.array([b""] + [r.encode() for r in items.column("raw_id").to_pylist()])
+    if not np.array_equal(item_ids, np.arange(1, len(item_ids) + 1)):
+        raise DataError(f"{manifest_data.root}: items.parquet does not list items 1..{len(item_ids)} in order")
+    by_item = np.empty(len(item_ids) + 1, dtype=raw.dtype)
+    by_item[:] = raw
+    order = np.argsort(by_item[1:], kind="stable") + 1
+    popularity = np.concatenate([[0], items.column("popularity").to_numpy()]).astype(np.int64)
+    files = {"by_item": by_item, "sorted": by_item[order], "sorted_items": order.astype(np.int64),
+             "popularity": popularity}
+    (staging / "vocabulary").mkdir()
+    for key, array in files.items():
+        np.save(staging / f"vocabulary/{key}.npy", array)
+    return {key: f"vocabulary/{key}.npy" for key in files}
+
+
+def build_index(staging: Path, parts: list[dict], dim: int, cosine: bool, kind: str, nprobe: int) -> dict:
+    """A faiss index over every row (row r gets id r), inner product on unit rows if cosine."""
+    import faiss
+
+    from dimerec_dist.serving.bundle import Bundle
+
+    bundle = Bundle(staging)
+    total = bundle.num_items + 1
+
+    def blocks():
+        for part in bundle.parts:
+            for start in range(0, part.last - part.first, BLOCK_ROWS):
+                block = part.dense(start, start + BLOCK_ROWS)
+                if cosine:
+                    block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+                yield np.ascontiguousarray(block, dtype=np.float32)
+
+    started = time.time()
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+        params = {"M": 32, "efConstruction": index.hnsw.efConstruction, "efSearch": 128}
+    else:
+        nlist = max(1, min(int(4 * math.sqrt(total)), total // 39))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(total, size=min(total, max(39 * nlist, 10_000)), replace=False))
+        vectors = bundle.rows(sample)
+        if cosine:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        index.nprobe = min(nprobe, nlist)
+        params = {"nlist": nlist, "nprobe": index.nprobe}
+    for block in blocks():
+        index.add(block)
+    faiss.write_index(index, str(staging / "index.faiss"))
+    return {"file": "index.faiss", "kind": kind, "params": params, "build_s": round(time.time() - started, 2)}
+
+
+def measure_index(staging: Path, users, limit: int = 1000) -> dict:
+    """recall@50 of the index against exact search, and the time per query of each, on test users."""
+    from dimerec_dist.serving.bundle import Bundle
+    from dimerec_dist.serving.recommender import Recommender, Request
+
+    bundle = Bundle(staging)
+    recommender = Recommender(bundle)
+    count = min(limit, len(users))
+    histories, _, _ = users.batch(np.arange(count))
+    requests = [Request(history=bundle.raw_ids(row[:length]), k=50, user=int(user))
+                for row, length, user in zip(histories.ids, histories.lengths, users.users[:count])]
+    timings, answers = {}, {}
+    for exact in (True, False):
+        started = time.time()
+        answers[exact] = [r.items for r in recommender.recommend([Request(**{**q.__dict__, "exact": exact})
+                                                                  for q in requests])]
+        timings[exact] = (time.time() - started) / max(count, 1)
+    recall = float(np.mean([len(set(a) & set(e)) / max(len(e), 1) for a, e in zip(answers[False], answers[True])]))
+    return {"recall@50": round(recall, 4), "queries": count, "exact_ms_per_query": round(1e3 * timings[True], 3),
+            "index_ms_per_query": round(1e3 * timings[False], 3)}
+
+
+def export(run_dir: Path, out: Path, dtype: str, index: str, steps: int | None, nprobe: int,
+           overrides: list[str]) -> dict:
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if index not in INDEX_KINDS:
+        raise ConfigError(f"--index {index!r} is not one of {', '.join(INDEX_KINDS)}")
+    if out.exists():
+        raise ConfigError(f"{out} exists; dimerec-export never overwrites a bundle (remove it or pick another --out)")
+    loaded = load_run(run_dir, overrides)
+    config, ctx = loaded.config, loaded.ctx
+    steps = steps or config.model.sample_steps
+    if not 1 <= steps <= config.model.diffusion_steps:
+        raise ConfigError(f"--steps {steps} must lie in 1..model.diffusion_steps={config.model.diffusion_steps}")
+    staging = out.with_name(out.name + ".tmp")
+    if ctx.is_main:
+        shutil.rmtree(staging, ignore_errors=True)  # a previous export that died half-way
+        (staging / "items").mkdir(parents=True)
+    dist.barrier()
+
+    started = time.time()
+    dim = config.model.embedding_dim
+    shards = scoring_shards(loaded.shards, loaded.manifest.num_items + 1, dim, ctx.device)
+    parts = [write_part(shard.weight, shard.row_offset, staging, f"part-{ctx.rank:05d}-{i}", dtype)
+             for i, shard in enumerate(shards) if shard.weight.shape[0]]
+    gathered: list[list[dict]] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, parts)
+    result = {}
+    if ctx.is_main:
+        parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p["first"])
+        log.info("item table written: %d parts, %d rows, %s, %.1fs", len(parts), loaded.manifest.num_items + 1,
+                 dtype, time.time() - started)
+        tower = UserTower(loaded.model.module.dimerec, steps, config.query_mode())
+        export_tower(tower, config.model.max_history, dim, staging / "tower.pt2")
+        shutil.copyfile(run_dir / "config.yaml", staging / "config.yaml")
+        manifest = {"format": FORMAT, "version": VERSION, "num_items": loaded.manifest.num_items, "dim": dim,
+                    "dtype": dtype, "cosine": config.model.cosine_logits, "max_history": config.model.max_history,
+                    "query_mode": config.query_mode(), "steps": steps, "parts": parts,
+                    "vocabulary": write_vocabulary(loaded.manifest, staging), "tower": "tower.pt2",
+                    "config": "config.yaml", "index": None, "source": {"run_dir": str(run_dir.resolve()),
+                                                                        "exported_by_ranks": ctx.world_size}}
+        _write_manifest(staging, manifest)
+        if index != "none":
+            manifest["index"] = build_index(staging, parts, dim, config.model.cosine_logits, index, nprobe)
+            _write_manifest(staging, manifest)
+            manifest["index"].update(measure_index(staging, loaded.users("test")))
+            log.info("index %s: recall@50 %.4f against exact search (%d test users), %.2f ms/query vs exact %.2f",
+                     index, manifest["index"]["recall@50"], manifest["index"]["queries"],
+                     manifest["index"]["index_ms_per_query"], manifest["index"]["exact_ms_per_query"])
+        _write_manifest(staging, manifest)
+        staging.rename(out)
+        log.info("bundle written to %s in %.1fs", out, time.time() - started)
+        result = manifest
+    dist.barrier()
+    return result
+
+
+def _write_manifest(staging: Path, manifest: dict) -> None:
+    names = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest["checksums"] = {name: file_sha256(staging / name) for name in names}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dimerec-export", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dtype", default="float32", help=f"item table storage: {', '.join(DTYPES)}")
+    parser.add_argument("--index", default="none", help=f"approximate index: {', '.join(INDEX_KINDS)} (needs faiss)")
+    parser.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")
+    parser.add_argument("--steps", type=int, default=None, help="reverse steps of the tower (default: the config's)")
+    parser.add_argument("overrides", nargs="*", help="key=value applied to the run's config")
+    args = parser.parse_args(argv)
+    return run_command("dimerec-export", lambda: export(args.run_dir, args.out, args.dtype, args.index, args.steps,
+                                                        args.nprobe, args.overrides),
+                       (ConfigError, DataError, CheckpointError, BundleError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

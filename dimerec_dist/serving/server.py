@@ -1,0 +1,174 @@
+"""dimerec-serve: recommendations over HTTP from a bundle.
+
+    dimerec-serve bundles/quick --port 8080
+
+    GET  /health            {"status": "ok", "items": ..., "dim": ..., "steps": ..., "index": ...}
+    POST /recommend         {"history": ["v12", 7, ...], "k": 50}            -> {"items": [...], "scores": [...]}
+         optional: "user" (the dataset's user id: the evaluation's x_T), "exclude_seen" (true),
+                   "exact" (default: the index if the bundle has one)
+    POST /recommend/batch   {"requests": [{...}, ...]}                       -> {"results": [{...}, ...]}
+
+Ids are raw item ids, as strings or numbers. Unknown ids are ignored and listed in
+"warnings"; a history with no known id gets the most popular items, with a warning.
+A malformed request gets a 4xx with {"error": "..."} naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import torch
+
+from dimerec_dist.serving.bundle import Bundle, BundleError
+from dimerec_dist.serving.recommender import Recommendation, Recommender, Request, RequestError
+
+log = logging.getLogger("dimerec.serve")
+MAX_BODY_BYTES = 8 << 20
+MAX_BATCH = 1024
+
+
+def parse_request(body: object, where: str, num_items: int) -> Request:
+    if not isinstance(body, dict):
+        raise RequestError(f"{where}: expected a JSON object, got {type(body).__name__}")
+    unknown = set(body) - {"history", "k", "user", "exclude_seen", "exact"}
+    if unknown:
+        raise RequestError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    history = body.get("history")
+    if not isinstance(history, list):
+        raise RequestError(f"{where}: 'history' must be a list of item ids, got {type(history).__name__}")
+    for position, item in enumerate(history):
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise RequestError(f"{where}: history[{position}] must be a string or an integer, got {item!r}")
+    k = body.get("k", 50)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(num_items, 10_000):
+        raise RequestError(f"{where}: 'k' must be an integer in 1..{min(num_items, 10_000)}, got {k!r}")
+    user = body.get("user")
+    if user is not None and (isinstance(user, bool) or not isinstance(user, int) or user < 0):
+        raise RequestError(f"{where}: 'user' must be a non-negative integer, got {user!r}")
+    for flag in ("exclude_seen", "exact"):
+        if flag in body and body[flag] is not None and not isinstance(body[flag], bool):
+            raise RequestError(f"{where}: '{flag}' must be true or false, got {body[flag]!r}")
+    return Request(history=history, k=k, user=user, exclude_seen=body.get("exclude_seen", True),
+                   exact=body.get("exact"))
+
+
+def answer(result: Recommendation) -> dict:
+    out = {"items": result.items, "scores": result.scores}
+    if result.warnings:
+        out["warnings"] = result.warnings
+    return out
+
+
+def make_handler(recommender: Recommender, health: dict):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: load tests and clients reuse connections
+
+        def log_message(self, fmt, *args):  # one line per request at DEBUG, not stderr noise
+            log.debug("%s %s", self.address_string(), fmt % args)
+
+        def _send(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/health":
+                self._send(HTTPStatus.OK, health)
+            else:
+                self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: GET {self.path}"})
+
+        def do_POST(self):
+            if self.path not in ("/recommend", "/recommend/batch"):
+                self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {self.path}"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                self._send(HTTPStatus.BAD_REQUEST, {"error": "Content-Length is not a number"})
+                return
+            if length > MAX_BODY_BYTES:
+                self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY_BYTES} bytes"})
+                self.close_connection = True
+                return
+            raw = self.rfile.read(length)
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                self._send(HTTPStatus.BAD_REQUEST, {"error": f"body is not valid JSON: {exc}"})
+                return
+            try:
+                if self.path == "/recommend":
+                    requests = [parse_request(body, "request", recommender.bundle.num_items)]
+                else:
+                    if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
+                        raise RequestError("batch: expected {\"requests\": [...]}")
+                    if not 1 <= len(body["requests"]) <= MAX_BATCH:
+                        raise RequestError(f"batch: 1..{MAX_BATCH} requests, got {len(body['requests'])}")
+                    requests = [parse_request(r, f"requests[{i}]", recommender.bundle.num_items)
+                                for i, r in enumerate(body["requests"])]
+                results = recommender.recommend(requests)
+            except RequestError as exc:
+                self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+                return
+            if self.path == "/recommend":
+                self._send(HTTPStatus.OK, answer(results[0]))
+            else:
+                self._send(HTTPStatus.OK, {"results": [answer(r) for r in results]})
+
+    return Handler
+
+
+def make_server(bundle_dir: Path, host: str, port: int, verify: bool = False) -> ThreadingHTTPServer:
+    started = time.time()
+    bundle = Bundle(bundle_dir, verify=verify)
+    recommender = Recommender(bundle)
+    m = bundle.manifest
+    health = {"status": "ok", "items": bundle.num_items, "dim": bundle.dim, "dtype": m["dtype"], "steps": m["steps"],
+              "query_mode": m["query_mode"], "index": (m["index"] or {}).get("kind"),
+              "start_s": round(time.time() - started, 3)}
+    server = ThreadingHTTPServer((host, port), make_handler(recommender, health))
+    server.daemon_threads = True
+    log.info("serving %s (%d items, %s, %d step(s), index %s) on http://%s:%d, ready in %.2fs", bundle_dir,
+             bundle.num_items, m["dtype"], m["steps"], health["index"], host, server.server_address[1],
+             health["start_s"])
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dimerec-serve", description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--verify", action="store_true", help="check every file's checksum before serving")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        server = make_server(args.bundle, args.host, args.port, args.verify)
+    except BundleError as exc:
+        print(f"dimerec-serve: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"listening on http://{args.host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The user tower: a history's item embeddings in, retrieval queries out.
+
+GEM + DAM + the reverse sampler with a fixed number of steps, deterministic, as one
+module that torch.export can capture: the serving process needs no DimeRec code, only
+the exported program. x_T is an input, so a caller can reproduce the evaluation's
+per-user start (evaluate.user_starts) or derive one from the history (history_start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from dimerec_dist.model import DimeRec
+
+
+class UserTower(nn.Module):
+    def __init__(self, dimerec: DimeRec, steps: int, query_mode: str):
+        super().__init__()
+        if query_mode not in ("dam", "gem"):
+            raise ValueError(f"query mode must be dam or gem, got {query_mode!r}")
+        self.dimerec, self.steps, self.query_mode = dimerec, steps, query_mode
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """history (B, N, d) with zeros on padding, mask (B, N), start (B, d) -> queries (B, Q, d)."""
+        if self.query_mode == "gem":
+            return self.dimerec.interests(history, mask)
+        return self.dimerec.user_embedding(history, mask, steps=self.steps, deterministic=True,
+                                            start=start).unsqueeze(1)
+
+
+def export_tower(tower: UserTower, max_history: int, dim: int, path) -> None:
+    """Write the tower as a torch.export program with a dynamic batch dimension."""
+    tower = tower.eval()
+    example = (torch.zeros(2, max_history, dim), torch.ones(2, max_history, dtype=torch.bool), torch.randn(2, dim))
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        program = torch.export.export(tower, example, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
+    torch.export.save(program, str(path))
+
+
+def load_tower(path):
+    """The exported tower as a callable module."""
+    return torch.export.load(str(path)).module()
+
+
+def history_start(history_ids: np.ndarray, dim: int, seed: int) -> torch.Tensor:
+    """A fixed x_T for a history: drawn from a seed made of its item ids, so the same history
+    always gets the same recommendations, on any server replica."""
+    digest = hashlib.blake2b(np.ascontiguousarray(history_ids, dtype=np.int64).tobytes(), digest_size=8,
+                             key=seed.to_bytes(8, "little", signed=True)).digest()
+    return torch.randn(dim, generator=torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1))

@@ -1,0 +1,51 @@
+"""tools/bench_train.py: every cell trains the same batches to the same losses (the sharded
+trainer and the replicated baseline, 1 and 2 ranks), and the report holds what it promises."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.distributed.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_train")
+    command = [sys.executable, "tools/bench_train.py", "--out", str(out), "--catalogs", "500", "1000000000000",
+               "--worlds", "1", "2", "--layouts", "row_wise", "replicated", "--steps", "3", "--warmup", "1",
+               "--batch", "32", "--repeats", "1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, json.loads((out / "results.json").read_text()), done.stdout
+
+
+def test_the_replicated_baseline_and_the_sharded_trainer_train_to_the_same_losses(report):
+    _, results, _ = report
+    cells = {(r["layout"], r["world"]): r for r in results if r["items"] == 500}
+    assert set(cells) == {("row_wise", 1), ("row_wise", 2), ("replicated", 1), ("replicated", 2)}
+    reference = cells[("row_wise", 1)]["losses"]
+    assert len(reference) == 4
+    for cell in cells.values():
+        assert cell["losses"] == pytest.approx(reference, rel=1e-5)
+        assert cell["samples_per_s"] > 0 and all(rss > 0 for rss in cell["peak_rss_bytes"])
+    # 501 rows of 64 floats plus one Adagrad float per row, split over the ranks or not.
+    assert cells[("replicated", 2)]["table_bytes"] == [501 * 65 * 4] * 2
+    assert sum(cells[("row_wise", 2)]["table_bytes"]) == 501 * 65 * 4
+
+
+def test_a_catalog_that_cannot_fit_is_reported_not_started(report):
+    out, results, stdout = report
+    skipped = [r for r in results if r["items"] == 1_000_000_000_000]
+    assert len(skipped) == 4 and all("GiB available" in r["skipped"] for r in skipped)
+    assert "cannot run" in (out / "results.md").read_text()
+
+
+def test_the_report_has_its_ratios_and_plots(report):
+    out, _, _ = report
+    text = (out / "results.md").read_text()
+    assert "row_wise / replicated, world 1, 500 items: samples/s x" in text
+    assert "max relative difference" in text
+    for name in ("bench_train_throughput.png", "bench_train_memory.png"):
+        assert (out / name).stat().st_size > 10_000

@@ -1,0 +1,162 @@
+"""Export and serving: a bundle written shard by shard, a server whose exact top-50 equals
+dimerec-eval's for the same users, and clear answers to bad requests and bad bundles."""
+
+import json
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from dimerec_dist.data.samples import EvaluationUsers
+from dimerec_dist.data.schema import Manifest, read_split
+from dimerec_dist.serving.bundle import Bundle, BundleError
+from dimerec_dist.serving.server import make_server
+from tests.distributed.conftest import REPO, TINY_JOB, torchrun
+
+def run(module, *args, check=True):
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    run_dir = root / "run"
+    run("dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared", f"data.path={tiny_dataset}",
+        "train.max_steps=30", "train.eval_every_epochs=0", *TINY_JOB)
+    run("dimerec_dist.eval_cli", "--run-dir", str(run_dir), "--topk-out", str(root / "eval_topk.npz"))
+    return root, run_dir
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(trained):
+    root, run_dir = trained
+    torchrun(2, "dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(root / "bundle"))
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir):
+    httpd = make_server(bundle_dir, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def call(url, path, body=None, raw=None):
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_two_ranks_write_one_part_each_and_nothing_whole(bundle_dir):
+    manifest = json.loads((bundle_dir / "bundle.json").read_text())
+    assert manifest["source"]["exported_by_ranks"] == 2
+    assert [(p["first"], p["last"]) for p in manifest["parts"]] == [(0, 151), (151, 301)]
+    assert all(name in manifest["checksums"] for name in ("tower.pt2", "config.yaml", "vocabulary/by_item.npy"))
+    Bundle(bundle_dir, verify=True)  # every checksum holds
+
+
+def test_the_servers_exact_top50_equals_dimerec_eval_for_every_test_user(trained, bundle_dir, server, tiny_dataset):
+    root, _ = trained
+    reference = np.load(root / "eval_topk.npz")
+    users = EvaluationUsers(read_split(Manifest.load(tiny_dataset), "test"), max_history=20)
+    bundle = Bundle(bundle_dir)
+    assert np.array_equal(users.users, reference["users"])
+    requests = [{"history": bundle.raw_ids(users.items[users.offsets[r]:users.offsets[r + 1]]), "k": 50,
+                 "user": int(users.users[r]), "exact": True} for r in range(len(users))]
+    answers = []
+    for start in range(0, len(requests), 100):
+        status, body = call(server, "/recommend/batch", {"requests": requests[start:start + 100]})
+        assert status == 200, body
+        answers += [result["items"] for result in body["results"]]
+    expected = [bundle.raw_ids(row) for row in reference["topk"]]
+    assert answers == expected
+
+
+def test_health_names_the_bundle(server):
+    status, body = call(server, "/health")
+    assert status == 200 and body["status"] == "ok" and body["items"] == 300 and body["dim"] == 16
+
+
+def test_unknown_ids_are_ignored_and_named_and_raw_ids_may_be_numbers(server, bundle_dir):
+    known = Bundle(bundle_dir).raw_ids(np.array([1, 2, 3]))
+    status, body = call(server, "/recommend", {"history": [known[0], "no-such-item", int(known[1]), known[2]],
+                                               "k": 5})
+    assert status == 200 and len(body["items"]) == 5 and len(body["scores"]) == 5
+    assert body["warnings"] == {"unknown_items": ["no-such-item"]}
+    assert not set(body["items"]) & set(known), "seen items are excluded by default"
+    status, again = call(server, "/recommend", {"history": known, "k": 5})
+    assert again["items"] == body["items"], "the same known history gets the same answer"
+
+
+def test_a_history_with_nothing_known_gets_popular_items_and_says_so(server):
+    status, body = call(server, "/recommend", {"history": ["nope"], "k": 3})
+    assert status == 200 and len(body["items"]) == 3 and "empty_history" in body["warnings"]
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"k": 5}).encode(), 400, "'history' must be a list"),
+    (json.dumps({"history": ["1"], "k": 0}).encode(), 400, "'k' must be an integer in 1..300"),
+    (json.dumps({"history": [["1"]]}).encode(), 400, "history[0] must be a string or an integer"),
+    (json.dumps({"history": ["1"], "colour": "red"}).encode(), 400, "unknown field(s) colour"),
+    (json.dumps({"history": ["1"], "exact": False}).encode(), 400, "no approximate index"),
+    (json.dumps([1, 2]).encode(), 400, "expected a JSON object"),
+])
+def test_malformed_requests_get_a_4xx_naming_the_problem(server, payload, status, message):
+    code, body = call(server, "/recommend", raw=payload)
+    assert code == status and message in body["error"], body
+
+
+def test_batch_errors_name_the_request_and_unknown_paths_are_404(server):
+    code, body = call(server, "/recommend/batch", {"requests": [{"history": ["1"]}, {"history": 3}]})
+    assert code == 400 and body["error"].startswith("requests[1]:")
+    code, body = call(server, "/nowhere", {"history": []})
+    assert code == 404
+
+
+def test_export_never_overwrites_and_bad_bundles_are_named(trained, bundle_dir, tmp_path):
+    _, run_dir = trained
+    done = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(bundle_dir), check=False)
+    assert done.returncode == 2 and "never overwrites" in done.stderr
+    with pytest.raises(BundleError, match="not a serving bundle"):
+        Bundle(tmp_path)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(bundle_dir), str(copy)], check=True)
+    part = copy / "items" / "part-00001-0.npy"
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 0xFF
+    part.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="part-00001-0.npy: checksum mismatch"):
+        Bundle(copy, verify=True)
+    done = run("dimerec_dist.serving.server", str(tmp_path / "missing"), check=False)
+    assert done.returncode == 2 and "not a serving bundle" in done.stderr
+
+
+def test_int8_bundle_with_hnsw_index_reports_its_recall(trained, bundle_dir):
+    pytest.importorskip("faiss")
+    root, run_dir = trained
+    out = root / "int8"
+    done = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--dtype", "int8",
+               "--index", "hnsw")
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["dtype"] == "int8" and manifest["index"]["kind"] == "hnsw"
+    assert manifest["index"]["recall@50"] >= 0.9 and "recall@50" in done.stderr
+    exact, small = Bundle(bundle_dir), Bundle(out)
+    rows = np.arange(301)
+    assert np.abs(small.rows(rows) - exact.rows(rows)).max() <= np.abs(exact.rows(rows)).max() / 127 + 1e-6
