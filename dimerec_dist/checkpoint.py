@@ -82,6 +82,33 @@ def save_model(model, path: Path, num_items: int, model_config: ModelConfig, ext
     _commit(staging, path, model_meta(num_items, model_config, **(extra or {})))
 
 
+def check_optimizer_layout(path: Path, sharding_type: str, column_block: int) -> None:
+    """Refuse to resume table optimizer state laid out for another kind of sharding.
+
+    Row- and table-wise states reshard freely (one Adagrad accumulator per row). A
+    column-wise run keeps one per row *and column block*, and a data-parallel table's
+    state lives with the dense state: neither maps onto another layout.
+    `column_block` is this job's resolved block width (parallel.resolved_column_block)."""
+    from dimerec_dist.parallel import resolved_column_block
+
+    meta = read_meta(path)
+    saved = meta.get("config", {}).get("sharding", {})
+    saved_type = saved.get("type", "row_wise")
+
+    def layout(kind: str, block: int) -> str:
+        return {"column_wise": f"column_wise (blocks of {block} columns)",
+                "data_parallel": "data_parallel"}.get(kind, "row- or table-wise")
+
+    saved_block = resolved_column_block(saved.get("column_block", 0), meta["model"]["embedding_dim"],
+                                        meta.get("world_size", 1)) if saved_type == "column_wise" else 0
+    current_block = column_block if sharding_type == "column_wise" else 0
+    if layout(saved_type, saved_block) != layout(sharding_type, current_block):
+        raise CheckpointError(f"{path}: its table optimizer state is laid out for "
+                              f"{layout(saved_type, saved_block)}, this job shards the table "
+                              f"{layout(sharding_type, current_block)}; resume with that layout, or load the "
+                              f"run's weights in a new run")
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     for name in (META_FILE, LEGACY_META_FILE):
         if (Path(path) / name).is_file():

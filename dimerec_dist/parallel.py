@@ -1,7 +1,8 @@
 """Process groups, TorchRec sharding and the collectives the trainer needs.
 
-Knows nothing of DimeRec: it shards whatever EmbeddingCollection a module holds, wraps
-the rest in DDP, and offers gathers and the local rows of a sharded table.
+Knows nothing of DimeRec: it shards whatever EmbeddingCollection a module holds (any of
+TorchRec's four layouts), wraps the rest in DDP, and offers the gathers the trainer and
+the evaluation need. The table's pieces on each rank are table_shards.py's business.
 
 Gradient scaling: every part follows the libraries' convention of averaging over ranks.
 Each rank's loss is the mean over its own samples (all ranks hold the same number); DDP
@@ -133,7 +134,7 @@ def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: D
     # the whole table on one rank; by default one block per rank spreads it (a multiple of 4 wide).
     min_partition = None
     if sharding_type == "column_wise":
-        min_partition = column_block or max(4, _table_dim(module, table_name) // ctx.world_size // 4 * 4)
+        min_partition = resolved_column_block(column_block, _table_dim(module, table_name), ctx.world_size)
     constraints = {table_name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding_type]],
                                                     min_partition=min_partition)}
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
@@ -145,6 +146,11 @@ def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: D
                 used = shard.storage.hbm if ctx.device.type == "cuda" else shard.storage.ddr
                 estimate[shard.rank] = estimate.get(shard.rank, 0) + int(used)
     return plan, sharders, estimate
+
+
+def resolved_column_block(configured: int, dim: int, world_size: int) -> int:
+    """Columns per column-wise block: as configured, or d / world size rounded down to a multiple of 4."""
+    return configured or max(4, dim // world_size // 4 * 4)
 
 
 def _table_dim(module: nn.Module, table_name: str) -> int:

@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dimerec_dist.checkpoint import CheckpointError, CheckpointManager, TrainingState, load_model, save_model
+from dimerec_dist.checkpoint import (CheckpointError, CheckpointManager, TrainingState, check_optimizer_layout,
+                                     load_model, save_model)
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
 from dimerec_dist.data.batch import NegativeSampler, make_batch
 from dimerec_dist.data.samples import EvaluationUsers
@@ -38,7 +39,8 @@ from dimerec_dist.data.source import ensure_dataset
 from dimerec_dist.evaluate import evaluate_split
 from dimerec_dist.metrics import MetricsLogger, Progress
 from dimerec_dist.model import NoiseDraw
-from dimerec_dist.parallel import DistContext, init_distributed, plan_sharding, run_command, shard_model
+from dimerec_dist.parallel import (DistContext, init_distributed, plan_sharding, resolved_column_block, run_command,
+                                   shard_model)
 from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes
 from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
 
@@ -246,12 +248,11 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     state = TrainingState()
     resume_from = resume_path(config.train.resume, checkpoints)
     if resume_from is not None:
+        check_optimizer_layout(resume_from, config.sharding.type, resolved_column_block(
+            config.sharding.column_block, config.model.embedding_dim, ctx.world_size))
         state, dense = CheckpointManager.load(resume_from, model, manifest.num_items, config.model)
         optimizer.load_state_dict(dense["optimizer"])
         schedule.load_state_dict(dense["schedule"])
-        if (table_optimizer is None) != (dense.get("table_optimizer") is None):
-            raise CheckpointError(f"{resume_from} was trained with the table {'sharded' if table_optimizer else 'replicated'}"
-                                  f" (sharding.type); resume with that sharding, or load its weights in a new run")
         if table_optimizer is not None:
             table_optimizer.load_state_dict(dense["table_optimizer"])
         log.info("resumed from %s: step %d, epoch %d (%d steps into it)", resume_from, state.step, state.epoch,

@@ -7,7 +7,7 @@ the replicated baseline, measured one after the other in one run.
 
 Each cell is its own torchrun job (so peak RSS is its own), with the same cores split
 over its ranks (threads per rank = cores / world). A job builds the model for a catalog
-of N items (d = 64, the quickstart's model) - the trainer's sharded model for a TorchRec
+of N items (d = 64, the quickstart's model; --negatives shared negatives per step) - the trainer's sharded model for a TorchRec
 layout (row_wise, table_wise, column_wise, data_parallel), or the replicated baseline
 (dimerec_dist/replicated.py) - and runs the trainer's own training step on batches made
 in memory: histories of uniform length 1..max_history and ids uniform over the catalog
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 LAYOUTS = ("row_wise", "table_wise", "column_wise", "data_parallel", "replicated")
-MODEL = ["model.embedding_dim=64", "model.max_history=50", "model.num_interests=4", "train.negatives=1024"]
+MODEL = ["model.embedding_dim=64", "model.max_history=50", "model.num_interests=4"]
 
 
 # --------------------------------------------------------------------------- one cell (a torchrun job)
@@ -90,7 +90,8 @@ def run_cell(args) -> None:
     ctx = init_distributed("cpu")
     torch.set_num_threads(args.threads)
     layout = "row_wise" if args.layout == "replicated" else args.layout
-    config = load_config(None, [*MODEL, f"train.batch_size={args.batch}", f"sharding.type={layout}"])
+    config = load_config(None, [*MODEL, f"train.batch_size={args.batch}", f"train.negatives={args.negatives}",
+                                f"sharding.type={layout}"])
     started = time.time()
     if args.layout == "replicated":
         model, params, optimizer, table_optimizer, table_bytes = build_replicated(config, args.items, ctx)
@@ -124,6 +125,7 @@ def run_cell(args) -> None:
     dist.all_gather_object(measured, (peak_rss, table_bytes))
     if ctx.is_main:
         result = {"layout": args.layout, "world": ctx.world_size, "items": args.items, "batch": args.batch,
+                  "negatives": args.negatives,
                   "threads_per_rank": args.threads, "timed_steps": args.steps,
                   "samples_per_s": args.steps * args.batch / elapsed, "build_s": build_seconds,
                   "peak_rss_bytes": [m[0] for m in measured], "table_bytes": [m[1] for m in measured],
@@ -175,7 +177,8 @@ def run_grid(args) -> list[dict]:
         result_file = Path(args.out) / f"cell-{layout}-w{world}-{items}.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
                    str(Path(__file__).resolve()), "--cell", "--layout", layout, "--items", str(items),
-                   "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--batch", str(args.batch), "--negatives", str(args.negatives), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup),
                    "--threads", str(max(1, cores // world)), "--result", str(result_file)]
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world)), "PYTHONPATH": str(REPO)}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -291,6 +294,7 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["row_wise", "replicated"])
     parser.add_argument("--batch", type=int, default=256, help="global batch")
+    parser.add_argument("--negatives", type=int, default=1024, help="sampled negatives shared by a step")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="runs of the whole grid; the median is reported")

@@ -87,6 +87,10 @@ class Recommender:
                                                 scores[j][:requests[i].k][keep].tolist(), warnings[i])
         return results
 
+    def check(self, request: Request) -> None:
+        """Raise RequestError for what this bundle cannot answer."""
+        self._use_index(request)
+
     def _use_index(self, request: Request) -> bool:
         if request.exact is None:
             return self.index is not None

@@ -98,7 +98,8 @@ def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(uninterru
 @pytest.mark.parametrize("override, message", [
     ("model.embedding_dim=32", "saved by a different model: embedding_dim (saved 16, now 32)"),
     ("model.num_interests=3", "num_interests (saved 2, now 3)"),
-    ("sharding.type=data_parallel", "was trained with the table sharded (sharding.type)"),
+    ("sharding.type=data_parallel", "laid out for row- or table-wise, this job shards the table data_parallel"),
+    ("sharding.type=column_wise", "this job shards the table column_wise (blocks of 16 columns)"),
 ])
 def test_a_checkpoint_of_another_model_is_refused_before_the_first_step(uninterrupted, tiny_dataset, tmp_path,
                                                                         override, message):
