@@ -1,0 +1,81 @@
+"""tools/experiments.py runs a grid, resumes it, and reports means, spreads and Welch's test;
+dimerec_dist/significance.py gives the textbook p-values."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dimerec_dist.significance import regularized_incomplete_beta, student_t_two_sided_p, welch_t_test
+from tests.distributed.conftest import REPO
+
+
+def test_student_t_p_values_match_the_tables():
+    assert student_t_two_sided_p(2.0, 10) == pytest.approx(0.0733880, abs=1e-6)
+    assert student_t_two_sided_p(2.228139, 10) == pytest.approx(0.05, abs=1e-6)
+    assert student_t_two_sided_p(1.0, 1) == pytest.approx(0.5, abs=1e-12)  # Cauchy
+    assert student_t_two_sided_p(0.0, 7) == pytest.approx(1.0)
+    assert regularized_incomplete_beta(2.0, 3.0, 0.4) == pytest.approx(0.5248, abs=1e-4)
+
+
+def test_welch_t_test_matches_a_worked_example():
+    result = welch_t_test([1, 2, 3, 4, 5], [2, 3, 4, 5, 9])  # R: t = -1.1429, df = 6.4521, p = 0.2937
+    assert (result.t, result.df, result.p_two_sided) == pytest.approx((-1.142857, 6.452133, 0.293725), abs=1e-5)
+    with pytest.raises(ValueError, match="at least 2 values"):
+        welch_t_test([1.0], [1.0, 2.0])
+
+
+GRID = """
+name: smoke
+nproc: 1
+seeds: [0, 1]
+reference: dimerec
+metrics: [hr@10, ndcg@10]
+common: [model.embedding_dim=16, model.max_history=10, model.num_interests=2, model.dam_hidden=32,
+         model.diffusion_steps=10, train.batch_size=64, train.negatives=64, train.max_steps=15,
+         train.eval_every_epochs=0, eval.batch_size=64]
+datasets:
+  tiny: {config: CONFIG}
+methods:
+  dimerec: []
+  comirec_sa: [model.recon_weight=0, model.ssm_weight=0]
+"""
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiments")
+    config = root / "tiny.yaml"
+    config.write_text("data: {source: synthetic, synth_users: 300, synth_items: 200, synth_events: 6000}\n")
+    grid = root / "grid.yaml"
+    grid.write_text(GRID.replace("CONFIG", str(config)))
+    return root, grid
+
+
+def run(grid, out, *extra):
+    return subprocess.run([sys.executable, "tools/experiments.py", "--grid", str(grid), "--out", str(out), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def test_the_grid_runs_reports_and_resumes(grid):
+    root, grid_file = grid
+    done = run(grid_file, root / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 runs in the grid, 0 already done" in done.stdout
+    report = (root / "out" / "report.md").read_text()
+    assert "| **dimerec** | 2 |" in report and "| comirec_sa | 2 |" in report and "| popularity | 2 |" in report
+    assert "Welch t =" in report and "best baseline" in report
+    hr = [json.loads((root / "out" / "tiny" / "dimerec" / f"seed-{s}" / "final.json").read_text())["test"]["hr@10"]
+          for s in (0, 1)]
+    assert f"{sum(hr) / 2:.4f} +- " in report
+    again = run(grid_file, root / "out")
+    assert "4 runs in the grid, 4 already done" in again.stdout
+
+
+def test_a_wrong_grid_key_is_named(grid, tmp_path):
+    _, grid_file = grid
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(grid_file.read_text().replace("reference:", "referense:"))
+    done = run(bad, tmp_path / "out")
+    assert done.returncode == 2 and "unknown key(s) referense" in done.stderr

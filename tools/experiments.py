@@ -1,0 +1,191 @@
+"""Run a grid of experiments (datasets x methods x seeds) and write the results table.
+
+    python tools/experiments.py --grid configs/experiments/main.yaml            # everything (hours)
+    python tools/experiments.py --grid configs/experiments/main.yaml --only beauty
+    python tools/experiments.py --grid configs/experiments/main.yaml --report-only
+
+A grid file names the datasets (a job config each), the methods (config overrides each;
+every method is the same trainer with other settings) and the seeds. Each run is
+`torchrun -m dimerec_dist.train` into OUT/<dataset>/<method>/seed-<s>; a run whose
+final.json exists is skipped, so an interrupted grid resumes where it stopped. Every
+dataset is prepared once, into OUT/<dataset>/data, and shared by its runs.
+
+The report (OUT/report.md, and the grid's `report` file if given, between the
+`<!-- experiments:NAME -->` markers) has, per dataset: test metrics as mean +- standard
+deviation over the seeds for every method and for popularity, the best baseline per
+metric, and Welch's t-test of the reference method against it (dimerec_dist/significance.py).
+Runs are selected on validation only: each run keeps its best epoch on validation NDCG@10,
+and nothing in the grid is tuned on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dimerec_dist.significance import welch_t_test  # noqa: E402
+
+GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common"}
+
+
+class GridError(ValueError):
+    pass
+
+
+def load_grid(path: Path) -> dict:
+    grid = yaml.safe_load(path.read_text())
+    if not isinstance(grid, dict):
+        raise GridError(f"{path}: expected a mapping at the top")
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise GridError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(GRID_KEYS))})")
+    for key in ("name", "seeds", "datasets", "methods", "reference"):
+        if key not in grid:
+            raise GridError(f"{path}: missing key {key!r}")
+    if grid["reference"] not in grid["methods"]:
+        raise GridError(f"{path}: reference {grid['reference']!r} is not one of the methods")
+    for name, spec in grid["datasets"].items():
+        if not isinstance(spec, dict) or "config" not in spec:
+            raise GridError(f"{path}: dataset {name!r} needs a 'config' (a job YAML)")
+    grid.setdefault("nproc", 2)
+    grid.setdefault("metrics", ["hr@10", "ndcg@10", "hr@20", "ndcg@20"])
+    grid.setdefault("common", [])
+    return grid
+
+
+def run_dir(out: Path, dataset: str, method: str, seed: int) -> Path:
+    return out / dataset / method / f"seed-{seed}"
+
+
+def train(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
+    spec = grid["datasets"][dataset]
+    target = run_dir(out, dataset, method, seed)
+    data = out / dataset / "data"
+    overrides = [*grid["common"], *spec.get("overrides", []), *grid["methods"][method], f"seed={seed}",
+                 f"data.path={data}"]
+    if (data / "manifest.json").is_file():
+        overrides.append("data.source=prepared")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={grid['nproc']}",
+               "-m", "dimerec_dist.train", "--config", str(REPO / spec["config"]), "--run-dir", str(target),
+               *overrides]
+    log = target.with_suffix(".log")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as handle:
+        done = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); see {log}")
+    return target
+
+
+def run_grid(grid: dict, out: Path, only: list[str] | None) -> None:
+    jobs = [(d, m, s) for d in grid["datasets"] if not only or d in only for m in grid["methods"] for s in grid["seeds"]]
+    todo = [job for job in jobs if not (run_dir(out, *job) / "final.json").is_file()]
+    print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} already done", flush=True)
+    started = time.time()
+    for index, job in enumerate(todo):
+        train(grid, out, *job)
+        spent = time.time() - started
+        eta = spent / (index + 1) * (len(todo) - index - 1)
+        print(f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done | {spent / 60:.1f} min elapsed, "
+              f"ETA {eta / 60:.1f} min", flush=True)
+
+
+def collect(grid: dict, out: Path) -> dict:
+    """{dataset: {method: [test metrics per seed]}}, popularity included, finished runs only."""
+    table: dict[str, dict[str, list[dict]]] = {}
+    for dataset in grid["datasets"]:
+        for method in grid["methods"]:
+            for seed in grid["seeds"]:
+                final = run_dir(out, dataset, method, seed) / "final.json"
+                if final.is_file():
+                    result = json.loads(final.read_text())
+                    table.setdefault(dataset, {}).setdefault(method, []).append(result["test"])
+                    if method == grid["reference"]:
+                        table[dataset].setdefault("popularity", []).append(result["popularity"]["test"])
+    return table
+
+
+def render(grid: dict, table: dict) -> str:
+    metrics, reference = grid["metrics"], grid["reference"]
+    lines = []
+    for dataset, methods in table.items():
+        lines += [f"### {dataset}", "",
+                  "| method | seeds | " + " | ".join(m.upper() for m in metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
+        for method, runs in methods.items():
+            cells = []
+            for metric in metrics:
+                values = [r[metric] for r in runs]
+                spread = f" +- {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+                cells.append(f"{statistics.mean(values):.4f}{spread}")
+            name = f"**{method}**" if method == reference else method
+            lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        baselines = {m: r for m, r in methods.items() if m != reference}
+        if reference in methods and baselines:
+            for metric in metrics:
+                best = max(baselines, key=lambda m: statistics.mean(r[metric] for r in baselines[m]))
+                ours = [r[metric] for r in methods[reference]]
+                theirs = [r[metric] for r in baselines[best]]
+                verdict = f"best baseline {best}: {statistics.mean(theirs):.4f}; {reference} {statistics.mean(ours):.4f}"
+                if len(ours) > 1 and len(theirs) > 1:
+                    test = welch_t_test(ours, theirs)
+                    verdict += f"; Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p_two_sided:.3g}"
+                lines.append(f"- {metric.upper()}: {verdict}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(grid: dict, out: Path, text: str, command: str) -> None:
+    body = f"Made by `{command}` from the runs in `{out}`.\n\n{text}"
+    (out / "report.md").write_text(body)
+    if grid.get("report"):
+        target = REPO / grid["report"]
+        marker_open, marker_close = f"<!-- experiments:{grid['name']} -->", f"<!-- /experiments:{grid['name']} -->"
+        current = target.read_text() if target.is_file() else ""
+        block = f"{marker_open}\n{body}\n{marker_close}"
+        if marker_open in current:
+            current = re.sub(re.escape(marker_open) + r".*?" + re.escape(marker_close), lambda _: block, current,
+                             flags=re.S)
+        else:
+            current = current.rstrip() + "\n\n" + block + "\n"
+        target.write_text(current)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/experiments/<grid name>")
+    parser.add_argument("--only", nargs="*", help="datasets to run (the report covers every finished run)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from finished runs, train nothing")
+    args = parser.parse_args()
+    try:
+        grid = load_grid(args.grid)
+    except (GridError, OSError, yaml.YAMLError) as exc:
+        print(f"experiments: error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or REPO / "runs" / "experiments" / grid["name"]
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run_grid(grid, out, args.only)
+    text = render(grid, collect(grid, out))
+    write_report(grid, out, text, f"python tools/experiments.py --grid {args.grid}")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
