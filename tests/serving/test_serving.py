@@ -160,3 +160,13 @@ def test_int8_bundle_with_hnsw_index_reports_its_recall(trained, bundle_dir):
     exact, small = Bundle(bundle_dir), Bundle(out)
     rows = np.arange(301)
     assert np.abs(small.rows(rows) - exact.rows(rows)).max() <= np.abs(exact.rows(rows)).max() / 127 + 1e-6
+
+
+def test_float16_bundle_rows_are_the_table_at_half_precision(trained, bundle_dir):
+    root, run_dir = trained
+    out = root / "fp16"
+    run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--dtype", "float16")
+    exact, half = Bundle(bundle_dir), Bundle(out)
+    assert half.parts[0].rows.dtype.name == "float16"
+    rows = np.arange(301)
+    assert np.allclose(half.rows(rows), exact.rows(rows), rtol=1e-3, atol=1e-4)
