@@ -25,6 +25,7 @@ from dimerec_dist.config import ConfigError, JobConfig, load_config
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import dataset_path
+from dimerec_dist.diversity import item_categories
 from dimerec_dist.parallel import DistContext, init_distributed, run_command
 from dimerec_dist.train import build_model, evaluate, final_metrics, setup_logging
 
@@ -65,7 +66,7 @@ def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
 def run(run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None) -> dict:
     loaded = load_run(run_dir, overrides + (["eval.exclude_seen=false"] if include_seen else []))
     result = final_metrics(loaded.model, loaded.shards, loaded.config, loaded.ctx, loaded.users("valid"),
-                           loaded.users("test"), loaded.popularity())
+                           loaded.users("test"), loaded.popularity(), item_categories(loaded.manifest))
     if topk_out is not None:  # the ranked lists themselves, e.g. to compare a server's answers with
         test = loaded.users("test")
         ranked = evaluate(loaded.model, loaded.shards, loaded.config, loaded.ctx, test)

@@ -36,6 +36,7 @@ from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import ensure_dataset
+from dimerec_dist.diversity import diversity, item_categories
 from dimerec_dist.evaluate import evaluate_split
 from dimerec_dist.metrics import MetricsLogger, Progress
 from dimerec_dist.model import NoiseDraw
@@ -324,7 +325,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     if not config.eval.at_end:
         metrics.close()
         return {}
-    final = final_metrics(model, shards, config, ctx, valid, test, popularity)
+    final = final_metrics(model, shards, config, ctx, valid, test, popularity, item_categories(manifest))
     metrics.scalars(state.step, {f"final/{split}/{k}": v for split in ("valid", "test") for k, v in final[split].items()})
     metrics.close()
     if ctx.is_main:
@@ -370,14 +371,24 @@ def inject_fault_for_tests(step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def final_metrics(model, shards, config, ctx, valid, test, popularity) -> dict:
+def final_metrics(model, shards, config, ctx, valid, test, popularity, categories: np.ndarray | None = None) -> dict:
+    """Valid and test metrics (and popularity's); the test pass's time per user (queries and
+    full-catalog top-k, all ranks together); diversity where items have categories."""
     valid_result = evaluate(model, shards, config, ctx, valid, popularity)
+    started = time.time()
     test_result = evaluate(model, shards, config, ctx, test, popularity)
-    return {"valid": valid_result.metrics, "test": test_result.metrics,
-            "popularity": {"valid": valid_result.popularity, "test": test_result.popularity},
-            "protocol": {"split": "leave-one-out", "ranking": "full catalog",
-                         "exclude_seen": config.eval.exclude_seen, "query": config.query_mode(),
-                         "sample_steps": config.model.sample_steps}}
+    seconds = time.time() - started
+    final = {"valid": valid_result.metrics, "test": test_result.metrics,
+             "popularity": {"valid": valid_result.popularity, "test": test_result.popularity},
+             "latency": {"test_users": len(test), "ms_per_user": 1e3 * seconds / max(len(test), 1),
+                         "ranks": ctx.world_size},
+             "protocol": {"split": "leave-one-out", "ranking": "full catalog",
+                          "exclude_seen": config.eval.exclude_seen, "query": config.query_mode(),
+                          "sample_steps": config.model.sample_steps}}
+    if categories is not None:
+        final["diversity"] = {"test": diversity(test_result.topk, categories),
+                              "popularity": diversity(test_result.popularity_topk, categories)}
+    return final
 
 
 def _size(num_bytes: float) -> str:

@@ -66,6 +66,7 @@ def test_the_grid_runs_reports_and_resumes(grid):
     report = (root / "out" / "report.md").read_text()
     assert "| **dimerec** | 2 |" in report and "| comirec_sa | 2 |" in report and "| popularity | 2 |" in report
     assert "Welch t =" in report and "best baseline" in report
+    assert "categories@50 | ild@50 | ms/user |" in report, "a synthetic log reports diversity and latency"
     hr = [json.loads((root / "out" / "tiny" / "dimerec" / f"seed-{s}" / "final.json").read_text())["test"]["hr@10"]
           for s in (0, 1)]
     assert f"{sum(hr) / 2:.4f} +- " in report

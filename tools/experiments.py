@@ -12,8 +12,10 @@ dataset is prepared once, into OUT/<dataset>/data, and shared by its runs.
 
 The report (OUT/report.md, and the grid's `report` file if given, between the
 `<!-- experiments:NAME -->` markers) has, per dataset: test metrics as mean +- standard
-deviation over the seeds for every method and for popularity, the best baseline per
-metric, and Welch's t-test of the reference method against it (dimerec_dist/significance.py).
+deviation over the seeds for every method and for popularity (with the test pass's ms
+per user, and on synthetic logs the diversity of the top-50: distinct categories and
+intra-list distance), the best baseline per metric, and Welch's t-test of the reference
+method against it (dimerec_dist/significance.py).
 Runs are selected on validation only: each run keeps its best epoch on validation NDCG@10,
 and nothing in the grid is tuned on test.
 """
@@ -104,7 +106,8 @@ def run_grid(grid: dict, out: Path, only: list[str] | None) -> None:
 
 
 def collect(grid: dict, out: Path) -> dict:
-    """{dataset: {method: [test metrics per seed]}}, popularity included, finished runs only."""
+    """{dataset: {method: [one dict per seed]}}, finished runs only: the test metrics, plus
+    ms/user and diversity where the run has them. Popularity comes with the reference's runs."""
     table: dict[str, dict[str, list[dict]]] = {}
     for dataset in grid["datasets"]:
         for method in grid["methods"]:
@@ -112,25 +115,38 @@ def collect(grid: dict, out: Path) -> dict:
                 final = run_dir(out, dataset, method, seed) / "final.json"
                 if final.is_file():
                     result = json.loads(final.read_text())
-                    table.setdefault(dataset, {}).setdefault(method, []).append(result["test"])
+                    extra = {"ms/user": result["latency"]["ms_per_user"]} if "latency" in result else {}
+                    diversity = result.get("diversity", {})
+                    table.setdefault(dataset, {}).setdefault(method, []).append(
+                        {**result["test"], **diversity.get("test", {}), **extra})
                     if method == grid["reference"]:
-                        table[dataset].setdefault("popularity", []).append(result["popularity"]["test"])
+                        table[dataset].setdefault("popularity", []).append(
+                            {**result["popularity"]["test"], **diversity.get("popularity", {})})
     return table
+
+
+EXTRA_COLUMNS = ("categories@50", "ild@50", "ms/user")  # shown where runs report them
+
+
+def _cell(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    spread = f" +- {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.{digits}f}{spread}"
 
 
 def render(grid: dict, table: dict) -> str:
     metrics, reference = grid["metrics"], grid["reference"]
     lines = []
     for dataset, methods in table.items():
+        extras = [c for c in EXTRA_COLUMNS if any(c in r for runs in methods.values() for r in runs)]
+        columns = [*metrics, *extras]
         lines += [f"### {dataset}", "",
-                  "| method | seeds | " + " | ".join(m.upper() for m in metrics) + " |",
-                  "|---|---|" + "---|" * len(metrics)]
+                  "| method | seeds | " + " | ".join(m.upper() if m in metrics else m for m in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
         for method, runs in methods.items():
-            cells = []
-            for metric in metrics:
-                values = [r[metric] for r in runs]
-                spread = f" +- {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-                cells.append(f"{statistics.mean(values):.4f}{spread}")
+            cells = [_cell([r[c] for r in runs if c in r], 2 if c in ("categories@50", "ms/user") else 4)
+                     for c in columns]
             name = f"**{method}**" if method == reference else method
             lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")

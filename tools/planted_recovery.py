@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 
 from dimerec_dist.checkpoint import CheckpointError
 from dimerec_dist.config import ConfigError
-from dimerec_dist.data.schema import DataError, read_items, read_split
+from dimerec_dist.data.schema import DataError, read_split
 from dimerec_dist.data.source import dataset_path
+from dimerec_dist.diversity import item_categories
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.evaluate import evaluate_split
 from dimerec_dist.parallel import run_command
@@ -48,9 +49,7 @@ def report(run_dir: Path, synth: Path | None) -> None:
                             popularity=loaded.popularity())
     if loaded.ctx.is_main:
         # Dense ids -> the generator's ids (raw ids are its integers, as strings) -> categories and interests.
-        raw_items = read_items(loaded.manifest).column("raw_id").to_numpy(zero_copy_only=False).astype(np.int64)
-        item_category = pq.read_table(synth / "item_categories.parquet").column("category").to_numpy()
-        categories = np.concatenate([[-1], item_category[raw_items]])
+        categories = item_categories(loaded.manifest, synth)
         train = read_split(loaded.manifest, "train")
         raw_user = dict(zip(train.column("user").to_pylist(), map(int, train.column("raw_user").to_pylist())))
         interests = pq.read_table(synth / "interests.parquet")
