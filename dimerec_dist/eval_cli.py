@@ -6,7 +6,7 @@
 
 Rebuilds the model from the run's config.yaml, loads run_dir/model (any world size can
 load it: torch.distributed.checkpoint reshards), and ranks every item with the table
-sharded. Writes run_dir/eval.json.
+sharded. Writes run_dir/eval.json (or --out).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
     return LoadedRun(config, manifest, ctx, model, shards)
 
 
-def run(run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None) -> dict:
+def run(run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None,
+        out: Path | None = None) -> dict:
     loaded = load_run(run_dir, overrides + (["eval.exclude_seen=false"] if include_seen else []))
     result = final_metrics(loaded.model, loaded.shards, loaded.config, loaded.ctx, loaded.users("valid"),
                            loaded.users("test"), loaded.popularity(), item_categories(loaded.manifest))
@@ -73,7 +74,7 @@ def run(run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path 
         if loaded.ctx.is_main:
             np.savez(topk_out, users=test.users, topk=ranked.topk)
     if loaded.ctx.is_main:
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out or run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         for split in ("valid", "test"):
             log.info("%s %s", split, " ".join(f"{k}={v:.4f}" for k, v in result[split].items()))
     return result
@@ -83,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--include-seen", action="store_true", help="rank items the user has already seen too")
+    parser.add_argument("--out", type=Path, default=None, help="where the metrics go (default: RUN_DIR/eval.json)")
     parser.add_argument("--topk-out", type=Path, default=None,
                         help="also write the test users' ranked item ids (dense) to this .npz")
     parser.add_argument("overrides", nargs="*", help="key=value for evaluation, e.g. model.sample_steps=10")
     args = parser.parse_args(argv)
-    return run_command("dimerec-eval", lambda: run(args.run_dir, args.include_seen, args.overrides, args.topk_out),
+    return run_command("dimerec-eval", lambda: run(args.run_dir, args.include_seen, args.overrides, args.topk_out,
+                                                     args.out),
                        (ConfigError, DataError, CheckpointError))
 
 

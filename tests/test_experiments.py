@@ -40,6 +40,7 @@ datasets:
 methods:
   dimerec: []
   comirec_sa: [model.recon_weight=0, model.ssm_weight=0]
+  dimerec_5_steps: {from: dimerec, eval: [model.sample_steps=5]}
 """
 
 
@@ -62,16 +63,19 @@ def test_the_grid_runs_reports_and_resumes(grid):
     root, grid_file = grid
     done = run(grid_file, root / "out")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "4 runs in the grid, 0 already done" in done.stdout
+    assert "6 runs in the grid, 0 already done" in done.stdout
     report = (root / "out" / "report.md").read_text()
     assert "| **dimerec** | 2 |" in report and "| comirec_sa | 2 |" in report and "| popularity | 2 |" in report
     assert "Welch t =" in report and "best baseline" in report
     assert "categories@50 | ild@50 | ms/user |" in report, "a synthetic log reports diversity and latency"
+    five = json.loads((root / "out" / "tiny" / "dimerec_5_steps" / "seed-0" / "final.json").read_text())
+    assert five["protocol"]["sample_steps"] == 5 and "| dimerec_5_steps | 2 |" in report
+    assert not (root / "out" / "tiny" / "dimerec_5_steps" / "seed-0" / "model").exists(), "evaluated, not trained"
     hr = [json.loads((root / "out" / "tiny" / "dimerec" / f"seed-{s}" / "final.json").read_text())["test"]["hr@10"]
           for s in (0, 1)]
     assert f"{sum(hr) / 2:.4f} +- " in report
     again = run(grid_file, root / "out")
-    assert "4 runs in the grid, 4 already done" in again.stdout
+    assert "6 runs in the grid, 6 already done" in again.stdout
 
 
 def test_a_wrong_grid_key_is_named(grid, tmp_path):

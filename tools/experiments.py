@@ -5,7 +5,8 @@
     python tools/experiments.py --grid configs/experiments/main.yaml --report-only
 
 A grid file names the datasets (a job config each), the methods (config overrides each;
-every method is the same trainer with other settings) and the seeds. Each run is
+every method is the same trainer with other settings; or {from: METHOD, eval: [overrides]}
+to re-evaluate METHOD's runs with other inference settings) and the seeds. Each run is
 `torchrun -m dimerec_dist.train` into OUT/<dataset>/<method>/seed-<s>; a run whose
 final.json exists is skipped, so an interrupted grid resumes where it stopped. Every
 dataset is prepared once, into OUT/<dataset>/data, and shared by its runs.
@@ -61,6 +62,13 @@ def load_grid(path: Path) -> dict:
     for name, spec in grid["datasets"].items():
         if not isinstance(spec, dict) or "config" not in spec:
             raise GridError(f"{path}: dataset {name!r} needs a 'config' (a job YAML)")
+    for name, spec in grid["methods"].items():
+        if isinstance(spec, dict) and (set(spec) - {"from", "eval"} or spec.get("from") not in grid["methods"]
+                                       or isinstance(grid["methods"][spec["from"]], dict)):
+            raise GridError(f"{path}: method {name!r}: an evaluation-only method is {{from: TRAINED_METHOD, "
+                            f"eval: [overrides]}}")
+        if not isinstance(spec, (dict, list)):
+            raise GridError(f"{path}: method {name!r}: a list of config overrides, or {{from: ..., eval: [...]}}")
     grid.setdefault("nproc", 2)
     grid.setdefault("metrics", ["hr@10", "ndcg@10", "hr@20", "ndcg@20"])
     grid.setdefault("common", [])
@@ -71,17 +79,31 @@ def run_dir(out: Path, dataset: str, method: str, seed: int) -> Path:
     return out / dataset / method / f"seed-{seed}"
 
 
-def train(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
+def evaluation_only(grid: dict, method: str) -> dict | None:
+    """A method given as {from: METHOD, eval: [overrides]} re-evaluates METHOD's trained runs
+    with other inference settings (e.g. more reverse steps) instead of training again."""
+    spec = grid["methods"][method]
+    return spec if isinstance(spec, dict) else None
+
+
+def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
     spec = grid["datasets"][dataset]
     target = run_dir(out, dataset, method, seed)
     data = out / dataset / "data"
-    overrides = [*grid["common"], *spec.get("overrides", []), *grid["methods"][method], f"seed={seed}",
-                 f"data.path={data}"]
-    if (data / "manifest.json").is_file():
-        overrides.append("data.source=prepared")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={grid['nproc']}",
-               "-m", "dimerec_dist.train", "--config", str(REPO / spec["config"]), "--run-dir", str(target),
-               *overrides]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={grid['nproc']}"]
+    derived = evaluation_only(grid, method)
+    if derived is not None:
+        source = run_dir(out, dataset, derived["from"], seed)
+        target.mkdir(parents=True, exist_ok=True)
+        command = [*launch, "-m", "dimerec_dist.eval_cli", "--run-dir", str(source), "--out",
+                   str(target / "final.json"), *derived.get("eval", [])]
+    else:
+        overrides = [*grid["common"], *spec.get("overrides", []), *grid["methods"][method], f"seed={seed}",
+                     f"data.path={data}"]
+        if (data / "manifest.json").is_file():
+            overrides.append("data.source=prepared")
+        command = [*launch, "-m", "dimerec_dist.train", "--config", str(REPO / spec["config"]), "--run-dir",
+                   str(target), *overrides]
     log = target.with_suffix(".log")
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
@@ -93,12 +115,14 @@ def train(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
 
 
 def run_grid(grid: dict, out: Path, only: list[str] | None) -> None:
-    jobs = [(d, m, s) for d in grid["datasets"] if not only or d in only for m in grid["methods"] for s in grid["seeds"]]
+    # Trained methods first: an evaluation-only method needs its source's runs.
+    methods = sorted(grid["methods"], key=lambda m: evaluation_only(grid, m) is not None)
+    jobs = [(d, m, s) for d in grid["datasets"] if not only or d in only for m in methods for s in grid["seeds"]]
     todo = [job for job in jobs if not (run_dir(out, *job) / "final.json").is_file()]
     print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} already done", flush=True)
     started = time.time()
     for index, job in enumerate(todo):
-        train(grid, out, *job)
+        run_one(grid, out, *job)
         spent = time.time() - started
         eta = spent / (index + 1) * (len(todo) - index - 1)
         print(f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done | {spent / 60:.1f} min elapsed, "
