@@ -41,6 +41,10 @@ methods:
   dimerec: []
   comirec_sa: [model.recon_weight=0, model.ssm_weight=0]
   dimerec_5_steps: {from: dimerec, eval: [model.sample_steps=5]}
+plots:
+  - {kind: curve, name: steps, title: steps, xlabel: steps, x: [1, 5], methods: [dimerec, dimerec_5_steps],
+     metrics: [hr@10]}
+  - {kind: losses, name: losses, title: losses, methods: [dimerec, comirec_sa]}
 """
 
 
@@ -74,6 +78,8 @@ def test_the_grid_runs_reports_and_resumes(grid):
     hr = [json.loads((root / "out" / "tiny" / "dimerec" / f"seed-{s}" / "final.json").read_text())["test"]["hr@10"]
           for s in (0, 1)]
     assert f"{sum(hr) / 2:.4f} +- " in report
+    for name in ("smoke_steps_tiny.png", "smoke_losses_tiny.png"):
+        assert (root / "out" / name).stat().st_size > 5_000 and f"]({name})" in report
     again = run(grid_file, root / "out")
     assert "6 runs in the grid, 6 already done" in again.stdout
 

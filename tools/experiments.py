@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from dimerec_dist.significance import welch_t_test  # noqa: E402
 
-GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common"}
+GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots"}
 
 
 class GridError(ValueError):
@@ -189,6 +189,66 @@ def render(grid: dict, table: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
+    """The grid's `plots`: `curve` (a metric, and ms/user if reported, against an x value per
+    method, mean and spread over seeds) or `losses` (training losses of some methods, one seed).
+    One PNG per plot and dataset in `figures`; returns Markdown image lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    for spec in grid.get("plots", []):
+        for dataset, methods in table.items():
+            name = f"{grid['name']}_{spec['name']}_{dataset}.png"
+            if spec["kind"] == "curve":
+                points = [(x, methods[m]) for x, m in zip(spec["x"], spec["methods"]) if m in methods]
+                if len(points) < 2:
+                    continue
+                fig, ax = plt.subplots(figsize=(5.2, 3.6))
+                xs = [x for x, _ in points]
+                for metric in spec["metrics"]:
+                    means = [statistics.mean(r[metric] for r in runs) for _, runs in points]
+                    spread = [statistics.stdev(r[metric] for r in runs) if len(runs) > 1 else 0 for _, runs in points]
+                    ax.errorbar(xs, means, yerr=spread, marker="o", capsize=3, label=metric.upper())
+                ax.set_xlabel(spec["xlabel"])
+                ax.set_ylabel("test")
+                if all("ms/user" in r for _, runs in points for r in runs):
+                    twin = ax.twinx()
+                    twin.plot(xs, [statistics.mean(r["ms/user"] for r in runs) for _, runs in points], "k--",
+                              marker="s", label="ms/user")
+                    twin.set_ylabel("evaluation ms per user (dashed)")
+                if spec.get("log_x"):
+                    ax.set_xscale("log")
+                ax.legend(fontsize=8, loc="lower left")
+            else:  # losses
+                fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+                drawn = False
+                for method in spec["methods"]:
+                    metrics_file = run_dir(out, dataset, method, spec.get("seed", grid["seeds"][0])) / "metrics.jsonl"
+                    if not metrics_file.is_file():
+                        continue
+                    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+                    rows = [r for r in rows if "loss/gem" in r]
+                    for ax, loss in zip(axes, ("gem", "recon", "ssm")):
+                        ax.plot([r["step"] for r in rows], [r[f"loss/{loss}"] for r in rows], label=method)
+                        ax.set_title(f"L_{loss}")
+                        ax.set_xlabel("step")
+                    drawn = True
+                if not drawn:
+                    plt.close(fig)
+                    continue
+                axes[0].legend(fontsize=8)
+            fig.suptitle(f"{dataset}: {spec['title']}", fontsize=10)
+            fig.tight_layout()
+            figures.mkdir(parents=True, exist_ok=True)
+            fig.savefig(figures / name, dpi=110)
+            plt.close(fig)
+            lines.append(f"![{spec['title']} ({dataset})]({name})")
+    return lines
+
+
 def write_report(grid: dict, out: Path, text: str, command: str) -> None:
     body = f"Made by `{command}` from the runs in `{out}`.\n\n{text}"
     (out / "report.md").write_text(body)
@@ -221,7 +281,13 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         run_grid(grid, out, args.only)
-    text = render(grid, collect(grid, out))
+    table = collect(grid, out)
+    text = render(grid, table)
+    # Figures go beside the report they are linked from (docs/ for the committed grids).
+    figures = (REPO / grid["report"]).parent if grid.get("report") else out
+    images = plot(grid, out, table, figures)
+    if images:
+        text += "\n" + "\n".join(images) + "\n"
     write_report(grid, out, text, f"python tools/experiments.py --grid {args.grid}")
     print(text)
     return 0
