@@ -99,6 +99,8 @@ class ModelConfig:
 DATA_SOURCES = ("prepared", "raw", "synthetic")
 RAW_FORMATS = ("movielens", "pairs", "sequences", "events")
 SAMPLE_MODES = ("all", "random_cut")
+# How valid/test are held out: the last two items of every user, or ComiRec's held-out users.
+DATA_SPLITS = ("leave-one-out", "user")
 DATA_BACKENDS = ("local", "ray")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
@@ -117,6 +119,7 @@ class DataConfig:
     raw_path: str = ""
     raw_format: str = "sequences"
     kcore: int = 0
+    split: str = "leave-one-out"  # or "user" (ComiRec: held-out users, 80% of history in, the rest targets)
     synth_users: int = 5000
     synth_items: int = 2000
     synth_events: int = 200_000
@@ -132,6 +135,7 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
         _choice("data.raw_format", self.raw_format, RAW_FORMATS)
+        _choice("data.split", self.split, DATA_SPLITS)
         _choice("data.sample_mode", self.sample_mode, SAMPLE_MODES)
         _choice("data.backend", self.backend, DATA_BACKENDS)
         _at_least("data.streams", self.streams, 0)

@@ -27,7 +27,7 @@ from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.parallel import DistContext, init_distributed, run_command
-from dimerec_dist.train import build_model, evaluate, final_metrics, setup_logging
+from dimerec_dist.train import build_model, check_protocol, evaluate, final_metrics, setup_logging
 
 log = logging.getLogger("dimerec.eval")
 
@@ -54,6 +54,7 @@ def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
         raise ConfigError(f"{run_dir} is not a dimerec-train run directory (no config.yaml)")
     config = load_config(config_file, overrides)
     manifest = Manifest.load(dataset_path(config.data, run_dir))
+    check_protocol(config, manifest)
     check_compatible(run_dir / "model", manifest.num_items, config.model)  # before any process group or model
     ctx = init_distributed(config.train.device)
     setup_logging(ctx)

@@ -123,6 +123,38 @@ def ranking_metrics(topk: np.ndarray, targets: np.ndarray, ks: list[int]) -> dic
     return out
 
 
+def multi_target_metrics(topk: np.ndarray, target_items: np.ndarray, target_offsets: np.ndarray,
+                         ks: list[int]) -> dict[str, float]:
+    """HR@k (any target in the top-k), Recall@k (share of the targets found) and NDCG@k
+    (DCG of the hits over the ideal DCG of min(k, targets) hits) for several targets per
+    user, as ComiRec's user-split protocol reports them."""
+    users = len(target_offsets) - 1
+    counts = np.diff(target_offsets)
+    owner = np.repeat(np.arange(users), counts)
+    # hit[u, r]: the item at rank r of user u is one of u's targets, by one membership test on
+    # (user, item) keys. Ids above every target (padding of short lists included) cannot hit.
+    width = int(target_items.max(initial=0)) + 1
+    ranked = np.where(topk < width, topk, 0)  # 0 is never a target
+    hit = np.isin(np.arange(users, dtype=np.int64)[:, None] * width + ranked,
+                  owner.astype(np.int64) * width + target_items)
+    gains = 1.0 / np.log2(np.arange(topk.shape[1]) + 2.0)
+    out = {}
+    for k in ks:
+        found = hit[:, :k].sum(axis=1)
+        ideal = np.cumsum(gains)[np.minimum(counts, k) - 1]
+        out[f"hr@{k}"] = float((found > 0).mean()) if users else 0.0
+        out[f"recall@{k}"] = float((found / counts).mean()) if users else 0.0
+        out[f"ndcg@{k}"] = float(((hit[:, :k] * gains[:k]).sum(axis=1) / ideal).mean()) if users else 0.0
+    return out
+
+
+def split_metrics(topk: np.ndarray, users: EvaluationUsers, ks: list[int]) -> dict[str, float]:
+    """The split's metrics from top-k lists in split order: one target, or several."""
+    if users.multi_target:
+        return multi_target_metrics(topk, users.target_items, users.target_offsets, ks)
+    return ranking_metrics(topk, users.targets, ks)
+
+
 @dataclass
 class SplitEvaluation:
     """A split's metrics and top-k item ids (users in split order), for the model and popularity."""
@@ -197,10 +229,12 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
     real_mask = np.concatenate(all_real)[order]
     topk = np.concatenate(all_topk)[order][real_mask]
     targets = np.concatenate(all_targets)[order][real_mask]
-    result = SplitEvaluation(ranking_metrics(topk, targets, ks), topk)
+    if not np.array_equal(targets, users.targets):
+        raise RuntimeError("evaluation lost track of the users' order")  # every rank holds the whole split
+    result = SplitEvaluation(split_metrics(topk, users, ks), topk)
     if all_pop_topk:
         result.popularity_topk = np.concatenate(all_pop_topk)[order][real_mask]
-        result.popularity = ranking_metrics(result.popularity_topk, targets, ks)
+        result.popularity = split_metrics(result.popularity_topk, users, ks)
     return result
 
 

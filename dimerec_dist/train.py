@@ -123,6 +123,12 @@ def dense_optimizer(model, config: JobConfig):
     return params, optimizer, schedule
 
 
+def check_protocol(config: JobConfig, manifest: Manifest) -> None:
+    if manifest.protocol != config.data.split:
+        raise ConfigError(f"{manifest.root} was prepared with the {manifest.protocol} split, the job asks for "
+                          f"data.split={config.data.split}; set data.split={manifest.protocol} or prepare it again")
+
+
 def logq_corrections(config: JobConfig, sampler: NegativeSampler,
                      popularity: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """log expected count of each item among the sampled negatives and among the in-batch
@@ -213,6 +219,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
 
     # Data: every rank reads the same prepared dataset; the plan decides who reads what.
     manifest = Manifest.load(ensure_dataset(config.data, run_dir, ctx.is_main))
+    check_protocol(config, manifest)
     global_batch = config.train.batch_size
     if global_batch % ctx.world_size:
         raise ConfigError(f"train.batch_size={global_batch} must divide evenly over {ctx.world_size} ranks")
@@ -382,7 +389,7 @@ def final_metrics(model, shards, config, ctx, valid, test, popularity, categorie
              "popularity": {"valid": valid_result.popularity, "test": test_result.popularity},
              "latency": {"test_users": len(test), "ms_per_user": 1e3 * seconds / max(len(test), 1),
                          "ranks": ctx.world_size},
-             "protocol": {"split": "leave-one-out", "ranking": "full catalog",
+             "protocol": {"split": config.data.split, "ranking": "full catalog",
                           "exclude_seen": config.eval.exclude_seen, "query": config.query_mode(),
                           "sample_steps": config.model.sample_steps}}
     if categories is not None:

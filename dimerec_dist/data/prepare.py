@@ -3,7 +3,8 @@
 Pipeline: read events (user, item, time, file order) -> optional k-core filter -> dense
 ids (items 1..I in order of first appearance, 0 kept for padding) -> each user's items in
 time order (ties keep file order) -> leave-one-out split (last item = test, second to
-last = validation) -> Parquet shards + items.parquet + manifest.json.
+last = validation; or `--split user`, ComiRec's held-out users) -> Parquet shards +
+items.parquet + manifest.json.
 
 Memory does not grow with the number of events: a first pass streams the input, gives
 users and items dense codes and spills the events into buckets by user; a second pass
@@ -31,8 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dimerec_dist.data.readers import FORMATS, BadLines, ReadOptions, read_events
-from dimerec_dist.data.schema import (EVAL_SCHEMA, ITEMS_SCHEMA, SCHEMA_VERSION, TRAIN_SCHEMA, DataError,
-                                      sha256_of, write_parquet)
+from dimerec_dist.data.schema import (EVAL_SCHEMA, ITEMS_SCHEMA, SCHEMA_VERSION, SPLITS, TRAIN_SCHEMA,
+                                      USER_SPLIT_EVAL_SCHEMA, DataError, sha256_of, split_schema, write_parquet)
 from dimerec_dist.data.writer import SplitWriter
 
 log = logging.getLogger("dimerec.prepare")
@@ -52,6 +53,7 @@ class PrepareOptions:
     row_group_size: int = 2048
     skip_bad_lines: bool = False
     buckets: int = 0  # 0: about 2M events per bucket, estimated from the input
+    split: str = "leave-one-out"  # or "user": ComiRec's protocol (held-out users, 80% in / 20% targets)
 
 
 class Codes:
@@ -219,6 +221,35 @@ def leave_one_out(user_ids: np.ndarray, raw_users: np.ndarray, offsets: np.ndarr
     return {"train": train, "valid": valid, "test": test}
 
 
+HELD_OUT_SHARE = 0.1  # user split: this share of users for valid, and as many for test
+INPUT_SHARE = 0.8  # user split: the first 80% of a held-out user's items are the input
+
+
+def held_out_part(user_ids: np.ndarray) -> np.ndarray:
+    """0 train, 1 valid, 2 test: from a hash of the dense user id, so any bucketing agrees."""
+    position = ((user_ids.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)) / float(1 << 32)
+    return np.where(position < HELD_OUT_SHARE, 1, np.where(position < 2 * HELD_OUT_SHARE, 2, 0))
+
+
+def user_split(user_ids: np.ndarray, raw_users: np.ndarray, offsets: np.ndarray, items: np.ndarray
+               ) -> dict[str, pa.Table]:
+    """ComiRec's protocol: train users keep their whole sequence; a held-out user with at least
+    2 items gives its first 80% (at least one item) as input and the rest as targets."""
+    lengths, starts = np.diff(offsets), offsets[:-1]
+    part = held_out_part(user_ids)
+    in_train = part == 0
+    train = pa.table([pa.array(user_ids[in_train]), pa.array(raw_users[in_train], pa.string()),
+                      list_column(lengths[in_train], starts[in_train], items)], schema=TRAIN_SCHEMA)
+    out = {"train": train}
+    for name, code in (("valid", 1), ("test", 2)):
+        rows = (part == code) & (lengths >= 2)
+        n, s = lengths[rows], starts[rows]
+        given = np.clip(np.floor(INPUT_SHARE * n).astype(np.int64), 1, n - 1)
+        out[name] = pa.table([pa.array(user_ids[rows]), list_column(given, s, items),
+                              list_column(n - given, s + given, items)], schema=USER_SPLIT_EVAL_SCHEMA)
+    return out
+
+
 def train_row_group_size(requested: int, users: int) -> int:
     """Row groups are the data plan's unit: keep at least ~64 of them (small data sets get
     small groups) so the plan can balance streams, but never more users than requested."""
@@ -229,8 +260,9 @@ def write_splits(options: PrepareOptions, buckets: Buckets, user_ids: np.ndarray
                  raw_users: np.ndarray, num_items: int) -> tuple[dict[str, list[dict]], np.ndarray, int]:
     """Pass 2: sort each bucket by (user, time, file order), split, write. Returns files, popularity, events."""
     group_size = train_row_group_size(options.row_group_size, len(raw_users))
-    writers = {split: SplitWriter(options.out, split, schema, group_size, options.rows_per_shard)
-               for split, schema in (("train", TRAIN_SCHEMA), ("valid", EVAL_SCHEMA), ("test", EVAL_SCHEMA))}
+    writers = {split: SplitWriter(options.out, split, split_schema(options.split, split), group_size,
+                                  options.rows_per_shard) for split in ("train", "valid", "test")}
+    split_users = user_split if options.split == "user" else leave_one_out
     popularity = np.zeros(num_items + 1, np.int64)
     events_kept = 0
     for bucket in range(buckets.count):
@@ -245,7 +277,7 @@ def write_splits(options: PrepareOptions, buckets: Buckets, user_ids: np.ndarray
         starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))
         offsets = np.append(starts, len(users))
         bucket_users = users[starts]
-        splits = leave_one_out(bucket_users, raw_users[bucket_users], offsets, items)
+        splits = split_users(bucket_users, raw_users[bucket_users], offsets, items)
         for split, table in splits.items():
             writers[split].write(table)
         train_items = splits["train"].column("items").combine_chunks().flatten().to_numpy()
@@ -259,6 +291,8 @@ def prepare(options: PrepareOptions) -> dict:
     started = time.time()
     if options.format not in FORMATS:
         raise DataError(f"unknown format {options.format!r}; choose one of {', '.join(FORMATS)}")
+    if options.split not in SPLITS:
+        raise DataError(f"unknown split {options.split!r}; choose one of {', '.join(SPLITS)}")
     options.out.mkdir(parents=True, exist_ok=True)
     bad = BadLines(skip=options.skip_bad_lines)
     buckets = Buckets(options.out / ".buckets", bucket_count(options))
@@ -291,7 +325,7 @@ def prepare(options: PrepareOptions) -> dict:
         "created_by": "dimerec-prepare",
         "source": {"format": options.format, "input": str(options.input),
                    "input_sha256": sha256_of(options.input) if options.input.is_file() else None},
-        "options": {"kcore": options.kcore, "split": "leave-one-out", "order": "time, then file order",
+        "options": {"kcore": options.kcore, "split": options.split, "order": "time, then file order",
                     "skip_bad_lines": options.skip_bad_lines,
                     "row_group_size": train_row_group_size(options.row_group_size, num_users)},
         "counts": {"events_read": events_read, "events": events, "users": num_users, "items": num_items,
@@ -321,13 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--row-group-size", type=int, default=2048, help="users per row group (the plan's unit)")
     parser.add_argument("--buckets", type=int, default=0, help="spill buckets (0: ~2M events each)")
     parser.add_argument("--skip-bad-lines", action="store_true", help="count and skip unparsable lines instead of failing")
+    parser.add_argument("--split", default="leave-one-out", choices=SPLITS,
+                        help="leave-one-out (last item test, second to last valid) or user (ComiRec: 10%%/10%% of "
+                             "users held out, their first 80%% in, the rest as targets)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         prepare(PrepareOptions(format=args.format, input=args.input, out=args.out, kcore=args.kcore,
                                user_col=args.user_col, item_col=args.item_col, time_col=args.time_col or None,
                                rows_per_shard=args.rows_per_shard, row_group_size=args.row_group_size,
-                               buckets=args.buckets, skip_bad_lines=args.skip_bad_lines))
+                               buckets=args.buckets, skip_bad_lines=args.skip_bad_lines, split=args.split))
     except DataError as exc:
         print(f"dimerec-prepare: error: {exc}", file=sys.stderr)
         return 2

@@ -44,13 +44,21 @@ def flat_lists(column: pa.ChunkedArray | pa.ListArray) -> tuple[np.ndarray, np.n
 
 class EvaluationUsers:
     """The users of a valid/test split: model input (last max_history items), every item
-    seen (for exclusion) and the held-out target."""
+    seen (for exclusion) and the held-out target - or, under the user-split protocol,
+    several targets (`target_items[target_offsets[u]:target_offsets[u + 1]]`)."""
 
     def __init__(self, table: pa.Table, max_history: int):
         self.users = table.column("user").to_numpy()
         self.items, self.offsets = flat_lists(table.column("history"))
-        self.targets = table.column("target").to_numpy()
+        self.multi_target = "targets" in table.column_names
+        if self.multi_target:
+            self.target_items, self.target_offsets = flat_lists(table.column("targets"))
+            self.targets = self.target_items[self.target_offsets[:-1]]  # the first: the batch's target feature
+        else:
+            self.targets = table.column("target").to_numpy()
+            self.target_items, self.target_offsets = self.targets, np.arange(len(self.targets) + 1)
         self.max_history = max_history
+
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -17,13 +17,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dimerec_dist.config import DATA_SPLITS
+
 SCHEMA_VERSION = 1
 PADDING_ID = 0  # item id 0 is never a real item: it pads histories
 
 ITEMS_SCHEMA = pa.schema([("item_id", pa.int64()), ("raw_id", pa.string()), ("popularity", pa.int64())])
 TRAIN_SCHEMA = pa.schema([("user", pa.int64()), ("raw_user", pa.string()), ("items", pa.list_(pa.int64()))])
 EVAL_SCHEMA = pa.schema([("user", pa.int64()), ("history", pa.list_(pa.int64())), ("target", pa.int64())])
-SPLIT_SCHEMAS = {"train": TRAIN_SCHEMA, "valid": EVAL_SCHEMA, "test": EVAL_SCHEMA}
+# ComiRec's user-split protocol: held-out users, the first 80% of their history in, the rest as targets.
+USER_SPLIT_EVAL_SCHEMA = pa.schema([("user", pa.int64()), ("history", pa.list_(pa.int64())),
+                                    ("targets", pa.list_(pa.int64()))])
+SPLITS = DATA_SPLITS
+
+
+def split_schema(protocol: str, split: str) -> pa.Schema:
+    if split == "train":
+        return TRAIN_SCHEMA
+    return USER_SPLIT_EVAL_SCHEMA if protocol == "user" else EVAL_SCHEMA
 
 
 class DataError(ValueError):
@@ -57,6 +68,11 @@ class Manifest:
         problems = _listing_problems(self.root, self.data)
         if problems:
             raise DataError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+    @property
+    def protocol(self) -> str:
+        """How valid and test were held out: leave-one-out (default) or user (ComiRec's user split)."""
+        return self.data.get("options", {}).get("split", "leave-one-out")
 
     def split_files(self, split: str) -> list[Path]:
         if split not in self.data["files"]:
@@ -119,7 +135,7 @@ def write_parquet(table: pa.Table, root: Path, relative: str, row_group_size: in
 
 def read_split(manifest: Manifest, split: str) -> pa.Table:
     """All shards of a split, schema- and range-checked."""
-    expected = SPLIT_SCHEMAS[split]
+    expected = split_schema(manifest.protocol, split)
     tables = []
     for file in manifest.split_files(split):
         try:
@@ -136,7 +152,7 @@ def read_split(manifest: Manifest, split: str) -> pa.Table:
 
 def check_item_ids(table: pa.Table, num_items: int, file: Path) -> None:
     """Every item id must be a real item: 1..num_items, never null."""
-    for column in ("items", "history", "target"):
+    for column in ("items", "history", "target", "targets"):
         if column not in table.column_names:
             continue
         array = table.column(column).combine_chunks()

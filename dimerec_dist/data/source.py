@@ -27,9 +27,10 @@ def make_dataset(data: DataConfig, out: Path) -> None:
         raw = out / "raw"
         synthesize(raw, SynthOptions(users=data.synth_users, items=data.synth_items, events=data.synth_events,
                                      seed=data.synth_seed))
-        prepare(PrepareOptions(format="events", input=raw / "events", out=out, kcore=data.kcore))
+        prepare(PrepareOptions(format="events", input=raw / "events", out=out, kcore=data.kcore, split=data.split))
     elif data.source == "raw":
-        prepare(PrepareOptions(format=data.raw_format, input=Path(data.raw_path), out=out, kcore=data.kcore))
+        prepare(PrepareOptions(format=data.raw_format, input=Path(data.raw_path), out=out, kcore=data.kcore,
+                               split=data.split))
 
 
 def ensure_dataset(data: DataConfig, run_dir: Path, is_main: bool) -> Path:

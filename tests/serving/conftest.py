@@ -1,1 +1,0 @@
-from tests.distributed.conftest import tiny_dataset  # noqa: F401  (the shared tiny prepared dataset)
