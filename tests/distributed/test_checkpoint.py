@@ -51,7 +51,9 @@ def test_sigkill_of_one_rank_restarts_resumes_and_ends_like_the_uninterrupted_ru
     # Bitwise on this CPU path: every draw derives from (seed, epoch, step), and the state is restored exactly.
     assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
     final = json.loads((run_dir / "final.json").read_text())
-    assert final == json.loads((uninterrupted / "final.json").read_text())
+    reference = json.loads((uninterrupted / "final.json").read_text())
+    final.pop("latency"), reference.pop("latency")  # a timing, not a result
+    assert final == reference
 
 
 def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrupted, tiny_dataset, tmp_path):
