@@ -250,7 +250,8 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
 
 
 def write_report(grid: dict, out: Path, text: str, command: str) -> None:
-    body = f"Made by `{command}` from the runs in `{out}`.\n\n{text}"
+    shown = out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out
+    body = f"Made by `{command}` from the runs in `{shown}`.\n\n{text}"
     (out / "report.md").write_text(body)
     if grid.get("report"):
         target = REPO / grid["report"]
