@@ -105,7 +105,7 @@ DATA_BACKENDS = ("local", "ray")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
 SHARDING = ("row_wise", "table_wise", "column_wise", "data_parallel")
-QUERY_MODES = ("auto", "dam", "gem")
+QUERY_MODES = ("auto", "dam", "gem", "dam+gem")
 
 
 @dataclass

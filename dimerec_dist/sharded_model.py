@@ -63,9 +63,7 @@ class ShardedDimeRec(nn.Module):
     @torch.no_grad()
     def queries(self, batch: Batch, mode: str, steps: int | None = None, generator: torch.Generator | None = None,
                 start: torch.Tensor | None = None) -> torch.Tensor:
-        """Retrieval queries (B, Q, d): the DAM's generated interest (Q = 1) or the GEM's K interests."""
+        """Retrieval queries (B, Q, d): the DAM's generated interest (Q = 1), the GEM's K interests,
+        or both (Q = 1 + K; an item scores its best match, see evaluate.score_block)."""
         history = padded_history(self.embed(batch)["history"], batch.mask)
-        if mode == "gem":
-            return self.dimerec.interests(history, batch.mask)
-        return self.dimerec.user_embedding(history, batch.mask, steps=steps, generator=generator,
-                                            start=start).unsqueeze(1)
+        return self.dimerec.queries(history, batch.mask, mode, steps=steps, generator=generator, start=start)

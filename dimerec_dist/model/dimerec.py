@@ -128,6 +128,19 @@ class DimeRec(nn.Module):
                               space=c.noise_space, noise_std=c.reverse_noise_std, generator=generator,
                               device=history.device, start=start)
 
+    @torch.no_grad()
+    def queries(self, history: Tensor, mask: Tensor, mode: str, **sampling) -> Tensor:
+        """Retrieval queries (B, Q, d) by mode: "dam" the generated interest (Q = 1), "gem" the K
+        interests, "dam+gem" both (Q = 1 + K). `sampling`: user_embedding's keyword arguments."""
+        if mode == "gem":
+            return self.interests(history, mask)
+        generated = self.user_embedding(history, mask, **sampling).unsqueeze(1)
+        if mode == "dam":
+            return generated
+        if mode == "dam+gem":
+            return torch.cat([generated, self.interests(history, mask)], dim=1)
+        raise ValueError(f"unknown query mode {mode!r} (dam, gem or dam+gem)")
+
     def item_scores(self, query: Tensor, items: Tensor) -> Tensor:
         """Retrieval scores (B, M) of queries against item embeddings, in the space the softmaxes trained."""
         if self.config.cosine_logits:

@@ -20,16 +20,14 @@ from dimerec_dist.model import DimeRec
 class UserTower(nn.Module):
     def __init__(self, dimerec: DimeRec, steps: int, query_mode: str):
         super().__init__()
-        if query_mode not in ("dam", "gem"):
-            raise ValueError(f"query mode must be dam or gem, got {query_mode!r}")
+        if query_mode not in ("dam", "gem", "dam+gem"):
+            raise ValueError(f"query mode must be dam, gem or dam+gem, got {query_mode!r}")
         self.dimerec, self.steps, self.query_mode = dimerec, steps, query_mode
 
     def forward(self, history: torch.Tensor, mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """history (B, N, d) with zeros on padding, mask (B, N), start (B, d) -> queries (B, Q, d)."""
-        if self.query_mode == "gem":
-            return self.dimerec.interests(history, mask)
-        return self.dimerec.user_embedding(history, mask, steps=self.steps, deterministic=True,
-                                            start=start).unsqueeze(1)
+        return self.dimerec.queries(history, mask, self.query_mode, steps=self.steps, deterministic=True,
+                                    start=start)
 
 
 def export_tower(tower: UserTower, max_history: int, dim: int, path) -> None:

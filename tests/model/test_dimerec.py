@@ -104,6 +104,20 @@ def test_user_embedding_is_unit_and_deterministic_for_a_seed(steps):
     assert model.interests(history, mask).shape == (B, 3, D)
 
 
+def test_query_modes_give_the_generated_interest_the_k_interests_or_both():
+    torch.manual_seed(0)
+    model = DimeRec(small_config()).eval()
+    _, (history, mask, *_rest) = inputs()
+    start = torch.randn(B, D, generator=torch.Generator().manual_seed(1))
+    dam = model.queries(history, mask, "dam", start=start)
+    gem = model.queries(history, mask, "gem")
+    both = model.queries(history, mask, "dam+gem", start=start)
+    assert dam.shape == (B, 1, D) and gem.shape == (B, 3, D) and both.shape == (B, 4, D)
+    assert torch.equal(both, torch.cat([dam, gem], dim=1))
+    with pytest.raises(ValueError, match="unknown query mode"):
+        model.queries(history, mask, "both")
+
+
 def test_item_scores_follow_the_logit_space():
     query, items = torch.randn(2, D), torch.randn(5, D)
     cosine = DimeRec(small_config()).item_scores(query, items)
