@@ -141,15 +141,17 @@ def collect(grid: dict, out: Path) -> dict:
                     result = json.loads(final.read_text())
                     extra = {"ms/user": result["latency"]["ms_per_user"]} if "latency" in result else {}
                     diversity = result.get("diversity", {})
+                    selection = {"valid ndcg@10": result["valid"]["ndcg@10"]} if "ndcg@10" in result["valid"] else {}
                     table.setdefault(dataset, {}).setdefault(method, []).append(
-                        {**result["test"], **diversity.get("test", {}), **extra})
+                        {**result["test"], **diversity.get("test", {}), **extra, **selection})
                     if method == grid["reference"]:
                         table[dataset].setdefault("popularity", []).append(
                             {**result["popularity"]["test"], **diversity.get("popularity", {})})
     return table
 
 
-EXTRA_COLUMNS = ("categories@50", "ild@50", "ms/user")  # shown where runs report them
+# Shown where runs report them. "valid ndcg@10" is what settings are chosen by; the rest is test.
+EXTRA_COLUMNS = ("categories@50", "ild@50", "ms/user", "valid ndcg@10")
 
 
 def _cell(values: list[float], digits: int = 4) -> str:
