@@ -27,7 +27,7 @@ from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.parallel import DistContext, init_distributed, run_command
-from dimerec_dist.train import build_model, check_protocol, evaluate, final_metrics, setup_logging
+from dimerec_dist.train import build_model, check_protocol, final_metrics, setup_logging
 
 log = logging.getLogger("dimerec.eval")
 
@@ -67,14 +67,12 @@ def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
 def run(run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None,
         out: Path | None = None) -> dict:
     loaded = load_run(run_dir, overrides + (["eval.exclude_seen=false"] if include_seen else []))
-    result = final_metrics(loaded.model, loaded.shards, loaded.config, loaded.ctx, loaded.users("valid"),
-                           loaded.users("test"), loaded.popularity(), item_categories(loaded.manifest))
-    if topk_out is not None:  # the ranked lists themselves, e.g. to compare a server's answers with
-        test = loaded.users("test")
-        ranked = evaluate(loaded.model, loaded.shards, loaded.config, loaded.ctx, test)
-        if loaded.ctx.is_main:
-            np.savez(topk_out, users=test.users, topk=ranked.topk)
+    test = loaded.users("test")
+    result, ranked = final_metrics(loaded.model, loaded.shards, loaded.config, loaded.ctx, loaded.users("valid"),
+                                   test, loaded.popularity(), item_categories(loaded.manifest))
     if loaded.ctx.is_main:
+        if topk_out is not None:  # the ranked lists themselves, e.g. to compare a server's answers with
+            np.savez(topk_out, users=test.users, topk=ranked.topk)
         (out or run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         for split in ("valid", "test"):
             log.info("%s %s", split, " ".join(f"{k}={v:.4f}" for k, v in result[split].items()))

@@ -183,13 +183,15 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
                    batch_size: int, exclude_seen: bool, query_mode: str, cosine: bool, sample_steps: int | None,
                    seed: int, popularity: np.ndarray | None = None, progress_every: float = 30.0
                    ) -> SplitEvaluation:
-    """Metrics and top-k lists of the model (and of the popularity ranking, if counts are given) on one split."""
+    """Metrics and top-k lists of the model (and of the popularity ranking, if counts are given) on one split.
+    `shards` may be the table's raw pieces; they are laid out as full rows first (scoring_shards),
+    which costs nothing when they already are."""
     k = max(ks)
     shards = scoring_shards(shards, model.num_items + 1, dim, ctx.device)
     rows, real = _rank_rows(len(users), ctx)
     num_batches = all_reduce_max_int(math.ceil(len(rows) / batch_size), ctx.device)
     pop_tensor = None if popularity is None else torch.as_tensor(popularity_scores(popularity), device=ctx.device)
-    all_topk, all_pop_topk, all_targets, all_real = [], [], [], []
+    all_topk, all_pop_topk, all_real = [], [], []
     started = last_log = time.time()
     for index in range(num_batches):
         chunk = rows[index * batch_size:(index + 1) * batch_size]
@@ -217,7 +219,6 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
             scores = lambda rows_, first: pop_tensor[first:first + rows_.shape[0]].unsqueeze(0).expand(count, -1).clone()
             all_pop_topk.append(gathered_topk(shards, k, seen_tensor, scores, count, ctx.device,
                                               dtype=torch.float64).cpu().numpy())
-        all_targets.append(all_gather_cat(torch.from_numpy(targets).to(ctx.device)).cpu().numpy())
         all_real.append(all_gather_cat(torch.from_numpy(chunk_real).to(ctx.device)).cpu().numpy())
         if ctx.is_main and time.time() - last_log > progress_every:
             last_log = time.time()
@@ -227,10 +228,7 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
     # Rows come back grouped per batch as [rank 0 chunk, rank 1 chunk, ...]: reorder to split order.
     order = _gathered_order(len(rows), batch_size, num_batches, ctx.world_size)
     real_mask = np.concatenate(all_real)[order]
-    topk = np.concatenate(all_topk)[order][real_mask]
-    targets = np.concatenate(all_targets)[order][real_mask]
-    if not np.array_equal(targets, users.targets):
-        raise RuntimeError("evaluation lost track of the users' order")  # every rank holds the whole split
+    topk = np.concatenate(all_topk)[order][real_mask]  # every user of the split, in split order
     result = SplitEvaluation(split_metrics(topk, users, ks), topk)
     if all_pop_topk:
         result.popularity_topk = np.concatenate(all_pop_topk)[order][real_mask]

@@ -37,12 +37,12 @@ from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import ensure_dataset
 from dimerec_dist.diversity import diversity, item_categories
-from dimerec_dist.evaluate import evaluate_split
+from dimerec_dist.evaluate import SplitEvaluation, evaluate_split
 from dimerec_dist.metrics import MetricsLogger, Progress
 from dimerec_dist.model import NoiseDraw
 from dimerec_dist.parallel import (DistContext, init_distributed, plan_sharding, resolved_column_block, run_command,
                                    shard_model)
-from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes
+from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes, scoring_shards
 from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
 
 log = logging.getLogger("dimerec.train")
@@ -332,7 +332,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     if not config.eval.at_end:
         metrics.close()
         return {}
-    final = final_metrics(model, shards, config, ctx, valid, test, popularity, item_categories(manifest))
+    final, _ = final_metrics(model, shards, config, ctx, valid, test, popularity, item_categories(manifest))
     metrics.scalars(state.step, {f"final/{split}/{k}": v for split in ("valid", "test") for k, v in final[split].items()})
     metrics.close()
     if ctx.is_main:
@@ -378,9 +378,13 @@ def inject_fault_for_tests(step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def final_metrics(model, shards, config, ctx, valid, test, popularity, categories: np.ndarray | None = None) -> dict:
+def final_metrics(model, shards, config, ctx, valid, test, popularity,
+                  categories: np.ndarray | None = None) -> tuple[dict, SplitEvaluation]:
     """Valid and test metrics (and popularity's); the test pass's time per user (queries and
-    full-catalog top-k, all ranks together); diversity where items have categories."""
+    full-catalog top-k, all ranks together); diversity where items have categories. Also the
+    test evaluation itself (its top-k lists)."""
+    # Laid out for scoring once for both splits (a column-wise table is re-laid, not twice).
+    shards = scoring_shards(shards, model.module.num_items + 1, config.model.embedding_dim, ctx.device)
     valid_result = evaluate(model, shards, config, ctx, valid, popularity)
     started = time.time()
     test_result = evaluate(model, shards, config, ctx, test, popularity)
@@ -395,7 +399,7 @@ def final_metrics(model, shards, config, ctx, valid, test, popularity, categorie
     if categories is not None:
         final["diversity"] = {"test": diversity(test_result.topk, categories),
                               "popularity": diversity(test_result.popularity_topk, categories)}
-    return final
+    return final, test_result
 
 
 def _size(num_bytes: float) -> str:

@@ -62,14 +62,14 @@ def build_replicated(config, num_items: int, ctx):
 
     from dimerec_dist.replicated import ReplicatedDimeRec, SparseRowWiseAdagrad
     from dimerec_dist.table_shards import RowShard, init_table_deterministically
+    from dimerec_dist.train import dense_optimizer
 
     torch.manual_seed(config.seed)
     module = ReplicatedDimeRec(config.model, num_items).to(ctx.device)
     init_table_deterministically([RowShard(0, 0, module.item_table.weight.data)], config.model.embedding_dim,
                                  config.seed, config.train.embedding_init)
     model = torch.nn.parallel.DistributedDataParallel(module)
-    params = list(module.dimerec.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.train.dense_lr, weight_decay=config.train.weight_decay)
+    params, optimizer, _ = dense_optimizer(model, config)  # the trainer's own dense optimizer
     table_optimizer = SparseRowWiseAdagrad([module.item_table.weight], lr=config.train.sparse_lr)
     table = module.item_table.weight
     return model, params, optimizer, table_optimizer, table.numel() * table.element_size() + table.shape[0] * 4
@@ -97,19 +97,21 @@ def run_cell(args) -> None:
         model, params, optimizer, table_optimizer, table_bytes = build_replicated(config, args.items, ctx)
     else:
         model, shards = build_model(config, args.items, ctx, run_dir=None)
-        _, optimizer, _ = dense_optimizer(model, config)
-        params = list(model.module.dimerec.parameters())
+        params, optimizer, _ = dense_optimizer(model, config)
         table_optimizer = replicated_table_optimizer(model, config, ctx)
         table_bytes = local_table_bytes(model, local_row_shards(model, TABLE_STATE_KEY))
     build_seconds = time.time() - started
     sampler = NegativeSampler("uniform", args.items, config.train.negatives, seed=config.seed)
     per_rank = args.batch // ctx.world_size
     rows = torch.arange(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
-    losses_by_step, timed_from = [], None
+    losses_by_step, timed_from, profiler = [], None, None
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             dist.barrier()
             timed_from = time.time()
+            if args.profile:
+                profiler = torch.profiler.profile()
+                profiler.__enter__()
         history, targets = global_batch_ids(config.seed, step, args.batch, config.model.max_history, args.items)
         local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
         history.ids, history.lengths = history.ids[local], history.lengths[local]
@@ -120,6 +122,11 @@ def run_cell(args) -> None:
         losses_by_step.append(values["loss/total"])
     dist.barrier()
     elapsed = time.time() - timed_from
+    if profiler is not None:  # where a step's time goes (timed steps only): the top operators of rank 0
+        profiler.__exit__(None, None, None)
+        if ctx.is_main:
+            table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
+            Path(args.result).with_suffix(".profile.txt").write_text(table)
     measured = [None] * ctx.world_size
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     dist.all_gather_object(measured, (peak_rss, table_bytes))
@@ -178,7 +185,7 @@ def run_grid(args) -> list[dict]:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
                    str(Path(__file__).resolve()), "--cell", "--layout", layout, "--items", str(items),
                    "--batch", str(args.batch), "--negatives", str(args.negatives), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup),
+                   "--warmup", str(args.warmup), *(["--profile"] if args.profile else []),
                    "--threads", str(max(1, cores // world)), "--result", str(result_file)]
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world)), "PYTHONPATH": str(REPO)}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -298,6 +305,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="runs of the whole grid; the median is reported")
+    parser.add_argument("--profile", action="store_true",
+                        help="also write each cell's top operators (torch.profiler, rank 0) beside its result")
     parser.add_argument("--cores", type=int, default=0, help="cores shared by a cell's ranks (0: all)")
     parser.add_argument("--machine", default=f"{os.cpu_count()} CPU cores, "
                                               f"{available_bytes() / 2**30:.0f} GiB available")

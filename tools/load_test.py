@@ -8,7 +8,9 @@ recorded), then for each concurrency level that many client threads, each with i
 keep-alive connection, send POST /recommend (k = 50) with the histories of the dataset's
 test users (or random histories from the bundle's vocabulary without --data) until
 --requests answers or --seconds pass, whichever comes first. Client and server share the
-machine's cores, as on a one-box deployment. Writes results.json, results.md and a plot.
+machine's cores, as on a one-box deployment. "open" is the time to open the bundle as the
+server does (memory maps, no reads); "start" is the server process's start to listening.
+`--max-batch 1` turns the server's micro-batching off. Writes results.json, results.md and a plot.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ def histories_from(bundle_dir: Path, data: str | None, count: int, seed: int = 0
     return [bundle.raw_ids(rng.integers(1, bundle.num_items + 1, rng.integers(5, 51))) for _ in range(count)]
 
 
-def start_server(bundle: Path, threads: int) -> tuple[subprocess.Popen, int, float]:
+def start_server(bundle: Path, threads: int, max_batch: int) -> tuple[subprocess.Popen, int, float]:
     started = time.time()
     server = subprocess.Popen([sys.executable, "-m", "dimerec_dist.serving.server", str(bundle), "--port", "0",
-                               "--threads", str(threads)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               "--threads", str(threads), "--max-batch", str(max_batch)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     line = server.stdout.readline()
     if not line.startswith("listening on"):
@@ -108,20 +111,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600, help="at most this many per level")
     parser.add_argument("--seconds", type=float, default=30, help="at most this long per level")
     parser.add_argument("--threads", type=int, default=0, help="the server's torch threads (0: default)")
+    parser.add_argument("--max-batch", type=int, default=64, help="the server's micro-batch (1: no batching)")
     parser.add_argument("--out", type=Path, default=Path("runs/load_test"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for bundle in args.bundles:
+        from dimerec_dist.serving.bundle import Bundle
+
         manifest = json.loads((bundle / "bundle.json").read_text())
+        opened = time.time()
+        Bundle(bundle)  # what the server does first: map the table and the vocabulary
+        open_s = time.time() - opened
         histories = histories_from(bundle, args.data, 2000)
-        server, port, start_s = start_server(bundle, args.threads)
+        server, port, start_s = start_server(bundle, args.threads, args.max_batch)
         try:
             run_level(port, histories, 1, 5, 30)  # warm-up: first calls page the table in
             for level in args.concurrency:
                 result = run_level(port, histories, level, args.requests, args.seconds)
                 result.update(bundle=str(bundle), items=manifest["num_items"], dtype=manifest["dtype"],
-                              steps=manifest["steps"], start_s=round(start_s, 2))
+                              steps=manifest["steps"], open_s=round(open_s, 3), start_s=round(start_s, 2),
+                              max_batch=args.max_batch)
                 results.append(result)
                 print(f"{bundle} ({manifest['dtype']}, {manifest['steps']} step(s)) concurrency {level}: "
                       f"{result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
@@ -130,9 +140,10 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    rows = ["| bundle | items | dtype | steps | start (s) | concurrency | requests | req/s | p50 (ms) | p99 (ms) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    rows += [f"| {Path(r['bundle']).name} | {r['items']:,} | {r['dtype']} | {r['steps']} | {r['start_s']} | "
+    rows = ["| bundle | items | dtype | steps | open (s) | start (s) | concurrency | requests | req/s | p50 (ms) "
+            "| p99 (ms) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows += [f"| {Path(r['bundle']).name} | {r['items']:,} | {r['dtype']} | {r['steps']} | {r['open_s']} | "
+             f"{r['start_s']} | "
              f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} |"
              for r in results]
     (args.out / "results.md").write_text("\n".join(rows) + "\n")

@@ -120,26 +120,30 @@ class DimeRec(nn.Module):
         """The generated next interest e_u (B, d) (Algorithm 2); unit norm on the sphere.
 
         `start` (B, d) fixes x_T; otherwise it is drawn from `generator`."""
+        return self._generate(self.gem(history, mask), steps=steps, deterministic=deterministic,
+                              generator=generator, start=start)
+
+    def _generate(self, guidance: Tensor, *, steps: int | None = None, deterministic: bool | None = None,
+                  generator: torch.Generator | None = None, start: Tensor | None = None) -> Tensor:
         c = self.config
-        guidance = self.gem(history, mask)
-        return reverse_sample(lambda x, t: self.dam(x, t, guidance), history.shape[0], c.embedding_dim,
+        return reverse_sample(lambda x, t: self.dam(x, t, guidance), guidance.shape[0], c.embedding_dim,
                               self.schedule, c.sample_steps if steps is None else steps,
                               c.sample_deterministic if deterministic is None else deterministic,
                               space=c.noise_space, noise_std=c.reverse_noise_std, generator=generator,
-                              device=history.device, start=start)
+                              device=guidance.device, start=start)
 
     @torch.no_grad()
     def queries(self, history: Tensor, mask: Tensor, mode: str, **sampling) -> Tensor:
         """Retrieval queries (B, Q, d) by mode: "dam" the generated interest (Q = 1), "gem" the K
-        interests, "dam+gem" both (Q = 1 + K). `sampling`: user_embedding's keyword arguments."""
+        interests, "dam+gem" both (Q = 1 + K). `sampling`: user_embedding's keyword arguments.
+        The GEM runs once whatever the mode."""
+        if mode not in ("dam", "gem", "dam+gem"):
+            raise ValueError(f"unknown query mode {mode!r} (dam, gem or dam+gem)")
+        guidance = self.gem(history, mask)
         if mode == "gem":
-            return self.interests(history, mask)
-        generated = self.user_embedding(history, mask, **sampling).unsqueeze(1)
-        if mode == "dam":
-            return generated
-        if mode == "dam+gem":
-            return torch.cat([generated, self.interests(history, mask)], dim=1)
-        raise ValueError(f"unknown query mode {mode!r} (dam, gem or dam+gem)")
+            return guidance
+        generated = self._generate(guidance, **sampling).unsqueeze(1)
+        return generated if mode == "dam" else torch.cat([generated, guidance], dim=1)
 
     def item_scores(self, query: Tensor, items: Tensor) -> Tensor:
         """Retrieval scores (B, M) of queries against item embeddings, in the space the softmaxes trained."""

@@ -128,16 +128,12 @@ class Bundle:
 
     def item_ids(self, raw_ids: list) -> tuple[np.ndarray, list]:
         """Dense item ids of the raw ids that are in the vocabulary (in order), and the unknown raw ids."""
-        keys = np.array([str(raw).encode() for raw in raw_ids], dtype=self.sorted_raw.dtype) if raw_ids else \
-            np.zeros(0, self.sorted_raw.dtype)
-        where = np.searchsorted(self.sorted_raw, keys)
-        inside = where < len(self.sorted_raw)
-        known = inside.copy()
-        known[inside] = self.sorted_raw[where[inside]] == keys[inside]
-        # A raw id longer than the vocabulary's widest would be truncated by the cast: never a match.
-        width = self.sorted_raw.dtype.itemsize
-        too_long = np.array([len(str(raw).encode()) > width for raw in raw_ids], dtype=bool)
-        known &= ~too_long
+        encoded = [str(raw).encode() for raw in raw_ids]
+        # A raw id wider than the vocabulary's widest would be truncated by the cast: never a match.
+        fits = np.array([len(key) <= self.sorted_raw.dtype.itemsize for key in encoded], dtype=bool)
+        keys = np.array(encoded, dtype=self.sorted_raw.dtype).reshape(-1)
+        where = np.minimum(np.searchsorted(self.sorted_raw, keys), len(self.sorted_raw) - 1)
+        known = fits & (self.sorted_raw[where] == keys)
         unknown = [raw for raw, ok in zip(raw_ids, known) if not ok]
         return self.sorted_items[where[known]].astype(np.int64), unknown
 

@@ -94,7 +94,7 @@ def write_vocabulary(manifest_data, staging: Path) -> dict:
     return {key: f"vocabulary/{key}.npy" for key in files}
 
 
-def build_index(staging: Path, parts: list[dict], dim: int, cosine: bool, kind: str, nprobe: int) -> dict:
+def build_index(staging: Path, dim: int, cosine: bool, kind: str, nprobe: int) -> dict:
     """A faiss index over every row (row r gets id r), inner product on unit rows if cosine."""
     import faiss
 
@@ -198,7 +198,7 @@ def export(run_dir: Path, out: Path, dtype: str, index: str, steps: int | None, 
                                                                         "exported_by_ranks": ctx.world_size}}
         _write_manifest(staging, manifest)
         if index != "none":
-            manifest["index"] = build_index(staging, parts, dim, config.model.cosine_logits, index, nprobe)
+            manifest["index"] = build_index(staging, dim, config.model.cosine_logits, index, nprobe)
             _write_manifest(staging, manifest)
             manifest["index"].update(measure_index(staging, loaded.users("test")))
             log.info("index %s: recall@50 %.4f against exact search (%d test users), %.2f ms/query vs exact %.2f",

@@ -8,6 +8,7 @@ Approximate search asks the bundle's faiss index for more than k and drops seen 
 
 from __future__ import annotations
 
+import bisect
 import threading
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import torch
 import yaml
 
 from dimerec_dist.data.samples import window
-from dimerec_dist.evaluate import local_topk, merge_topk, popularity_scores, score_block, user_starts
+from dimerec_dist.evaluate import local_topk, popularity_scores, score_block, user_starts
 from dimerec_dist.serving.bundle import Bundle, TablePart
 from dimerec_dist.serving.tower import history_start, load_tower
 from dimerec_dist.table_shards import RowShard
@@ -119,25 +120,27 @@ class Recommender:
         padded = np.zeros((len(seen), width), np.int64)
         for r, items in enumerate(seen):
             padded[r, :len(items)] = items
-        seen_tensor = torch.from_numpy(padded)
-        best_values, best_ids = None, None
-        for part in self.bundle.parts:
-            shard = [RowShard(part.first, 0, _as_tensor(part))]
-            values, ids = local_topk(shard, k, seen_tensor, self._scorer(queries, part))
-            if best_values is not None:
-                values, ids = merge_topk(torch.cat([best_values, values], 1), torch.cat([best_ids, ids], 1), k)
-            best_values, best_ids = values, ids
-        return best_ids.numpy(), best_values.numpy()
+        parts = self.bundle.parts
+        shards = [RowShard(part.first, 0, _as_tensor(part)) for part in parts]
+        values, ids = local_topk(shards, k, torch.from_numpy(padded), self._scorer(queries))
+        return ids.numpy(), values.numpy()
 
-    def _scorer(self, queries: torch.Tensor, part: TablePart):
-        cosine = self.bundle.cosine
-        if part.rows.dtype == np.float32:
-            return lambda rows, first: score_block(queries, rows, cosine)
-        if part.scale is None:
-            return lambda rows, first: score_block(queries, rows.float(), cosine)
-        scale = torch.from_numpy(np.asarray(part.scale))
-        return lambda rows, first: score_block(
-            queries, rows.float() * scale[first - part.first:first - part.first + rows.shape[0], None], cosine)
+    def _scorer(self, queries: torch.Tensor):
+        """score(rows, first) for evaluate.local_topk: rows [first, first + len) of some part, as
+        stored (float32, float16, or int8 with that part's per-row scales)."""
+        cosine, parts = self.bundle.cosine, self.bundle.parts
+        firsts = [part.first for part in parts]
+        scales = [None if part.scale is None else torch.from_numpy(np.asarray(part.scale)) for part in parts]
+
+        def score(rows: torch.Tensor, first: int) -> torch.Tensor:
+            index = bisect.bisect_right(firsts, first) - 1
+            rows = rows.float()  # a no-op for float32 parts
+            if scales[index] is not None:
+                local = first - firsts[index]
+                rows = rows * scales[index][local:local + rows.shape[0], None]
+            return score_block(queries, rows, cosine)
+
+        return score
 
     def _approximate(self, queries: torch.Tensor, seen: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         vectors = queries.reshape(-1, queries.shape[-1])  # (B * Q, d)
