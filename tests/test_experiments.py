@@ -84,6 +84,30 @@ def test_the_grid_runs_reports_and_resumes(grid):
     assert "6 runs in the grid, 6 already done" in again.stdout
 
 
+def test_a_run_with_other_settings_is_moved_aside_and_run_again(grid, tmp_path):
+    root, grid_file = grid
+    out = tmp_path / "out"
+    one_seed = grid_file.read_text().replace("seeds: [0, 1]", "seeds: [0]")
+    (tmp_path / "grid.yaml").write_text(one_seed)
+    assert run(tmp_path / "grid.yaml", out).returncode == 0
+    first = json.loads((out / "tiny" / "comirec_sa" / "seed-0" / "final.json").read_text())
+    # The grid now asks comirec_sa for another setting: that run and nothing else is stale.
+    (tmp_path / "grid.yaml").write_text(one_seed.replace("[model.recon_weight=0, model.ssm_weight=0]",
+                                                         "[model.recon_weight=0, model.ssm_weight=0, model.dropout=0.3]"))
+    again = run(tmp_path / "grid.yaml", out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "model.dropout 0.1 -> 0.3" in again.stdout and "3 runs in the grid, 2 already done" in again.stdout
+    aside = list((out / "tiny" / "comirec_sa").glob("seed-0.stale-*"))
+    assert len(aside) == 1 and json.loads((aside[0] / "final.json").read_text()) == first, "the old run is kept"
+    rerun = (out / "tiny" / "comirec_sa" / "seed-0" / "config.yaml").read_text()
+    assert "dropout: 0.3" in rerun
+    # A retrained source makes its re-evaluations stale too.
+    (out / "tiny" / "dimerec" / "seed-0" / "final.json").touch()
+    third = run(tmp_path / "grid.yaml", out)
+    assert "dimerec_5_steps/seed-0 (its trained run is newer or missing)" in third.stdout
+    assert "3 runs in the grid, 2 already done" in third.stdout
+
+
 def test_a_wrong_grid_key_is_named(grid, tmp_path):
     _, grid_file = grid
     bad = tmp_path / "bad.yaml"

@@ -8,8 +8,10 @@ A grid file names the datasets (a job config each), the methods (config override
 every method is the same trainer with other settings; or {from: METHOD, eval: [overrides]}
 to re-evaluate METHOD's runs with other inference settings) and the seeds. Each run is
 `torchrun -m dimerec_dist.train` into OUT/<dataset>/<method>/seed-<s>; a run whose
-final.json exists is skipped, so an interrupted grid resumes where it stopped. Every
-dataset is prepared once, into OUT/<dataset>/data, and shared by its runs.
+final.json exists is skipped, so an interrupted grid resumes where it stopped; a finished
+run whose settings differ from what the grid now asks (a changed default, say) is moved
+aside to <run>.stale-<time> and run again, and its re-evaluations with it. Every dataset
+is prepared once, into OUT/<dataset>/data, and shared by its runs.
 
 The report (OUT/report.md, and the grid's `report` file if given, between the
 `<!-- experiments:NAME -->` markers) has, per dataset: test metrics as mean +- standard
@@ -38,6 +40,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dimerec_dist.config import ConfigError, config_to_dict, load_config  # noqa: E402
 from dimerec_dist.significance import welch_t_test  # noqa: E402
 
 GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots"}
@@ -86,10 +89,49 @@ def evaluation_only(grid: dict, method: str) -> dict | None:
     return spec if isinstance(spec, dict) else None
 
 
+def training_overrides(grid: dict, out: Path, dataset: str, method: str, seed: int) -> list[str]:
+    data = out / dataset / "data"
+    overrides = [*grid["common"], *grid["datasets"][dataset].get("overrides", []), *grid["methods"][method],
+                 f"seed={seed}", f"data.path={data}"]
+    if (data / "manifest.json").is_file():
+        overrides.append("data.source=prepared")
+    return overrides
+
+
+# Settings that change where a run reads or logs, not what it learns.
+BOOKKEEPING = {("data", "path"), ("data", "source"), ("data", "raw_path"), ("train", "log_every"),
+               ("train", "checkpoint_every"), ("train", "keep_checkpoints"), ("train", "checkpoint_async"),
+               ("train", "resume"), ("train", "threads"), ("train", "device"), ("eval", "batch_size")}
+
+
+def _learned_settings(config) -> dict[str, object]:
+    flat = {}
+    for section, values in config_to_dict(config).items():
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            if (section, key) not in BOOKKEEPING:
+                flat[f"{section}.{key}" if key else section] = value
+    return flat
+
+
+def changed_settings(grid: dict, out: Path, dataset: str, method: str, seed: int) -> list[str]:
+    """How a finished trained run's settings differ from what the grid asks now ([] if not at
+    all): the run's saved config.yaml read with today's defaults, against the grid's job."""
+    saved = run_dir(out, dataset, method, seed) / "config.yaml"
+    if not saved.is_file():
+        return ["no config.yaml saved"]
+    try:
+        before = _learned_settings(load_config(saved))
+    except ConfigError as exc:
+        return [f"its config.yaml no longer loads: {exc}"]
+    now = _learned_settings(load_config(REPO / grid["datasets"][dataset]["config"],
+                                        training_overrides(grid, out, dataset, method, seed)))
+    return [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
+            if before.get(key) != now.get(key)]
+
+
 def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
     spec = grid["datasets"][dataset]
     target = run_dir(out, dataset, method, seed)
-    data = out / dataset / "data"
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={grid['nproc']}"]
     derived = evaluation_only(grid, method)
     if derived is not None:
@@ -98,12 +140,8 @@ def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path
         command = [*launch, "-m", "dimerec_dist.eval_cli", "--run-dir", str(source), "--out",
                    str(target / "final.json"), *derived.get("eval", [])]
     else:
-        overrides = [*grid["common"], *spec.get("overrides", []), *grid["methods"][method], f"seed={seed}",
-                     f"data.path={data}"]
-        if (data / "manifest.json").is_file():
-            overrides.append("data.source=prepared")
         command = [*launch, "-m", "dimerec_dist.train", "--config", str(REPO / spec["config"]), "--run-dir",
-                   str(target), *overrides]
+                   str(target), *training_overrides(grid, out, dataset, method, seed)]
     log = target.with_suffix(".log")
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
@@ -118,6 +156,25 @@ def run_grid(grid: dict, out: Path, only: list[str] | None) -> None:
     # Trained methods first: an evaluation-only method needs its source's runs.
     methods = sorted(grid["methods"], key=lambda m: evaluation_only(grid, m) is not None)
     jobs = [(d, m, s) for d in grid["datasets"] if not only or d in only for m in methods for s in grid["seeds"]]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for job in jobs:  # trained runs first, so a re-evaluation sees its source moved aside
+        target = run_dir(out, *job)
+        derived = evaluation_only(grid, job[1])
+        if not (target / "final.json").is_file():
+            continue
+        if derived is None:
+            changes = changed_settings(grid, out, *job)
+            why = ", ".join(changes)
+        else:
+            source = run_dir(out, job[0], derived["from"], job[2]) / "final.json"
+            changes = not source.is_file() or source.stat().st_mtime > (target / "final.json").stat().st_mtime
+            why = "its trained run is newer or missing"
+        if changes:
+            aside = target.with_name(f"{target.name}.stale-{stamp}")
+            target.rename(aside)
+            if target.with_suffix(".log").is_file():
+                target.with_suffix(".log").rename(aside.with_suffix(".log"))
+            print(f"stale: {target} ({why}); moved to {aside.name}, running again", flush=True)
     todo = [job for job in jobs if not (run_dir(out, *job) / "final.json").is_file()]
     print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} already done", flush=True)
     started = time.time()
