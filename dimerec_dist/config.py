@@ -40,7 +40,9 @@ class ModelConfig:
     routing_iterations: int = 3  # ComiRec-DR
     sasrec_layers: int = 2
     sasrec_heads: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.1  # inside the SASRec GEM (its input and layers); the other GEMs have none
+    # Dropout on the embedded history before any GEM, in training only: a regulariser for sparse logs.
+    history_dropout: float = 0.0
     # DAM
     dam_hidden: int = 256
     dam_layers: int = 2
@@ -85,8 +87,9 @@ class ModelConfig:
             raise ConfigError(f"need 0 < model.beta_start ({self.beta_start}) < model.beta_end ({self.beta_end}) < 1")
         if not 0.0 < self.grw_max_angle <= math.pi:
             raise ConfigError(f"model.grw_max_angle={self.grw_max_angle} must lie in (0, pi]")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
+        for key in ("dropout", "history_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must lie in [0, 1)")
         if self.temperature <= 0:
             raise ConfigError(f"model.temperature={self.temperature} must be > 0")
         for key in ("gem_weight", "recon_weight", "ssm_weight"):

@@ -46,6 +46,7 @@ def test_bad_files_give_one_line_errors_naming_key_and_file(tmp_path, text, patt
     ("model.temperature=0", r"temperature=0.0 must be > 0"),
     ("model.beta_start=0.5", r"beta_start"),
     ("model.dropout=1.5", r"dropout=1.5"),
+    ("model.history_dropout=1", r"history_dropout=1.0 must lie in \[0, 1\)"),
     ("model.grw_max_angle=4", r"grw_max_angle"),
     ("model.recon_weight=-1", r"recon_weight=-1.0 must be >= 0"),
     ("model.sasrec_heads=3", r"must divide model.embedding_dim"),

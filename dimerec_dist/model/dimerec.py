@@ -58,6 +58,7 @@ class DimeRec(nn.Module):
         self.gem = build_gem(c.gem, c.embedding_dim, c.num_interests, c.max_history, hidden_mult=c.gem_hidden_mult,
                              routing_iterations=c.routing_iterations, sasrec_layers=c.sasrec_layers,
                              sasrec_heads=c.sasrec_heads, dropout=c.dropout)
+        self.history_dropout = nn.Dropout(c.history_dropout)
         self.dam = DAM(c.embedding_dim, c.num_interests, c.diffusion_steps, c.dam_hidden, c.dam_layers,
                        c.guidance_pooling)
         self.schedule = DiffusionSchedule(beta_schedule(c.beta_schedule, c.diffusion_steps, c.beta_start, c.beta_end))
@@ -86,7 +87,7 @@ class DimeRec(nn.Module):
         softmax = dict(temperature=c.temperature, cosine=c.cosine_logits, target_log_q=target_log_q,
                        negative_log_q=negative_log_q, reduction=reduction)
         zero = target.new_zeros(())
-        guidance = self.gem(history, mask)
+        guidance = self.gem(self.history_dropout(history), mask)
 
         gem_loss = zero
         if c.gem_weight > 0:

@@ -44,6 +44,26 @@ def test_every_parameter_and_the_item_table_receive_a_gradient(gem, pooling, spa
     assert all(torch.isfinite(v) for v in (losses.gem, losses.recon, losses.ssm))
 
 
+def test_history_dropout_acts_in_training_only():
+    _, batch = inputs()
+    draw = NoiseDraw.draw(B, D, 10, torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    plain = DimeRec(small_config())
+    torch.manual_seed(0)
+    dropped = DimeRec(small_config(history_dropout=0.5))
+    torch.manual_seed(3)
+    first = dropped(*batch, draw=draw).gem
+    assert not torch.allclose(first, dropped(*batch, draw=draw).gem), "a fresh mask each training step"
+    assert not torch.allclose(first, plain(*batch, draw=draw).gem)
+    plain.eval(), dropped.eval()
+    history, mask = batch[0], batch[1]
+    start = normalize(torch.randn(B, D))
+    torch.testing.assert_close(dropped.interests(history, mask), plain.interests(history, mask))
+    torch.testing.assert_close(dropped.user_embedding(history, mask, start=start),
+                               plain.user_embedding(history, mask, start=start))
+    torch.testing.assert_close(dropped(*batch, draw=draw).total, plain(*batch, draw=draw).total)
+
+
 def test_total_is_the_weighted_sum_and_zero_weights_switch_terms_off():
     table, batch = inputs()
     draw = NoiseDraw.draw(B, D, 10, torch.Generator().manual_seed(2))
