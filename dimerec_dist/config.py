@@ -239,6 +239,10 @@ class JobConfig:
     def validate(self) -> None:
         for section in (self.model, self.data, self.train, self.sharding, self.eval):
             section.validate()
+        untrained_dam = self.model.recon_weight == 0 and self.model.ssm_weight == 0
+        if untrained_dam and self.eval.query in ("dam", "dam+gem"):
+            raise ConfigError(f"eval.query={self.eval.query} retrieves with the DAM, which model.recon_weight=0 and "
+                              f"model.ssm_weight=0 leave untrained: use eval.query=gem (or auto)")
         if self.sharding.column_block and self.model.embedding_dim % self.sharding.column_block:
             raise ConfigError(f"sharding.column_block={self.sharding.column_block} must divide "
                               f"model.embedding_dim={self.model.embedding_dim}")

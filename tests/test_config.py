@@ -58,6 +58,12 @@ def test_out_of_range_and_unknown_overrides_are_refused(override, pattern):
         load_config(None, [override])
 
 
+def test_a_dam_query_without_a_trained_dam_is_refused():
+    with pytest.raises(ConfigError, match=r"eval.query=dam\+gem retrieves with the DAM.*use eval.query=gem"):
+        load_config(None, ["eval.query=dam+gem", "model.recon_weight=0", "model.ssm_weight=0"])
+    assert load_config(None, ["eval.query=dam+gem", "model.recon_weight=0"]).query_mode() == "dam+gem"
+
+
 def test_all_loss_weights_zero_is_refused():
     with pytest.raises(ConfigError, match="nothing to train"):
         load_config(None, ["model.gem_weight=0", "model.recon_weight=0", "model.ssm_weight=0"])
