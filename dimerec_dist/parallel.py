@@ -161,10 +161,13 @@ def _table_dim(module: nn.Module, table_name: str) -> int:
     raise KeyError(f"no embedding table named {table_name!r}")
 
 
-def shard_model(module: nn.Module, plan: ShardingPlan, sharders: list, ctx: DistContext) -> DistributedModelParallel:
+def shard_model(module: nn.Module, plan: ShardingPlan, sharders: list, ctx: DistContext,
+                find_unused_parameters: bool = False) -> DistributedModelParallel:
+    """`find_unused_parameters`: some dense parameters get no gradient (a DAM the losses do not
+    train); DDP then searches the graph every step for them, so it is off unless needed."""
+    wrapper = DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=find_unused_parameters)
     model = DistributedModelParallel(module, device=ctx.device, plan=plan, sharders=sharders,
-                                     data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False,
-                                                                                      find_unused_parameters=True))
+                                     data_parallel_wrapper=wrapper)
     _unpool_cpu_sequence_lookups(model)
     return model
 
