@@ -3,6 +3,10 @@
 The item table serves three features: the history (jagged), the target (one id per
 sample) and the step's shared negatives (all attached to the first sample, so the
 table looks them up once per rank). Jagged values come straight from the padded ids.
+Negatives are drawn with replacement, so a large draw repeats ids (popular ones above
+all): the table looks each distinct id up once, and `negative_rows` spreads the rows
+back over the draw, which keeps the softmax the same and the lookup and table update
+smaller.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ class Batch:
     kjt: KeyedJaggedTensor
     mask: torch.Tensor  # (B, N) True on real history positions
     target_ids: torch.Tensor  # (B,)
-    negative_ids: torch.Tensor  # (M,)
+    negative_ids: torch.Tensor  # (M,) the draw, repeats included
+    negative_rows: torch.Tensor  # (M,) each draw's row among the looked-up distinct negatives
     negative_log_q: torch.Tensor | None  # (M,) log expected count, for logQ correction
     target_log_q: torch.Tensor | None  # (B,)
     in_batch_log_q: torch.Tensor | None = None  # (B,) log expected count of each target among the in-batch negatives
@@ -36,7 +41,7 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(self.kjt.to(device), move(self.mask), move(self.target_ids), move(self.negative_ids),
-                     move(self.negative_log_q), move(self.target_log_q), move(self.in_batch_log_q))
+                     move(self.negative_rows), move(self.negative_log_q), move(self.target_log_q), move(self.in_batch_log_q))
 
 
 def make_batch(history: HistoryBatch, targets: np.ndarray, negative_ids: np.ndarray,
@@ -46,15 +51,17 @@ def make_batch(history: HistoryBatch, targets: np.ndarray, negative_ids: np.ndar
     size, width = history.ids.shape
     mask = np.arange(width)[None, :] < history.lengths[:, None]
     history_values = history.ids[mask]  # row-major: each row's items in order
+    distinct, negative_rows = np.unique(negative_ids, return_inverse=True)
     negative_lengths = np.zeros(size, np.int64)
     if size:
-        negative_lengths[0] = len(negative_ids)
-    values = np.concatenate([history_values, targets, negative_ids]).astype(np.int64)
+        negative_lengths[0] = len(distinct)
+    values = np.concatenate([history_values, targets, distinct]).astype(np.int64)
     lengths = np.concatenate([history.lengths, np.ones(size, np.int64), negative_lengths])
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(FEATURES), values=torch.from_numpy(values),
                                               lengths=torch.from_numpy(lengths.astype(np.int32)))
     return Batch(kjt=kjt, mask=torch.from_numpy(mask), target_ids=torch.from_numpy(targets.astype(np.int64)),
                  negative_ids=torch.from_numpy(negative_ids.astype(np.int64)),
+                 negative_rows=torch.from_numpy(negative_rows.reshape(-1).astype(np.int64)),
                  negative_log_q=None if log_q is None else torch.from_numpy(log_q[negative_ids].astype(np.float32)),
                  target_log_q=None if log_q is None else torch.from_numpy(log_q[targets].astype(np.float32)),
                  in_batch_log_q=None if in_batch_log_q is None else torch.from_numpy(

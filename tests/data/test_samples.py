@@ -32,14 +32,16 @@ def test_negative_sampler_is_deterministic_in_range_and_log_q_is_expected_count(
 
 def test_make_batch_builds_the_three_features():
     history = window(np.array([1, 2, 3, 4, 5]), np.array([0, 3]), np.array([2, 4]), 3)
-    batch = make_batch(history, np.array([3, 5]), np.array([9, 8, 7]), log_q=np.log(np.arange(1, 11, dtype=float)))
+    batch = make_batch(history, np.array([3, 5]), np.array([9, 8, 9, 7]), log_q=np.log(np.arange(1, 11, dtype=float)))
     kjt = batch.kjt.to_dict()
     assert list(batch.kjt.keys()) == list(FEATURES)
     assert kjt["history"].values().tolist() == [1, 2, 4] and kjt["history"].lengths().tolist() == [2, 1]
     assert kjt["target"].values().tolist() == [3, 5]
-    assert kjt["negatives"].values().tolist() == [9, 8, 7] and kjt["negatives"].lengths().tolist() == [3, 0]
+    # A repeated negative is looked up once; its rows spread it back over the draw.
+    assert kjt["negatives"].values().tolist() == [7, 8, 9] and kjt["negatives"].lengths().tolist() == [3, 0]
+    assert kjt["negatives"].values()[batch.negative_rows].tolist() == batch.negative_ids.tolist() == [9, 8, 9, 7]
     assert batch.mask.tolist() == [[True, True, False], [True, False, False]]
-    assert np.allclose(batch.negative_log_q.numpy(), np.log([10, 9, 8]))
+    assert np.allclose(batch.negative_log_q.numpy(), np.log([10, 9, 10, 8]))
 
 
 def test_evaluation_users_keep_full_history_for_exclusion():
