@@ -1,6 +1,7 @@
 """tools/experiments.py runs a grid, resumes it, and reports means, spreads and Welch's test;
 dimerec_dist/significance.py gives the textbook p-values."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +10,10 @@ import pytest
 
 from dimerec_dist.significance import regularized_incomplete_beta, student_t_two_sided_p, welch_t_test
 from tests.distributed.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("experiments", REPO / "tools" / "experiments.py")
+experiments = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(experiments)
 
 
 def test_student_t_p_values_match_the_tables():
@@ -115,6 +120,16 @@ def test_methods_pick_what_runs_and_an_unknown_one_is_named(grid, tmp_path):
     assert not (tmp_path / "out" / "tiny" / "dimerec").exists()
     wrong = run(grid_file, tmp_path / "out", "--methods", "comirec")
     assert wrong.returncode == 2 and "--methods comirec: not in" in wrong.stderr
+
+
+def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():
+    run = lambda valid, hr: {"valid ndcg@10": valid, "hr@10": hr, "ndcg@10": hr / 2}  # noqa: E731
+    table = {"beauty": {"dimerec": [run(0.050, 0.070)], "popularity": [{"hr@10": 0.01, "ndcg@10": 0.005}],
+                        "best_on_test": [run(0.051, 0.090)], "best_on_valid": [run(0.060, 0.080)]}}
+    grid = {"metrics": ["hr@10", "ndcg@10"], "reference": "dimerec", "purpose": "tuning"}
+    text = experiments.render(grid, table)
+    assert "Chosen on validation NDCG@10: **best_on_valid** (0.0600); its test: HR@10 0.0800, NDCG@10 0.0400" in text
+    assert "Welch" not in text and "best baseline" not in text
 
 
 def test_a_wrong_grid_key_is_named(grid, tmp_path):

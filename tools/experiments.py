@@ -44,7 +44,11 @@ sys.path.insert(0, str(REPO))
 from dimerec_dist.config import ConfigError, config_to_dict, load_config  # noqa: E402
 from dimerec_dist.significance import welch_t_test  # noqa: E402
 
-GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots"}
+GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots",
+             "purpose"}
+# comparison: the reference method against the best of the others (Welch's t-test);
+# tuning: the others are candidate settings, and the one with the best validation NDCG@10 is named.
+PURPOSES = ("comparison", "tuning")
 
 
 class GridError(ValueError):
@@ -73,6 +77,9 @@ def load_grid(path: Path) -> dict:
                             f"eval: [overrides]}}")
         if not isinstance(spec, (dict, list)):
             raise GridError(f"{path}: method {name!r}: a list of config overrides, or {{from: ..., eval: [...]}}")
+    grid.setdefault("purpose", "comparison")
+    if grid["purpose"] not in PURPOSES:
+        raise GridError(f"{path}: purpose {grid['purpose']!r} is not one of {', '.join(PURPOSES)}")
     grid.setdefault("nproc", 2)
     grid.setdefault("metrics", ["hr@10", "ndcg@10", "hr@20", "ndcg@20"])
     grid.setdefault("common", [])
@@ -235,6 +242,9 @@ def render(grid: dict, table: dict) -> str:
             name = f"**{method}**" if method == reference else method
             lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
+        if grid.get("purpose") == "tuning":
+            lines += _chosen_on_validation(methods, metrics)
+            continue
         baselines = {m: r for m, r in methods.items() if m != reference}
         if reference in methods and baselines:
             for metric in metrics:
@@ -248,6 +258,17 @@ def render(grid: dict, table: dict) -> str:
                 lines.append(f"- {metric.upper()}: {verdict}")
             lines.append("")
     return "\n".join(lines)
+
+
+def _chosen_on_validation(methods: dict, metrics: list[str]) -> list[str]:
+    """A tuning grid's verdict: the setting with the best mean validation NDCG@10, and its test."""
+    scored = {m: statistics.mean(r["valid ndcg@10"] for r in runs) for m, runs in methods.items()
+              if runs and all("valid ndcg@10" in r for r in runs)}
+    if not scored:
+        return []
+    best = max(scored, key=scored.get)
+    tested = ", ".join(f"{metric.upper()} {statistics.mean(r[metric] for r in methods[best]):.4f}" for metric in metrics)
+    return [f"- Chosen on validation NDCG@10: **{best}** ({scored[best]:.4f}); its test: {tested}", ""]
 
 
 def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
