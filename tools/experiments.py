@@ -118,6 +118,7 @@ def _learned_settings(config) -> dict[str, object]:
         for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
             if (section, key) not in BOOKKEEPING:
                 flat[f"{section}.{key}" if key else section] = value
+    flat["eval.query"] = config.query_mode()  # "auto" is whichever mode it resolves to
     return flat
 
 
