@@ -153,7 +153,7 @@ def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path
                    str(target), *training_overrides(grid, out, dataset, method, seed)]
     log = target.with_suffix(".log")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as handle:
+    with open(log, "a") as handle:  # a resumed run adds to the log of its interrupted start
         done = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
