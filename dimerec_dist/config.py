@@ -98,6 +98,11 @@ class ModelConfig:
         if self.gem_weight == self.recon_weight == self.ssm_weight == 0:
             raise ConfigError("model.gem_weight, recon_weight and ssm_weight are all 0: nothing to train")
 
+    @property
+    def trains_dam(self) -> bool:
+        """Whether a loss reaches the DAM; with lambda = mu = 0 the model is its GEM alone."""
+        return self.recon_weight > 0 or self.ssm_weight > 0
+
 
 DATA_SOURCES = ("prepared", "raw", "synthetic")
 RAW_FORMATS = ("movielens", "pairs", "sequences", "events")
@@ -239,8 +244,7 @@ class JobConfig:
     def validate(self) -> None:
         for section in (self.model, self.data, self.train, self.sharding, self.eval):
             section.validate()
-        untrained_dam = self.model.recon_weight == 0 and self.model.ssm_weight == 0
-        if untrained_dam and self.eval.query in ("dam", "dam+gem"):
+        if not self.model.trains_dam and self.eval.query in ("dam", "dam+gem"):
             raise ConfigError(f"eval.query={self.eval.query} retrieves with the DAM, which model.recon_weight=0 and "
                               f"model.ssm_weight=0 leave untrained: use eval.query=gem (or auto)")
         if self.sharding.column_block and self.model.embedding_dim % self.sharding.column_block:
@@ -250,7 +254,7 @@ class JobConfig:
     def query_mode(self) -> str:
         if self.eval.query != "auto":
             return self.eval.query
-        return "gem" if self.model.recon_weight == 0 and self.model.ssm_weight == 0 else "dam"
+        return "dam" if self.model.trains_dam else "gem"
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

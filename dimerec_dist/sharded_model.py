@@ -48,8 +48,8 @@ class ShardedDimeRec(nn.Module):
     def forward(self, batch: Batch, draw: NoiseDraw) -> DimeRecLosses:
         """Losses averaged over this rank's samples (see parallel.py on gradient scaling)."""
         emb = self.embed(batch)
-        negatives, negative_ids, negative_log_q = emb["negatives"][batch.negative_rows], batch.negative_ids, \
-            batch.negative_log_q
+        negatives = emb["negatives"][batch.negative_rows]  # the distinct rows spread back over the draw
+        negative_ids, negative_log_q = batch.negative_ids, batch.negative_log_q
         if self.in_batch_negatives:
             # Every target of the global batch, from all ranks; a sample's own target is masked as a hit.
             # Gradients reach the rank that looked each target up (parallel.all_gather_with_gradient).

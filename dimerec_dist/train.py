@@ -80,8 +80,7 @@ def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Pa
     apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
     plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx,
                                              config.sharding.column_block)
-    dam_untrained = config.model.recon_weight == 0 and config.model.ssm_weight == 0
-    model = shard_model(module, plan, sharders, ctx, find_unused_parameters=dam_untrained)
+    model = shard_model(module, plan, sharders, ctx, find_unused_parameters=not config.model.trains_dam)
     shards = local_row_shards(model, TABLE_STATE_KEY)
     init_table_deterministically(shards, config.model.embedding_dim, config.seed, config.train.embedding_init)
     held = [None] * ctx.world_size

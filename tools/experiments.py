@@ -138,6 +138,21 @@ def changed_settings(grid: dict, out: Path, dataset: str, method: str, seed: int
             if before.get(key) != now.get(key)]
 
 
+def stale_reason(grid: dict, out: Path, dataset: str, method: str, seed: int) -> str:
+    """Why a finished run no longer answers what the grid asks ("" if it does, or is not finished):
+    a trained run's settings changed, or a re-evaluation's trained run is newer or gone."""
+    final = run_dir(out, dataset, method, seed) / "final.json"
+    if not final.is_file():
+        return ""
+    derived = evaluation_only(grid, method)
+    if derived is None:
+        return ", ".join(changed_settings(grid, out, dataset, method, seed))
+    source = run_dir(out, dataset, derived["from"], seed) / "final.json"
+    if not source.is_file() or source.stat().st_mtime > final.stat().st_mtime:
+        return "its trained run is newer or missing"
+    return ""
+
+
 def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
     spec = grid["datasets"][dataset]
     target = run_dir(out, dataset, method, seed)
@@ -169,17 +184,8 @@ def run_grid(grid: dict, out: Path, only: list[str] | None, methods: list[str] |
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for job in jobs:  # trained runs first, so a re-evaluation sees its source moved aside
         target = run_dir(out, *job)
-        derived = evaluation_only(grid, job[1])
-        if not (target / "final.json").is_file():
-            continue
-        if derived is None:
-            changes = changed_settings(grid, out, *job)
-            why = ", ".join(changes)
-        else:
-            source = run_dir(out, job[0], derived["from"], job[2]) / "final.json"
-            changes = not source.is_file() or source.stat().st_mtime > (target / "final.json").stat().st_mtime
-            why = "its trained run is newer or missing"
-        if changes:
+        why = stale_reason(grid, out, *job)
+        if why:
             aside = target.with_name(f"{target.name}.stale-{stamp}")
             target.rename(aside)
             if target.with_suffix(".log").is_file():

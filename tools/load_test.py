@@ -116,9 +116,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for bundle in args.bundles:
-        from dimerec_dist.serving.bundle import Bundle
+    from dimerec_dist.serving.bundle import Bundle
 
+    for bundle in args.bundles:
         manifest = json.loads((bundle / "bundle.json").read_text())
         opened = time.time()
         Bundle(bundle)  # what the server does first: map the table and the vocabulary
