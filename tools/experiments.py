@@ -3,6 +3,7 @@
     python tools/experiments.py --grid configs/experiments/main.yaml            # everything (hours)
     python tools/experiments.py --grid configs/experiments/main.yaml --only beauty
     python tools/experiments.py --grid configs/experiments/main.yaml --only beauty --methods dimerec sasrec
+    python tools/experiments.py --grid configs/experiments/main.yaml --only beauty --seeds 0 1 2
     python tools/experiments.py --grid configs/experiments/main.yaml --report-only
 
 A grid file names the datasets (a job config each), the methods (config overrides each;
@@ -176,11 +177,14 @@ def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path
     return target
 
 
-def run_grid(grid: dict, out: Path, only: list[str] | None, methods: list[str] | None = None) -> None:
+def run_grid(grid: dict, out: Path, only: list[str] | None, methods: list[str] | None = None,
+             seeds: list[int] | None = None) -> None:
     # Trained methods first: an evaluation-only method needs its source's runs.
     chosen = sorted((m for m in grid["methods"] if not methods or m in methods),
                     key=lambda m: evaluation_only(grid, m) is not None)
-    jobs = [(d, m, s) for d in grid["datasets"] if not only or d in only for m in chosen for s in grid["seeds"]]
+    # --seeds lets a short session run every method on a few seeds before any method gets all of them.
+    picked = [s for s in grid["seeds"] if seeds is None or s in seeds]
+    jobs = [(d, m, s) for d in grid["datasets"] if not only or d in only for m in chosen for s in picked]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for job in jobs:  # trained runs first, so a re-evaluation sees its source moved aside
         target = run_dir(out, *job)
@@ -361,6 +365,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: runs/experiments/<grid name>")
     parser.add_argument("--only", nargs="*", help="datasets to run (the report covers every finished run)")
     parser.add_argument("--methods", nargs="*", help="methods to run (default: all of the grid's)")
+    parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: all of the grid's)")
     parser.add_argument("--report-only", action="store_true", help="write the report from finished runs, train nothing")
     args = parser.parse_args()
     try:
@@ -376,7 +381,12 @@ def main() -> int:
             print(f"experiments: error: --methods {', '.join(sorted(unknown))}: not in {args.grid} "
                   f"(its methods: {', '.join(grid['methods'])})", file=sys.stderr)
             return 2
-        run_grid(grid, out, args.only, args.methods)
+        strange = set(args.seeds or []) - set(grid["seeds"])
+        if strange:
+            print(f"experiments: error: --seeds {', '.join(map(str, sorted(strange)))}: not in {args.grid} "
+                  f"(its seeds: {', '.join(map(str, grid['seeds']))})", file=sys.stderr)
+            return 2
+        run_grid(grid, out, args.only, args.methods, args.seeds)
     table = collect(grid, out)
     text = render(grid, table)
     # Figures go beside the report they are linked from (docs/ for the committed grids).
