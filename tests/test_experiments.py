@@ -73,7 +73,7 @@ def test_the_grid_runs_reports_and_resumes(grid):
     done = run(grid_file, root / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "6 runs in the grid, 0 already done" in done.stdout
-    report = (root / "out" / "report.md").read_text()
+    report = (root / "out" / "report-smoke.md").read_text()
     assert "| **dimerec** | 2 |" in report and "| comirec_sa | 2 |" in report and "| popularity | 2 |" in report
     assert "Welch t =" in report and "best baseline" in report
     assert "categories@50 | ild@50 | ms/user |" in report, "a synthetic log reports diversity and latency"
@@ -123,6 +123,24 @@ def test_methods_and_seeds_pick_what_runs_and_an_unknown_one_is_named(grid, tmp_
     assert wrong.returncode == 2 and "--methods comirec: not in" in wrong.stderr
     wrong = run(grid_file, tmp_path / "out", "--seeds", "7")
     assert wrong.returncode == 2 and "--seeds 7: not in" in wrong.stderr
+
+
+def test_a_grid_sharing_runs_trains_a_method_both_name_once(grid, tmp_path):
+    root, grid_file = grid
+    out = tmp_path / "out"
+    assert run(grid_file, out, "--methods", "dimerec", "--seeds", "0").returncode == 0
+    config = root / "tiny.yaml"
+    ablation = tmp_path / "ablation.yaml"
+    ablation.write_text(GRID.split("datasets:")[0].replace("name: smoke", "name: smoke_ablation\nruns: smoke")
+                        .replace("seeds: [0, 1]", "seeds: [0]")
+                        + f"datasets:\n  tiny: {{config: {config}}}\nmethods:\n  dimerec: []\n"
+                          "  k1: [model.num_interests=1]\n")
+    assert experiments.default_out(experiments.load_grid(ablation)) == experiments.REPO / "runs/experiments/smoke"
+    done = run(ablation, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 runs in the grid, 1 already done" in done.stdout, "dimerec seed 0 is the first grid's run"
+    assert "| k1 | 1 |" in (out / "report-smoke_ablation.md").read_text()
+    assert "| k1 |" not in (out / "report-smoke.md").read_text(), "each grid keeps its own report"
 
 
 def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():

@@ -13,9 +13,13 @@ to re-evaluate METHOD's runs with other inference settings) and the seeds. Each 
 final.json exists is skipped, so an interrupted grid resumes where it stopped; a finished
 run whose settings differ from what the grid now asks (a changed default, say) is moved
 aside to <run>.stale-<time> and run again, and its re-evaluations with it. Every dataset
-is prepared once, into OUT/<dataset>/data, and shared by its runs.
+is prepared once, into OUT/<dataset>/data, and shared by its runs. A grid with
+`runs: OTHER` keeps its runs beside grid OTHER's (OUT defaults to runs/experiments/OTHER),
+so a method both name - the ablations' `dimerec` and the comparison's - is trained once;
+both grids must then ask the same settings of it (the stale check would otherwise move
+each other's runs aside).
 
-The report (OUT/report.md, and the grid's `report` file if given, between the
+The report (OUT/report-<grid name>.md, and the grid's `report` file if given, between the
 `<!-- experiments:NAME -->` markers) has, per dataset: test metrics as mean +- standard
 deviation over the seeds for every method and for popularity (with the test pass's ms
 per user, and on synthetic logs the diversity of the top-50: distinct categories and
@@ -46,7 +50,7 @@ from dimerec_dist.config import ConfigError, config_to_dict, load_config  # noqa
 from dimerec_dist.significance import welch_t_test  # noqa: E402
 
 GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots",
-             "purpose"}
+             "purpose", "runs"}
 # comparison: the reference method against the best of the others (Welch's t-test);
 # tuning: the others are candidate settings, and the one with the best validation NDCG@10 is named.
 PURPOSES = ("comparison", "tuning")
@@ -85,6 +89,10 @@ def load_grid(path: Path) -> dict:
     grid.setdefault("metrics", ["hr@10", "ndcg@10", "hr@20", "ndcg@20"])
     grid.setdefault("common", [])
     return grid
+
+
+def default_out(grid: dict) -> Path:
+    return REPO / "runs" / "experiments" / grid.get("runs", grid["name"])
 
 
 def run_dir(out: Path, dataset: str, method: str, seed: int) -> Path:
@@ -345,7 +353,7 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
 def write_report(grid: dict, out: Path, text: str, command: str) -> None:
     shown = out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out
     body = f"Made by `{command}` from the runs in `{shown}`.\n\n{text}"
-    (out / "report.md").write_text(body)
+    (out / f"report-{grid['name']}.md").write_text(body)
     if grid.get("report"):
         target = REPO / grid["report"]
         marker_open, marker_close = f"<!-- experiments:{grid['name']} -->", f"<!-- /experiments:{grid['name']} -->"
@@ -362,7 +370,8 @@ def write_report(grid: dict, out: Path, text: str, command: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=None, help="default: runs/experiments/<grid name>")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: runs/experiments/<the grid's `runs`, else its name>")
     parser.add_argument("--only", nargs="*", help="datasets to run (the report covers every finished run)")
     parser.add_argument("--methods", nargs="*", help="methods to run (default: all of the grid's)")
     parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: all of the grid's)")
@@ -373,7 +382,7 @@ def main() -> int:
     except (GridError, OSError, yaml.YAMLError) as exc:
         print(f"experiments: error: {exc}", file=sys.stderr)
         return 2
-    out = args.out or REPO / "runs" / "experiments" / grid["name"]
+    out = args.out or default_out(grid)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         unknown = set(args.methods or []) - set(grid["methods"])
