@@ -159,3 +159,15 @@ def test_a_wrong_grid_key_is_named(grid, tmp_path):
     bad.write_text(grid_file.read_text().replace("reference:", "referense:"))
     done = run(bad, tmp_path / "out")
     assert done.returncode == 2 and "unknown key(s) referense" in done.stderr
+
+
+@pytest.mark.parametrize("grid_file", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_committed_grid_asks_for_valid_jobs(grid_file, tmp_path):
+    """A mistyped override in a grid fails here, not hours into a run."""
+    grid = experiments.load_grid(grid_file)
+    for dataset, spec in grid["datasets"].items():
+        for method in grid["methods"]:
+            derived = experiments.evaluation_only(grid, method) or {"from": method, "eval": []}
+            overrides = experiments.training_overrides(grid, tmp_path, dataset, derived["from"], grid["seeds"][0])
+            # Raises ConfigError naming the key; a re-evaluation's settings go on top of its trained run's.
+            experiments.load_config(REPO / spec["config"], [*overrides, *derived["eval"]])
