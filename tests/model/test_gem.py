@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import dimerec_dist.model.gem as gem_module
 from dimerec_dist.model.gem import (ComiRecDR, ComiRecSA, LastKGEM, build_gem, hard_readout, interest_scores,
                                     masked_softmax, recency_positions)
 
@@ -56,6 +57,24 @@ def test_padded_positions_get_exactly_zero_attention():
     assert torch.all(attention[~mask] == 0), "padding must get zero weight"
     torch.testing.assert_close(attention.sum(dim=1), torch.ones(B, K))
     assert torch.all(attention[mask] > 0)
+
+
+def test_attention_on_real_positions_only_equals_the_dense_computation(monkeypatch):
+    """ComiRec-SA scores only the real positions (the dense path is what an export traces):
+    same weights and same gradients either way."""
+    history, mask, _ = batch()
+    torch.manual_seed(1)
+    sa = ComiRecSA(D, K, N)
+    results = []
+    for traced in (False, True):
+        monkeypatch.setattr(gem_module, "tracing", lambda traced=traced: traced)
+        leaf = history.clone().requires_grad_()
+        sa.zero_grad()
+        out = sa(leaf, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), leaf.grad, sa.w1.weight.grad.clone(), sa.positions.weight.grad.clone()))
+    for packed, dense in zip(*results):
+        torch.testing.assert_close(packed, dense)
 
 
 def test_masked_softmax_zeroes_masked_entries():
