@@ -87,7 +87,10 @@ class DimeRec(nn.Module):
         softmax = dict(temperature=c.temperature, cosine=c.cosine_logits, target_log_q=target_log_q,
                        negative_log_q=negative_log_q, reduction=reduction)
         zero = target.new_zeros(())
-        guidance = self.gem(self.history_dropout(history), mask)
+        if self.training and c.history_dropout > 0:
+            # Real positions only: the mask draw on padding (most of a short history's slots) is wasted.
+            history = history.index_put((mask,), self.history_dropout(history[mask]))
+        guidance = self.gem(history, mask)
 
         gem_loss = zero
         if c.gem_weight > 0:
