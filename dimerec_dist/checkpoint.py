@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 
-from dimerec_dist.config import ModelConfig
+from dimerec_dist.config import ConfigError, JobConfig, ModelConfig, config_from_dict, settings_changes
 
 log = logging.getLogger("dimerec.checkpoint")
 META_FILE = "meta.json"
@@ -127,6 +127,25 @@ def check_compatible(path: Path, num_items: int, model_config: ModelConfig) -> d
     if differ:
         raise CheckpointError(f"{path}: saved by a different model: {', '.join(differ)}")
     return meta
+
+
+def check_same_settings(path: Path, config: JobConfig, named: bool) -> None:
+    """Resuming a run with settings other than it was saved with would make one result of two
+    jobs. resume=auto refuses (it is what a restarted or re-launched job does unasked); a
+    checkpoint named in train.resume continues with the new settings, and the log says which."""
+    meta = read_meta(path)
+    try:
+        changes = settings_changes(config_from_dict(meta.get("config", {}), f"{path}/{META_FILE}"), config)
+    except ConfigError as exc:
+        changes = [f"its saved settings no longer load ({exc})"]
+    if not changes:
+        return
+    if named:
+        log.warning("resuming %s with other settings: %s", path, "; ".join(changes))
+        return
+    raise CheckpointError(f"{path}: saved with other settings than this job's: {'; '.join(changes)}. "
+                          f"Use a new --run-dir for the new settings, or name the checkpoint "
+                          f"(train.resume={path}) to continue it with them")
 
 
 def load_model(model, path: Path, num_items: int, model_config: ModelConfig) -> dict:

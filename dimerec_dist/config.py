@@ -366,3 +366,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def config_from_dict(values: Mapping[str, Any], source: str) -> JobConfig:
+    """A config saved as a dict (a checkpoint's meta.json), read with today's defaults for keys it lacks."""
+    config = JobConfig()
+    apply_mapping(config, values, source)
+    config.validate()
+    return config
+
+
+# Where a job reads, writes and logs, how the table is laid out over ranks, how fast it runs:
+# none of it changes what a run learns. Every other setting does.
+NOT_LEARNED = {("data", "path"), ("data", "source"), ("data", "raw_path"), ("train", "log_every"),
+               ("train", "checkpoint_every"), ("train", "keep_checkpoints"), ("train", "checkpoint_async"),
+               ("train", "resume"), ("train", "threads"), ("train", "device"), ("eval", "batch_size"),
+               ("sharding", "type"), ("sharding", "column_block")}
+
+
+def learned_settings(config: JobConfig) -> dict[str, Any]:
+    """The settings that decide a run's result, flat ("model.temperature": 0.07, ...)."""
+    flat = {}
+    for section, values in config_to_dict(config).items():
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            if (section, key) not in NOT_LEARNED:
+                flat[f"{section}.{key}" if key else section] = value
+    flat["eval.query"] = config.query_mode()  # "auto" is whichever mode it resolves to
+    return flat
+
+
+def settings_changes(before: JobConfig, now: JobConfig) -> list[str]:
+    """How two jobs' learned settings differ, as "key old -> new" ([] if they do not)."""
+    old, new = learned_settings(before), learned_settings(now)
+    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]

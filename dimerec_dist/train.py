@@ -29,7 +29,7 @@ import torch.distributed as dist
 import yaml
 
 from dimerec_dist.checkpoint import (CheckpointError, CheckpointManager, TrainingState, check_optimizer_layout,
-                                     load_model, save_model)
+                                     check_same_settings, load_model, save_model)
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
 from dimerec_dist.data.batch import NegativeSampler, make_batch
 from dimerec_dist.data.samples import EvaluationUsers
@@ -214,6 +214,13 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Resume: the newest complete checkpoint (resume=auto), or a named one. Checked before this
+    # job's config.yaml replaces the saved one, so a refused resume leaves the run as it was.
+    checkpoints = CheckpointManager(run_dir / "checkpoints", config.train.keep_checkpoints,
+                                    asynchronous=config.train.checkpoint_async)
+    resume_from = resume_path(config.train.resume, checkpoints)
+    if resume_from is not None:
+        check_same_settings(resume_from, config, named=config.train.resume != "auto")
     if ctx.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
@@ -250,11 +257,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
              len(epoch_steps), global_batch, global_batch // ctx.world_size, ctx.world_size, stream.plan.streams,
              config.data.backend)
 
-    # Resume: the newest complete checkpoint (resume=auto), or a named one.
-    checkpoints = CheckpointManager(run_dir / "checkpoints", config.train.keep_checkpoints,
-                                    asynchronous=config.train.checkpoint_async)
     state = TrainingState()
-    resume_from = resume_path(config.train.resume, checkpoints)
     if resume_from is not None:
         check_optimizer_layout(resume_from, config.sharding.type, resolved_column_block(
             config.sharding.column_block, config.model.embedding_dim, ctx.world_size))

@@ -111,6 +111,13 @@ def test_a_run_with_other_settings_is_moved_aside_and_run_again(grid, tmp_path):
     third = run(tmp_path / "grid.yaml", out)
     assert "dimerec_5_steps/seed-0 (its trained run is newer or missing)" in third.stdout
     assert "3 runs in the grid, 2 already done" in third.stdout
+    # An interrupted run (no final.json) the grid now asks other settings of is not resumed under them.
+    (out / "tiny" / "comirec_sa" / "seed-0" / "final.json").unlink()
+    (tmp_path / "grid.yaml").write_text(one_seed.replace("[model.recon_weight=0, model.ssm_weight=0]",
+                                                         "[model.recon_weight=0, model.ssm_weight=0, model.dropout=0.2]"))
+    fourth = run(tmp_path / "grid.yaml", out)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert "model.dropout 0.3 -> 0.2" in fourth.stdout and len(list((out / "tiny" / "comirec_sa").glob("seed-0.stale-*"))) == 2
 
 
 def test_methods_and_seeds_pick_what_runs_and_an_unknown_one_is_named(grid, tmp_path):

@@ -46,7 +46,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dimerec_dist.config import ConfigError, config_to_dict, load_config  # noqa: E402
+from dimerec_dist.config import ConfigError, load_config, settings_changes  # noqa: E402
 from dimerec_dist.significance import welch_t_test  # noqa: E402
 
 GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots",
@@ -115,47 +115,32 @@ def training_overrides(grid: dict, out: Path, dataset: str, method: str, seed: i
     return overrides
 
 
-# Settings that change where a run reads or logs, not what it learns.
-BOOKKEEPING = {("data", "path"), ("data", "source"), ("data", "raw_path"), ("train", "log_every"),
-               ("train", "checkpoint_every"), ("train", "keep_checkpoints"), ("train", "checkpoint_async"),
-               ("train", "resume"), ("train", "threads"), ("train", "device"), ("eval", "batch_size")}
-
-
-def _learned_settings(config) -> dict[str, object]:
-    flat = {}
-    for section, values in config_to_dict(config).items():
-        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
-            if (section, key) not in BOOKKEEPING:
-                flat[f"{section}.{key}" if key else section] = value
-    flat["eval.query"] = config.query_mode()  # "auto" is whichever mode it resolves to
-    return flat
-
-
 def changed_settings(grid: dict, out: Path, dataset: str, method: str, seed: int) -> list[str]:
-    """How a finished trained run's settings differ from what the grid asks now ([] if not at
-    all): the run's saved config.yaml read with today's defaults, against the grid's job."""
+    """How a trained run's settings differ from what the grid asks now ([] if not at all): the
+    run's saved config.yaml read with today's defaults, against the grid's job."""
     saved = run_dir(out, dataset, method, seed) / "config.yaml"
     if not saved.is_file():
         return ["no config.yaml saved"]
     try:
-        before = _learned_settings(load_config(saved))
+        before = load_config(saved)
     except ConfigError as exc:
         return [f"its config.yaml no longer loads: {exc}"]
-    now = _learned_settings(load_config(REPO / grid["datasets"][dataset]["config"],
-                                        training_overrides(grid, out, dataset, method, seed)))
-    return [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
-            if before.get(key) != now.get(key)]
+    now = load_config(REPO / grid["datasets"][dataset]["config"], training_overrides(grid, out, dataset, method, seed))
+    return settings_changes(before, now)
 
 
 def stale_reason(grid: dict, out: Path, dataset: str, method: str, seed: int) -> str:
-    """Why a finished run no longer answers what the grid asks ("" if it does, or is not finished):
-    a trained run's settings changed, or a re-evaluation's trained run is newer or gone."""
-    final = run_dir(out, dataset, method, seed) / "final.json"
-    if not final.is_file():
-        return ""
+    """Why a run no longer answers what the grid asks ("" if it does, or never started): a trained
+    run's settings changed (finished, or interrupted: resuming it would mix two settings), or a
+    re-evaluation's trained run is newer or gone."""
+    target = run_dir(out, dataset, method, seed)
+    final = target / "final.json"
     derived = evaluation_only(grid, method)
     if derived is None:
-        return ", ".join(changed_settings(grid, out, dataset, method, seed))
+        started = final.is_file() or (target / "config.yaml").is_file()
+        return ", ".join(changed_settings(grid, out, dataset, method, seed)) if started else ""
+    if not final.is_file():
+        return ""
     source = run_dir(out, dataset, derived["from"], seed) / "final.json"
     if not source.is_file() or source.stat().st_mtime > final.stat().st_mtime:
         return "its trained run is newer or missing"

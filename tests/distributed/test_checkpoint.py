@@ -3,6 +3,7 @@ types, refuses another model, and a half-written checkpoint is never picked up."
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,24 @@ def test_a_checkpoint_of_another_model_is_refused_before_the_first_step(uninterr
     assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "other" / "metrics.jsonl").exists() or "loss/total" not in (
         tmp_path / "other" / "metrics.jsonl").read_text()
+
+
+def test_resume_auto_refuses_other_settings_and_a_named_checkpoint_continues_with_a_warning(
+        uninterrupted, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "relaunched"
+    shutil.copytree(uninterrupted, run_dir)
+    saved_config = (run_dir / "config.yaml").read_text()
+    relaunch = ["--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}", "model.temperature=0.1")]
+    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", *relaunch], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "saved with other settings than this job's: model.temperature 0.07 -> 0.1" in done.stderr
+    assert (run_dir / "config.yaml").read_text() == saved_config, "a refused resume leaves the run as it was"
+    named = CheckpointManager(run_dir / "checkpoints").latest()
+    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", *relaunch, f"train.resume={named}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "with other settings: model.temperature 0.07 -> 0.1" in done.stderr and "resumed from" in done.stderr
 
 
 def test_only_complete_checkpoints_are_picked_and_the_last_k_are_kept(tmp_path):
