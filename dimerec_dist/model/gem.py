@@ -127,6 +127,9 @@ def gather_recent(history: Tensor, lengths: Tensor, count: int) -> Tensor:
     return torch.gather(history, 1, index.unsqueeze(-1).expand(-1, -1, history.shape[-1]))
 
 
+BUCKET_WIDTH = 8  # SASRec's length groups: histories of 1-8, 9-16, 17-32, ... items
+
+
 class SASRecGEM(nn.Module):
     """SASRec (Kang & McAuley 2018) as a GEM: a causal transformer over the history.
 
@@ -149,6 +152,23 @@ class SASRecGEM(nn.Module):
 
     def forward(self, history: Tensor, mask: Tensor) -> Tensor:
         lengths = check_history(history, mask)
+        n = history.shape[1]
+        if tracing():
+            return self.encode(history, mask, lengths)
+        # Histories grouped by length, each group cut to its longest: a history's outputs depend
+        # on its own items only (causal, padding masked), and a batch of mostly short histories
+        # padded to N would spend most of the attention and feed-forward work on padding.
+        out = history.new_empty(history.shape[0], self.num_interests, history.shape[-1])
+        shorter, width = 0, BUCKET_WIDTH
+        while shorter < n:
+            width = min(width, n)
+            rows = ((lengths > shorter) & (lengths <= width)).nonzero().squeeze(1)
+            if rows.numel():
+                out[rows] = self.encode(history[rows, :width], mask[rows, :width], lengths[rows])
+            shorter, width = width, 2 * width
+        return out
+
+    def encode(self, history: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
         n = history.shape[1]
         # Causal order runs oldest -> newest, so this position code counts from the start.
         x = self.dropout(history + self.positions.weight[:n].unsqueeze(0)) * mask.unsqueeze(-1)

@@ -77,6 +77,27 @@ def test_attention_on_real_positions_only_equals_the_dense_computation(monkeypat
         torch.testing.assert_close(packed, dense)
 
 
+def test_sasrec_by_length_groups_equals_one_padded_pass(monkeypatch):
+    """SASRec encodes histories in length groups, each cut to its longest (one padded pass is
+    what an export traces): same interests and same gradients either way."""
+    torch.manual_seed(2)
+    n = 40
+    lengths = torch.tensor([1, 3, 8, 9, 15, 16, 17, 33, 40, 2])
+    mask = torch.arange(n).unsqueeze(0) < lengths.unsqueeze(1)
+    history = torch.randn(len(lengths), n, D)
+    sasrec = build_gem("sasrec", D, K, n, dropout=0.0)
+    results = []
+    for traced in (False, True):
+        monkeypatch.setattr(gem_module, "tracing", lambda traced=traced: traced)
+        leaf = history.clone().requires_grad_()
+        sasrec.zero_grad()
+        out = sasrec(leaf, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), leaf.grad, sasrec.positions.weight.grad.clone()))
+    for grouped, padded in zip(*results):
+        torch.testing.assert_close(grouped, padded)
+
+
 def test_masked_softmax_zeroes_masked_entries():
     scores = torch.tensor([[5.0, 1.0, 9.0]])
     out = masked_softmax(scores, torch.tensor([[True, True, False]]), dim=1)
