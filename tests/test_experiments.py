@@ -150,6 +150,15 @@ def test_a_grid_sharing_runs_trains_a_method_both_name_once(grid, tmp_path):
     assert "| k1 |" not in (out / "report-smoke.md").read_text(), "each grid keeps its own report"
 
 
+def test_a_re_evaluation_of_the_reference_is_not_its_best_baseline():
+    run = lambda hr: {"hr@10": hr}  # noqa: E731
+    table = {"beauty": {"dimerec": [run(0.09), run(0.091)], "comirec_sa": [run(0.08), run(0.081)],
+                        "dimerec_more_steps": [run(0.095), run(0.096)]}}
+    grid = {"metrics": ["hr@10"], "reference": "dimerec",
+            "methods": {"dimerec": [], "comirec_sa": [], "dimerec_more_steps": {"from": "dimerec", "eval": []}}}
+    assert "HR@10: best baseline comirec_sa: 0.0805; dimerec 0.0905" in experiments.render(grid, table)
+
+
 def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():
     run = lambda valid, hr: {"valid ndcg@10": valid, "hr@10": hr, "ndcg@10": hr / 2}  # noqa: E731
     table = {"beauty": {"dimerec": [run(0.050, 0.070)], "popularity": [{"hr@10": 0.01, "ndcg@10": 0.005}],

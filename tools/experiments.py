@@ -249,7 +249,10 @@ def render(grid: dict, table: dict) -> str:
         if grid.get("purpose") == "tuning":
             lines += _chosen_on_validation(methods, metrics)
             continue
-        baselines = {m: r for m, r in methods.items() if m != reference}
+        # The reference's own re-evaluations (another query, more steps) are variants of it, not baselines.
+        variants = {m for m, spec in grid.get("methods", {}).items()
+                    if isinstance(spec, dict) and spec.get("from") == reference}
+        baselines = {m: r for m, r in methods.items() if m != reference and m not in variants}
         if reference in methods and baselines:
             for metric in metrics:
                 best = max(baselines, key=lambda m: statistics.mean(r[metric] for r in baselines[m]))
