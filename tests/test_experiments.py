@@ -122,10 +122,11 @@ def test_a_run_with_other_settings_is_moved_aside_and_run_again(grid, tmp_path):
 
 def test_methods_and_seeds_pick_what_runs_and_an_unknown_one_is_named(grid, tmp_path):
     _, grid_file = grid
-    done = run(grid_file, tmp_path / "out", "--methods", "comirec_sa", "--seeds", "1")
+    done = run(grid_file, tmp_path / "out", "--methods", "comirec_sa", "--seeds", "0")
     assert done.returncode == 0 and "1 runs in the grid, 0 already done" in done.stdout
     assert not (tmp_path / "out" / "tiny" / "dimerec").exists()
-    assert [p.name for p in (tmp_path / "out" / "tiny" / "comirec_sa").glob("seed-*") if p.is_dir()] == ["seed-1"]
+    assert [p.name for p in (tmp_path / "out" / "tiny" / "comirec_sa").glob("seed-*") if p.is_dir()] == ["seed-0"]
+    assert not (tmp_path / "out" / "smoke_losses_tiny.png").exists(), "a losses plot waits for every method it names"
     wrong = run(grid_file, tmp_path / "out", "--methods", "comirec")
     assert wrong.returncode == 2 and "--methods comirec: not in" in wrong.stderr
     wrong = run(grid_file, tmp_path / "out", "--seeds", "7")

@@ -311,23 +311,19 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
                 if spec.get("log_x"):
                     ax.set_xscale("log")
                 ax.legend(fontsize=8, loc="lower left")
-            else:  # losses
+            else:  # losses: a comparison, so drawn only once every method named has its run
+                seed = spec.get("seed", grid["seeds"][0])
+                files = [run_dir(out, dataset, m, seed) / "metrics.jsonl" for m in spec["methods"]]
+                if not all(f.is_file() for f in files):
+                    continue
                 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-                drawn = False
-                for method in spec["methods"]:
-                    metrics_file = run_dir(out, dataset, method, spec.get("seed", grid["seeds"][0])) / "metrics.jsonl"
-                    if not metrics_file.is_file():
-                        continue
+                for method, metrics_file in zip(spec["methods"], files):
                     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
                     rows = [r for r in rows if "loss/gem" in r]
                     for ax, loss in zip(axes, ("gem", "recon", "ssm")):
                         ax.plot([r["step"] for r in rows], [r[f"loss/{loss}"] for r in rows], label=method)
                         ax.set_title(f"L_{loss}")
                         ax.set_xlabel("step")
-                    drawn = True
-                if not drawn:
-                    plt.close(fig)
-                    continue
                 axes[0].legend(fontsize=8)
             fig.suptitle(f"{dataset}: {spec['title']}", fontsize=10)
             fig.tight_layout()
