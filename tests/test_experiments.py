@@ -158,6 +158,8 @@ def test_a_re_evaluation_of_the_reference_is_not_its_best_baseline():
     grid = {"metrics": ["hr@10"], "reference": "dimerec",
             "methods": {"dimerec": [], "comirec_sa": [], "dimerec_more_steps": {"from": "dimerec", "eval": []}}}
     assert "HR@10: best baseline comirec_sa: 0.0805; dimerec 0.0905" in experiments.render(grid, table)
+    grid["purpose"] = "ablation"
+    assert "HR@10: best variant comirec_sa: 0.0805" in experiments.render(grid, table)
 
 
 def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():

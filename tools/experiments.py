@@ -51,9 +51,10 @@ from dimerec_dist.significance import welch_t_test  # noqa: E402
 
 GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots",
              "purpose", "runs"}
-# comparison: the reference method against the best of the others (Welch's t-test);
+# comparison: the reference method against the best of the others, its baselines (Welch's t-test);
+# ablation: the same, the others being variants of the reference;
 # tuning: the others are candidate settings, and the one with the best validation NDCG@10 is named.
-PURPOSES = ("comparison", "tuning")
+PURPOSES = ("comparison", "ablation", "tuning")
 
 
 class GridError(ValueError):
@@ -249,16 +250,21 @@ def render(grid: dict, table: dict) -> str:
         if grid.get("purpose") == "tuning":
             lines += _chosen_on_validation(methods, metrics)
             continue
-        # The reference's own re-evaluations (another query, more steps) are variants of it, not baselines.
-        variants = {m for m, spec in grid.get("methods", {}).items()
+        # The reference's own re-evaluations (another query, more steps) are the reference itself
+        # under other inference settings, never what it is compared against; nor is popularity,
+        # shown beside an ablation, a variant of the reference.
+        excluded = {m for m, spec in grid.get("methods", {}).items()
                     if isinstance(spec, dict) and spec.get("from") == reference}
-        baselines = {m: r for m, r in methods.items() if m != reference and m not in variants}
+        if grid.get("purpose") == "ablation":
+            excluded.add("popularity")
+        baselines = {m: r for m, r in methods.items() if m != reference and m not in excluded}
         if reference in methods and baselines:
             for metric in metrics:
                 best = max(baselines, key=lambda m: statistics.mean(r[metric] for r in baselines[m]))
                 ours = [r[metric] for r in methods[reference]]
                 theirs = [r[metric] for r in baselines[best]]
-                verdict = f"best baseline {best}: {statistics.mean(theirs):.4f}; {reference} {statistics.mean(ours):.4f}"
+                kind = "variant" if grid.get("purpose") == "ablation" else "baseline"
+                verdict = f"best {kind} {best}: {statistics.mean(theirs):.4f}; {reference} {statistics.mean(ours):.4f}"
                 if len(ours) > 1 and len(theirs) > 1:
                     test = welch_t_test(ours, theirs)
                     verdict += f"; Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p_two_sided:.3g}"
