@@ -59,43 +59,35 @@ def test_padded_positions_get_exactly_zero_attention():
     assert torch.all(attention[mask] > 0)
 
 
-def test_attention_on_real_positions_only_equals_the_dense_computation(monkeypatch):
-    """ComiRec-SA scores only the real positions (the dense path is what an export traces):
-    same weights and same gradients either way."""
-    history, mask, _ = batch()
-    torch.manual_seed(1)
-    sa = ComiRecSA(D, K, N)
+def assert_fast_path_matches_traced_path(monkeypatch, gem, history, mask):
+    """The eager fast path and the padded path an export traces: same output, same gradients
+    (to the history and to every parameter)."""
     results = []
     for traced in (False, True):
         monkeypatch.setattr(gem_module, "tracing", lambda traced=traced: traced)
         leaf = history.clone().requires_grad_()
-        sa.zero_grad()
-        out = sa(leaf, mask)
+        gem.zero_grad()
+        out = gem(leaf, mask)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append((out.detach(), leaf.grad, sa.w1.weight.grad.clone(), sa.positions.weight.grad.clone()))
-    for packed, dense in zip(*results):
-        torch.testing.assert_close(packed, dense)
+        results.append([out.detach(), leaf.grad] + [p.grad.clone() for p in gem.parameters()])
+    for fast, traced in zip(*results):
+        torch.testing.assert_close(fast, traced)
+
+
+def test_comirec_sa_scores_real_positions_only_and_equals_the_dense_computation(monkeypatch):
+    history, mask, _ = batch()
+    torch.manual_seed(1)
+    assert_fast_path_matches_traced_path(monkeypatch, ComiRecSA(D, K, N), history, mask)
 
 
 def test_sasrec_by_length_groups_equals_one_padded_pass(monkeypatch):
-    """SASRec encodes histories in length groups, each cut to its longest (one padded pass is
-    what an export traces): same interests and same gradients either way."""
+    """Groups of 1-8, 9-16, 17-32 and 33-40 items, each cut to its longest."""
     torch.manual_seed(2)
     n = 40
     lengths = torch.tensor([1, 3, 8, 9, 15, 16, 17, 33, 40, 2])
     mask = torch.arange(n).unsqueeze(0) < lengths.unsqueeze(1)
-    history = torch.randn(len(lengths), n, D)
     sasrec = build_gem("sasrec", D, K, n, dropout=0.0)
-    results = []
-    for traced in (False, True):
-        monkeypatch.setattr(gem_module, "tracing", lambda traced=traced: traced)
-        leaf = history.clone().requires_grad_()
-        sasrec.zero_grad()
-        out = sasrec(leaf, mask)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append((out.detach(), leaf.grad, sasrec.positions.weight.grad.clone()))
-    for grouped, padded in zip(*results):
-        torch.testing.assert_close(grouped, padded)
+    assert_fast_path_matches_traced_path(monkeypatch, sasrec, torch.randn(len(lengths), n, D), mask)
 
 
 def test_masked_softmax_zeroes_masked_entries():
