@@ -346,7 +346,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults, then the YAML file, then each override in order; validated at the end."""
     import yaml
 
-    config = JobConfig()
+    values: Mapping[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -357,21 +357,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
         if not isinstance(values, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        apply_mapping(config, values, str(path))
-    for text in overrides:
-        apply_mapping(config, parse_override(text), f"override {text!r}")
-    config.validate()
-    return config
+    return config_from_dict(values, str(path), overrides)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def config_from_dict(values: Mapping[str, Any], source: str) -> JobConfig:
-    """A config saved as a dict (a checkpoint's meta.json), read with today's defaults for keys it lacks."""
+def config_from_dict(values: Mapping[str, Any], source: str, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Defaults, then `values` (a YAML file's, or a checkpoint's saved config: keys it lacks keep
+    today's defaults), then each key=value override in order; validated at the end."""
     config = JobConfig()
     apply_mapping(config, values, source)
+    for text in overrides:
+        apply_mapping(config, parse_override(text), f"override {text!r}")
     config.validate()
     return config
 

@@ -214,13 +214,16 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Resume: the newest complete checkpoint (resume=auto), or a named one. Checked before this
-    # job's config.yaml replaces the saved one, so a refused resume leaves the run as it was.
+    # Resume: the newest complete checkpoint (resume=auto), or a named one. Checked against this
+    # job (settings, table optimizer layout) before its config.yaml replaces the saved one, so a
+    # refused resume leaves the run as it was.
     checkpoints = CheckpointManager(run_dir / "checkpoints", config.train.keep_checkpoints,
                                     asynchronous=config.train.checkpoint_async)
     resume_from = resume_path(config.train.resume, checkpoints)
     if resume_from is not None:
         check_same_settings(resume_from, config, named=config.train.resume != "auto")
+        check_optimizer_layout(resume_from, config.sharding.type, resolved_column_block(
+            config.sharding.column_block, config.model.embedding_dim, ctx.world_size))
     if ctx.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
@@ -259,8 +262,6 @@ def train(config: JobConfig, run_dir: Path) -> dict:
 
     state = TrainingState()
     if resume_from is not None:
-        check_optimizer_layout(resume_from, config.sharding.type, resolved_column_block(
-            config.sharding.column_block, config.model.embedding_dim, ctx.world_size))
         state, dense = CheckpointManager.load(resume_from, model, manifest.num_items, config.model)
         optimizer.load_state_dict(dense["optimizer"])
         schedule.load_state_dict(dense["schedule"])

@@ -253,9 +253,10 @@ def render(grid: dict, table: dict) -> str:
         # The reference's own re-evaluations (another query, more steps) are the reference itself
         # under other inference settings, never what it is compared against; nor is popularity,
         # shown beside an ablation, a variant of the reference.
+        ablation = grid.get("purpose") == "ablation"
         excluded = {m for m, spec in grid.get("methods", {}).items()
                     if isinstance(spec, dict) and spec.get("from") == reference}
-        if grid.get("purpose") == "ablation":
+        if ablation:
             excluded.add("popularity")
         baselines = {m: r for m, r in methods.items() if m != reference and m not in excluded}
         if reference in methods and baselines:
@@ -263,8 +264,7 @@ def render(grid: dict, table: dict) -> str:
                 best = max(baselines, key=lambda m: statistics.mean(r[metric] for r in baselines[m]))
                 ours = [r[metric] for r in methods[reference]]
                 theirs = [r[metric] for r in baselines[best]]
-                kind = "variant" if grid.get("purpose") == "ablation" else "baseline"
-                verdict = f"best {kind} {best}: {statistics.mean(theirs):.4f}; {reference} {statistics.mean(ours):.4f}"
+                verdict = f"best {'variant' if ablation else 'baseline'} {best}: {statistics.mean(theirs):.4f}; {reference} {statistics.mean(ours):.4f}"
                 if len(ours) > 1 and len(theirs) > 1:
                     test = welch_t_test(ours, theirs)
                     verdict += f"; Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p_two_sided:.3g}"
@@ -375,16 +375,12 @@ def main() -> int:
     out = args.out or default_out(grid)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        unknown = set(args.methods or []) - set(grid["methods"])
-        if unknown:
-            print(f"experiments: error: --methods {', '.join(sorted(unknown))}: not in {args.grid} "
-                  f"(its methods: {', '.join(grid['methods'])})", file=sys.stderr)
-            return 2
-        strange = set(args.seeds or []) - set(grid["seeds"])
-        if strange:
-            print(f"experiments: error: --seeds {', '.join(map(str, sorted(strange)))}: not in {args.grid} "
-                  f"(its seeds: {', '.join(map(str, grid['seeds']))})", file=sys.stderr)
-            return 2
+        for flag, asked, known in (("methods", args.methods, grid["methods"]), ("seeds", args.seeds, grid["seeds"])):
+            unknown = sorted(set(asked or []) - set(known))
+            if unknown:
+                print(f"experiments: error: --{flag} {', '.join(map(str, unknown))}: not in {args.grid} "
+                      f"(its {flag}: {', '.join(map(str, known))})", file=sys.stderr)
+                return 2
         run_grid(grid, out, args.only, args.methods, args.seeds)
     table = collect(grid, out)
     text = render(grid, table)

@@ -69,8 +69,8 @@ class ComiRecSA(nn.Module):
         if tracing():
             scores = self.w2(torch.tanh(self.w1(keyed)))
         else:
-            # The MLP on real positions only: short histories padded to N (Beauty: 8 items a
-            # sample in 50 slots) would otherwise spend most of the GEM's time on padding.
+            # The MLP on real positions only: short histories padded to N (Beauty has about 9
+            # items a user for N = 50) would otherwise spend most of the GEM's time on padding.
             scores = keyed.new_zeros(*mask.shape, self.num_interests)
             scores[mask] = self.w2(torch.tanh(self.w1(keyed[mask])))
         return masked_softmax(scores, mask.unsqueeze(-1), dim=1)
