@@ -3,6 +3,7 @@ dimerec_dist/significance.py gives the textbook p-values."""
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ plots:
   - {kind: curve, name: steps, title: steps, xlabel: steps, x: [1, 5], methods: [dimerec, dimerec_5_steps],
      metrics: [hr@10]}
   - {kind: losses, name: losses, title: losses, methods: [dimerec, comirec_sa]}
+  - {kind: bars, name: comparison, title: test, metrics: [hr@10, ndcg@10]}
 """
 
 
@@ -99,7 +101,7 @@ def test_the_grid_runs_reports_and_resumes(grid, finished):
     hr = [json.loads((root / "out" / "tiny" / "dimerec" / f"seed-{s}" / "final.json").read_text())["test"]["hr@10"]
           for s in (0, 1)]
     assert f"{sum(hr) / 2:.4f} +- " in report
-    for name in ("smoke_steps_tiny.png", "smoke_losses_tiny.png"):
+    for name in ("smoke_steps_tiny.png", "smoke_losses_tiny.png", "smoke_comparison_tiny.png"):
         assert (root / "out" / name).stat().st_size > 5_000 and f"]({name})" in report
     again = run(grid_file, root / "out")
     assert "6 runs in the grid, 6 already done" in again.stdout
@@ -192,6 +194,20 @@ def test_a_wrong_grid_key_is_named(grid, tmp_path):
     bad.write_text(grid_file.read_text().replace("reference:", "referense:"))
     done = run(bad, tmp_path / "out")
     assert done.returncode == 2 and "unknown key(s) referense" in done.stderr
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("kind: bars", "kind: bar", "kind must be one of curve, losses, bars"),
+    ("kind: bars, name: comparison, title: test, metrics: [hr@10, ndcg@10]", "kind: bars, name: comparison",
+     "plot 'comparison': missing metrics, title"),
+    ("methods: [dimerec, comirec_sa]}", "methods: [dimerec, comirec]}", "plot 'losses': method(s) comirec not in"),
+])
+def test_a_wrong_plot_is_named_before_anything_runs(grid, tmp_path, old, new, message):
+    _, grid_file = grid
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(grid_file.read_text().replace(old, new))
+    with pytest.raises(experiments.GridError, match=re.escape(message)):
+        experiments.load_grid(bad)
 
 
 @pytest.mark.parametrize("grid_file", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)

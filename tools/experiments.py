@@ -55,6 +55,8 @@ GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metr
 # ablation: the same, the others being variants of the reference;
 # tuning: the others are candidate settings, and the one with the best validation NDCG@10 is named.
 PURPOSES = ("comparison", "ablation", "tuning")
+# A plot's kind and the keys it needs besides name and title (see plot()).
+PLOT_KEYS = {"curve": {"x", "xlabel", "methods", "metrics"}, "losses": {"methods"}, "bars": {"metrics"}}
 
 
 class GridError(ValueError):
@@ -83,6 +85,17 @@ def load_grid(path: Path) -> dict:
                             f"eval: [overrides]}}")
         if not isinstance(spec, (dict, list)):
             raise GridError(f"{path}: method {name!r}: a list of config overrides, or {{from: ..., eval: [...]}}")
+    for spec in grid.get("plots", []):
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind not in PLOT_KEYS:
+            raise GridError(f"{path}: plot {spec!r}: kind must be one of {', '.join(PLOT_KEYS)}")
+        missing = ({"name", "title"} | PLOT_KEYS[kind]) - set(spec)
+        if missing:
+            raise GridError(f"{path}: plot {spec.get('name', kind)!r}: missing {', '.join(sorted(missing))}")
+        unknown_methods = set(spec.get("methods", [])) - set(grid["methods"])
+        if unknown_methods:
+            raise GridError(f"{path}: plot {spec['name']!r}: method(s) {', '.join(sorted(unknown_methods))} "
+                            f"not in the grid")
     grid.setdefault("purpose", "comparison")
     if grid["purpose"] not in PURPOSES:
         raise GridError(f"{path}: purpose {grid['purpose']!r} is not one of {', '.join(PURPOSES)}")
@@ -284,9 +297,34 @@ def _chosen_on_validation(methods: dict, metrics: list[str]) -> list[str]:
     return [f"- Chosen on validation NDCG@10: **{best}** ({scored[best]:.4f}); its test: {tested}", ""]
 
 
+def _bars(ax, grid: dict, methods: dict, metrics: list[str]) -> None:
+    """Grouped bars, one group per method (the reference first, outlined), one bar per metric:
+    the mean over seeds with its standard deviation, and every seed as a dot."""
+    names = list(methods)
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(names))]
+        runs = [[r[metric] for r in methods[m] if metric in r] for m in names]
+        means = [statistics.mean(v) if v else 0 for v in runs]
+        spread = [statistics.stdev(v) if len(v) > 1 else 0 for v in runs]
+        bars = ax.bar(xs, means, width, yerr=spread, capsize=2, label=metric.upper())
+        for bar, name in zip(bars, names):
+            if name == grid["reference"]:
+                bar.set_edgecolor("black")
+                bar.set_linewidth(1.2)
+        for x, values in zip(xs, runs):
+            ax.plot([x] * len(values), values, "k.", markersize=3)
+    ax.set_xticks(range(len(names)), [f"{m}\n({len(methods[m])} seeds)" for m in names], rotation=30, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("test")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
+    ax.legend(fontsize=8, ncols=len(metrics), loc="upper right")
+
+
 def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
     """The grid's `plots`: `curve` (a metric, and ms/user if reported, against an x value per
-    method, mean and spread over seeds) or `losses` (training losses of some methods, one seed).
+    method, mean and spread over seeds), `losses` (training losses of some methods, one seed) or
+    `bars` (every method's test metrics side by side, mean, spread and seeds).
     One PNG per plot and dataset in `figures`; returns Markdown image lines."""
     import matplotlib
 
@@ -317,6 +355,11 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
                 if spec.get("log_x"):
                     ax.set_xscale("log")
                 ax.legend(fontsize=8, loc="lower left")
+            elif spec["kind"] == "bars":
+                if len(methods) < 2:
+                    continue
+                fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 2.5, 3.8))
+                _bars(ax, grid, methods, spec["metrics"])
             else:  # losses: a comparison, so drawn only once every method named has its run
                 seed = spec.get("seed", grid["seeds"][0])
                 files = [run_dir(out, dataset, m, seed) / "metrics.jsonl" for m in spec["methods"]]
