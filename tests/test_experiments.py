@@ -178,6 +178,15 @@ def test_a_re_evaluation_of_the_reference_is_not_its_best_baseline():
     assert "HR@10: best variant comirec_sa: 0.0805" in experiments.render(grid, table)
 
 
+def test_a_curve_is_drawn_over_the_seeds_every_point_has():
+    run = lambda seed, hr: {"hr@10": hr, "seed": seed}  # noqa: E731
+    methods = {"dimerec": [run(0, 0.090), run(1, 0.095), run(2, 0.080)], "steps_5": [run(0, 0.087)]}
+    spec = {"x": [1, 5, 50], "methods": ["dimerec", "steps_5", "steps_50"]}
+    assert experiments.curve_points(spec, methods) == [(1, [run(0, 0.090)]), (5, [run(0, 0.087)])]
+    methods["steps_5"] = [run(3, 0.087)]
+    assert experiments.curve_points(spec, methods) == [], "no seed in common: nothing to draw"
+
+
 def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():
     run = lambda valid, hr: {"valid ndcg@10": valid, "hr@10": hr, "ndcg@10": hr / 2}  # noqa: E731
     table = {"beauty": {"dimerec": [run(0.050, 0.070)], "popularity": [{"hr@10": 0.01, "ndcg@10": 0.005}],

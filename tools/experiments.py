@@ -227,10 +227,10 @@ def collect(grid: dict, out: Path) -> dict:
                     diversity = result.get("diversity", {})
                     selection = {"valid ndcg@10": result["valid"]["ndcg@10"]} if "ndcg@10" in result["valid"] else {}
                     table.setdefault(dataset, {}).setdefault(method, []).append(
-                        {**result["test"], **diversity.get("test", {}), **extra, **selection})
+                        {**result["test"], **diversity.get("test", {}), **extra, **selection, "seed": seed})
                     if method == grid["reference"]:
                         table[dataset].setdefault("popularity", []).append(
-                            {**result["popularity"]["test"], **diversity.get("popularity", {})})
+                            {**result["popularity"]["test"], **diversity.get("popularity", {}), "seed": seed})
     return table
 
 
@@ -297,6 +297,16 @@ def _chosen_on_validation(methods: dict, metrics: list[str]) -> list[str]:
     return [f"- Chosen on validation NDCG@10: **{best}** ({scored[best]:.4f}); its test: {tested}", ""]
 
 
+def curve_points(spec: dict, methods: dict) -> list[tuple[float, list[dict]]]:
+    """(x, runs) for each of a curve's methods that has runs, over the seeds all of them have:
+    a point averaging 3 seeds beside points of 1 would draw the seeds' spread as an effect of x."""
+    points = [(x, methods[m]) for x, m in zip(spec["x"], spec["methods"]) if m in methods]
+    if not points:
+        return []
+    common = set.intersection(*({r["seed"] for r in runs} for _, runs in points))
+    return [(x, [r for r in runs if r["seed"] in common]) for x, runs in points] if common else []
+
+
 def _bars(ax, grid: dict, methods: dict, metrics: list[str]) -> None:
     """Grouped bars, one group per method (the reference first, outlined), one bar per metric:
     the mean over seeds with its standard deviation, and every seed as a dot."""
@@ -336,7 +346,7 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
         for dataset, methods in table.items():
             name = f"{grid['name']}_{spec['name']}_{dataset}.png"
             if spec["kind"] == "curve":
-                points = [(x, methods[m]) for x, m in zip(spec["x"], spec["methods"]) if m in methods]
+                points = curve_points(spec, methods)
                 if len(points) < 2:
                     continue
                 fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -354,7 +364,7 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
                     twin.set_ylabel("evaluation ms per user (dashed)")
                 if spec.get("log_x"):
                     ax.set_xscale("log")
-                ax.legend(fontsize=8, loc="lower left")
+                ax.legend(fontsize=8, loc="best")
             elif spec["kind"] == "bars":
                 if len(methods) < 2:
                     continue
