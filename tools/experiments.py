@@ -308,7 +308,7 @@ def curve_points(spec: dict, methods: dict) -> list[tuple[float, list[dict]]]:
 
 
 def _bars(ax, grid: dict, methods: dict, metrics: list[str]) -> None:
-    """Grouped bars, one group per method (the reference first, outlined), one bar per metric:
+    """Grouped bars, one group per method (the reference outlined), one bar per metric:
     the mean over seeds with its standard deviation, and every seed as a dot."""
     names = list(methods)
     width = 0.8 / len(metrics)
