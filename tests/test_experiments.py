@@ -74,9 +74,10 @@ def run(grid, out, *extra):
 @pytest.fixture(scope="module")
 def finished(grid):
     """The smoke grid run once; tests that change it work on a copy of this tree (each tiny run is a
-    torchrun launch, ~8 s of imports on 2 cores: training them once keeps the suite short)."""
+    torchrun launch, most of it imports: training them once keeps the suite short)."""
     root, grid_file = grid
     done = run(grid_file, root / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
     return root / "out", done
 
 
@@ -89,8 +90,8 @@ def copy_of(finished, tmp_path):
 def test_the_grid_runs_reports_and_resumes(grid, finished):
     root, grid_file = grid
     done = finished[1]
-    assert done.returncode == 0, done.stderr[-3000:]
     assert "6 runs in the grid, 0 already done" in done.stdout
+    assert "tiny dimerec seed 0 done in " in done.stdout, "each run's own time is printed"
     report = (root / "out" / "report-smoke.md").read_text()
     assert "| **dimerec** | 2 |" in report and "| comirec_sa | 2 |" in report and "| popularity | 2 |" in report
     assert "Welch t =" in report and "best baseline" in report
@@ -101,6 +102,7 @@ def test_the_grid_runs_reports_and_resumes(grid, finished):
     hr = [json.loads((root / "out" / "tiny" / "dimerec" / f"seed-{s}" / "final.json").read_text())["test"]["hr@10"]
           for s in (0, 1)]
     assert f"{sum(hr) / 2:.4f} +- " in report
+    assert f"(by seed: dimerec 0: {hr[0]:.4f}, 1: {hr[1]:.4f}; " in report, "the seeds behind the t-test"
     for name in ("smoke_steps_tiny.png", "smoke_losses_tiny.png", "smoke_comparison_tiny.png"):
         assert (root / "out" / name).stat().st_size > 5_000 and f"]({name})" in report
     again = run(grid_file, root / "out")
@@ -187,6 +189,22 @@ def test_a_curve_is_drawn_over_the_seeds_every_point_has():
     assert experiments.curve_points(spec, methods) == [], "no seed in common: nothing to draw"
 
 
+def test_the_bars_are_each_methods_mean_with_its_spread():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = lambda hr, ndcg: {"hr@10": hr, "ndcg@10": ndcg}  # noqa: E731
+    methods = {"dimerec": [run(0.09, 0.05), run(0.10, 0.06)], "comirec_sa": [run(0.08, 0.04)]}
+    fig, ax = plt.subplots()
+    experiments._bars(ax, {"reference": "dimerec"}, methods, ["hr@10", "ndcg@10"])
+    # Bars are drawn metric by metric: HR@10 of each method, then NDCG@10 of each.
+    assert [round(b.get_height(), 6) for b in ax.patches] == [0.095, 0.08, 0.055, 0.04]
+    assert [b.get_linewidth() for b in ax.patches][::2] == [1.2, 1.2], "the reference is outlined"
+    plt.close(fig)
+
+
 def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():
     run = lambda valid, hr: {"valid ndcg@10": valid, "hr@10": hr, "ndcg@10": hr / 2}  # noqa: E731
     table = {"beauty": {"dimerec": [run(0.050, 0.070)], "popularity": [{"hr@10": 0.01, "ndcg@10": 0.005}],
@@ -210,6 +228,7 @@ def test_a_wrong_grid_key_is_named(grid, tmp_path):
     ("kind: bars, name: comparison, title: test, metrics: [hr@10, ndcg@10]", "kind: bars, name: comparison",
      "plot 'comparison': missing metrics, title"),
     ("methods: [dimerec, comirec_sa]}", "methods: [dimerec, comirec]}", "plot 'losses': method(s) comirec not in"),
+    ("x: [1, 5]", "x: [1, 5, 10]", "plot 'steps': 3 x values for 2 methods"),
 ])
 def test_a_wrong_plot_is_named_before_anything_runs(grid, tmp_path, old, new, message):
     _, grid_file = grid

@@ -92,6 +92,9 @@ def load_grid(path: Path) -> dict:
         missing = ({"name", "title"} | PLOT_KEYS[kind]) - set(spec)
         if missing:
             raise GridError(f"{path}: plot {spec.get('name', kind)!r}: missing {', '.join(sorted(missing))}")
+        if kind == "curve" and len(spec["x"]) != len(spec["methods"]):
+            raise GridError(f"{path}: plot {spec['name']!r}: {len(spec['x'])} x values for "
+                            f"{len(spec['methods'])} methods")
         unknown_methods = set(spec.get("methods", [])) - set(grid["methods"])
         if unknown_methods:
             raise GridError(f"{path}: plot {spec['name']!r}: method(s) {', '.join(sorted(unknown_methods))} "
@@ -206,11 +209,13 @@ def run_grid(grid: dict, out: Path, only: list[str] | None, methods: list[str] |
     print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} already done", flush=True)
     started = time.time()
     for index, job in enumerate(todo):
+        began = time.time()
         run_one(grid, out, *job)
         spent = time.time() - started
         eta = spent / (index + 1) * (len(todo) - index - 1)
-        print(f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done | {spent / 60:.1f} min elapsed, "
-              f"ETA {eta / 60:.1f} min", flush=True)
+        print(f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done in "
+              f"{(time.time() - began) / 60:.1f} min | {spent / 60:.1f} min elapsed, ETA {eta / 60:.1f} min",
+              flush=True)
 
 
 def collect(grid: dict, out: Path) -> dict:
@@ -247,6 +252,14 @@ def _cell(values: list[float], digits: int = 4) -> str:
 
 def render(grid: dict, table: dict) -> str:
     metrics, reference = grid["metrics"], grid["reference"]
+    # The reference's own re-evaluations (another query, more steps) are the reference itself
+    # under other inference settings, never what it is compared against; nor is popularity,
+    # shown beside an ablation, a variant of the reference.
+    ablation = grid.get("purpose") == "ablation"
+    excluded = {m for m, spec in grid.get("methods", {}).items()
+                if isinstance(spec, dict) and spec.get("from") == reference}
+    if ablation:
+        excluded.add("popularity")
     lines = []
     for dataset, methods in table.items():
         extras = [c for c in EXTRA_COLUMNS if any(c in r for runs in methods.values() for r in runs)]
@@ -263,27 +276,27 @@ def render(grid: dict, table: dict) -> str:
         if grid.get("purpose") == "tuning":
             lines += _chosen_on_validation(methods, metrics)
             continue
-        # The reference's own re-evaluations (another query, more steps) are the reference itself
-        # under other inference settings, never what it is compared against; nor is popularity,
-        # shown beside an ablation, a variant of the reference.
-        ablation = grid.get("purpose") == "ablation"
-        excluded = {m for m, spec in grid.get("methods", {}).items()
-                    if isinstance(spec, dict) and spec.get("from") == reference}
-        if ablation:
-            excluded.add("popularity")
         baselines = {m: r for m, r in methods.items() if m != reference and m not in excluded}
         if reference in methods and baselines:
             for metric in metrics:
                 best = max(baselines, key=lambda m: statistics.mean(r[metric] for r in baselines[m]))
                 ours = [r[metric] for r in methods[reference]]
                 theirs = [r[metric] for r in baselines[best]]
-                verdict = f"best {'variant' if ablation else 'baseline'} {best}: {statistics.mean(theirs):.4f}; {reference} {statistics.mean(ours):.4f}"
+                verdict = (f"best {'variant' if ablation else 'baseline'} {best}: {statistics.mean(theirs):.4f}; "
+                           f"{reference} {statistics.mean(ours):.4f}")
                 if len(ours) > 1 and len(theirs) > 1:
                     test = welch_t_test(ours, theirs)
-                    verdict += f"; Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p_two_sided:.3g}"
+                    verdict += (f"; Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p_two_sided:.3g} "
+                                f"(by seed: {reference} {_by_seed(methods[reference], metric)}; "
+                                f"{best} {_by_seed(baselines[best], metric)})")
                 lines.append(f"- {metric.upper()}: {verdict}")
             lines.append("")
     return "\n".join(lines)
+
+
+def _by_seed(runs: list[dict], metric: str) -> str:
+    """"0: 0.0910, 1: 0.0926, ...": the seeds behind a mean, so a reader sees what the t-test saw."""
+    return ", ".join(f"{r['seed']}: {r[metric]:.4f}" if "seed" in r else f"{r[metric]:.4f}" for r in runs)
 
 
 def _chosen_on_validation(methods: dict, metrics: list[str]) -> list[str]:
