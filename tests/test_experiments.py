@@ -138,6 +138,24 @@ def test_a_run_with_other_settings_is_moved_aside_and_run_again(grid, finished, 
     assert "model.dropout 0.3 -> 0.2" in fourth.stdout and len(list((out / "tiny" / "comirec_sa").glob("seed-0.stale-*"))) == 2
 
 
+def test_the_report_leaves_out_runs_made_with_other_settings_and_names_them(grid, finished, tmp_path):
+    root, grid_file = grid
+    out = copy_of(finished, tmp_path)
+    # A default moved after the runs finished: comirec_sa's runs no longer answer the grid.
+    (tmp_path / "grid.yaml").write_text(grid_file.read_text().replace(
+        "[model.recon_weight=0, model.ssm_weight=0]", "[model.recon_weight=0, model.ssm_weight=0, model.dropout=0.3]"))
+    report = run(tmp_path / "grid.yaml", out, "--report-only")
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in report.stdout.splitlines() if line.startswith("| ")}
+    assert "comirec_sa" not in rows and rows["**dimerec**"].split("|")[2].strip() == "2"
+    assert "- model.dropout 0.1 -> 0.3: tiny comirec_sa seed 0, tiny comirec_sa seed 1" in report.stdout
+    # A re-evaluation older than its retrained source is left out too; nothing was moved or trained.
+    (out / "tiny" / "dimerec" / "seed-1" / "final.json").touch()
+    report = run(tmp_path / "grid.yaml", out, "--report-only")
+    assert "- its trained run is newer or missing: tiny dimerec_5_steps seed 1" in report.stdout
+    assert not list(out.glob("tiny/*/seed-*.stale-*"))
+
+
 def test_methods_and_seeds_pick_what_runs_and_an_unknown_one_is_named(grid, tmp_path):
     _, grid_file = grid
     done = run(grid_file, tmp_path / "out", "--methods", "comirec_sa", "--seeds", "0")

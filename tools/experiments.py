@@ -24,7 +24,8 @@ The report (OUT/report-<grid name>.md, and the grid's `report` file if given, be
 deviation over the seeds for every method and for popularity (with the test pass's ms
 per user, and on synthetic logs the diversity of the top-50: distinct categories and
 intra-list distance), the best baseline per metric, and Welch's t-test of the reference
-method against it (dimerec_dist/significance.py).
+method against it (dimerec_dist/significance.py). Finished runs that no longer answer what
+the grid asks are named under the table, never averaged into it.
 Runs are selected on validation only: each run keeps its best epoch on validation NDCG@10,
 and nothing in the grid is tuned on test.
 """
@@ -218,15 +219,22 @@ def run_grid(grid: dict, out: Path, only: list[str] | None, methods: list[str] |
               flush=True)
 
 
-def collect(grid: dict, out: Path) -> dict:
-    """{dataset: {method: [one dict per seed]}}, finished runs only: the test metrics, plus
-    ms/user and diversity where the run has them. Popularity comes with the reference's runs."""
+def collect(grid: dict, out: Path) -> tuple[dict, dict[str, list[str]]]:
+    """({dataset: {method: [one dict per seed]}}, left out): finished runs only: the test metrics,
+    plus ms/user and diversity where the run has them. Popularity comes with the reference's runs.
+    A finished run that no longer answers what the grid asks (made before a default moved) is left
+    out of the table, never averaged with current ones: left out maps each reason to its runs."""
     table: dict[str, dict[str, list[dict]]] = {}
+    left_out: dict[str, list[str]] = {}
     for dataset in grid["datasets"]:
         for method in grid["methods"]:
             for seed in grid["seeds"]:
                 final = run_dir(out, dataset, method, seed) / "final.json"
                 if final.is_file():
+                    why = stale_reason(grid, out, dataset, method, seed)
+                    if why:
+                        left_out.setdefault(why, []).append(f"{dataset} {method} seed {seed}")
+                        continue
                     result = json.loads(final.read_text())
                     extra = {"ms/user": result["latency"]["ms_per_user"]} if "latency" in result else {}
                     diversity = result.get("diversity", {})
@@ -236,7 +244,16 @@ def collect(grid: dict, out: Path) -> dict:
                     if method == grid["reference"]:
                         table[dataset].setdefault("popularity", []).append(
                             {**result["popularity"]["test"], **diversity.get("popularity", {}), "seed": seed})
-    return table
+    return table, left_out
+
+
+def render_left_out(left_out: dict[str, list[str]]) -> str:
+    if not left_out:
+        return ""
+    lines = ["Left out: finished runs made with other settings than the grid asks now (running the grid "
+             "moves them aside and runs them again):"]
+    lines += [f"- {why}: {', '.join(runs)}" for why, runs in left_out.items()]
+    return "\n".join(lines) + "\n"
 
 
 # Shown where runs report them. "valid ndcg@10" is what settings are chosen by; the rest is test.
@@ -448,8 +465,8 @@ def main() -> int:
                       f"(its {flag}: {', '.join(map(str, known))})", file=sys.stderr)
                 return 2
         run_grid(grid, out, args.only, args.methods, args.seeds)
-    table = collect(grid, out)
-    text = render(grid, table)
+    table, left_out = collect(grid, out)
+    text = render(grid, table) + "\n" + render_left_out(left_out)
     # Figures go beside the report they are linked from (docs/ for the committed grids).
     figures = (REPO / grid["report"]).parent if grid.get("report") else out
     images = plot(grid, out, table, figures)
