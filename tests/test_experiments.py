@@ -149,6 +149,7 @@ def test_the_report_leaves_out_runs_made_with_other_settings_and_names_them(grid
     rows = {line.split("|")[1].strip(): line for line in report.stdout.splitlines() if line.startswith("| ")}
     assert "comirec_sa" not in rows and rows["**dimerec**"].split("|")[2].strip() == "2"
     assert "- model.dropout 0.1 -> 0.3: tiny comirec_sa seed 0, tiny comirec_sa seed 1" in report.stdout
+    assert "smoke_losses_tiny.png" not in report.stdout, "no loss curves of a left-out run beside current ones"
     # A re-evaluation older than its retrained source is left out too; nothing was moved or trained.
     (out / "tiny" / "dimerec" / "seed-1" / "final.json").touch()
     report = run(tmp_path / "grid.yaml", out, "--report-only")

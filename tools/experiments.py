@@ -400,11 +400,11 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
                     continue
                 fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 2.5, 3.8))
                 _bars(ax, grid, methods, spec["metrics"])
-            else:  # losses: a comparison, so drawn only once every method named has its run
+            else:  # losses: a comparison, so drawn only once every method named has a current, finished run
                 seed = spec.get("seed", grid["seeds"][0])
-                files = [run_dir(out, dataset, m, seed) / "metrics.jsonl" for m in spec["methods"]]
-                if not all(f.is_file() for f in files):
+                if not all(any(r["seed"] == seed for r in methods.get(m, [])) for m in spec["methods"]):
                     continue
+                files = [run_dir(out, dataset, m, seed) / "metrics.jsonl" for m in spec["methods"]]
                 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
                 for method, metrics_file in zip(spec["methods"], files):
                     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
