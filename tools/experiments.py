@@ -165,6 +165,16 @@ def stale_reason(grid: dict, out: Path, dataset: str, method: str, seed: int) ->
     return ""
 
 
+def reference_twins(grid: dict, out: Path, dataset: str) -> set[str]:
+    """Trained methods that ask exactly what the reference asks on this dataset (an ablation's
+    `temperature_0.1` once 0.1 became the default): the reference again, never its rival."""
+    reference, seed = grid["reference"], grid["seeds"][0]
+    config = REPO / grid["datasets"][dataset]["config"]
+    ours = load_config(config, training_overrides(grid, out, dataset, reference, seed))
+    return {method for method in grid["methods"] if method != reference and evaluation_only(grid, method) is None
+            and not settings_changes(ours, load_config(config, training_overrides(grid, out, dataset, method, seed)))}
+
+
 def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
     spec = grid["datasets"][dataset]
     target = run_dir(out, dataset, method, seed)
@@ -267,7 +277,9 @@ def _cell(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f}{spread}"
 
 
-def render(grid: dict, table: dict) -> str:
+def render(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) -> str:
+    """The tables and verdicts; twins: per dataset, the methods that ask what the reference asks
+    (reference_twins), shown but never picked as its best baseline or variant."""
     metrics, reference = grid["metrics"], grid["reference"]
     # The reference's own re-evaluations (another query, more steps) are the reference itself
     # under other inference settings, never what it is compared against; nor is popularity,
@@ -288,12 +300,15 @@ def render(grid: dict, table: dict) -> str:
             cells = [_cell([r[c] for r in runs if c in r], 2 if c in ("categories@50", "ms/user") else 4)
                      for c in columns]
             name = f"**{method}**" if method == reference else method
+            if method in (twins or {}).get(dataset, ()):
+                name += f" (= {reference}'s settings)"
             lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
         if grid.get("purpose") == "tuning":
             lines += _chosen_on_validation(methods, metrics)
             continue
-        baselines = {m: r for m, r in methods.items() if m != reference and m not in excluded}
+        same = (twins or {}).get(dataset, set())
+        baselines = {m: r for m, r in methods.items() if m != reference and m not in excluded | same}
         if reference in methods and baselines:
             for metric in metrics:
                 best = max(baselines, key=lambda m: statistics.mean(r[metric] for r in baselines[m]))
@@ -466,7 +481,8 @@ def main() -> int:
                 return 2
         run_grid(grid, out, args.only, args.methods, args.seeds)
     table, left_out = collect(grid, out)
-    text = render(grid, table) + "\n" + render_left_out(left_out)
+    twins = {dataset: reference_twins(grid, out, dataset) for dataset in table}
+    text = render(grid, table, twins) + "\n" + render_left_out(left_out)
     # Figures go beside the report they are linked from (docs/ for the committed grids).
     figures = (REPO / grid["report"]).parent if grid.get("report") else out
     images = plot(grid, out, table, figures)
