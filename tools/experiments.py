@@ -369,8 +369,8 @@ def _bars(ax, grid: dict, methods: dict, metrics: list[str]) -> None:
                 bar.set_linewidth(1.2)
         for x, values in zip(xs, runs):
             ax.plot([x] * len(values), values, "k.", markersize=3)
-    ax.set_xticks(range(len(names)), [f"{m}\n({len(methods[m])} seeds)" for m in names], rotation=30, ha="right",
-                  fontsize=7)
+    seeds = {m: f"{len(methods[m])} seed{'' if len(methods[m]) == 1 else 's'}" for m in names}
+    ax.set_xticks(range(len(names)), [f"{m}\n({seeds[m]})" for m in names], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("test")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
     ax.legend(fontsize=8, ncols=len(metrics), loc="upper right")
