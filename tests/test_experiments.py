@@ -199,20 +199,19 @@ def test_a_re_evaluation_of_the_reference_is_not_its_best_baseline():
     assert "HR@10: best variant comirec_sa: 0.0805" in experiments.render(grid, table)
 
 
-def test_a_variant_asking_what_the_reference_asks_is_shown_but_never_its_best_rival(grid, tmp_path):
+def test_a_variant_asking_what_the_reference_asks_is_shown_but_never_its_best_rival(grid, finished, tmp_path):
     root, grid_file = grid
-    spec = experiments.load_grid(grid_file)
-    # temperature 0.07 is the default: this "variant" is the reference trained again.
-    spec["methods"] = {**spec["methods"], "temperature_default": ["model.temperature=0.07"],
-                       "temperature_0.2": ["model.temperature=0.2"]}
-    assert experiments.reference_twins(spec, tmp_path, "tiny") == {"temperature_default"}
-    run = lambda hr: {"hr@10": hr}  # noqa: E731
-    table = {"tiny": {"dimerec": [run(0.09), run(0.091)], "temperature_default": [run(0.095), run(0.096)],
-                      "temperature_0.2": [run(0.08), run(0.081)]}}
-    grid_spec = {"metrics": ["hr@10"], "reference": "dimerec", "purpose": "ablation", "methods": spec["methods"]}
-    text = experiments.render(grid_spec, table, {"tiny": {"temperature_default"}})
-    assert "| temperature_default (= dimerec's settings) | 2 |" in text
-    assert "HR@10: best variant temperature_0.2: 0.0805; dimerec 0.0905" in text
+    out = copy_of(finished, tmp_path)
+    # temperature 0.07 is the default: this "variant" is the reference trained again (its runs:
+    # dimerec's, copied), level with it and so above comirec_sa on every metric.
+    (tmp_path / "grid.yaml").write_text(grid_file.read_text().replace(
+        "  dimerec: []\n", "  dimerec: []\n  dimerec_again: [model.temperature=0.07]\n"))
+    for seed in (0, 1):
+        shutil.copytree(out / "tiny" / "dimerec" / f"seed-{seed}", out / "tiny" / "dimerec_again" / f"seed-{seed}")
+    report = run(tmp_path / "grid.yaml", out, "--report-only")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "| dimerec_again (= dimerec's settings) | 2 |" in report.stdout
+    assert "- HR@10: best baseline comirec_sa:" in report.stdout and "best baseline dimerec_again" not in report.stdout
 
 
 def test_a_curve_is_drawn_over_the_seeds_every_point_has():

@@ -133,6 +133,11 @@ def training_overrides(grid: dict, out: Path, dataset: str, method: str, seed: i
     return overrides
 
 
+def asked_job(grid: dict, out: Path, dataset: str, method: str, seed: int):
+    """The job config the grid asks of a trained method: the dataset's config with its overrides."""
+    return load_config(REPO / grid["datasets"][dataset]["config"], training_overrides(grid, out, dataset, method, seed))
+
+
 def changed_settings(grid: dict, out: Path, dataset: str, method: str, seed: int) -> list[str]:
     """How a trained run's settings differ from what the grid asks now ([] if not at all): the
     run's saved config.yaml read with today's defaults, against the grid's job."""
@@ -143,8 +148,7 @@ def changed_settings(grid: dict, out: Path, dataset: str, method: str, seed: int
         before = load_config(saved)
     except ConfigError as exc:
         return [f"its config.yaml no longer loads: {exc}"]
-    now = load_config(REPO / grid["datasets"][dataset]["config"], training_overrides(grid, out, dataset, method, seed))
-    return settings_changes(before, now)
+    return settings_changes(before, asked_job(grid, out, dataset, method, seed))
 
 
 def stale_reason(grid: dict, out: Path, dataset: str, method: str, seed: int) -> str:
@@ -169,10 +173,9 @@ def reference_twins(grid: dict, out: Path, dataset: str) -> set[str]:
     """Trained methods that ask exactly what the reference asks on this dataset (an ablation's
     `temperature_0.1` once 0.1 became the default): the reference again, never its rival."""
     reference, seed = grid["reference"], grid["seeds"][0]
-    config = REPO / grid["datasets"][dataset]["config"]
-    ours = load_config(config, training_overrides(grid, out, dataset, reference, seed))
+    ours = asked_job(grid, out, dataset, reference, seed)
     return {method for method in grid["methods"] if method != reference and evaluation_only(grid, method) is None
-            and not settings_changes(ours, load_config(config, training_overrides(grid, out, dataset, method, seed)))}
+            and not settings_changes(ours, asked_job(grid, out, dataset, method, seed))}
 
 
 def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
@@ -293,6 +296,7 @@ def render(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) ->
     for dataset, methods in table.items():
         extras = [c for c in EXTRA_COLUMNS if any(c in r for runs in methods.values() for r in runs)]
         columns = [*metrics, *extras]
+        same = (twins or {}).get(dataset, set())
         lines += [f"### {dataset}", "",
                   "| method | seeds | " + " | ".join(m.upper() if m in metrics else m for m in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
@@ -300,14 +304,13 @@ def render(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) ->
             cells = [_cell([r[c] for r in runs if c in r], 2 if c in ("categories@50", "ms/user") else 4)
                      for c in columns]
             name = f"**{method}**" if method == reference else method
-            if method in (twins or {}).get(dataset, ()):
+            if method in same:
                 name += f" (= {reference}'s settings)"
             lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
         if grid.get("purpose") == "tuning":
             lines += _chosen_on_validation(methods, metrics)
             continue
-        same = (twins or {}).get(dataset, set())
         baselines = {m: r for m, r in methods.items() if m != reference and m not in excluded | same}
         if reference in methods and baselines:
             for metric in metrics:
