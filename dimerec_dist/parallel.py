@@ -63,6 +63,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class DeviceUnavailable(RuntimeError):
+    """The job asks for a GPU this machine does not have: the user's setting, not a bug."""
+
+
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the torchrun job, or form a one-process group when started as a plain process.
 
@@ -72,9 +76,13 @@ def init_distributed(device: str = "auto") -> DistContext:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"train.device=cuda but torch {torch.__version__} sees no CUDA device on "
+                                f"{socket.gethostname()}; use train.device=auto or cpu")
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise DeviceUnavailable(f"local rank {local_rank} on {socket.gethostname()} needs GPU {local_rank}, "
+                                f"{torch.cuda.device_count()} visible: one rank per GPU (--nproc_per_node)")
     if use_cuda:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if use_cuda else "gloo"
@@ -114,7 +122,7 @@ def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Ex
     checkpoint exits 143; anything else is a bug and raises."""
     try:
         result = job()
-    except user_errors as exc:
+    except (*user_errors, DeviceUnavailable) as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         shutdown(wait_for_peers=False)
         return 2

@@ -3,6 +3,9 @@
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from dimerec_dist import eval_cli, train
 
 
@@ -28,6 +31,12 @@ def test_unknown_key_in_a_config_file(capsys, tmp_path):
     (tmp_path / "job.yaml").write_text("train:\n  epoch: 3\n")
     code = train.main(["--config", str(tmp_path / "job.yaml"), "--run-dir", str(tmp_path / "run")])
     one_line_error(capsys, code, "job.yaml: unknown key 'train.epoch'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_asking_for_a_gpu_on_a_machine_without_one(capsys, tmp_path):
+    code = train.main(["--run-dir", str(tmp_path), "train.device=cuda"])
+    one_line_error(capsys, code, "train.device=cuda but torch", "sees no CUDA device", "train.device=auto or cpu")
 
 
 def test_eval_of_a_directory_that_is_not_a_run(capsys, tmp_path):

@@ -1,9 +1,10 @@
-"""Trainer throughput and memory against catalog size, world size and table layout, beside
-the replicated baseline, measured one after the other in one run.
+"""Trainer throughput and memory against catalog size, world size, table layout and device,
+beside the replicated baseline, measured one after the other in one run.
 
     python tools/bench_train.py --out runs/bench_train                   # the default grid
     python tools/bench_train.py --out runs/bench_train --catalogs 1000 1000000 \
         --worlds 1 2 --layouts row_wise replicated --steps 40
+    python tools/bench_train.py --out runs/bench_train/gpu --devices cpu cuda --worlds 1   # GPU beside CPU
 
 Each cell is its own torchrun job (so peak RSS is its own), with the same cores split
 over its ranks (threads per rank = cores / world). A job builds the model for a catalog
@@ -16,7 +17,9 @@ depends only on (seed, s), so every cell trains on the same batches; the per-ste
 are reported, and equal across layouts.
 
 Reported per cell: samples/s (global) over the timed steps after warm-up, peak RSS of
-each rank, the table's measured bytes per rank. Cells that cannot fit in this machine's
+each rank (and on a GPU the peak of its allocated device memory), the table's measured bytes
+per rank. On a GPU the ranks use NCCL and the fused kernels are FBGEMM's CUDA ones; the
+losses of its cells are compared with the CPU's, step by step. Cells that cannot fit in this machine's
 memory are not started: their projected size per rank is reported instead. Writes
 results.json, results.md and two plots to --out.
 """
@@ -87,7 +90,7 @@ def run_cell(args) -> None:
     from dimerec_dist.train import (build_model, dense_optimizer, noise_for_rank, reduce_losses,
                                     replicated_table_optimizer, training_step)
 
-    ctx = init_distributed("cpu")
+    ctx = init_distributed(args.device)
     torch.set_num_threads(args.threads)
     layout = "row_wise" if args.layout == "replicated" else args.layout
     config = load_config(None, [*MODEL, f"train.batch_size={args.batch}", f"train.negatives={args.negatives}",
@@ -105,8 +108,10 @@ def run_cell(args) -> None:
     per_rank = args.batch // ctx.world_size
     rows = torch.arange(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
     losses_by_step, timed_from, profiler = [], None, None
+    synchronize = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
+            synchronize()  # kernels are asynchronous: the warm-up's must not land in the timed window
             dist.barrier()
             timed_from = time.time()
             if args.profile:
@@ -115,11 +120,12 @@ def run_cell(args) -> None:
         history, targets = global_batch_ids(config.seed, step, args.batch, config.model.max_history, args.items)
         local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
         history.ids, history.lengths = history.ids[local], history.lengths[local]
-        batch = make_batch(history, targets[local], sampler.draw(0, step))
+        batch = make_batch(history, targets[local], sampler.draw(0, step)).to(ctx.device)
         draw = noise_for_rank(config, args.batch, 0, step, rows, ctx.device)
         losses, _ = training_step(model, batch, draw, params, optimizer, table_optimizer, config.train.grad_clip)
         values, _ = reduce_losses(losses, False, ctx.device)  # the trainer does this every step too
         losses_by_step.append(values["loss/total"])
+    synchronize()
     dist.barrier()
     elapsed = time.time() - timed_from
     if profiler is not None:  # where a step's time goes (timed steps only): the top operators of rank 0
@@ -129,13 +135,16 @@ def run_cell(args) -> None:
             Path(args.result).with_suffix(".profile.txt").write_text(table)
     measured = [None] * ctx.world_size
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    dist.all_gather_object(measured, (peak_rss, table_bytes))
+    peak_device = torch.cuda.max_memory_allocated() if ctx.device.type == "cuda" else 0
+    dist.all_gather_object(measured, (peak_rss, table_bytes, peak_device))
     if ctx.is_main:
-        result = {"layout": args.layout, "world": ctx.world_size, "items": args.items, "batch": args.batch,
+        result = {"device": args.device, "layout": args.layout, "world": ctx.world_size, "items": args.items,
+                  "batch": args.batch,
                   "negatives": args.negatives,
                   "threads_per_rank": args.threads, "timed_steps": args.steps,
                   "samples_per_s": args.steps * args.batch / elapsed, "build_s": build_seconds,
                   "peak_rss_bytes": [m[0] for m in measured], "table_bytes": [m[1] for m in measured],
+                  "peak_device_bytes": [m[2] for m in measured],
                   "losses": losses_by_step}
         Path(args.result).write_text(json.dumps(result, indent=1))
     shutdown()
@@ -160,105 +169,160 @@ def available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def visible_gpus() -> list[tuple[str, int]]:
+    """(name, memory in bytes) of each GPU nvidia-smi sees; none without a driver."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    gpus = []
+    for line in listed.strip().splitlines():
+        name, mib = line.rsplit(",", 1)
+        gpus.append((name.strip(), int(mib) * 2**20))
+    return gpus
+
+
+def why_not_here(device: str, layout: str, world: int, items: int, gpus: list[tuple[str, int]]) -> str | None:
+    """Why a cell cannot run on this machine, or None. Each rank holds its share of the table and
+    state; on CPU the ranks share the host's memory, on GPU each has its own card."""
+    need = projected_bytes_per_rank(layout, items, world)
+    if device == "cpu":
+        # Headroom for start-up, the dense model and the allocator, per job.
+        if need * world * 1.15 + world * 1.5e9 > available_bytes():
+            return (f"needs ~{need * world / 2**30:.1f} GiB of table and optimizer state over {world} rank(s), "
+                    f"{available_bytes() / 2**30:.1f} GiB available")
+        return None
+    if len(gpus) < world:
+        return f"needs {world} GPU(s), {len(gpus)} visible"
+    if need * 1.15 + 4e9 > min(memory for _, memory in gpus):
+        return (f"needs ~{need / 2**30:.1f} GiB of table and optimizer state per GPU, "
+                f"{min(memory for _, memory in gpus) / 2**30:.1f} GiB on the card")
+    return None
+
+
+def cell_key(r: dict) -> tuple:
+    return r["device"], r["layout"], r["world"], r["items"]
+
+
 def run_grid(args) -> list[dict]:
     # On one rank, table- and column-wise hold what row-wise holds: not worth a cell.
-    cells = [(layout, world, items) for items in args.catalogs for world in args.worlds for layout in args.layouts
+    cells = [(device, layout, world, items) for device in args.devices for items in args.catalogs
+             for world in args.worlds for layout in args.layouts
              if not (world == 1 and layout in ("table_wise", "column_wise"))]
     cores = args.cores or os.cpu_count()
+    gpus = visible_gpus() if "cuda" in args.devices else []
     # Repeats run the whole grid again (A B A B, not A A B B), so slow drift of a noisy machine
     # hits every cell alike; the median rate is reported.
     cells = cells * args.repeats
     results, started = [], time.time()
-    for index, (layout, world, items) in enumerate(cells):
-        need = projected_bytes_per_rank(layout, items, world) * world
-        # Two copies' worth of headroom for start-up, the dense model and the allocator, per job.
-        if any(r.get("skipped") and (r["layout"], r["world"], r["items"]) == (layout, world, items) for r in results):
+    for index, key in enumerate(cells):
+        device, layout, world, items = key
+        if any(r.get("skipped") and cell_key(r) == key for r in results):
             continue
-        if need * 1.15 + world * 1.5e9 > available_bytes():
-            results.append({"layout": layout, "world": world, "items": items, "skipped":
-                            f"needs ~{need / 2**30:.1f} GiB of table and optimizer state over {world} rank(s), "
-                            f"{available_bytes() / 2**30:.1f} GiB available"})
-            print(f"[{index + 1}/{len(cells)}] {layout} world {world} {items:,} items: cannot run here "
-                  f"({results[-1]['skipped']})", flush=True)
+        reason = why_not_here(device, layout, world, items, gpus)
+        if reason:
+            results.append({"device": device, "layout": layout, "world": world, "items": items, "skipped": reason})
+            print(f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: cannot run here "
+                  f"({reason})", flush=True)
             continue
-        result_file = Path(args.out) / f"cell-{layout}-w{world}-{items}.json"
+        result_file = Path(args.out) / f"cell-{device}-{layout}-w{world}-{items}.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-                   str(Path(__file__).resolve()), "--cell", "--layout", layout, "--items", str(items),
-                   "--batch", str(args.batch), "--negatives", str(args.negatives), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), *(["--profile"] if args.profile else []),
+                   str(Path(__file__).resolve()), "--cell", "--device", device, "--layout", layout,
+                   "--items", str(items), "--batch", str(args.batch), "--negatives", str(args.negatives),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), *(["--profile"] if args.profile else []),
                    "--threads", str(max(1, cores // world)), "--result", str(result_file)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world)), "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world)),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
         result = json.loads(result_file.read_text())
-        earlier = next((r for r in results if (r["layout"], r["world"], r["items"]) == (layout, world, items)), None)
+        earlier = next((r for r in results if cell_key(r) == key), None)
         if earlier is None:
             result["samples_per_s_runs"] = [result["samples_per_s"]]
             results.append(result)
         else:
             earlier["samples_per_s_runs"].append(result["samples_per_s"])
             earlier["samples_per_s"] = statistics.median(earlier["samples_per_s_runs"])
-            if result["losses"] != earlier["losses"]:
+            if device == "cpu" and result["losses"] != earlier["losses"]:  # GPU kernels may add in any order
                 raise RuntimeError(f"{layout} world {world} {items} items: a repeat trained to other losses")
         spent = time.time() - started
         r = result
-        print(f"[{index + 1}/{len(cells)}] {layout} world {world} {items:,} items: {r['samples_per_s']:,.0f} samples/s, "
-              f"peak RSS/rank {max(r['peak_rss_bytes']) / 2**30:.2f} GiB | {spent:.0f}s elapsed, "
-              f"ETA ~{spent / (index + 1) * (len(cells) - index - 1):.0f}s", flush=True)
+        device_peak = f", peak GPU memory/rank {max(r['peak_device_bytes']) / 2**30:.2f} GiB" if device == "cuda" else ""
+        print(f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: "
+              f"{r['samples_per_s']:,.0f} samples/s, peak RSS/rank {max(r['peak_rss_bytes']) / 2**30:.2f} GiB"
+              f"{device_peak} | {spent:.0f}s elapsed, ETA ~{spent / (index + 1) * (len(cells) - index - 1):.0f}s",
+              flush=True)
     return results
 
 
+def held_bytes(r: dict) -> int:
+    """What a rank holds at its peak: device memory on a GPU, host memory on CPU."""
+    return max(r["peak_device_bytes"]) if r["device"] == "cuda" else max(r["peak_rss_bytes"])
+
+
 def catalog_memory(results: list[dict]) -> None:
-    """Peak RSS per rank minus the same layout and world size's run on the smallest catalog."""
+    """Peak memory per rank minus the same device, layout and world size's run on the smallest catalog."""
     base = {}
     for r in results:
         if "skipped" not in r:
-            key = (r["layout"], r["world"])
+            key = cell_key(r)[:3]
             if key not in base or r["items"] < base[key]["items"]:
                 base[key] = r
     for r in results:
         if "skipped" not in r:
-            reference = base[(r["layout"], r["world"])]
-            r["catalog_bytes_per_rank"] = max(r["peak_rss_bytes"]) - max(reference["peak_rss_bytes"])
+            reference = base[cell_key(r)[:3]]
+            r["catalog_bytes_per_rank"] = held_bytes(r) - held_bytes(reference)
             r["catalog_reference_items"] = reference["items"]
 
 
 def comparisons(results: list[dict]) -> list[str]:
-    """The issue's ratios: sharded against replicated, side by side from this run."""
-    cell = {(r["layout"], r["world"], r["items"]): r for r in results if "skipped" not in r}
+    """The issue's ratios: sharded against replicated, GPU against CPU, side by side from this run;
+    and every cell's losses against row-wise on CPU on the fewest ranks (the same batches)."""
+    cell = {cell_key(r): r for r in results if "skipped" not in r}
     lines = []
-    for (layout, world, items), r in sorted(cell.items()):
-        baseline = cell.get(("replicated", world, items))
+    for (device, layout, world, items), r in sorted(cell.items()):
+        baseline = cell.get((device, "replicated", world, items))
         if layout == "replicated" or baseline is None:
             continue
-        line = (f"{layout} / replicated, world {world}, {items:,} items: samples/s x"
+        line = (f"{layout} / replicated, world {world}, {items:,} items, {device}: samples/s x"
                 f"{r['samples_per_s'] / baseline['samples_per_s']:.2f}")
         if baseline.get("catalog_bytes_per_rank", 0) > 0 and r["items"] != r["catalog_reference_items"]:
             line += (f", catalog-dependent memory per rank x"
                      f"{r['catalog_bytes_per_rank'] / baseline['catalog_bytes_per_rank']:.2f}")
         lines.append(line)
-    for (layout, world, items), r in sorted(cell.items()):
-        reference = cell.get(("row_wise", min(w for l, w, i in cell if i == items), items))
+    for (device, layout, world, items), r in sorted(cell.items()):
+        on_cpu = cell.get(("cpu", layout, world, items))
+        if device == "cuda" and on_cpu is not None:
+            lines.append(f"cuda / cpu, {layout}, world {world}, {items:,} items: samples/s x"
+                         f"{r['samples_per_s'] / on_cpu['samples_per_s']:.2f}")
+    for key, r in sorted(cell.items()):
+        items = key[3]
+        reference_device = "cpu" if any(k[0] == "cpu" and k[3] == items for k in cell) else key[0]
+        worlds = [k[2] for k in cell if k[0] == reference_device and k[1] == "row_wise" and k[3] == items]
+        reference = cell.get((reference_device, "row_wise", min(worlds), items)) if worlds else None
         if reference is not None and r is not reference:
             drift = max(abs(a - b) / abs(a) for a, b in zip(reference["losses"], r["losses"]))
-            lines.append(f"losses of {layout}, world {world}, {items:,} items against row_wise on "
-                         f"{reference['world']} rank(s): max relative difference {drift:.1e}")
+            lines.append(f"losses of {key[1]}, world {key[2]}, {items:,} items, {key[0]} against row_wise on "
+                         f"{reference['world']} rank(s), {reference_device}: max relative difference {drift:.1e}")
     return lines
 
 
 def write_report(results: list[dict], out: Path, machine: str) -> None:
     catalog_memory(results)
-    rows = ["| layout | world | items | samples/s | peak RSS per rank (GiB) | catalog-dependent RSS per rank (GiB) "
-            "| table + optimizer per rank, measured (GiB) |", "|---|---|---|---|---|---|---|"]
+    rows = ["| device | layout | world | items | samples/s | peak RSS per rank (GiB) | peak GPU memory per rank (GiB) "
+            "| catalog-dependent memory per rank (GiB) | table + optimizer per rank, measured (GiB) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    gib = lambda values: " / ".join(f"{b / 2**30:.2f}" for b in values)  # noqa: E731
     for r in results:
         if "skipped" in r:
-            rows.append(f"| {r['layout']} | {r['world']} | {r['items']:,} | cannot run: {r['skipped']} | | | |")
+            rows.append(f"| {r['device']} | {r['layout']} | {r['world']} | {r['items']:,} | cannot run: {r['skipped']} "
+                        "| | | | |")
             continue
-        rows.append(f"| {r['layout']} | {r['world']} | {r['items']:,} | {r['samples_per_s']:,.0f} | "
-                    f"{' / '.join(f'{b / 2**30:.2f}' for b in r['peak_rss_bytes'])} | "
-                    f"{r['catalog_bytes_per_rank'] / 2**30:.2f} | "
-                    f"{' / '.join(f'{b / 2**30:.2f}' for b in r['table_bytes'])} |")
+        rows.append(f"| {r['device']} | {r['layout']} | {r['world']} | {r['items']:,} | {r['samples_per_s']:,.0f} | "
+                    f"{gib(r['peak_rss_bytes'])} | {gib(r['peak_device_bytes']) if r['device'] == 'cuda' else '-'} | "
+                    f"{r['catalog_bytes_per_rank'] / 2**30:.2f} | {gib(r['table_bytes'])} |")
     text = "\n".join([f"Machine: {machine}", "", *rows, "", *[f"- {line}" for line in comparisons(results)]])
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -272,18 +336,22 @@ def plot(results: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[tuple[str, int], list[dict]] = {}
+    series: dict[tuple[str, str, int], list[dict]] = {}
     for r in results:
         if "skipped" not in r:
-            series.setdefault((r["layout"], r["world"]), []).append(r)
+            series.setdefault(cell_key(r)[:3], []).append(r)
+    devices = {key[0] for key in series}
     for key, ylabel, name in (("samples_per_s", "samples/s (global)", "bench_train_throughput.png"),
-                              ("peak_rss_bytes", "peak RSS of the fullest rank (GiB)", "bench_train_memory.png")):
+                              ("memory", "peak memory of the fullest rank (GiB)\n(GPU memory on GPU, RSS on CPU)"
+                               if "cuda" in devices else "peak RSS of the fullest rank (GiB)",
+                               "bench_train_memory.png")):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for (layout, world), cells in sorted(series.items()):
+        for (device, layout, world), cells in sorted(series.items()):
             cells = sorted(cells, key=lambda r: r["items"])
-            values = [r[key] if key == "samples_per_s" else max(r[key]) / 2**30 for r in cells]
+            values = [r[key] if key == "samples_per_s" else held_bytes(r) / 2**30 for r in cells]
+            label = f"{layout}, {world} rank(s)" + (f", {device}" if len(devices) > 1 else "")
             ax.plot([r["items"] for r in cells], values, marker="o",
-                    linestyle="--" if layout == "replicated" else "-", label=f"{layout}, {world} rank(s)")
+                    linestyle="--" if layout == "replicated" else "-", label=label)
         ax.set_xscale("log")
         ax.set_xlabel("catalog size (items)")
         ax.set_ylabel(ylabel)
@@ -300,6 +368,8 @@ def main() -> None:
     parser.add_argument("--catalogs", type=int, nargs="+", default=[1000, 1_000_000, 10_000_000, 50_000_000])
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["row_wise", "replicated"])
+    parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu"],
+                        help="cuda: one GPU per rank, NCCL, FBGEMM's CUDA kernels")
     parser.add_argument("--batch", type=int, default=256, help="global batch")
     parser.add_argument("--negatives", type=int, default=1024, help="sampled negatives shared by a step")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per cell")
@@ -313,6 +383,7 @@ def main() -> None:
     # One cell, run by torchrun:
     parser.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--layout", choices=LAYOUTS, help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -322,7 +393,11 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_report(run_grid(args), out, args.machine)
+    machine = args.machine
+    if "cuda" in args.devices:
+        machine += "; " + (", ".join(f"{name} ({memory / 2**30:.0f} GiB)" for name, memory in visible_gpus())
+                           or "no GPU visible")
+    write_report(run_grid(args), out, machine)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 trainer and the replicated baseline, 1 and 2 ranks), and the report holds what it promises."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_train")
     command = [sys.executable, "tools/bench_train.py", "--out", str(out), "--catalogs", "500", "1000000000000",
                "--worlds", "1", "2", "--layouts", "row_wise", "replicated", "--steps", "3", "--warmup", "1",
-               "--batch", "32", "--repeats", "1"]
+               "--batch", "32", "--repeats", "1", "--devices", "cpu", "cuda"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return out, json.loads((out / "results.json").read_text()), done.stdout
@@ -23,7 +24,7 @@ def report(tmp_path_factory):
 
 def test_the_replicated_baseline_and_the_sharded_trainer_train_to_the_same_losses(report):
     _, results, _ = report
-    cells = {(r["layout"], r["world"]): r for r in results if r["items"] == 500}
+    cells = {(r["layout"], r["world"]): r for r in results if r["items"] == 500 and r["device"] == "cpu"}
     assert set(cells) == {("row_wise", 1), ("row_wise", 2), ("replicated", 1), ("replicated", 2)}
     reference = cells[("row_wise", 1)]["losses"]
     assert len(reference) == 4
@@ -38,14 +39,27 @@ def test_the_replicated_baseline_and_the_sharded_trainer_train_to_the_same_losse
 def test_a_catalog_that_cannot_fit_is_reported_not_started(report):
     out, results, stdout = report
     skipped = [r for r in results if r["items"] == 1_000_000_000_000]
-    assert len(skipped) == 4 and all("GiB available" in r["skipped"] for r in skipped)
+    assert len(skipped) == 8 and all("GiB" in r["skipped"] or "GPU(s)" in r["skipped"] for r in skipped)
     assert "cannot run" in (out / "results.md").read_text()
 
 
 def test_the_report_has_its_ratios_and_plots(report):
     out, _, _ = report
     text = (out / "results.md").read_text()
-    assert "row_wise / replicated, world 1, 500 items: samples/s x" in text
+    assert "row_wise / replicated, world 1, 500 items, cpu: samples/s x" in text
     assert "max relative difference" in text
     for name in ("bench_train_throughput.png", "bench_train_memory.png"):
         assert (out / name).stat().st_size > 10_000
+
+
+def test_gpu_cells_run_where_there_is_a_gpu_and_are_reported_not_started_elsewhere(report):
+    _, results, _ = report
+    cells = {(r["layout"], r["world"]): r for r in results if r["items"] == 500 and r["device"] == "cuda"}
+    if shutil.which("nvidia-smi") is None:  # CI: said plainly, nothing started
+        assert all("GPU(s), 0 visible" in cell["skipped"] for cell in cells.values()) and len(cells) == 4
+        return
+    # One card: the single-rank cells train (NCCL, FBGEMM's CUDA kernels) to the CPU's losses.
+    reference = next(r for r in results if (r["device"], r["layout"], r["world"], r["items"]) == ("cpu", "row_wise", 1, 500))
+    for layout in ("row_wise", "replicated"):
+        assert cells[(layout, 1)]["losses"] == pytest.approx(reference["losses"], rel=1e-4)
+        assert max(cells[(layout, 1)]["peak_device_bytes"]) > 0
