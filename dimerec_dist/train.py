@@ -171,7 +171,7 @@ def reduce_losses(losses, stop_requested: bool, device: torch.device) -> tuple[d
     """Global mean losses (the mean of the ranks' means: every rank holds as many samples), and
     whether any rank was asked to stop, in one all-reduce."""
     parts = torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(),
-                         losses.ssm.detach(), torch.tensor(float(stop_requested))]).to(device)
+                         losses.ssm.detach(), torch.tensor(float(stop_requested), device=losses.total.device)]).to(device)
     dist.all_reduce(parts)
     values = parts.tolist()
     means = [value / dist.get_world_size() for value in values[:4]]

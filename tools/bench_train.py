@@ -195,6 +195,8 @@ def why_not_here(device: str, layout: str, world: int, items: int, gpus: list[tu
         return None
     if len(gpus) < world:
         return f"needs {world} GPU(s), {len(gpus)} visible"
+    if layout == "replicated":  # seen on an H200: DDP's all-reduce of the sparse table gradient fails
+        return "the replicated baseline's sparse gradients need gloo: NCCL has no sparse all-reduce"
     if need * 1.15 + 4e9 > min(memory for _, memory in gpus):
         return (f"needs ~{need / 2**30:.1f} GiB of table and optimizer state per GPU, "
                 f"{min(memory for _, memory in gpus) / 2**30:.1f} GiB on the card")
