@@ -19,9 +19,10 @@ are reported, and equal across layouts.
 Reported per cell: samples/s (global) over the timed steps after warm-up, peak RSS of
 each rank (and on a GPU the peak of its allocated device memory), the table's measured bytes
 per rank. On a GPU the ranks use NCCL and the fused kernels are FBGEMM's CUDA ones; the
-losses of its cells are compared with the CPU's, step by step. Cells that cannot fit in this machine's
-memory are not started: their projected size per rank is reported instead. Writes
-results.json, results.md and two plots to --out.
+losses of its cells are compared with the CPU's, step by step. Cells that cannot fit in this
+machine's memory are not started: their projected size per rank is reported instead (so is
+the replicated baseline on GPU: NCCL has no sparse all-reduce). Writes results.json,
+results.md and two plots to --out.
 """
 
 from __future__ import annotations
