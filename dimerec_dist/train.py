@@ -167,11 +167,12 @@ def training_step(model, batch, draw: NoiseDraw, params: list, optimizer: torch.
     return losses, grad_norm
 
 
-def reduce_losses(losses, stop_requested: bool, device: torch.device) -> tuple[dict[str, float], bool]:
+def reduce_losses(losses, stop_requested: bool) -> tuple[dict[str, float], bool]:
     """Global mean losses (the mean of the ranks' means: every rank holds as many samples), and
-    whether any rank was asked to stop, in one all-reduce."""
-    parts = torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(),
-                         losses.ssm.detach(), torch.tensor(float(stop_requested), device=losses.total.device)]).to(device)
+    whether any rank was asked to stop, in one all-reduce on the losses' own device (the GPU's
+    under NCCL)."""
+    stop = torch.tensor(float(stop_requested), device=losses.total.device)
+    parts = torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(), losses.ssm.detach(), stop])
     dist.all_reduce(parts)
     values = parts.tolist()
     means = [value / dist.get_world_size() for value in values[:4]]
@@ -297,7 +298,7 @@ def train(config: JobConfig, run_dir: Path) -> dict:
             schedule.step()
             state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
 
-            values, stop_now = reduce_losses(losses, stop.requested, ctx.device)
+            values, stop_now = reduce_losses(losses, stop.requested)
             if not all(math.isfinite(v) for v in values.values()):
                 raise FloatingPointError(f"non-finite loss at step {state.step}: {values}")
             if state.step % config.train.log_every == 0 or state.step == total_steps:

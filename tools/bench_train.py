@@ -124,7 +124,7 @@ def run_cell(args) -> None:
         batch = make_batch(history, targets[local], sampler.draw(0, step)).to(ctx.device)
         draw = noise_for_rank(config, args.batch, 0, step, rows, ctx.device)
         losses, _ = training_step(model, batch, draw, params, optimizer, table_optimizer, config.train.grad_clip)
-        values, _ = reduce_losses(losses, False, ctx.device)  # the trainer does this every step too
+        values, _ = reduce_losses(losses, False)  # the trainer does this every step too
         losses_by_step.append(values["loss/total"])
     synchronize()
     dist.barrier()
@@ -208,13 +208,12 @@ def cell_key(r: dict) -> tuple:
     return r["device"], r["layout"], r["world"], r["items"]
 
 
-def run_grid(args) -> list[dict]:
+def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
     # On one rank, table- and column-wise hold what row-wise holds: not worth a cell.
     cells = [(device, layout, world, items) for device in args.devices for items in args.catalogs
              for world in args.worlds for layout in args.layouts
              if not (world == 1 and layout in ("table_wise", "column_wise"))]
     cores = args.cores or os.cpu_count()
-    gpus = visible_gpus() if "cuda" in args.devices else []
     # Repeats run the whole grid again (A B A B, not A A B B), so slow drift of a noisy machine
     # hits every cell alike; the median rate is reported.
     cells = cells * args.repeats
@@ -396,11 +395,11 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    gpus = visible_gpus() if "cuda" in args.devices else []
     machine = args.machine
     if "cuda" in args.devices:
-        machine += "; " + (", ".join(f"{name} ({memory / 2**30:.0f} GiB)" for name, memory in visible_gpus())
-                           or "no GPU visible")
-    write_report(run_grid(args), out, machine)
+        machine += "; " + (", ".join(f"{name} ({memory / 2**30:.0f} GiB)" for name, memory in gpus) or "no GPU visible")
+    write_report(run_grid(args, gpus), out, machine)
 
 
 if __name__ == "__main__":
