@@ -83,8 +83,19 @@ def finished(grid):
 
 def copy_of(finished, tmp_path):
     out = tmp_path / "out"
-    shutil.copytree(finished[0], out)  # copy2 keeps the times the runner compares to spot stale re-evaluations
+    shutil.copytree(finished[0], out)  # copy2 keeps the times the runner compares to record old re-evaluations
     return out
+
+
+def retrain(record):
+    """What training a run again does to its record, as a re-evaluation of it sees it: other results."""
+    final = json.loads((record / "final.json").read_text())
+    final["test"]["hr@10"] += 0.001
+    (record / "final.json").write_text(json.dumps(final))
+
+
+def stale_dirs(parent, name="seed-0"):
+    return [p for p in parent.glob(f"{name}.stale-*") if p.is_dir()]
 
 
 def test_the_grid_runs_reports_and_resumes(grid, finished):
@@ -121,21 +132,26 @@ def test_a_run_with_other_settings_is_moved_aside_and_run_again(grid, finished, 
     assert again.returncode == 0, again.stderr[-3000:]
     assert "model.dropout 0.1 -> 0.3" in again.stdout and "3 runs in the grid, 2 already done" in again.stdout
     aside = list((out / "tiny" / "comirec_sa").glob("seed-0.stale-*"))
+    aside = stale_dirs(out / "tiny" / "comirec_sa")
     assert len(aside) == 1 and json.loads((aside[0] / "final.json").read_text()) == first, "the old run is kept"
-    rerun = (out / "tiny" / "comirec_sa" / "seed-0" / "config.yaml").read_text()
-    assert "dropout: 0.3" in rerun
+    assert aside[0].with_name(aside[0].name + ".log").is_file(), "and its log, beside it"
+    kept = stale_dirs(out / "records" / "tiny" / "comirec_sa")
+    assert len(kept) == 1 and json.loads((kept[0] / "final.json").read_text()) == first, "so is its record"
+    for where in (out, out / "records"):
+        assert "dropout: 0.3" in (where / "tiny" / "comirec_sa" / "seed-0" / "config.yaml").read_text()
     # A retrained source makes its re-evaluations stale too.
-    (out / "tiny" / "dimerec" / "seed-0" / "final.json").touch()
+    retrain(out / "records" / "tiny" / "dimerec" / "seed-0")
     third = run(tmp_path / "grid.yaml", out)
-    assert "dimerec_5_steps/seed-0 (its trained run is newer or missing)" in third.stdout
+    assert "dimerec_5_steps/seed-0 (its trained run changed or is missing)" in third.stdout
     assert "3 runs in the grid, 2 already done" in third.stdout
-    # An interrupted run (no final.json) the grid now asks other settings of is not resumed under them.
+    # An interrupted run (no final.json, no record) the grid now asks other settings of is not resumed under them.
     (out / "tiny" / "comirec_sa" / "seed-0" / "final.json").unlink()
+    shutil.rmtree(out / "records" / "tiny" / "comirec_sa" / "seed-0")
     (tmp_path / "grid.yaml").write_text(one_seed.replace("[model.recon_weight=0, model.ssm_weight=0]",
                                                          "[model.recon_weight=0, model.ssm_weight=0, model.dropout=0.2]"))
     fourth = run(tmp_path / "grid.yaml", out)
     assert fourth.returncode == 0, fourth.stderr[-3000:]
-    assert "model.dropout 0.3 -> 0.2" in fourth.stdout and len(list((out / "tiny" / "comirec_sa").glob("seed-0.stale-*"))) == 2
+    assert "model.dropout 0.3 -> 0.2" in fourth.stdout and len(stale_dirs(out / "tiny" / "comirec_sa")) == 2
 
 
 def test_the_report_leaves_out_runs_made_with_other_settings_and_names_them(grid, finished, tmp_path):
@@ -150,11 +166,11 @@ def test_the_report_leaves_out_runs_made_with_other_settings_and_names_them(grid
     assert "comirec_sa" not in rows and rows["**dimerec**"].split("|")[2].strip() == "2"
     assert "- model.dropout 0.1 -> 0.3: tiny comirec_sa seed 0, tiny comirec_sa seed 1" in report.stdout
     assert "smoke_losses_tiny.png" not in report.stdout, "no loss curves of a left-out run beside current ones"
-    # A re-evaluation older than its retrained source is left out too; nothing was moved or trained.
-    (out / "tiny" / "dimerec" / "seed-1" / "final.json").touch()
+    # A re-evaluation of another trained run than the one recorded is left out too; nothing was moved or trained.
+    retrain(out / "records" / "tiny" / "dimerec" / "seed-1")
     report = run(tmp_path / "grid.yaml", out, "--report-only")
-    assert "- its trained run is newer or missing: tiny dimerec_5_steps seed 1" in report.stdout
-    assert not list(out.glob("tiny/*/seed-*.stale-*"))
+    assert "- its trained run changed or is missing: tiny dimerec_5_steps seed 1" in report.stdout
+    assert not list(out.glob("**/seed-*.stale-*"))
 
 
 def test_methods_and_seeds_pick_what_runs_and_an_unknown_one_is_named(grid, tmp_path):
@@ -187,6 +203,62 @@ def test_a_grid_sharing_runs_trains_a_method_both_name_once(grid, finished, tmp_
     assert "| k1 |" not in (out / "report-smoke.md").read_text(), "each grid keeps its own report"
 
 
+def test_the_records_outlive_the_run_directories(grid, finished, tmp_path):
+    """A new machine has the repository's records and none of the runs: the report is the same,
+    nothing trains again, and a re-evaluation that needs a model it no longer has says so."""
+    root, grid_file = grid
+    out = copy_of(finished, tmp_path)
+    records = out / "records"
+    provenance = json.loads((records / "tiny" / "dimerec" / "seed-0" / "record.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{40}", provenance["code"]["commit"]) and provenance["minutes"] > 0
+    derived = json.loads((records / "tiny" / "dimerec_5_steps" / "seed-0" / "record.json").read_text())
+    assert derived["source_final_sha256"] == experiments.final_digest(records / "tiny" / "dimerec" / "seed-0")
+    assert sorted(p.name for p in (records / "tiny" / "dimerec" / "seed-0").iterdir()) == \
+        ["config.yaml", "final.json", "metrics.jsonl", "record.json"], "the model and checkpoints stay out"
+    before = (root / "out" / "report-smoke.md").read_text()
+    for method in ("dimerec", "comirec_sa", "dimerec_5_steps"):
+        shutil.rmtree(out / "tiny" / method)
+    again = run(grid_file, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "6 runs in the grid, 6 already done" in again.stdout
+    assert (out / "report-smoke.md").read_text().split("\n", 1)[1] == before.split("\n", 1)[1], "the same tables"
+    shutil.rmtree(records / "tiny" / "dimerec_5_steps" / "seed-0")
+    lost = run(grid_file, out)
+    assert lost.returncode == 2 and "dimerec_5_steps seed 0 re-evaluates dimerec's trained model" in lost.stderr
+    assert "is not on this machine" in lost.stderr
+
+
+def test_runs_finished_before_their_records_are_recorded_not_run_again(grid, finished, tmp_path):
+    _, grid_file = grid
+    out = copy_of(finished, tmp_path)
+    shutil.rmtree(out / "records")
+    again = run(grid_file, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "6 runs in the grid, 6 already done" in again.stdout
+    assert again.stdout.count("(finished before it was recorded)") == 6
+    provenance = json.loads((out / "records" / "tiny" / "comirec_sa" / "seed-1" / "record.json").read_text())
+    assert provenance["code"] is None and "code version is unknown" in provenance["note"]
+
+
+def test_a_record_is_written_whole_and_a_broken_one_is_named(grid, finished, tmp_path):
+    _, grid_file = grid
+    out = copy_of(finished, tmp_path)
+    with pytest.raises(experiments.RecordError, match="no final.json"):
+        experiments.write_record(out / "tiny" / "data", tmp_path / "record", {})
+    assert not (tmp_path / "record").exists() and not (tmp_path / "record.partial").exists()
+    (out / "records" / "tiny" / "comirec_sa" / "seed-1" / "final.json").write_text("{truncated")
+    broken = run(grid_file, out, "--report-only")
+    assert broken.returncode == 2 and "comirec_sa/seed-1/final.json: not JSON" in broken.stderr
+
+
+def test_a_grid_with_a_committed_report_keeps_its_records_in_the_repository(tmp_path):
+    grid = experiments.load_grid(REPO / "configs" / "experiments" / "ablations.yaml")
+    assert experiments.default_records(grid, tmp_path) == REPO / "docs" / "results" / "main", "beside main's"
+    grid = experiments.load_grid(REPO / "configs" / "experiments" / "main.yaml")
+    del grid["report"]
+    assert experiments.default_records(grid, tmp_path) == tmp_path / "records"
+
+
 def test_a_re_evaluation_of_the_reference_is_not_its_best_baseline():
     run = lambda hr: {"hr@10": hr}  # noqa: E731
     table = {"beauty": {"dimerec": [run(0.09), run(0.091)], "comirec_sa": [run(0.08), run(0.081)],
@@ -207,7 +279,8 @@ def test_a_variant_asking_what_the_reference_asks_is_shown_but_never_its_best_ri
     (tmp_path / "grid.yaml").write_text(grid_file.read_text().replace(
         "  dimerec: []\n", "  dimerec: []\n  dimerec_again: [model.temperature=0.07]\n"))
     for seed in (0, 1):
-        shutil.copytree(out / "tiny" / "dimerec" / f"seed-{seed}", out / "tiny" / "dimerec_again" / f"seed-{seed}")
+        shutil.copytree(out / "records" / "tiny" / "dimerec" / f"seed-{seed}",
+                        out / "records" / "tiny" / "dimerec_again" / f"seed-{seed}")
     report = run(tmp_path / "grid.yaml", out, "--report-only")
     assert report.returncode == 0, report.stderr[-3000:]
     assert "| dimerec_again (= dimerec's settings) | 2 |" in report.stdout

@@ -9,15 +9,19 @@
 A grid file names the datasets (a job config each), the methods (config overrides each;
 every method is the same trainer with other settings; or {from: METHOD, eval: [overrides]}
 to re-evaluate METHOD's runs with other inference settings) and the seeds. Each run is
-`torchrun -m dimerec_dist.train` into OUT/<dataset>/<method>/seed-<s>; a run whose
-final.json exists is skipped, so an interrupted grid resumes where it stopped; a finished
-run whose settings differ from what the grid now asks (a changed default, say) is moved
-aside to <run>.stale-<time> and run again, and its re-evaluations with it. Every dataset
-is prepared once, into OUT/<dataset>/data, and shared by its runs. A grid with
-`runs: OTHER` keeps its runs beside grid OTHER's (OUT defaults to runs/experiments/OTHER),
-so a method both name - the ablations' `dimerec` and the comparison's - is trained once;
-both grids must then ask the same settings of it (the stale check would otherwise move
-each other's runs aside).
+`torchrun -m dimerec_dist.train` into OUT/<dataset>/<method>/seed-<s>, and once finished it
+is recorded (dimerec_dist/run_records.py: its settings, final metrics and training curves,
+a few KB) into RECORDS/<dataset>/<method>/seed-<s>. The records are what the report is made
+from and what "done" means: a recorded run is skipped, so an interrupted grid resumes where
+it stopped, and a grid that writes its report into the repository keeps its records there
+too (docs/results/<runs>), so the tables outlive the machine that ran them; other grids keep
+them in OUT/records. A run whose settings differ from what the grid now asks (a changed
+default, say) is moved aside - record and run directory - to <name>.stale-<time> and run
+again, and its re-evaluations with it. Every dataset is prepared once, into
+OUT/<dataset>/data, and shared by its runs. A grid with `runs: OTHER` keeps its runs and
+records beside grid OTHER's (OUT defaults to runs/experiments/OTHER), so a method both name -
+the ablations' `dimerec` and the comparison's - is trained once; both grids must then ask
+the same settings of it (the stale check would otherwise move each other's runs aside).
 
 The report (OUT/report-<grid name>.md, and the grid's `report` file if given, between the
 `<!-- experiments:NAME -->` markers) has, per dataset: test metrics as mean +- standard
@@ -48,6 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dimerec_dist.config import ConfigError, load_config, settings_changes  # noqa: E402
+from dimerec_dist.run_records import (RecordError, code_version, final_digest, is_recorded, move_aside,  # noqa: E402
+                                      read_final, read_provenance, write_record)
 from dimerec_dist.significance import welch_t_test  # noqa: E402
 
 GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots",
@@ -113,6 +119,14 @@ def default_out(grid: dict) -> Path:
     return REPO / "runs" / "experiments" / grid.get("runs", grid["name"])
 
 
+def default_records(grid: dict, out: Path) -> Path:
+    """Where a grid's run records live: in the repository (docs/results/<runs>) for a grid whose
+    report is committed there, so its tables outlive this machine's runs/; else OUT/records."""
+    if grid.get("report"):
+        return REPO / "docs" / "results" / grid.get("runs", grid["name"])
+    return out / "records"
+
+
 def run_dir(out: Path, dataset: str, method: str, seed: int) -> Path:
     return out / dataset / method / f"seed-{seed}"
 
@@ -138,10 +152,11 @@ def asked_job(grid: dict, out: Path, dataset: str, method: str, seed: int):
     return load_config(REPO / grid["datasets"][dataset]["config"], training_overrides(grid, out, dataset, method, seed))
 
 
-def changed_settings(grid: dict, out: Path, dataset: str, method: str, seed: int) -> list[str]:
+def changed_settings(grid: dict, out: Path, dataset: str, method: str, seed: int, where: Path) -> list[str]:
     """How a trained run's settings differ from what the grid asks now ([] if not at all): the
-    run's saved config.yaml read with today's defaults, against the grid's job."""
-    saved = run_dir(out, dataset, method, seed) / "config.yaml"
+    config.yaml saved in `where` (its record, or its run directory) read with today's defaults,
+    against the grid's job."""
+    saved = where / "config.yaml"
     if not saved.is_file():
         return ["no config.yaml saved"]
     try:
@@ -151,21 +166,22 @@ def changed_settings(grid: dict, out: Path, dataset: str, method: str, seed: int
     return settings_changes(before, asked_job(grid, out, dataset, method, seed))
 
 
-def stale_reason(grid: dict, out: Path, dataset: str, method: str, seed: int) -> str:
+def stale_reason(grid: dict, out: Path, records: Path, dataset: str, method: str, seed: int) -> str:
     """Why a run no longer answers what the grid asks ("" if it does, or never started): a trained
-    run's settings changed (finished, or interrupted: resuming it would mix two settings), or a
-    re-evaluation's trained run is newer or gone."""
-    target = run_dir(out, dataset, method, seed)
-    final = target / "final.json"
+    run's settings changed (recorded, or interrupted: resuming it would mix two settings), or a
+    re-evaluation's trained run changed or is gone since it was re-evaluated."""
+    record = run_dir(records, dataset, method, seed)
     derived = evaluation_only(grid, method)
     if derived is None:
-        started = final.is_file() or (target / "config.yaml").is_file()
-        return ", ".join(changed_settings(grid, out, dataset, method, seed)) if started else ""
-    if not final.is_file():
+        target = record if is_recorded(record) else run_dir(out, dataset, method, seed)
+        started = (target / "final.json").is_file() or (target / "config.yaml").is_file()
+        return ", ".join(changed_settings(grid, out, dataset, method, seed, target)) if started else ""
+    if not is_recorded(record):
         return ""
-    source = run_dir(out, dataset, derived["from"], seed) / "final.json"
-    if not source.is_file() or source.stat().st_mtime > final.stat().st_mtime:
-        return "its trained run is newer or missing"
+    source = run_dir(records, dataset, derived["from"], seed)
+    made_from = read_provenance(record).get("source_final_sha256")
+    if not is_recorded(source) or made_from != final_digest(source):
+        return "its trained run changed or is missing"
     return ""
 
 
@@ -185,6 +201,10 @@ def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path
     derived = evaluation_only(grid, method)
     if derived is not None:
         source = run_dir(out, dataset, derived["from"], seed)
+        if not (source / "model").is_dir():
+            raise RecordError(f"{dataset} {method} seed {seed} re-evaluates {derived['from']}'s trained model, and "
+                              f"{source / 'model'} is not on this machine (its record is; the model is not "
+                              f"recorded): move {derived['from']}'s record aside to train it again here")
         target.mkdir(parents=True, exist_ok=True)
         command = [*launch, "-m", "dimerec_dist.eval_cli", "--run-dir", str(source), "--out",
                    str(target / "final.json"), *derived.get("eval", [])]
@@ -201,7 +221,34 @@ def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path
     return target
 
 
-def run_grid(grid: dict, out: Path, only: list[str] | None, methods: list[str] | None = None,
+def record(grid: dict, out: Path, records: Path, job: tuple[str, str, int], provenance: dict) -> None:
+    """Record a finished run; a re-evaluation notes which trained run (its final.json's digest) it read."""
+    dataset, method, seed = job
+    derived = evaluation_only(grid, method)
+    if derived is not None:
+        provenance = {**provenance, "source_final_sha256": final_digest(run_dir(records, dataset, derived["from"], seed))}
+    write_record(run_dir(out, *job), run_dir(records, *job), provenance)
+
+
+def record_unrecorded(grid: dict, out: Path, records: Path, jobs: list[tuple[str, str, int]]) -> None:
+    """Record runs that finished without being recorded (before records existed, or stopped between
+    the two). A re-evaluation only if its trained run's record is there and not newer than it."""
+    for job in jobs:
+        dataset, method, seed = job
+        finished = run_dir(out, *job) / "final.json"
+        if is_recorded(run_dir(records, *job)) or not finished.is_file():
+            continue
+        derived = evaluation_only(grid, method)
+        if derived is not None:
+            source = run_dir(out, dataset, derived["from"], seed) / "final.json"
+            if not is_recorded(run_dir(records, dataset, derived["from"], seed)) or not source.is_file() \
+                    or source.stat().st_mtime > finished.stat().st_mtime:
+                continue  # made from another trained run than the recorded one: it runs again
+        record(grid, out, records, job, {"code": None, "note": "recorded after the run; its code version is unknown"})
+        print(f"recorded {run_dir(out, *job)} (finished before it was recorded)", flush=True)
+
+
+def run_grid(grid: dict, out: Path, records: Path, only: list[str] | None, methods: list[str] | None = None,
              seeds: list[int] | None = None) -> None:
     # Trained methods first: an evaluation-only method needs its source's runs.
     chosen = sorted((m for m in grid["methods"] if not methods or m in methods),
@@ -209,22 +256,22 @@ def run_grid(grid: dict, out: Path, only: list[str] | None, methods: list[str] |
     # --seeds lets a short session run every method on a few seeds before any method gets all of them.
     picked = [s for s in grid["seeds"] if seeds is None or s in seeds]
     jobs = [(d, m, s) for d in grid["datasets"] if not only or d in only for m in chosen for s in picked]
+    record_unrecorded(grid, out, records, jobs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for job in jobs:  # trained runs first, so a re-evaluation sees its source moved aside
-        target = run_dir(out, *job)
-        why = stale_reason(grid, out, *job)
+        why = stale_reason(grid, out, records, *job)
         if why:
-            aside = target.with_name(f"{target.name}.stale-{stamp}")
-            target.rename(aside)
-            if target.with_suffix(".log").is_file():
-                target.with_suffix(".log").rename(aside.with_suffix(".log"))
-            print(f"stale: {target} ({why}); moved to {aside.name}, running again", flush=True)
-    todo = [job for job in jobs if not (run_dir(out, *job) / "final.json").is_file()]
+            moved = [move_aside(run_dir(records, *job), stamp), move_aside(run_dir(out, *job), stamp)]
+            print(f"stale: {run_dir(out, *job)} ({why}); moved to "
+                  f"{' and '.join(str(m) for m in moved if m)}, running again", flush=True)
+    todo = [job for job in jobs if not is_recorded(run_dir(records, *job))]
     print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} already done", flush=True)
     started = time.time()
     for index, job in enumerate(todo):
         began = time.time()
+        code = code_version(REPO)  # before the run: the code it runs with
         run_one(grid, out, *job)
+        record(grid, out, records, job, {"code": code, "minutes": round((time.time() - began) / 60, 2)})
         spent = time.time() - started
         eta = spent / (index + 1) * (len(todo) - index - 1)
         print(f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done in "
@@ -232,8 +279,8 @@ def run_grid(grid: dict, out: Path, only: list[str] | None, methods: list[str] |
               flush=True)
 
 
-def collect(grid: dict, out: Path) -> tuple[dict, dict[str, list[str]]]:
-    """({dataset: {method: [one dict per seed]}}, left out): finished runs only: the test metrics,
+def collect(grid: dict, out: Path, records: Path) -> tuple[dict, dict[str, list[str]]]:
+    """({dataset: {method: [one dict per seed]}}, left out): recorded runs only: the test metrics,
     plus ms/user and diversity where the run has them. Popularity comes with the reference's runs.
     A finished run that no longer answers what the grid asks (made before a default moved) is left
     out of the table, never averaged with current ones: left out maps each reason to its runs."""
@@ -242,13 +289,13 @@ def collect(grid: dict, out: Path) -> tuple[dict, dict[str, list[str]]]:
     for dataset in grid["datasets"]:
         for method in grid["methods"]:
             for seed in grid["seeds"]:
-                final = run_dir(out, dataset, method, seed) / "final.json"
-                if final.is_file():
-                    why = stale_reason(grid, out, dataset, method, seed)
+                record = run_dir(records, dataset, method, seed)
+                if is_recorded(record):
+                    why = stale_reason(grid, out, records, dataset, method, seed)
                     if why:
                         left_out.setdefault(why, []).append(f"{dataset} {method} seed {seed}")
                         continue
-                    result = json.loads(final.read_text())
+                    result = read_final(record)
                     extra = {"ms/user": result["latency"]["ms_per_user"]} if "latency" in result else {}
                     diversity = result.get("diversity", {})
                     selection = {"valid ndcg@10": result["valid"]["ndcg@10"]} if "ndcg@10" in result["valid"] else {}
@@ -379,7 +426,7 @@ def _bars(ax, grid: dict, methods: dict, metrics: list[str]) -> None:
     ax.legend(fontsize=8, ncols=len(metrics), loc="upper right")
 
 
-def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
+def plot(grid: dict, records: Path, table: dict, figures: Path) -> list[str]:
     """The grid's `plots`: `curve` (a metric, and ms/user if reported, against an x value per
     method, mean and spread over seeds), `losses` (training losses of some methods, one seed) or
     `bars` (every method's test metrics side by side, mean, spread and seeds).
@@ -422,7 +469,7 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
                 seed = spec.get("seed", grid["seeds"][0])
                 if not all(any(r["seed"] == seed for r in methods.get(m, [])) for m in spec["methods"]):
                     continue
-                files = [run_dir(out, dataset, m, seed) / "metrics.jsonl" for m in spec["methods"]]
+                files = [run_dir(records, dataset, m, seed) / "metrics.jsonl" for m in spec["methods"]]
                 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
                 for method, metrics_file in zip(spec["methods"], files):
                     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
@@ -441,9 +488,9 @@ def plot(grid: dict, out: Path, table: dict, figures: Path) -> list[str]:
     return lines
 
 
-def write_report(grid: dict, out: Path, text: str, command: str) -> None:
-    shown = out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out
-    body = f"Made by `{command}` from the runs in `{shown}`.\n\n{text}"
+def write_report(grid: dict, out: Path, records: Path, text: str, command: str) -> None:
+    shown = records.resolve().relative_to(REPO) if records.resolve().is_relative_to(REPO) else records
+    body = f"Made by `{command}` from the run records in `{shown}`.\n\n{text}"
     (out / f"report-{grid['name']}.md").write_text(body)
     if grid.get("report"):
         target = REPO / grid["report"]
@@ -466,7 +513,10 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="datasets to run (the report covers every finished run)")
     parser.add_argument("--methods", nargs="*", help="methods to run (default: all of the grid's)")
     parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: all of the grid's)")
-    parser.add_argument("--report-only", action="store_true", help="write the report from finished runs, train nothing")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="where run records live (default: docs/results/<runs> for a grid with a committed "
+                             "report, else OUT/records)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the records, train nothing")
     args = parser.parse_args()
     try:
         grid = load_grid(args.grid)
@@ -475,6 +525,7 @@ def main() -> int:
         return 2
     out = args.out or default_out(grid)
     out.mkdir(parents=True, exist_ok=True)
+    records = args.records or default_records(grid, out)
     if not args.report_only:
         for flag, asked, known in (("methods", args.methods, grid["methods"]), ("seeds", args.seeds, grid["seeds"])):
             unknown = sorted(set(asked or []) - set(known))
@@ -482,16 +533,24 @@ def main() -> int:
                 print(f"experiments: error: --{flag} {', '.join(map(str, unknown))}: not in {args.grid} "
                       f"(its {flag}: {', '.join(map(str, known))})", file=sys.stderr)
                 return 2
-        run_grid(grid, out, args.only, args.methods, args.seeds)
-    table, left_out = collect(grid, out)
+        try:
+            run_grid(grid, out, records, args.only, args.methods, args.seeds)
+        except RecordError as exc:
+            print(f"experiments: error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        table, left_out = collect(grid, out, records)
+    except RecordError as exc:
+        print(f"experiments: error: {exc}", file=sys.stderr)
+        return 2
     twins = {dataset: reference_twins(grid, out, dataset) for dataset in table}
     text = render(grid, table, twins) + "\n" + render_left_out(left_out)
     # Figures go beside the report they are linked from (docs/ for the committed grids).
     figures = (REPO / grid["report"]).parent if grid.get("report") else out
-    images = plot(grid, out, table, figures)
+    images = plot(grid, records, table, figures)
     if images:
         text += "\n" + "\n".join(images) + "\n"
-    write_report(grid, out, text, f"python tools/experiments.py --grid {args.grid}")
+    write_report(grid, out, records, text, f"python tools/experiments.py --grid {args.grid}")
     print(text)
     return 0
 
