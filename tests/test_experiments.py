@@ -355,3 +355,20 @@ def test_every_committed_grid_asks_for_valid_jobs(grid_file, tmp_path):
             overrides = experiments.training_overrides(grid, tmp_path, dataset, derived["from"], grid["seeds"][0])
             # Raises ConfigError naming the key; a re-evaluation's settings go on top of its trained run's.
             experiments.load_config(REPO / spec["config"], [*overrides, *derived["eval"]])
+
+
+@pytest.mark.parametrize("grid_file", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_committed_tables_are_what_the_committed_records_say(grid_file, tmp_path):
+    """docs/RESULTS.md's live tables are the runner's rendering of docs/results/: a record added,
+    changed or moved aside without the report written again fails here."""
+    grid = experiments.load_grid(grid_file)
+    records = experiments.default_records(grid, tmp_path)
+    block = re.search(rf"<!-- experiments:{grid['name']} -->\n(.*?)<!-- /experiments:{grid['name']} -->",
+                      (REPO / grid["report"]).read_text(), flags=re.S).group(1)
+    table, left_out = experiments.collect(grid, tmp_path, records)
+    if not table:
+        assert "No run recorded yet" in block
+        return
+    twins = {dataset: experiments.reference_twins(grid, tmp_path, dataset) for dataset in table}
+    text = experiments.render(grid, table, twins) + "\n" + experiments.render_left_out(left_out)
+    assert text.strip() in block
