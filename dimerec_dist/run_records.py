@@ -4,8 +4,9 @@ from, kept apart from its model and checkpoints so they can be committed beside 
 A run directory is scratch space (hundreds of MB of checkpoints on a machine that may not be there
 tomorrow); a record is a few KB: the settings it ran with (config.yaml), its final metrics
 (final.json), its training curves (metrics.jsonl) and where it came from (record.json: the run
-directory, when it was recorded, the code's commit, and for a re-evaluation a digest of the trained
-run's final.json it re-evaluated). tools/experiments.py reports from records only.
+directory, when it was recorded, the code's commit, the minutes the runner's last start of it took,
+and for a re-evaluation a digest of the trained run's final.json it re-evaluated).
+tools/experiments.py reports from records only.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ def final_digest(directory: Path) -> str:
 
 
 def code_version(repo: Path) -> dict:
-    """The commit the code ran at, and whether the tree had uncommitted changes (None outside git)."""
+    """The commit the code ran at, and whether anything outside docs/ had uncommitted changes
+    (None outside git). docs/ is left out: the runner itself rewrites the report there."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
+                                cwd=repo, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}

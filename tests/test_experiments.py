@@ -372,3 +372,22 @@ def test_the_committed_tables_are_what_the_committed_records_say(grid_file, tmp_
     twins = {dataset: experiments.reference_twins(grid, tmp_path, dataset) for dataset in table}
     text = experiments.render(grid, table, twins) + "\n" + experiments.render_left_out(left_out)
     assert text.strip() in block
+
+
+def test_a_record_names_the_commit_and_whether_code_outside_docs_changed(tmp_path):
+    from dimerec_dist.run_records import code_version
+
+    assert code_version(tmp_path) == {"commit": None, "dirty": None}, "outside git: unknown, not a crash"
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,  # noqa: E731
+                                       check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "RESULTS.md").write_text("tables\n")
+    (tmp_path / "train.py").write_text("code\n")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "HEAD").stdout.decode().strip()
+    (tmp_path / "docs" / "RESULTS.md").write_text("tables the runner rewrote\n")
+    assert code_version(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "train.py").write_text("code changed\n")
+    assert code_version(tmp_path) == {"commit": head, "dirty": True}
