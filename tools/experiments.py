@@ -316,6 +316,47 @@ def render_left_out(left_out: dict[str, list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seed_ranges(seeds: list[int]) -> str:
+    """[0, 1, 2, 4] -> "0-2, 4"."""
+    spans: list[list[int]] = []
+    for seed in sorted(seeds):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def render_missing(grid: dict, table: dict) -> str:
+    """What the grid asks that has no current record: a dataset, a method, or some seeds of it -
+    the table's own 'still to run', so no prose has to keep count."""
+    parts = []
+    for dataset in grid["datasets"]:
+        recorded = table.get(dataset, {})
+        if not recorded:
+            parts.append(f"{dataset}: every method")
+            continue
+        missing = []
+        for method in grid["methods"]:
+            seeds = sorted(set(grid["seeds"]) - {r["seed"] for r in recorded.get(method, [])})
+            if seeds:
+                missing.append(f"{method} {'every seed' if len(seeds) == len(grid['seeds']) else _seed_ranges(seeds)}")
+        if missing:
+            parts.append(f"{dataset}: {'; '.join(missing)}")
+    if not parts:
+        return ""
+    return f"Not recorded yet (seeds {_seed_ranges(grid['seeds'])} asked of each method):\n" + \
+        "\n".join(f"- {part}" for part in parts) + "\n"
+
+
+def report_text(grid: dict, out: Path, records: Path) -> tuple[str, dict]:
+    """The report's text (tables, verdicts, runs left out, runs still to make) and its table."""
+    table, left_out = collect(grid, out, records)
+    twins = {dataset: reference_twins(grid, out, dataset) for dataset in table}
+    text = render(grid, table, twins) + "\n" + render_left_out(left_out) + render_missing(grid, table)
+    return text, table
+
+
 # Shown where runs report them. "valid ndcg@10" is what settings are chosen by; the rest is test.
 EXTRA_COLUMNS = ("categories@50", "ild@50", "ms/user", "valid ndcg@10")
 
@@ -539,12 +580,10 @@ def main() -> int:
             print(f"experiments: error: {exc}", file=sys.stderr)
             return 2
     try:
-        table, left_out = collect(grid, out, records)
+        text, table = report_text(grid, out, records)
     except RecordError as exc:
         print(f"experiments: error: {exc}", file=sys.stderr)
         return 2
-    twins = {dataset: reference_twins(grid, out, dataset) for dataset in table}
-    text = render(grid, table, twins) + "\n" + render_left_out(left_out)
     # Figures go beside the report they are linked from (docs/ for the committed grids).
     figures = (REPO / grid["report"]).parent if grid.get("report") else out
     images = plot(grid, records, table, figures)
