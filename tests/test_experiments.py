@@ -334,6 +334,8 @@ def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():
     text = experiments.render(grid, table)
     assert "Chosen on validation NDCG@10: **best_on_valid** (0.0600); its test: HR@10 0.0800, NDCG@10 0.0400" in text
     assert "Welch" not in text and "best baseline" not in text
+    del table["beauty"]["best_on_test"], table["beauty"]["best_on_valid"]
+    assert "Chosen" not in experiments.render(grid, table), "one setting is not a choice"
 
 
 def test_a_wrong_grid_key_is_named(grid, tmp_path):

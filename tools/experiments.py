@@ -345,7 +345,8 @@ def render_missing(grid: dict, table: dict) -> str:
             parts.append(f"{dataset}: {'; '.join(missing)}")
     if not parts:
         return ""
-    return f"Not recorded yet (seeds {_seed_ranges(grid['seeds'])} asked of each method):\n" + \
+    asked = f"seed{'s' if len(grid['seeds']) > 1 else ''} {_seed_ranges(grid['seeds'])}"
+    return f"Not recorded yet ({asked} asked of each method):\n" + \
         "\n".join(f"- {part}" for part in parts) + "\n"
 
 
@@ -426,8 +427,8 @@ def _chosen_on_validation(methods: dict, metrics: list[str]) -> list[str]:
     """A tuning grid's verdict: the setting with the best mean validation NDCG@10, and its test."""
     scored = {m: statistics.mean(r["valid ndcg@10"] for r in runs) for m, runs in methods.items()
               if runs and all("valid ndcg@10" in r for r in runs)}
-    if not scored:
-        return []
+    if len(scored) < 2:
+        return []  # nothing to choose between yet
     best = max(scored, key=scored.get)
     tested = ", ".join(f"{metric.upper()} {statistics.mean(r[metric] for r in methods[best]):.4f}" for metric in metrics)
     return [f"- Chosen on validation NDCG@10: **{best}** ({scored[best]:.4f}); its test: {tested}", ""]
