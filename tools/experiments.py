@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -248,6 +249,12 @@ def record_unrecorded(grid: dict, out: Path, records: Path, jobs: list[tuple[str
         print(f"recorded {run_dir(out, *job)} (finished before it was recorded)", flush=True)
 
 
+def _children_cpu_seconds() -> float:
+    """User + system CPU time of every finished child process so far (torchrun and its ranks)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_grid(grid: dict, out: Path, records: Path, only: list[str] | None, methods: list[str] | None = None,
              seeds: list[int] | None = None) -> None:
     # Trained methods first: an evaluation-only method needs its source's runs.
@@ -268,10 +275,13 @@ def run_grid(grid: dict, out: Path, records: Path, only: list[str] | None, metho
     print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} already done", flush=True)
     started = time.time()
     for index, job in enumerate(todo):
-        began = time.time()
+        began, cpu_before = time.time(), _children_cpu_seconds()
         code = code_version(REPO)  # before the run: the code it runs with
         run_one(grid, out, *job)
-        record(grid, out, records, job, {"code": code, "minutes": round((time.time() - began) / 60, 2)})
+        # Wall minutes count a pause (a test suite run beside it, SIGSTOPped); CPU minutes, summed
+        # over the ranks, do not.
+        record(grid, out, records, job, {"code": code, "minutes": round((time.time() - began) / 60, 2),
+                                         "cpu_minutes": round((_children_cpu_seconds() - cpu_before) / 60, 2)})
         spent = time.time() - started
         eta = spent / (index + 1) * (len(todo) - index - 1)
         print(f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done in "
