@@ -2,7 +2,7 @@
 from, kept apart from its model and checkpoints so they can be committed beside the report.
 
 A run directory is scratch space (hundreds of MB of checkpoints on a machine that may not be there
-tomorrow); a record is a few KB: the settings it ran with (config.yaml), its final metrics
+tomorrow); a record is tens of KB: the settings it ran with (config.yaml), its final metrics
 (final.json), its training curves (metrics.jsonl) and where it came from (record.json: the run
 directory, when it was recorded, the code's commit, the wall and CPU minutes the runner's last
 start of it took, and for a re-evaluation a digest of the trained run's final.json it re-evaluated).

@@ -11,7 +11,7 @@ every method is the same trainer with other settings; or {from: METHOD, eval: [o
 to re-evaluate METHOD's runs with other inference settings) and the seeds. Each run is
 `torchrun -m dimerec_dist.train` into OUT/<dataset>/<method>/seed-<s>, and once finished it
 is recorded (dimerec_dist/run_records.py: its settings, final metrics and training curves,
-a few KB) into RECORDS/<dataset>/<method>/seed-<s>. The records are what the report is made
+tens of KB) into RECORDS/<dataset>/<method>/seed-<s>. The records are what the report is made
 from and what "done" means: a recorded run is skipped, so an interrupted grid resumes where
 it stopped, and a grid that writes its report into the repository keeps its records there
 too (docs/results/<runs>), so the tables outlive the machine that ran them; other grids keep
@@ -585,12 +585,9 @@ def main() -> int:
                 print(f"experiments: error: --{flag} {', '.join(map(str, unknown))}: not in {args.grid} "
                       f"(its {flag}: {', '.join(map(str, known))})", file=sys.stderr)
                 return 2
-        try:
-            run_grid(grid, out, records, args.only, args.methods, args.seeds)
-        except RecordError as exc:
-            print(f"experiments: error: {exc}", file=sys.stderr)
-            return 2
     try:
+        if not args.report_only:
+            run_grid(grid, out, records, args.only, args.methods, args.seeds)
         text, table = report_text(grid, out, records)
     except RecordError as exc:
         print(f"experiments: error: {exc}", file=sys.stderr)
