@@ -1,4 +1,4 @@
-"""Fixtures for tests that launch real torchrun jobs (gloo, CPU)."""
+"""Helpers for tests that launch real torchrun jobs (gloo, CPU)."""
 
 import json
 import os
@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from dimerec_dist.data.prepare import PrepareOptions, prepare
-from dimerec_dist.data.synth import SynthOptions, synthesize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,15 +35,6 @@ def torchrun(nproc: int, module: str, *args: str, timeout: float = 300) -> subpr
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """A small synthetic short-video log, prepared: 400 users, 300 items, ~8k events."""
-    root = tmp_path_factory.mktemp("tiny")
-    synthesize(root / "raw", SynthOptions(users=400, items=300, events=8000, categories=12, seed=1))
-    prepare(PrepareOptions(format="events", input=root / "raw" / "events", out=root / "prepared"))
-    return root / "prepared"
 
 
 TINY_JOB = ["model.embedding_dim=16", "model.max_history=20", "model.num_interests=2", "model.dam_hidden=32",
