@@ -263,13 +263,23 @@ def test_a_grid_with_a_committed_report_keeps_its_records_in_the_repository(tmp_
 def test_the_report_names_what_the_grid_asks_and_no_record_has_yet():
     grid = {"datasets": {"beauty": {}, "games": {}, "ml100k": {}}, "seeds": [0, 1, 2, 3, 4],
             "methods": {"dimerec": [], "sasrec": [], "dimerec_dam_only": {"from": "dimerec", "eval": []}}}
-    runs = lambda *seeds: [{"seed": s} for s in seeds]  # noqa: E731
+
+    def runs(*seeds, minutes=None):
+        return [{"seed": s, **({"minutes": minutes} if minutes else {})} for s in seeds]
+
     table = {"beauty": {m: runs(0, 1, 2, 3, 4) for m in grid["methods"]},
-             "games": {"dimerec": runs(0, 1, 2, 4), "sasrec": runs(1), "popularity": runs(0, 1, 2, 4)}}
+             "games": {"dimerec": runs(0, 1, 2, 4, minutes=24.0), "sasrec": runs(1, minutes=36.0),
+                       "popularity": runs(0, 1, 2, 4)}}
+    # Games: dimerec 1 x 24 + sasrec 4 x 36 = 168 minutes; dimerec_dam_only has no run to time.
     assert experiments.render_missing(grid, table) == (
-        "Not recorded yet (seeds 0-4 asked of each method):\n"
-        "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only every seed\n"
+        "Not recorded yet (seeds 0-4 asked of each method; the time each dataset's list takes is the mean "
+        "wall minutes of the method's recorded runs there):\n"
+        "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only every seed "
+        "(about 2.8 h, and 5 runs of methods not yet timed here)\n"
         "- ml100k: every method\n")
+    table["games"]["dimerec_dam_only"] = runs(0, 1, 2, minutes=0.5)
+    assert "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only 3-4 (about 2.8 h)\n" in \
+        experiments.render_missing(grid, table)
     table["games"] = table["ml100k"] = table["beauty"]
     assert experiments.render_missing(grid, table) == ""
 

@@ -307,6 +307,9 @@ def collect(grid: dict, out: Path, records: Path) -> tuple[dict, dict[str, list[
                         continue
                     result = read_final(record)
                     extra = {"ms/user": result["latency"]["ms_per_user"]} if "latency" in result else {}
+                    minutes = read_provenance(record).get("minutes")
+                    if minutes is not None:
+                        extra["minutes"] = minutes
                     diversity = result.get("diversity", {})
                     selection = {"valid ndcg@10": result["valid"]["ndcg@10"]} if "ndcg@10" in result["valid"] else {}
                     table.setdefault(dataset, {}).setdefault(method, []).append(
@@ -339,24 +342,37 @@ def _seed_ranges(seeds: list[int]) -> str:
 
 def render_missing(grid: dict, table: dict) -> str:
     """What the grid asks that has no current record: a dataset, a method, or some seeds of it -
-    the table's own 'still to run', so no prose has to keep count."""
+    the table's own 'still to run', so no prose has to keep count - and, where a method already
+    has recorded runs on that dataset, about how long the rest take (their mean wall minutes)."""
     parts = []
     for dataset in grid["datasets"]:
         recorded = table.get(dataset, {})
         if not recorded:
             parts.append(f"{dataset}: every method")
             continue
-        missing = []
+        missing, estimated_minutes, not_estimated = [], 0.0, 0
         for method in grid["methods"]:
-            seeds = sorted(set(grid["seeds"]) - {r["seed"] for r in recorded.get(method, [])})
-            if seeds:
-                missing.append(f"{method} {'every seed' if len(seeds) == len(grid['seeds']) else _seed_ranges(seeds)}")
+            runs = recorded.get(method, [])
+            seeds = sorted(set(grid["seeds"]) - {r["seed"] for r in runs})
+            if not seeds:
+                continue
+            missing.append(f"{method} {'every seed' if len(seeds) == len(grid['seeds']) else _seed_ranges(seeds)}")
+            minutes = [r["minutes"] for r in runs if "minutes" in r]
+            if minutes:
+                estimated_minutes += statistics.mean(minutes) * len(seeds)
+            else:
+                not_estimated += len(seeds)
         if missing:
-            parts.append(f"{dataset}: {'; '.join(missing)}")
+            cost = f"about {estimated_minutes / 60:.1f} h" if estimated_minutes else ""
+            if not_estimated:
+                runs = f"{not_estimated} run{'s' if not_estimated > 1 else ''}"
+                cost += f"{', and ' if cost else ''}{runs} of methods not yet timed here"
+            parts.append(f"{dataset}: {'; '.join(missing)} ({cost})")
     if not parts:
         return ""
     asked = f"seed{'s' if len(grid['seeds']) > 1 else ''} {_seed_ranges(grid['seeds'])}"
-    return f"Not recorded yet ({asked} asked of each method):\n" + \
+    return (f"Not recorded yet ({asked} asked of each method; the time each dataset's list takes is "
+            f"the mean wall minutes of the method's recorded runs there):\n") + \
         "\n".join(f"- {part}" for part in parts) + "\n"
 
 
