@@ -350,7 +350,7 @@ def render_missing(grid: dict, table: dict) -> str:
         if not recorded:
             parts.append(f"{dataset}: every method")
             continue
-        missing, estimated_minutes, not_estimated = [], 0.0, 0
+        missing, estimated_minutes, not_estimated, timed = [], 0.0, 0, False
         for method in grid["methods"]:
             runs = recorded.get(method, [])
             seeds = sorted(set(grid["seeds"]) - {r["seed"] for r in runs})
@@ -360,14 +360,14 @@ def render_missing(grid: dict, table: dict) -> str:
             minutes = [r["minutes"] for r in runs if "minutes" in r]
             if minutes:
                 estimated_minutes += statistics.mean(minutes) * len(seeds)
+                timed = True
             else:
                 not_estimated += len(seeds)
         if missing:
-            cost = f"about {estimated_minutes / 60:.1f} h" if estimated_minutes else ""
+            cost = [f"about {estimated_minutes / 60:.1f} h"] if timed else []
             if not_estimated:
-                runs = f"{not_estimated} run{'s' if not_estimated > 1 else ''}"
-                cost += f"{', and ' if cost else ''}{runs} of methods not yet timed here"
-            parts.append(f"{dataset}: {'; '.join(missing)} ({cost})")
+                cost.append(f"{not_estimated} run{'s' if not_estimated > 1 else ''} of methods not yet timed here")
+            parts.append(f"{dataset}: {'; '.join(missing)} ({', and '.join(cost)})")
     if not parts:
         return ""
     asked = f"seed{'s' if len(grid['seeds']) > 1 else ''} {_seed_ranges(grid['seeds'])}"
