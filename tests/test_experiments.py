@@ -212,6 +212,8 @@ def test_the_records_outlive_the_run_directories(grid, finished, tmp_path):
     provenance = json.loads((records / "tiny" / "dimerec" / "seed-0" / "record.json").read_text())
     assert re.fullmatch(r"[0-9a-f]{40}", provenance["code"]["commit"]) and provenance["minutes"] > 0
     assert 0 < provenance["cpu_minutes"] < 10, "the ranks' CPU time, not the runner's own"
+    table, _ = experiments.collect(experiments.load_grid(grid_file), out, records)
+    assert table["tiny"]["dimerec"][0]["minutes"] == provenance["minutes"], "what 'Not recorded yet' times with"
     derived = json.loads((records / "tiny" / "dimerec_5_steps" / "seed-0" / "record.json").read_text())
     assert derived["source_final_sha256"] == experiments.final_digest(records / "tiny" / "dimerec" / "seed-0")
     assert sorted(p.name for p in (records / "tiny" / "dimerec" / "seed-0").iterdir()) == \
