@@ -61,6 +61,10 @@ class ModelConfig:
     reverse_noise_std: str = "posterior"  # sqrt(beta_tilde) (DDPM); "beta_tilde" as Algorithm 2 prints
     sample_steps: int = 1  # denoising steps at inference, 1..diffusion_steps
     sample_deterministic: bool = True
+    # Classifier-free guidance (DreamRec's): this share of training samples denoise with a learned
+    # null guidance instead of the GEM's, and sampling extrapolates (1 + w) f(g) - w f(null), w the scale.
+    guidance_dropout: float = 0.0
+    guidance_scale: float = 0.0
     # Losses: L = w_gem * L_gem + lambda * L_recon + mu * L_ssm; a weight of 0 switches a term off.
     gem_weight: float = 1.0
     recon_weight: float = 1.0  # lambda
@@ -87,7 +91,7 @@ class ModelConfig:
             raise ConfigError(f"need 0 < model.beta_start ({self.beta_start}) < model.beta_end ({self.beta_end}) < 1")
         if not 0.0 < self.grw_max_angle <= math.pi:
             raise ConfigError(f"model.grw_max_angle={self.grw_max_angle} must lie in (0, pi]")
-        for key in ("dropout", "history_dropout"):
+        for key in ("dropout", "history_dropout", "guidance_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must lie in [0, 1)")
         if self.temperature <= 0:
@@ -95,6 +99,11 @@ class ModelConfig:
         for key in ("gem_weight", "recon_weight", "ssm_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 0")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"model.guidance_scale={self.guidance_scale} must be >= 0")
+        if self.guidance_scale > 0 and self.guidance_dropout == 0:
+            raise ConfigError(f"model.guidance_scale={self.guidance_scale} needs model.guidance_dropout > 0: "
+                              "without it no null guidance is learned to steer away from")
         if self.gem_weight == self.recon_weight == self.ssm_weight == 0:
             raise ConfigError("model.gem_weight, recon_weight and ssm_weight are all 0: nothing to train")
 

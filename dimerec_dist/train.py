@@ -149,8 +149,9 @@ def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, 
     """The step's diffusion noise, drawn for the whole global batch; this rank takes its
     rows. The same sample gets the same t and eps whatever the world size."""
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + step)
-    draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps, generator)
-    return NoiseDraw(draw.t[rows].to(device), draw.noise[rows].to(device))
+    draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps, generator,
+                          guidance_dropout=config.model.guidance_dropout)
+    return draw.rows(rows, device)
 
 
 def training_step(model, batch, draw: NoiseDraw, params: list, optimizer: torch.optim.Optimizer,

@@ -41,12 +41,22 @@ class NoiseDraw:
 
     t: Tensor  # (B,) steps in 1..T
     noise: Tensor  # (B, d) standard normal
+    unguided: Tensor | None = None  # (B,) bool: denoise with the null guidance (classifier-free guidance)
 
     @staticmethod
     def draw(batch: int, dim: int, steps: int, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> "NoiseDraw":
+             device: torch.device | str = "cpu", guidance_dropout: float = 0.0) -> "NoiseDraw":
         t = torch.randint(1, steps + 1, (batch,), generator=generator, device=device)
-        return NoiseDraw(t, torch.randn(batch, dim, generator=generator, device=device))
+        noise = torch.randn(batch, dim, generator=generator, device=device)
+        # Drawn last, and only when asked: a run without guidance dropout draws what it always drew.
+        unguided = (torch.rand(batch, generator=generator, device=device) < guidance_dropout
+                    if guidance_dropout > 0 else None)
+        return NoiseDraw(t, noise, unguided)
+
+    def rows(self, rows: Tensor, device: torch.device | str) -> "NoiseDraw":
+        """This rank's slice of a draw made for the global batch."""
+        unguided = None if self.unguided is None else self.unguided[rows].to(device)
+        return NoiseDraw(self.t[rows].to(device), self.noise[rows].to(device), unguided)
 
 
 class DimeRec(nn.Module):
@@ -62,6 +72,9 @@ class DimeRec(nn.Module):
         self.dam = DAM(c.embedding_dim, c.num_interests, c.diffusion_steps, c.dam_hidden, c.dam_layers,
                        c.guidance_pooling)
         self.schedule = DiffusionSchedule(beta_schedule(c.beta_schedule, c.diffusion_steps, c.beta_start, c.beta_end))
+        # Only a model trained with guidance dropout has it, so older checkpoints keep loading.
+        self.null_guidance = (nn.Parameter(torch.zeros(c.num_interests, c.embedding_dim))
+                              if c.guidance_dropout > 0 else None)
 
     # ------------------------------------------------------------------ training
 
@@ -100,9 +113,10 @@ class DimeRec(nn.Module):
         recon = ssm = zero
         if c.recon_weight > 0 or c.ssm_weight > 0:
             if draw is None:
-                draw = NoiseDraw.draw(target.shape[0], target.shape[1], c.diffusion_steps, generator, target.device)
+                draw = NoiseDraw.draw(target.shape[0], target.shape[1], c.diffusion_steps, generator, target.device,
+                                      c.guidance_dropout)
             x0, x_t = self.diffuse(target, draw)
-            x0_hat = self.dam(x_t, draw.t, guidance)
+            x0_hat = self.dam(x_t, draw.t, self._dropped_guidance(guidance, draw.unguided))
             if c.recon_weight > 0:
                 recon = reconstruction_loss(x0, x0_hat, reduction)
             if c.ssm_weight > 0:
@@ -110,6 +124,16 @@ class DimeRec(nn.Module):
 
         total = c.gem_weight * gem_loss + c.recon_weight * recon + c.ssm_weight * ssm
         return DimeRecLosses(total=total, gem=gem_loss, recon=recon, ssm=ssm)
+
+    def _dropped_guidance(self, guidance: Tensor, unguided: Tensor | None) -> Tensor:
+        """The DAM's guidance with the null guidance in the dropped rows. torch.where keeps the
+        null guidance in the graph on a step that drops no row (DDP wants every parameter used)."""
+        if self.null_guidance is None:
+            return guidance
+        if unguided is None:
+            raise ValueError("a model with guidance dropout needs the draw's `unguided` rows "
+                             "(NoiseDraw.draw(..., guidance_dropout=...))")
+        return torch.where(unguided[:, None, None], self.null_guidance.expand_as(guidance), guidance)
 
     # ------------------------------------------------------------------ inference
 
@@ -130,7 +154,15 @@ class DimeRec(nn.Module):
     def _generate(self, guidance: Tensor, *, steps: int | None = None, deterministic: bool | None = None,
                   generator: torch.Generator | None = None, start: Tensor | None = None) -> Tensor:
         c = self.config
-        return reverse_sample(lambda x, t: self.dam(x, t, guidance), guidance.shape[0], c.embedding_dim,
+
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
+            guided = self.dam(x, t, guidance)
+            if c.guidance_scale == 0:
+                return guided
+            unguided = self.dam(x, t, self.null_guidance.expand_as(guidance))
+            return (1 + c.guidance_scale) * guided - c.guidance_scale * unguided
+
+        return reverse_sample(denoise, guidance.shape[0], c.embedding_dim,
                               self.schedule, c.sample_steps if steps is None else steps,
                               c.sample_deterministic if deterministic is None else deterministic,
                               space=c.noise_space, noise_std=c.reverse_noise_std, generator=generator,

@@ -10,7 +10,8 @@ Row-wise Adagrad divides a row's step by the root of its mean squared gradient, 
 hides a wrong gradient *scale*; the SGD pairs would show one (they also gather in-batch
 negatives from every rank and send their gradients back). Column-wise with row-wise
 Adagrad keeps an accumulator per row and column block, so it is compared with one rank
-holding the same blocks; with SGD it is compared with plain row-wise.
+holding the same blocks; with SGD it is compared with plain row-wise. The SGD runs also train
+with classifier-free guidance, whose per-sample draw must not depend on the world size.
 """
 
 import json
@@ -32,6 +33,8 @@ LOSSES = ("loss/total", "loss/gem", "loss/recon", "loss/ssm")
 SGD = ["train.sparse_optimizer=sgd", "train.sparse_lr=0.5"]
 COLUMN_BLOCKS = ["sharding.type=column_wise", "sharding.column_block=8"]
 IN_BATCH = ["train.in_batch_negatives=true", "train.negative_sampler=popularity"]
+# Classifier-free guidance: each sample's null-guidance draw must not depend on the world size.
+GUIDANCE = ["model.guidance_dropout=0.25", "model.guidance_scale=1"]
 RUNS = {  # name: (ranks, overrides)
     "one": (1, []),
     "row_wise": (2, []),
@@ -40,10 +43,10 @@ RUNS = {  # name: (ranks, overrides)
     "one_column_blocks": (1, COLUMN_BLOCKS),
     "column_wise": (2, COLUMN_BLOCKS),
     # SGD, with in-batch negatives gathered from all ranks (their gradients sent back), popularity
-    # negatives and logQ.
-    "one_sgd": (1, [*SGD, *IN_BATCH]),
-    "row_wise_sgd": (2, [*SGD, *IN_BATCH]),
-    "column_wise_sgd": (2, ["sharding.type=column_wise", *SGD, *IN_BATCH]),
+    # negatives and logQ; and classifier-free guidance.
+    "one_sgd": (1, [*SGD, *IN_BATCH, *GUIDANCE]),
+    "row_wise_sgd": (2, [*SGD, *IN_BATCH, *GUIDANCE]),
+    "column_wise_sgd": (2, ["sharding.type=column_wise", *SGD, *IN_BATCH, *GUIDANCE]),
 }
 PAIRS = [("one", "row_wise"), ("one", "table_wise"), ("one", "data_parallel"), ("one_column_blocks", "column_wise"),
          ("one_sgd", "row_wise_sgd"), ("one_sgd", "column_wise_sgd")]
