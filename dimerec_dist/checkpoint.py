@@ -124,6 +124,12 @@ def check_compatible(path: Path, num_items: int, model_config: ModelConfig) -> d
     ours = dataclasses.asdict(model_config)
     differ = [f"{k} (saved {meta['model'].get(k)!r}, now {ours[k]!r})" for k in SHAPE_KEYS
               if meta["model"].get(k) != ours[k]]
+    # Guidance dropout's share is a training setting, but whether it is 0 decides if the model
+    # holds a learned null guidance.
+    saved_null, our_null = meta["model"].get("guidance_dropout", 0.0) > 0, model_config.guidance_dropout > 0
+    if saved_null != our_null:
+        differ.append(f"null guidance (saved {'with' if saved_null else 'without'} one, now "
+                      f"{'with' if our_null else 'without'}: model.guidance_dropout)")
     if differ:
         raise CheckpointError(f"{path}: saved by a different model: {', '.join(differ)}")
     return meta

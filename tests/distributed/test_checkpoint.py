@@ -101,6 +101,7 @@ def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(uninterru
 @pytest.mark.parametrize("override, message", [
     ("model.embedding_dim=32", "saved by a different model: embedding_dim (saved 16, now 32)"),
     ("model.num_interests=3", "num_interests (saved 2, now 3)"),
+    ("model.guidance_dropout=0.2", "null guidance (saved without one, now with: model.guidance_dropout)"),
     ("sharding.type=data_parallel", "laid out for row- or table-wise, this job shards the table data_parallel"),
     ("sharding.type=column_wise", "this job shards the table column_wise (blocks of 16 columns)"),
 ])
