@@ -1,7 +1,6 @@
 """tools/experiments.py runs a grid, resumes it, and reports means, spreads and Welch's test;
 dimerec_dist/significance.py gives the textbook p-values."""
 
-import importlib.util
 import json
 import re
 import shutil
@@ -10,12 +9,14 @@ import sys
 
 import pytest
 
+import dimerec_dist.experiments.grid as experiment_grid
+import dimerec_dist.experiments.plots as experiment_plots
+import dimerec_dist.experiments.report as experiment_report
+from dimerec_dist.config import load_config
+from dimerec_dist.run_records import RecordError, final_digest, write_record
 from dimerec_dist.significance import regularized_incomplete_beta, student_t_two_sided_p, welch_t_test
 from tests.distributed.conftest import REPO
 
-_spec = importlib.util.spec_from_file_location("experiments", REPO / "tools" / "experiments.py")
-experiments = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(experiments)
 
 
 def test_student_t_p_values_match_the_tables():
@@ -195,7 +196,7 @@ def test_a_grid_sharing_runs_trains_a_method_both_name_once(grid, finished, tmp_
                         .replace("seeds: [0, 1]", "seeds: [0]")
                         + f"datasets:\n  tiny: {{config: {config}}}\nmethods:\n  dimerec: []\n"
                           "  k1: [model.num_interests=1]\n")
-    assert experiments.default_out(experiments.load_grid(ablation)) == experiments.REPO / "runs/experiments/smoke"
+    assert experiment_grid.default_out(experiment_grid.load_grid(ablation)) == experiment_grid.REPO / "runs/experiments/smoke"
     done = run(ablation, out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 runs in the grid, 1 already done" in done.stdout, "dimerec seed 0 is the first grid's run"
@@ -212,10 +213,10 @@ def test_the_records_outlive_the_run_directories(grid, finished, tmp_path):
     provenance = json.loads((records / "tiny" / "dimerec" / "seed-0" / "record.json").read_text())
     assert re.fullmatch(r"[0-9a-f]{40}", provenance["code"]["commit"]) and provenance["minutes"] > 0
     assert 0 < provenance["cpu_minutes"] < 10, "the ranks' CPU time, not the runner's own"
-    table, _ = experiments.collect(experiments.load_grid(grid_file), out, records)
+    table, _ = experiment_report.collect(experiment_grid.load_grid(grid_file), out, records)
     assert table["tiny"]["dimerec"][0]["minutes"] == provenance["minutes"], "what 'Not recorded yet' times with"
     derived = json.loads((records / "tiny" / "dimerec_5_steps" / "seed-0" / "record.json").read_text())
-    assert derived["source_final_sha256"] == experiments.final_digest(records / "tiny" / "dimerec" / "seed-0")
+    assert derived["source_final_sha256"] == final_digest(records / "tiny" / "dimerec" / "seed-0")
     assert sorted(p.name for p in (records / "tiny" / "dimerec" / "seed-0").iterdir()) == \
         ["config.yaml", "final.json", "metrics.jsonl", "record.json"], "the model and checkpoints stay out"
     before = (root / "out" / "report-smoke.md").read_text()
@@ -246,8 +247,8 @@ def test_runs_finished_before_their_records_are_recorded_not_run_again(grid, fin
 def test_a_record_is_written_whole_and_a_broken_one_is_named(grid, finished, tmp_path):
     _, grid_file = grid
     out = copy_of(finished, tmp_path)
-    with pytest.raises(experiments.RecordError, match="no final.json"):
-        experiments.write_record(out / "tiny" / "data", tmp_path / "record", {})
+    with pytest.raises(RecordError, match="no final.json"):
+        write_record(out / "tiny" / "data", tmp_path / "record", {})
     assert not (tmp_path / "record").exists() and not (tmp_path / "record.partial").exists()
     (out / "records" / "tiny" / "comirec_sa" / "seed-1" / "final.json").write_text("{truncated")
     broken = run(grid_file, out, "--report-only")
@@ -255,11 +256,11 @@ def test_a_record_is_written_whole_and_a_broken_one_is_named(grid, finished, tmp
 
 
 def test_a_grid_with_a_committed_report_keeps_its_records_in_the_repository(tmp_path):
-    grid = experiments.load_grid(REPO / "configs" / "experiments" / "ablations.yaml")
-    assert experiments.default_records(grid, tmp_path) == REPO / "docs" / "results" / "main", "beside main's"
-    grid = experiments.load_grid(REPO / "configs" / "experiments" / "main.yaml")
+    grid = experiment_grid.load_grid(REPO / "configs" / "experiments" / "ablations.yaml")
+    assert experiment_grid.default_records(grid, tmp_path) == REPO / "docs" / "results" / "main", "beside main's"
+    grid = experiment_grid.load_grid(REPO / "configs" / "experiments" / "main.yaml")
     del grid["report"]
-    assert experiments.default_records(grid, tmp_path) == tmp_path / "records"
+    assert experiment_grid.default_records(grid, tmp_path) == tmp_path / "records"
 
 
 def test_the_report_names_what_the_grid_asks_and_no_record_has_yet():
@@ -273,7 +274,7 @@ def test_the_report_names_what_the_grid_asks_and_no_record_has_yet():
              "games": {"dimerec": runs(0, 1, 2, 4, minutes=24.0), "sasrec": runs(1, minutes=36.0),
                        "popularity": runs(0, 1, 2, 4)}}
     # Games: dimerec 1 x 24 + sasrec 4 x 36 = 168 minutes; dimerec_dam_only has no run to time.
-    assert experiments.render_missing(grid, table) == (
+    assert experiment_report.render_missing(grid, table) == (
         "Not recorded yet (seeds 0-4 asked of each method; the time each dataset's list takes is the mean "
         "wall minutes of the method's recorded runs there):\n"
         "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only every seed "
@@ -281,9 +282,9 @@ def test_the_report_names_what_the_grid_asks_and_no_record_has_yet():
         "- ml100k: every method\n")
     table["games"]["dimerec_dam_only"] = runs(0, 1, 2, minutes=0.5)
     assert "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only 3-4 (about 2.8 h)\n" in \
-        experiments.render_missing(grid, table)
+        experiment_report.render_missing(grid, table)
     table["games"] = table["ml100k"] = table["beauty"]
-    assert experiments.render_missing(grid, table) == ""
+    assert experiment_report.render_missing(grid, table) == ""
 
 
 def test_a_re_evaluation_of_the_reference_is_not_its_best_baseline():
@@ -292,10 +293,10 @@ def test_a_re_evaluation_of_the_reference_is_not_its_best_baseline():
                         "dimerec_more_steps": [run(0.095), run(0.096)]}}
     grid = {"metrics": ["hr@10"], "reference": "dimerec",
             "methods": {"dimerec": [], "comirec_sa": [], "dimerec_more_steps": {"from": "dimerec", "eval": []}}}
-    assert "HR@10: best baseline comirec_sa: 0.0805; dimerec 0.0905" in experiments.render(grid, table)
+    assert "HR@10: best baseline comirec_sa: 0.0805; dimerec 0.0905" in experiment_report.render(grid, table)
     grid["purpose"] = "ablation"
     table["beauty"]["popularity"] = [run(0.2), run(0.2)]  # shown beside an ablation, never its variant
-    assert "HR@10: best variant comirec_sa: 0.0805" in experiments.render(grid, table)
+    assert "HR@10: best variant comirec_sa: 0.0805" in experiment_report.render(grid, table)
 
 
 def test_a_variant_asking_what_the_reference_asks_is_shown_but_never_its_best_rival(grid, finished, tmp_path):
@@ -318,9 +319,9 @@ def test_a_curve_is_drawn_over_the_seeds_every_point_has():
     run = lambda seed, hr: {"hr@10": hr, "seed": seed}  # noqa: E731
     methods = {"dimerec": [run(0, 0.090), run(1, 0.095), run(2, 0.080)], "steps_5": [run(0, 0.087)]}
     spec = {"x": [1, 5, 50], "methods": ["dimerec", "steps_5", "steps_50"]}
-    assert experiments.curve_points(spec, methods) == [(1, [run(0, 0.090)]), (5, [run(0, 0.087)])]
+    assert experiment_plots.curve_points(spec, methods) == [(1, [run(0, 0.090)]), (5, [run(0, 0.087)])]
     methods["steps_5"] = [run(3, 0.087)]
-    assert experiments.curve_points(spec, methods) == [], "no seed in common: nothing to draw"
+    assert experiment_plots.curve_points(spec, methods) == [], "no seed in common: nothing to draw"
 
 
 def test_the_bars_are_each_methods_mean_with_its_spread():
@@ -332,7 +333,7 @@ def test_the_bars_are_each_methods_mean_with_its_spread():
     run = lambda hr, ndcg: {"hr@10": hr, "ndcg@10": ndcg}  # noqa: E731
     methods = {"dimerec": [run(0.09, 0.05), run(0.10, 0.06)], "comirec_sa": [run(0.08, 0.04)]}
     fig, ax = plt.subplots()
-    experiments._bars(ax, {"reference": "dimerec"}, methods, ["hr@10", "ndcg@10"])
+    experiment_plots._bars(ax, {"reference": "dimerec"}, methods, ["hr@10", "ndcg@10"])
     # Bars are drawn metric by metric: HR@10 of each method, then NDCG@10 of each.
     assert [round(b.get_height(), 6) for b in ax.patches] == [0.095, 0.08, 0.055, 0.04]
     assert [b.get_linewidth() for b in ax.patches][::2] == [1.2, 1.2], "the reference is outlined"
@@ -344,11 +345,11 @@ def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():
     table = {"beauty": {"dimerec": [run(0.050, 0.070)], "popularity": [{"hr@10": 0.01, "ndcg@10": 0.005}],
                         "best_on_test": [run(0.051, 0.090)], "best_on_valid": [run(0.060, 0.080)]}}
     grid = {"metrics": ["hr@10", "ndcg@10"], "reference": "dimerec", "purpose": "tuning"}
-    text = experiments.render(grid, table)
+    text = experiment_report.render(grid, table)
     assert "Chosen on validation NDCG@10: **best_on_valid** (0.0600); its test: HR@10 0.0800, NDCG@10 0.0400" in text
     assert "Welch" not in text and "best baseline" not in text
     del table["beauty"]["best_on_test"], table["beauty"]["best_on_valid"]
-    assert "Chosen" not in experiments.render(grid, table), "one setting is not a choice"
+    assert "Chosen" not in experiment_report.render(grid, table), "one setting is not a choice"
 
 
 def test_a_wrong_grid_key_is_named(grid, tmp_path):
@@ -370,31 +371,31 @@ def test_a_wrong_plot_is_named_before_anything_runs(grid, tmp_path, old, new, me
     _, grid_file = grid
     bad = tmp_path / "bad.yaml"
     bad.write_text(grid_file.read_text().replace(old, new))
-    with pytest.raises(experiments.GridError, match=re.escape(message)):
-        experiments.load_grid(bad)
+    with pytest.raises(experiment_grid.GridError, match=re.escape(message)):
+        experiment_grid.load_grid(bad)
 
 
 @pytest.mark.parametrize("grid_file", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_committed_grid_asks_for_valid_jobs(grid_file, tmp_path):
     """A mistyped override in a grid fails here, not hours into a run."""
-    grid = experiments.load_grid(grid_file)
+    grid = experiment_grid.load_grid(grid_file)
     for dataset, spec in grid["datasets"].items():
         for method in grid["methods"]:
-            derived = experiments.evaluation_only(grid, method) or {"from": method, "eval": []}
-            overrides = experiments.training_overrides(grid, tmp_path, dataset, derived["from"], grid["seeds"][0])
+            derived = experiment_grid.evaluation_only(grid, method) or {"from": method, "eval": []}
+            overrides = experiment_grid.training_overrides(grid, tmp_path, dataset, derived["from"], grid["seeds"][0])
             # Raises ConfigError naming the key; a re-evaluation's settings go on top of its trained run's.
-            experiments.load_config(REPO / spec["config"], [*overrides, *derived["eval"]])
+            load_config(REPO / spec["config"], [*overrides, *derived["eval"]])
 
 
 @pytest.mark.parametrize("grid_file", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
 def test_the_committed_tables_are_what_the_committed_records_say(grid_file, tmp_path):
     """docs/RESULTS.md's live tables are the runner's rendering of docs/results/: a record added,
     changed or moved aside without the report written again fails here."""
-    grid = experiments.load_grid(grid_file)
-    records = experiments.default_records(grid, tmp_path)
+    grid = experiment_grid.load_grid(grid_file)
+    records = experiment_grid.default_records(grid, tmp_path)
     block = re.search(rf"<!-- experiments:{grid['name']} -->\n(.*?)<!-- /experiments:{grid['name']} -->",
                       (REPO / grid["report"]).read_text(), flags=re.S).group(1)
-    text, table = experiments.report_text(grid, tmp_path, records)
+    text, table = experiment_report.report_text(grid, tmp_path, records)
     if not table:
         assert "No run recorded yet" in block
         return
