@@ -174,7 +174,7 @@ def test_the_report_leaves_out_runs_made_with_other_settings_and_names_them(grid
     assert not list(out.glob("**/seed-*.stale-*"))
 
 
-def test_methods_and_seeds_pick_what_runs_and_an_unknown_one_is_named(grid, tmp_path):
+def test_methods_and_seeds_pick_what_runs_and_an_unknown_one_or_dataset_is_named(grid, tmp_path):
     _, grid_file = grid
     done = run(grid_file, tmp_path / "out", "--methods", "comirec_sa", "--seeds", "0")
     assert done.returncode == 0 and "1 runs in the grid, 0 already done" in done.stdout
@@ -185,6 +185,8 @@ def test_methods_and_seeds_pick_what_runs_and_an_unknown_one_is_named(grid, tmp_
     assert wrong.returncode == 2 and "--methods comirec: not in" in wrong.stderr
     wrong = run(grid_file, tmp_path / "out", "--seeds", "7")
     assert wrong.returncode == 2 and "--seeds 7: not in" in wrong.stderr
+    wrong = run(grid_file, tmp_path / "out", "--only", "beauty")  # a typo would otherwise run nothing, quietly
+    assert wrong.returncode == 2 and "--only beauty: not in" in wrong.stderr and "(its datasets: tiny)" in wrong.stderr
 
 
 def test_a_grid_sharing_runs_trains_a_method_both_name_once(grid, finished, tmp_path):

@@ -173,11 +173,13 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     records = args.records or default_records(grid, out)
     if not args.report_only:
-        for flag, asked, known in (("methods", args.methods, grid["methods"]), ("seeds", args.seeds, grid["seeds"])):
+        for flag, noun, asked, known in (("only", "datasets", args.only, grid["datasets"]),
+                                         ("methods", "methods", args.methods, grid["methods"]),
+                                         ("seeds", "seeds", args.seeds, grid["seeds"])):
             unknown = sorted(set(asked or []) - set(known))
             if unknown:
                 print(f"experiments: error: --{flag} {', '.join(map(str, unknown))}: not in {args.grid} "
-                      f"(its {flag}: {', '.join(map(str, known))})", file=sys.stderr)
+                      f"(its {noun}: {', '.join(map(str, known))})", file=sys.stderr)
                 return 2
     try:
         if not args.report_only:
