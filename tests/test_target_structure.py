@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dimerec_dist.data.prepare import PrepareOptions, prepare
+from dimerec_dist.data.schema import DataError
 from tests.distributed.conftest import REPO
 
 _spec = importlib.util.spec_from_file_location("target_structure", REPO / "tools" / "target_structure.py")
@@ -39,28 +40,29 @@ def test_category_shares_count_last_most_frequent_and_any():
                                     "in_any_history_category": 2 / 3})
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, "tools/target_structure.py", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_on_a_synthetic_log_the_last_category_beats_popularity(tiny_dataset, tmp_path):
-    done = run_tool("--data", tiny_dataset, "--synth", tiny_dataset.parent / "raw", "--out", tmp_path / "s.json")
-    assert done.returncode == 0, done.stderr
-    result = json.loads((tmp_path / "s.json").read_text())
+def test_on_a_synthetic_log_the_last_category_beats_popularity(tiny_dataset):
+    result = target_structure.target_structure(tiny_dataset, synth_dir=tiny_dataset.parent / "raw")
     assert result["users"] == 400 and 0 < result["target_already_seen"] < 1
     assert result["in_last_item_category"] <= result["in_any_history_category"]
     # The generator's sessions follow one interest: the last item's category predicts the next.
     assert result["last_item_category"]["hr@10"] > 2 * result["popularity"]["hr@10"]
-    assert "in_last_item_category" not in json.loads(run_tool("--data", tiny_dataset).stdout), \
+    assert "in_last_item_category" not in target_structure.target_structure(tiny_dataset), \
         "without the generator's categories only what needs none is reported"
 
 
-def test_a_missing_dataset_and_a_user_split_are_named(tiny_dataset, tmp_path):
-    missing = run_tool("--data", tmp_path / "nowhere")
-    assert missing.returncode == 2 and "manifest.json does not exist" in missing.stderr
+def test_a_user_split_is_refused_by_name(tiny_dataset, tmp_path):
     user_split = tmp_path / "user_split"
     prepare(PrepareOptions(format="events", input=tiny_dataset.parent / "raw" / "events", out=user_split,
                            split="user"))
-    refused = run_tool("--data", user_split)
-    assert refused.returncode == 2 and "leave-one-out targets only" in refused.stderr and str(user_split) in refused.stderr
+    with pytest.raises(DataError, match=f"{user_split}.*leave-one-out targets only"):
+        target_structure.target_structure(user_split)
+
+
+def test_the_command_writes_its_json_and_names_a_missing_dataset(tiny_dataset, tmp_path):
+    run = [sys.executable, "tools/target_structure.py", "--data"]
+    done = subprocess.run([*run, str(tiny_dataset), "--out", str(tmp_path / "s.json")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(done.stdout)
+    missing = subprocess.run([*run, str(tmp_path / "nowhere")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "manifest.json does not exist" in missing.stderr
