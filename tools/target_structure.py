@@ -16,6 +16,7 @@ Prints (and with --out writes) for a leave-one-out split:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -52,16 +53,17 @@ def heuristic_topk(histories: list[np.ndarray], popularity: np.ndarray, k: int,
     Ties break as the trainer's popularity baseline breaks them (evaluate.popularity_scores)."""
     order = np.argsort(-popularity_scores(popularity), kind="stable")
     order = order[order != 0]  # row 0 is padding
-    in_category: dict[int, np.ndarray] = {}
+    in_category: dict[int, list[int]] = {}
     if categories is not None:
         ordered = categories[order]
-        in_category = {int(c): order[ordered == c] for c in np.unique(ordered)}
+        in_category = {int(c): order[ordered == c].tolist() for c in np.unique(ordered)}
+    everything = order.tolist()
     topk = np.zeros((len(histories), k), np.int64)
     for row, history in enumerate(histories):
         seen = set(history.tolist())
-        first = in_category.get(int(categories[history[-1]]), order[:0]) if categories is not None else order[:0]
+        first = in_category.get(int(categories[history[-1]]), []) if categories is not None else []
         ranked: list[int] = []
-        for item in np.concatenate([first, order]).tolist():
+        for item in itertools.chain(first, everything):  # stops after k: most users need a few items
             if item not in seen and item not in ranked:
                 ranked.append(item)
                 if len(ranked) == k:
