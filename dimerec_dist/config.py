@@ -400,6 +400,10 @@ def learned_settings(config: JobConfig) -> dict[str, Any]:
             if (section, key) not in NOT_LEARNED:
                 flat[f"{section}.{key}" if key else section] = value
     flat["eval.query"] = config.query_mode()  # "auto" is whichever mode it resolves to
+    if config.model.gem_weight == 0 and config.model.ssm_weight == 0:
+        # Only the two softmax losses read the temperature (retrieval ranks by the logits' order, which
+        # it does not change): a model trained on L_recon alone (DreamRec-like) learns the same at any.
+        del flat["model.temperature"]
     return flat
 
 

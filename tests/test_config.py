@@ -2,7 +2,7 @@
 
 import pytest
 
-from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config, parse_override
+from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config, parse_override, settings_changes
 
 
 def write(tmp_path, text):
@@ -78,3 +78,21 @@ def test_parse_override_nests_dotted_keys():
     assert parse_override("model.gem=sasrec") == {"model": {"gem": "sasrec"}}
     assert parse_override("seed=4") == {"seed": "4"}
     assert isinstance(JobConfig().model.num_interests, int)
+
+
+def test_what_changes_a_run_is_a_learned_setting_and_not_where_it_writes():
+    base = load_config(None, ["model.temperature=0.1"])
+    assert settings_changes(base, load_config(None, ["model.temperature=0.1", "train.log_every=7"])) == []
+    assert settings_changes(base, load_config(None, ["model.temperature=0.5"])) == ["model.temperature 0.1 -> 0.5"]
+
+
+def test_the_temperature_is_no_setting_of_a_model_trained_without_a_softmax():
+    # L_recon alone (the DreamRec-like baseline) reads no temperature: a tuned default must not make its runs stale.
+    recon_only = ["model.gem_weight=0", "model.ssm_weight=0"]
+    before = load_config(None, [*recon_only, "model.temperature=0.1"])
+    assert settings_changes(before, load_config(None, [*recon_only, "model.temperature=0.5"])) == []
+    assert settings_changes(before, load_config(None, [*recon_only, "model.temperature=0.5", "model.recon_weight=2"])) \
+        == ["model.recon_weight 1.0 -> 2.0"]
+    with_ssm = ["model.gem_weight=0", "model.temperature=0.1"]
+    assert "model.temperature 0.1 -> 0.5" in settings_changes(
+        load_config(None, with_ssm), load_config(None, ["model.gem_weight=0", "model.temperature=0.5"]))
