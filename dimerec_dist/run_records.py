@@ -5,7 +5,8 @@ A run directory is scratch space (hundreds of MB of checkpoints on a machine tha
 tomorrow); a record is tens of KB: the settings it ran with (config.yaml), its final metrics
 (final.json), its training curves (metrics.jsonl) and where it came from (record.json: the run
 directory, when it was recorded, the code's commit, the wall and CPU minutes the runner's last
-start of it took, and for a re-evaluation a digest of the trained run's final.json it re-evaluated).
+start of it took - with the step it resumed from, when that start went on from a checkpoint - and
+for a re-evaluation a digest of the trained run's final.json it re-evaluated).
 tools/experiments.py reports from records only.
 """
 

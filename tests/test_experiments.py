@@ -246,6 +246,26 @@ def test_runs_finished_before_their_records_are_recorded_not_run_again(grid, fin
     assert provenance["code"] is None and "code version is unknown" in provenance["note"]
 
 
+def test_a_resumed_run_records_the_step_it_went_on_from_and_is_not_timed_with(grid, finished, tmp_path):
+    """An interrupted run goes on from its checkpoint; the minutes of that last leg are no run's cost."""
+    root, grid_file = grid
+    out = copy_of(finished, tmp_path)
+    run_directory, record = out / "tiny" / "dimerec" / "seed-1", out / "records" / "tiny" / "dimerec" / "seed-1"
+    checkpoint = sorted((run_directory / "checkpoints").glob("step-*"))[-1]
+    (run_directory / "final.json").unlink()  # interrupted after its last checkpoint, before its evaluation
+    shutil.rmtree(record)
+    done = run(grid_file, out, "--methods", "dimerec", "--seeds", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    provenance = json.loads((record / "record.json").read_text())
+    assert provenance["resumed_from_step"] == int(checkpoint.name.removeprefix("step-")) > 0
+    assert provenance["minutes"] > 0, "the leg's minutes stay in the record"
+    table, _ = experiment_report.collect(experiment_grid.load_grid(grid_file), out, out / "records")
+    timed = {r["seed"]: "minutes" in r for r in table["tiny"]["dimerec"]}
+    assert timed == {0: True, 1: False}, "only the run made in one go times the runs still to make"
+    first = json.loads((out / "records" / "tiny" / "dimerec" / "seed-0" / "record.json").read_text())
+    assert "resumed_from_step" not in first
+
+
 def test_a_record_is_written_whole_and_a_broken_one_is_named(grid, finished, tmp_path):
     _, grid_file = grid
     out = copy_of(finished, tmp_path)
@@ -278,7 +298,7 @@ def test_the_report_names_what_the_grid_asks_and_no_record_has_yet():
     # Games: dimerec 1 x 24 + sasrec 4 x 36 = 168 minutes; dimerec_dam_only has no run to time.
     assert experiment_report.render_missing(grid, table) == (
         "Not recorded yet (seeds 0-4 asked of each method; the time each dataset's list takes is the mean "
-        "wall minutes of the method's recorded runs there):\n"
+        "wall minutes of the method's recorded runs there, resumed runs left out):\n"
         "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only every seed "
         "(about 2.8 h, and 5 runs of methods not yet timed here)\n"
         "- ml100k: every method\n")

@@ -49,6 +49,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dimerec_dist.checkpoint import CheckpointManager  # noqa: E402
 from dimerec_dist.experiments.grid import (REPO, GridError, default_out, default_records, evaluation_only,  # noqa: E402
                                            load_grid, run_dir, stale_reason, training_overrides)
 from dimerec_dist.experiments.plots import plot  # noqa: E402
@@ -111,6 +112,13 @@ def record_unrecorded(grid: dict, out: Path, records: Path, jobs: list[tuple[str
         print(f"recorded {run_dir(out, *job)} (finished before it was recorded)", flush=True)
 
 
+def resumed_from_step(run: Path) -> int | None:
+    """The step an interrupted training run goes on from (its newest complete checkpoint: the
+    trainer's train.resume=auto), or None for a run that starts at step 0."""
+    latest = CheckpointManager(run / "checkpoints").latest()
+    return int(latest.name.removeprefix("step-")) if latest is not None else None
+
+
 def _children_cpu_seconds() -> float:
     """User + system CPU time of every finished child process so far (torchrun and its ranks)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -139,11 +147,15 @@ def run_grid(grid: dict, out: Path, records: Path, only: list[str] | None, metho
     for index, job in enumerate(todo):
         began, cpu_before = time.time(), _children_cpu_seconds()
         code = code_version(REPO)  # before the run: the code it runs with
+        resumed = None if evaluation_only(grid, job[1]) is not None else resumed_from_step(run_dir(out, *job))
         run_one(grid, out, *job)
         # Wall minutes count a pause (a test suite run beside it, SIGSTOPped); CPU minutes, summed
-        # over the ranks, do not.
-        record(grid, out, records, job, {"code": code, "minutes": round((time.time() - began) / 60, 2),
-                                         "cpu_minutes": round((_children_cpu_seconds() - cpu_before) / 60, 2)})
+        # over the ranks, do not. A resumed run's minutes are its last leg's: the record says so.
+        provenance = {"code": code, "minutes": round((time.time() - began) / 60, 2),
+                      "cpu_minutes": round((_children_cpu_seconds() - cpu_before) / 60, 2)}
+        if resumed is not None:
+            provenance["resumed_from_step"] = resumed
+        record(grid, out, records, job, provenance)
         spent = time.time() - started
         eta = spent / (index + 1) * (len(todo) - index - 1)
         print(f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done in "

@@ -32,9 +32,10 @@ def collect(grid: dict, out: Path, records: Path) -> tuple[dict, dict[str, list[
                         continue
                     result = read_final(record)
                     extra = {"ms/user": result["latency"]["ms_per_user"]} if "latency" in result else {}
-                    minutes = read_provenance(record).get("minutes")
-                    if minutes is not None:
-                        extra["minutes"] = minutes
+                    provenance = read_provenance(record)
+                    # A resumed run's minutes time its last leg only: not a run's cost to estimate with.
+                    if provenance.get("minutes") is not None and "resumed_from_step" not in provenance:
+                        extra["minutes"] = provenance["minutes"]
                     diversity = result.get("diversity", {})
                     selection = {"valid ndcg@10": result["valid"]["ndcg@10"]} if "ndcg@10" in result["valid"] else {}
                     table.setdefault(dataset, {}).setdefault(method, []).append(
@@ -68,7 +69,8 @@ def _seed_ranges(seeds: list[int]) -> str:
 def render_missing(grid: dict, table: dict) -> str:
     """What the grid asks that has no current record: a dataset, a method, or some seeds of it -
     the table's own 'still to run', so no prose has to keep count - and, where a method already
-    has recorded runs on that dataset, about how long the rest take (their mean wall minutes)."""
+    has recorded runs on that dataset, about how long the rest take (the mean wall minutes of those
+    that ran in one go: a resumed run records its last leg)."""
     parts = []
     for dataset in grid["datasets"]:
         recorded = table.get(dataset, {})
@@ -97,7 +99,7 @@ def render_missing(grid: dict, table: dict) -> str:
         return ""
     asked = f"seed{'s' if len(grid['seeds']) > 1 else ''} {_seed_ranges(grid['seeds'])}"
     return (f"Not recorded yet ({asked} asked of each method; the time each dataset's list takes is "
-            f"the mean wall minutes of the method's recorded runs there):\n") + \
+            f"the mean wall minutes of the method's recorded runs there, resumed runs left out):\n") + \
         "\n".join(f"- {part}" for part in parts) + "\n"
 
 
