@@ -49,7 +49,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dimerec_dist.checkpoint import CheckpointManager  # noqa: E402
+from dimerec_dist.checkpoint import CheckpointManager, read_meta  # noqa: E402
 from dimerec_dist.experiments.grid import (REPO, GridError, default_out, default_records, evaluation_only,  # noqa: E402
                                            load_grid, run_dir, stale_reason, training_overrides)
 from dimerec_dist.experiments.plots import plot  # noqa: E402
@@ -116,7 +116,7 @@ def resumed_from_step(run: Path) -> int | None:
     """The step an interrupted training run goes on from (its newest complete checkpoint: the
     trainer's train.resume=auto), or None for a run that starts at step 0."""
     latest = CheckpointManager(run / "checkpoints").latest()
-    return int(latest.name.removeprefix("step-")) if latest is not None else None
+    return read_meta(latest)["training"]["step"] if latest is not None else None  # what the trainer resumes at
 
 
 def _children_cpu_seconds() -> float:
