@@ -11,6 +11,12 @@ weights (DCP); the dense optimizer and learning-rate schedule (dense.pt, replica
 rank 0 writes it); step, epoch and position in the data plan, the best validation score,
 and the config (meta.json). No RNG state is needed: every random draw in training derives
 from (seed, epoch, step[, rank]).
+
+Every file is checksummed: each rank hashes the shards it has just written (while they are
+in the page cache), rank 0 the rest, and meta.json lists them with a digest of its own.
+Loading verifies them first (the ranks share the files), so a flipped byte or a truncated
+shard is refused by name, never loaded; `resume=auto` then falls back to the newest
+checkpoint that verifies.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 
 from dimerec_dist.config import ConfigError, JobConfig, ModelConfig, config_from_dict, settings_changes
+from dimerec_dist.integrity import file_sha256, files_sha256, mismatches, seal_problem, sealed
 
 log = logging.getLogger("dimerec.checkpoint")
 META_FILE = "meta.json"
 LEGACY_META_FILE = "model.json"  # model directories written by the first trainer version
 DENSE_FILE = "dense.pt"
+SEAL_KEY = "meta_sha256"  # meta.json's digest of itself
 # Model config keys that change the shape or meaning of saved weights.
 SHAPE_KEYS = ("embedding_dim", "max_history", "gem", "num_interests", "gem_hidden_mult", "routing_iterations",
               "sasrec_layers", "sasrec_heads", "dam_hidden", "dam_layers", "guidance_pooling", "diffusion_steps")
@@ -50,14 +58,58 @@ def _is_main() -> bool:
 
 
 def _commit(staging: Path, final: Path, meta: dict[str, Any]) -> None:
-    """Called on every rank after its shards are written: make the checkpoint visible atomically."""
-    dist.barrier()
+    """Called on every rank after its shards are written: checksum them, then make the
+    checkpoint visible atomically."""
+    own = _own_file_checksums(staging)
+    gathered: list[dict[str, str]] = [{}] * dist.get_world_size()
+    dist.all_gather_object(gathered, own)  # also the barrier: every rank has written its shards
     if _is_main():
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        files = {name: digest for part in gathered for name, digest in part.items()}
+        for path in sorted(staging.iterdir()):  # DCP's .metadata, dense.pt: written by rank 0
+            if path.is_file() and path.name not in files and path.name != META_FILE:
+                files[path.name] = file_sha256(path)
+        (staging / META_FILE).write_text(json.dumps(sealed({**meta, "files": files}, SEAL_KEY), indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
     dist.barrier()
+
+
+def _own_file_checksums(staging: Path) -> dict[str, str]:
+    """The shard files this rank wrote: DCP's file-system writer names them __RANK_N.distcp."""
+    files = sorted(staging.glob(f"__{dist.get_rank()}_*.distcp"))
+    return {path.name: digest for path, digest in zip(files, files_sha256(files))}
+
+
+def verify(path: Path) -> list[str]:
+    """What is wrong with the checkpoint or model directory at `path` ([] if every file matches
+    its checksum). Collective: the ranks split the files and share what they found. A
+    directory written before checksums existed verifies with a warning."""
+    path = Path(path)
+    problems: list[str] = []
+    try:
+        meta = read_meta(path)
+    except CheckpointError as exc:
+        meta, problems = {}, [str(exc)]
+    if not problems and "files" not in meta:
+        log.warning("%s was written before checkpoints carried checksums: loaded unverified", path)
+    elif not problems:
+        seal = seal_problem(meta, SEAL_KEY, path / META_FILE)
+        problems = [seal] if seal else []
+        mine = sorted(meta["files"])[dist.get_rank()::dist.get_world_size()]
+        problems += mismatches(path, {name: meta["files"][name] for name in mine})
+    gathered: list[list[str]] = [[]] * dist.get_world_size()
+    dist.all_gather_object(gathered, problems)
+    return sorted({problem for part in gathered for problem in part})
+
+
+def verified(path: Path) -> Path:
+    """`path`, once every file of it verifies; else a CheckpointError naming the first bad one."""
+    problems = verify(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{path}: {problems[0]}{more}")
+    return path
 
 
 def _stage(final: Path) -> Path:
@@ -111,8 +163,15 @@ def check_optimizer_layout(path: Path, sharding_type: str, column_block: int) ->
 
 def read_meta(path: Path) -> dict[str, Any]:
     for name in (META_FILE, LEGACY_META_FILE):
-        if (Path(path) / name).is_file():
-            return json.loads((Path(path) / name).read_text())
+        file = Path(path) / name
+        if file.is_file():
+            try:
+                meta = json.loads(file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CheckpointError(f"{file} is not valid JSON (truncated or corrupted: {exc})") from None
+            if not isinstance(meta, dict) or "num_items" not in meta or "model" not in meta:
+                raise CheckpointError(f"{file} is not a dimerec checkpoint's metadata")
+            return meta
     raise CheckpointError(f"{path} is not a complete dimerec checkpoint (no {META_FILE})")
 
 
@@ -135,13 +194,36 @@ def check_compatible(path: Path, num_items: int, model_config: ModelConfig) -> d
     return meta
 
 
-def check_same_settings(path: Path, config: JobConfig, named: bool) -> None:
+def saved_streams(meta: dict[str, Any]) -> int:
+    """The data plan's stream count the checkpoint was trained with (data.streams=0: its world size)."""
+    return meta.get("config", {}).get("data", {}).get("streams", 0) or meta.get("world_size", 1)
+
+
+def check_data_plan(path: Path, config: JobConfig, world_size: int) -> None:
+    """The epoch plan depends on the number of data streams, which by default (data.streams=0)
+    is the world size: resuming on another world size with it would re-plan the epoch half-way
+    (some samples twice, some never). Refuse that, naming the setting that resumes exactly."""
+    meta = read_meta(path)
+    before, now = saved_streams(meta), config.data.streams or world_size
+    if before != now:
+        raise CheckpointError(
+            f"{path}: trained with {before} data streams ({meta.get('world_size', 1)} rank(s)), this job would "
+            f"use {now} on {world_size} rank(s), which re-plans the epoch half-way; set data.streams={before} "
+            f"(the world size must divide it) to resume exactly on any world size")
+
+
+def check_same_settings(path: Path, config: JobConfig, named: bool, world_size: int = 1) -> None:
     """Resuming a run with settings other than it was saved with would make one result of two
     jobs. resume=auto refuses (it is what a restarted or re-launched job does unasked); a
-    checkpoint named in train.resume continues with the new settings, and the log says which."""
+    checkpoint named in train.resume continues with the new settings, and the log says which.
+    data.streams is compared as resolved (0 is the world size): check_data_plan judges it."""
     meta = read_meta(path)
     try:
-        changes = settings_changes(config_from_dict(meta.get("config", {}), f"{path}/{META_FILE}"), config)
+        saved = config_from_dict(meta.get("config", {}), f"{path}/{META_FILE}")
+        saved.data.streams = saved_streams(meta)
+        ours = copy.deepcopy(config)
+        ours.data.streams = config.data.streams or world_size
+        changes = settings_changes(saved, ours)
     except ConfigError as exc:
         changes = [f"its saved settings no longer load ({exc})"]
     if not changes:
@@ -155,7 +237,7 @@ def check_same_settings(path: Path, config: JobConfig, named: bool) -> None:
 
 
 def load_model(model, path: Path, num_items: int, model_config: ModelConfig) -> dict:
-    meta = check_compatible(path, num_items, model_config)
+    meta = check_compatible(verified(path), num_items, model_config)
     state = model.state_dict()
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state)
@@ -205,6 +287,21 @@ class CheckpointManager:
         done = self.complete()
         return done[-1] if done else None
 
+    def latest_verified(self) -> Path | None:
+        """The newest complete checkpoint whose files all match their checksums; each newer one
+        that does not is logged with why, and kept for a person to look at. Collective."""
+        done = self.complete()
+        for path in reversed(done):
+            problems = verify(path)
+            if not problems:
+                return path
+            log.warning("not resuming from %s: %s", path, "; ".join(problems))
+        if done:
+            raise CheckpointError(f"{self.root}: none of the {len(done)} checkpoint(s) verifies (newest: "
+                                  f"{done[-1].name}); nothing was loaded or changed - name one to inspect with "
+                                  f"train.resume=PATH, or start a new --run-dir")
+        return None
+
     def save(self, model, dense: dict[str, Any], state: TrainingState, num_items: int, config_dict: dict) -> Path:
         self.wait()
         started = time.time()
@@ -244,7 +341,7 @@ class CheckpointManager:
     def load(path: Path, model, num_items: int, model_config: ModelConfig) -> tuple[TrainingState, dict]:
         """Load weights and sparse optimizer state in place (any world size or sharding); return the
         training state and the dense optimizer/schedule state."""
-        meta = check_compatible(path, num_items, model_config)
+        meta = check_compatible(verified(path), num_items, model_config)
         if "training" not in meta:
             raise CheckpointError(f"{path} holds model weights only, not a training state to resume")
         state = _sharded_state(model)

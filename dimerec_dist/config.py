@@ -164,6 +164,8 @@ class DataConfig:
             raise ConfigError("data.source=raw needs data.raw_path")
         for key in ("synth_users", "synth_items", "synth_events"):
             _at_least(f"data.{key}", getattr(self, key), 1)
+        for key in ("kcore", "synth_seed"):
+            _at_least(f"data.{key}", getattr(self, key), 0)
 
 
 @dataclass
@@ -201,8 +203,9 @@ class TrainConfig:
         for key in ("dense_lr", "sparse_lr", "embedding_init"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be > 0")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        for key in ("weight_decay", "grad_clip", "popularity_alpha"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
         _choice("train.sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS)
         _choice("train.negative_sampler", self.negative_sampler, NEGATIVE_SAMPLERS)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
@@ -252,13 +255,24 @@ class JobConfig:
 
     def validate(self) -> None:
         for section in (self.model, self.data, self.train, self.sharding, self.eval):
+            _all_finite(section)
             section.validate()
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed={self.seed} must lie in 0..2^32-1")
+        if self.model.num_interests > self.model.max_history:
+            raise ConfigError(f"model.num_interests={self.model.num_interests} must be <= model.max_history="
+                              f"{self.model.max_history}: more interests than history positions only repeat them")
         if not self.model.trains_dam and self.eval.query in ("dam", "dam+gem"):
             raise ConfigError(f"eval.query={self.eval.query} retrieves with the DAM, which model.recon_weight=0 and "
                               f"model.ssm_weight=0 leave untrained: use eval.query=gem (or auto)")
         if self.sharding.column_block and self.model.embedding_dim % self.sharding.column_block:
             raise ConfigError(f"sharding.column_block={self.sharding.column_block} must divide "
                               f"model.embedding_dim={self.model.embedding_dim}")
+
+    def check_catalog(self, num_items: int, where: str) -> None:
+        """Settings that must fit the data set's catalog (known once it is loaded)."""
+        if max(self.eval.ks) > num_items:
+            raise ConfigError(f"eval.ks={self.eval.ks} asks for more items than {where}'s catalog of {num_items}")
 
     def query_mode(self) -> str:
         if self.eval.query != "auto":
@@ -271,10 +285,21 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
 
 
+def _all_finite(section: Any) -> None:
+    """NaN passes every comparison a range check makes (NaN <= 0 is False): refuse it, and inf, first."""
+    for spec in dataclasses.fields(section):
+        value = getattr(section, spec.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_SECTION_NAMES.get(type(section).__name__, '')}{spec.name}={value} must be a finite number")
+
+
 def _at_least(key: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{key}={value} must be >= {low}")
 
+
+_SECTION_NAMES = {"ModelConfig": "model.", "DataConfig": "data.", "TrainConfig": "train.",
+                  "ShardingConfig": "sharding.", "EvalConfig": "eval."}
 
 # --------------------------------------------------------------------------- loading
 
@@ -363,7 +388,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ConfigError(f"{where}: not valid YAML: {reason}") from None
         if not isinstance(values, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return config_from_dict(values, str(path), overrides)

@@ -34,6 +34,8 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingPlan, ShardingType
 
+from dimerec_dist.launcher import report_requested_stop
+
 log = logging.getLogger("dimerec.parallel")
 
 SHARDING_TYPES = {
@@ -119,7 +121,7 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped by a signal after saving a c
 def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Exception], ...]) -> int:
     """Run a command's job and leave the process group. A user error (bad config, data,
     checkpoint) is one line on stderr and exit code 2; a job stopped by a signal after its
-    checkpoint exits 143; anything else is a bug and raises."""
+    checkpoint exits 143 (0 under dimerec-torchrun, which exits 143); anything else is a bug and raises."""
     try:
         result = job()
     except (*user_errors, DeviceUnavailable) as exc:
@@ -127,7 +129,12 @@ def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Ex
         shutdown(wait_for_peers=False)
         return 2
     shutdown()
-    return PREEMPTED_EXIT_CODE if isinstance(result, dict) and result.get("preempted") else 0
+    if not (isinstance(result, dict) and result.get("preempted")):
+        return 0
+    # Under dimerec-torchrun, a clean exit keeps torchrun from restarting a job that was asked to
+    # stop; the launcher itself then ends with 143.
+    return 0 if report_requested_stop("a signal reached the job") \
+        else PREEMPTED_EXIT_CODE
 
 
 def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: DistContext,

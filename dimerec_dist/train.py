@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dimerec_dist.checkpoint import (CheckpointError, CheckpointManager, TrainingState, check_optimizer_layout,
-                                     check_same_settings, load_model, save_model)
+from dimerec_dist.checkpoint import (CheckpointError, CheckpointManager, TrainingState, check_data_plan,
+                                     check_optimizer_layout, check_same_settings, load_model, save_model, verified)
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
 from dimerec_dist.data.batch import NegativeSampler, make_batch
 from dimerec_dist.data.samples import EvaluationUsers
@@ -40,6 +40,7 @@ from dimerec_dist.diversity import diversity, item_categories
 from dimerec_dist.evaluate import SplitEvaluation, evaluate_split
 from dimerec_dist.metrics import MetricsLogger, Progress
 from dimerec_dist.model import NoiseDraw
+from dimerec_dist.output_dir import OutputError, writable_dir
 from dimerec_dist.parallel import (DistContext, init_distributed, plan_sharding, resolved_column_block, run_command,
                                    shard_model)
 from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes, scoring_shards
@@ -129,6 +130,17 @@ def check_protocol(config: JobConfig, manifest: Manifest) -> None:
                           f"data.split={config.data.split}; set data.split={manifest.protocol} or prepare it again")
 
 
+def check_held_out_users(config: JobConfig, manifest: Manifest) -> None:
+    """Evaluation needs validation and test users: say so now, not after a whole epoch."""
+    if not (config.train.eval_every_epochs or config.eval.at_end):
+        return
+    for split in ("valid", "test"):
+        if manifest.data["counts"][f"{split}_users"] == 0:
+            raise DataError(f"{manifest.root}: no {split} users (no user has enough items to hold one out), and "
+                            f"the job evaluates on them; use a larger data set, or train.eval_every_epochs=0 "
+                            f"eval.at_end=false to train without evaluating")
+
+
 def logq_corrections(config: JobConfig, sampler: NegativeSampler,
                      popularity: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """log expected count of each item among the sampled negatives and among the in-batch
@@ -215,7 +227,8 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     setup_logging(ctx)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(run_dir, "--run-dir")
+    writable_dir(run_dir / "checkpoints", "the checkpoint directory")
     # Resume: the newest complete checkpoint (resume=auto), or a named one. Checked against this
     # job (settings, table optimizer layout) before its config.yaml replaces the saved one, so a
     # refused resume leaves the run as it was.
@@ -223,7 +236,9 @@ def train(config: JobConfig, run_dir: Path) -> dict:
                                     asynchronous=config.train.checkpoint_async)
     resume_from = resume_path(config.train.resume, checkpoints)
     if resume_from is not None:
-        check_same_settings(resume_from, config, named=config.train.resume != "auto")
+        if config.train.resume == "auto":  # a named checkpoint may change the plan on purpose (logged below)
+            check_data_plan(resume_from, config, ctx.world_size)
+        check_same_settings(resume_from, config, named=config.train.resume != "auto", world_size=ctx.world_size)
         check_optimizer_layout(resume_from, config.sharding.type, resolved_column_block(
             config.sharding.column_block, config.model.embedding_dim, ctx.world_size))
     if ctx.is_main:
@@ -232,6 +247,8 @@ def train(config: JobConfig, run_dir: Path) -> dict:
     # Data: every rank reads the same prepared dataset; the plan decides who reads what.
     manifest = Manifest.load(ensure_dataset(config.data, run_dir, ctx.is_main))
     check_protocol(config, manifest)
+    config.check_catalog(manifest.num_items, str(manifest.root))
+    check_held_out_users(config, manifest)
     global_batch = config.train.batch_size
     if global_batch % ctx.world_size:
         raise ConfigError(f"train.batch_size={global_batch} must divide evenly over {ctx.world_size} ranks")
@@ -351,25 +368,34 @@ def resume_path(resume: str, checkpoints: CheckpointManager) -> Path | None:
     if resume == "none":
         return None
     if resume == "auto":
-        return checkpoints.latest()
+        return checkpoints.latest_verified()
     path = Path(resume)
     if not path.is_dir():
         raise CheckpointError(f"train.resume={resume}: no such checkpoint directory")
-    return path
+    return verified(path)
 
 
 class StopRequest:
-    """SIGTERM or SIGINT asks for a checkpoint and a clean stop at the end of the current step."""
+    """SIGTERM or SIGINT asks for a checkpoint and a clean stop at the end of the current step.
+
+    One stop often arrives as several signals: a scheduler signals every process of the job,
+    torchrun's agent forwards its own, a terminal's Ctrl-C reaches the whole process group.
+    Those are one request; only a SIGINT well after the first (a person pressing Ctrl-C
+    again) stops at once, without the checkpoint."""
+
+    SAME_REQUEST_S = 5.0
 
     def __init__(self):
         self.requested = False
+        self._first_at = 0.0
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second signal: stop now
+        if not self.requested:
+            self.requested, self._first_at = True, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._first_at > self.SAME_REQUEST_S:
             raise KeyboardInterrupt
-        self.requested = True
 
 
 def inject_fault_for_tests(step: int, rank: int) -> None:
@@ -428,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model.num_interests=8 train.epochs=3")
     args = parser.parse_args(argv)
     return run_command("dimerec-train", lambda: train(load_config(args.config, args.overrides), args.run_dir),
-                       (ConfigError, DataError, CheckpointError))
+                       (ConfigError, DataError, CheckpointError, OutputError))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 MASTER_PORT=${MASTER_PORT:-29400}
 NPROC_PER_NODE=${NPROC_PER_NODE:-1}
 RDZV_ID=${RDZV_ID:-dimerec}
-exec .venv/bin/torchrun --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$NPROC_PER_NODE" \
+exec .venv/bin/dimerec-torchrun --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$NPROC_PER_NODE" \
   --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="$RDZV_ID" \
   -m dimerec_dist.train "$@"

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC=${NPROC:-$(python3 -c 'import shutil,subprocess; print(len(subprocess.run(["nvidia-smi","-L"],capture_output=True,text=True).stdout.splitlines()) if shutil.which("nvidia-smi") else 2)')}
-exec .venv/bin/torchrun --standalone --nproc_per_node="$NPROC" -m dimerec_dist.train "$@"
+exec .venv/bin/dimerec-torchrun --standalone --nproc_per_node="$NPROC" -m dimerec_dist.train "$@"

@@ -33,8 +33,10 @@ import pyarrow.parquet as pq
 
 from dimerec_dist.data.readers import FORMATS, BadLines, ReadOptions, read_events
 from dimerec_dist.data.schema import (EVAL_SCHEMA, ITEMS_SCHEMA, SCHEMA_VERSION, SPLITS, TRAIN_SCHEMA,
-                                      USER_SPLIT_EVAL_SCHEMA, DataError, sha256_of, split_schema, write_parquet)
+                                      USER_SPLIT_EVAL_SCHEMA, DataError, split_schema, write_parquet)
 from dimerec_dist.data.writer import SplitWriter
+from dimerec_dist.integrity import file_sha256
+from dimerec_dist.output_dir import OutputError, begin, check_target, os_error_line, publish
 
 log = logging.getLogger("dimerec.prepare")
 BUCKET_SCHEMA = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("time", pa.float64()), ("order", pa.int64())])
@@ -54,6 +56,7 @@ class PrepareOptions:
     skip_bad_lines: bool = False
     buckets: int = 0  # 0: about 2M events per bucket, estimated from the input
     split: str = "leave-one-out"  # or "user": ComiRec's protocol (held-out users, 80% in / 20% targets)
+    overwrite: bool = False  # replace a non-empty `out` (atomically: written beside it, then swapped in)
 
 
 class Codes:
@@ -256,11 +259,11 @@ def train_row_group_size(requested: int, users: int) -> int:
     return max(1, min(requested, max(32, math.ceil(users / 64))))
 
 
-def write_splits(options: PrepareOptions, buckets: Buckets, user_ids: np.ndarray, item_ids: np.ndarray,
+def write_splits(options: PrepareOptions, out: Path, buckets: Buckets, user_ids: np.ndarray, item_ids: np.ndarray,
                  raw_users: np.ndarray, num_items: int) -> tuple[dict[str, list[dict]], np.ndarray, int]:
     """Pass 2: sort each bucket by (user, time, file order), split, write. Returns files, popularity, events."""
     group_size = train_row_group_size(options.row_group_size, len(raw_users))
-    writers = {split: SplitWriter(options.out, split, split_schema(options.split, split), group_size,
+    writers = {split: SplitWriter(out, split, split_schema(options.split, split), group_size,
                                   options.rows_per_shard) for split in ("train", "valid", "test")}
     split_users = user_split if options.split == "user" else leave_one_out
     popularity = np.zeros(num_items + 1, np.int64)
@@ -287,15 +290,35 @@ def write_splits(options: PrepareOptions, buckets: Buckets, user_ids: np.ndarray
 
 
 def prepare(options: PrepareOptions) -> dict:
-    """Run the whole pipeline and return the manifest it wrote."""
-    started = time.time()
+    """Run the whole pipeline and return the manifest it wrote.
+
+    Nothing is written unless the input exists; an existing non-empty `out` is refused
+    unless `overwrite`. The dataset is written beside `out` and swapped in complete, so a
+    failed or killed run leaves the old dataset (or nothing) as it was."""
     if options.format not in FORMATS:
         raise DataError(f"unknown format {options.format!r}; choose one of {', '.join(FORMATS)}")
     if options.split not in SPLITS:
         raise DataError(f"unknown split {options.split!r}; choose one of {', '.join(SPLITS)}")
-    options.out.mkdir(parents=True, exist_ok=True)
+    if not options.input.exists():
+        raise DataError(f"input {options.input} does not exist")
+    try:
+        check_target(options.out, options.overwrite, "a prepared dataset")
+    except OutputError as exc:
+        raise DataError(str(exc)) from None
+    staging = begin(options.out)
+    try:
+        manifest = _prepare_into(options, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish(staging, options.out)
+    return manifest
+
+
+def _prepare_into(options: PrepareOptions, out: Path) -> dict:
+    started = time.time()
     bad = BadLines(skip=options.skip_bad_lines)
-    buckets = Buckets(options.out / ".buckets", bucket_count(options))
+    buckets = Buckets(out / ".buckets", bucket_count(options))
     try:
         users, items, events_read = spill_events(options, buckets, bad)
         if bad.count:
@@ -310,7 +333,7 @@ def prepare(options: PrepareOptions) -> dict:
         num_users, num_items = int(user_ok.sum()), int(item_ok.sum())
         raw_users = np.empty(num_users, dtype=object)
         raw_users[user_ids[user_ok]] = users.raw()[user_ok]
-        files, popularity, events = write_splits(options, buckets, user_ids, item_ids, raw_users, num_items)
+        files, popularity, events = write_splits(options, out, buckets, user_ids, item_ids, raw_users, num_items)
     finally:
         buckets.remove()
 
@@ -318,13 +341,13 @@ def prepare(options: PrepareOptions) -> dict:
     raw_items[item_ids[item_ok] - 1] = items.raw()[item_ok]
     items_table = pa.table([pa.array(np.arange(1, num_items + 1)), pa.array(raw_items, pa.string()),
                             pa.array(popularity[1:])], schema=ITEMS_SCHEMA)
-    items_entry = write_parquet(items_table, options.out, "items.parquet", options.row_group_size)
+    items_entry = write_parquet(items_table, out, "items.parquet", options.row_group_size)
     count = lambda split: sum(entry["rows"] for entry in files[split])  # noqa: E731
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_by": "dimerec-prepare",
         "source": {"format": options.format, "input": str(options.input),
-                   "input_sha256": sha256_of(options.input) if options.input.is_file() else None},
+                   "input_sha256": file_sha256(options.input) if options.input.is_file() else None},
         "options": {"kcore": options.kcore, "split": options.split, "order": "time, then file order",
                     "skip_bad_lines": options.skip_bad_lines,
                     "row_group_size": train_row_group_size(options.row_group_size, num_users)},
@@ -335,9 +358,9 @@ def prepare(options: PrepareOptions) -> dict:
         "items": items_entry,
         "files": files,
     }
-    (options.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     elapsed = time.time() - started
-    log.info("wrote %s: %d users, %d items, %d events in %.1fs (%.0f events/s)", options.out, num_users, num_items,
+    log.info("prepared %s: %d users, %d items, %d events in %.1fs (%.0f events/s)", options.out, num_users, num_items,
              events, elapsed, events_read / max(elapsed, 1e-9))
     return manifest
 
@@ -354,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-shard", type=int, default=1_000_000, help="users per output file")
     parser.add_argument("--row-group-size", type=int, default=2048, help="users per row group (the plan's unit)")
     parser.add_argument("--buckets", type=int, default=0, help="spill buckets (0: ~2M events each)")
-    parser.add_argument("--skip-bad-lines", action="store_true", help="count and skip unparsable lines instead of failing")
+    parser.add_argument("--skip-bad-lines", action="store_true",
+                        help="count and skip unparsable lines (and events with a missing time) instead of failing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty --out (swapped in only when complete)")
     parser.add_argument("--split", default="leave-one-out", choices=SPLITS,
                         help="leave-one-out (last item test, second to last valid) or user (ComiRec: 10%%/10%% of "
                              "users held out, their first 80%% in, the rest as targets)")
@@ -364,9 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         prepare(PrepareOptions(format=args.format, input=args.input, out=args.out, kcore=args.kcore,
                                user_col=args.user_col, item_col=args.item_col, time_col=args.time_col or None,
                                rows_per_shard=args.rows_per_shard, row_group_size=args.row_group_size,
-                               buckets=args.buckets, skip_bad_lines=args.skip_bad_lines, split=args.split))
+                               buckets=args.buckets, skip_bad_lines=args.skip_bad_lines, split=args.split,
+                               overwrite=args.overwrite))
     except DataError as exc:
         print(f"dimerec-prepare: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full disk, a path that is a file: where, and what the OS said
+        print(f"dimerec-prepare: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

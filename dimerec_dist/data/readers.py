@@ -3,16 +3,24 @@
 Nothing here holds a whole log: text files are parsed a chunk of lines at a time, Parquet
 by record batch, CSV by streaming block. A line that does not parse is an error naming
 the file and line, or, when asked, skipped and counted.
+
+Ids are strings end to end: `007` and `7` are two users, an id past 2^63 stays itself. CSV
+id columns are read as strings (never typed by Arrow's inference), Parquet's integer or
+string id columns are turned into their decimal text. A UTF-8 byte-order mark is not part
+of the first id; an id holding a control character, and an event whose time is missing,
+NaN or infinite, is a bad line.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -22,6 +30,7 @@ FORMATS = ("movielens", "pairs", "sequences", "events")
 EVENT_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("time", pa.float64())])
 CHUNK_LINES = 500_000
 CHUNK_ROWS = 1 << 20
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"  # never part of an id: a NUL or a stray newline means a broken file
 
 
 @dataclass
@@ -33,10 +42,14 @@ class BadLines:
     first: str | None = None
 
     def __call__(self, path: Path, number: int, line: str, why: str) -> None:
-        message = f"{path}:{number}: {why}: {line[:80]!r}"
+        self.many(path, [number], why, line)
+
+    def many(self, path: Path, numbers: list[int], why: str, sample: str) -> None:
+        """`len(numbers)` bad lines with one reason; `sample` is the first one's text."""
+        message = f"{path}:{numbers[0]}: {why}: {sample[:80]!r}"
         if not self.skip:
             raise DataError(message)
-        self.count += 1
+        self.count += len(numbers)
         self.first = self.first or message
 
 
@@ -60,7 +73,7 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
     number = 0
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of the first id
         try:
             for number, line in enumerate(handle, start=1):
                 line = line.strip()
@@ -88,11 +101,17 @@ def _parse_line(fmt: str, fields: list[str]) -> tuple[list[str], list[str], list
     return [fields[0]] * (len(fields) - 1), fields[1:], None
 
 
+_CONTROL_IN_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab separates fields
+
+
 def read_text(options: ReadOptions) -> Iterator[pa.Table]:
     """movielens (u.data / ratings.dat), pairs and sequences text files, in chunks of lines."""
     users, items, times = [], [], []
     timed = options.format == "movielens"
     for number, line in _numbered_lines(options.input):
+        if _CONTROL_IN_LINE.search(line):
+            options.bad(options.input, number, line, "a control character in an id")
+            continue
         fields = line.split("::") if "::" in line else line.split()
         parsed = _parse_line(options.format, fields)
         if isinstance(parsed, str):
@@ -120,26 +139,54 @@ def _event_files(path: Path) -> list[Path]:
     return files
 
 
-def _check_batch(batch: pa.Table, file: Path, first_row: int, options: ReadOptions) -> pa.Table:
-    for column in (options.user_col, options.item_col):
-        if batch.column(column).null_count:
-            row = first_row + int(np.argmax(batch.column(column).is_null().to_numpy(zero_copy_only=False)))
-            raise DataError(f"{file}: null {column!r} at row {row}")
+def _id_column(batch: pa.Table, column: str, file: Path) -> pa.ChunkedArray:
+    """An id column as strings: text as it is, integers as their decimal text. Anything else
+    (floats, lists, ...) would give ids that are not what the file says: refused."""
+    kind = batch.schema.field(column).type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return batch.column(column).cast(pa.string())
+    if pa.types.is_integer(kind) or pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type):
+        return batch.column(column).cast(pa.string())
+    raise DataError(f"{file}: id column {column!r} has type {kind}, expected integers or strings")
+
+
+def _time_column(batch: pa.Table, column: str | None, file: Path) -> pa.ChunkedArray:
+    if not column:
+        return pa.chunked_array([np.zeros(batch.num_rows)])
+    stamps = batch.column(column)
+    kind = stamps.type
+    if pa.types.is_timestamp(kind):
+        return stamps.cast(pa.int64()).cast(pa.float64())
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind):
+        return stamps.cast(pa.float64())
+    raise DataError(f"{file}: time column {column!r} has type {kind}, expected numbers or timestamps")
+
+
+def _check_batch(batch: pa.Table, file: Path, first_line: int, options: ReadOptions) -> pa.Table:
+    """(user, item, time) of one batch; rows with a missing id or time, a control character in
+    an id, or a time that is not finite are bad lines (`first_line` is the batch's first row's
+    line number: rows count from 1 in Parquet, after the header in CSV)."""
+    users = _id_column(batch, options.user_col, file)
+    items = _id_column(batch, options.item_col, file)
+    times = _time_column(batch, options.time_col, file)
+    reasons = [
+        (f"missing {options.user_col!r}", users.is_null()),
+        (f"missing {options.item_col!r}", items.is_null()),
+        (f"a control character in {options.user_col!r}", pc.match_substring_regex(users, CONTROL_CHARACTERS)),
+        (f"a control character in {options.item_col!r}", pc.match_substring_regex(items, CONTROL_CHARACTERS)),
+    ]
     if options.time_col:
-        stamps = batch.column(options.time_col)
-        kind = stamps.type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_timestamp(kind)):
-            raise DataError(f"{file}: time column {options.time_col!r} has type {kind}, expected numbers or timestamps")
-        if stamps.null_count:
-            row = first_row + int(np.argmax(stamps.is_null().to_numpy(zero_copy_only=False)))
-            raise DataError(f"{file}: null {options.time_col!r} at row {row}")
-        if pa.types.is_timestamp(kind):
-            stamps = stamps.cast(pa.int64())
-        times = stamps.cast(pa.float64())
-    else:
-        times = pa.array(np.zeros(batch.num_rows))
-    return pa.table([batch.column(options.user_col).cast(pa.string()), batch.column(options.item_col).cast(pa.string()),
-                     times], schema=EVENT_SCHEMA)
+        reasons.append((f"missing or non-finite {options.time_col!r}", pc.invert(pc.is_finite(times))))
+    keep = np.ones(batch.num_rows, dtype=bool)
+    for why, flags in reasons:
+        bad = np.asarray(pc.fill_null(flags, True).to_numpy(zero_copy_only=False), dtype=bool) & keep
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            sample = ", ".join(f"{name}={batch.column(name)[int(rows[0])].as_py()!r}" for name in batch.column_names)
+            options.bad.many(file, [first_line + int(r) for r in rows], why, sample)
+            keep &= ~bad
+    table = pa.table([users, items, times], schema=EVENT_SCHEMA)
+    return table if keep.all() else table.filter(pa.array(keep))
 
 
 def read_event_files(options: ReadOptions) -> Iterator[pa.Table]:
@@ -151,19 +198,23 @@ def read_event_files(options: ReadOptions) -> Iterator[pa.Table]:
                 reader = pq.ParquetFile(file)
                 names = reader.schema_arrow.names
                 batches = reader.iter_batches(batch_size=CHUNK_ROWS, columns=[c for c in wanted if c in names])
+                first_line = 1  # Parquet: "line" is the row, counted from 1
             else:
-                reader = pacsv.open_csv(file)
+                # Ids are text: never let Arrow's type inference read `007` as 7 or a 20-digit id as a float.
+                # A byte-order mark is skipped by Arrow's CSV reader.
+                ids = {options.user_col: pa.string(), options.item_col: pa.string()}
+                reader = pacsv.open_csv(file, convert_options=pacsv.ConvertOptions(column_types=ids))
                 names = reader.schema.names
                 batches = reader
+                first_line = 2  # CSV: line 1 is the header
             missing = [c for c in wanted if c not in names]
             if missing:
                 raise DataError(f"{file}: missing column(s) {missing}; has {names} "
                                 f"(choose them with --user-col/--item-col/--time-col)")
-            first_row = 0
             for batch in batches:
-                table = pa.Table.from_batches([batch])
-                yield _check_batch(table, file, first_row, options)
-                first_row += table.num_rows
+                table = pa.Table.from_batches([batch]).select(wanted)
+                yield _check_batch(table, file, first_line, options)
+                first_line += table.num_rows
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{file}: cannot read ({str(exc).splitlines()[0]})") from None
 

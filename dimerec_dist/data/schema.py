@@ -7,7 +7,6 @@ this file is the one place that describes it for code. Readers check what they l
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dimerec_dist.config import DATA_SPLITS
+from dimerec_dist.integrity import file_sha256
 
 SCHEMA_VERSION = 1
 PADDING_ID = 0  # item id 0 is never a real item: it pads histories
@@ -39,14 +39,6 @@ def split_schema(protocol: str, split: str) -> pa.Schema:
 
 class DataError(ValueError):
     """Input data that cannot be used: the message names the file and, where known, the row or line."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -99,7 +91,7 @@ class Manifest:
                 file = root / entry["path"]
                 if not file.is_file():
                     raise DataError(f"{path}: {split} file {entry['path']} is listed but missing")
-                if verify_checksums and sha256_of(file) != entry["sha256"]:
+                if verify_checksums and file_sha256(file) != entry["sha256"]:
                     raise DataError(f"{file}: checksum differs from {path} (file changed or truncated)")
         return manifest
 
@@ -130,7 +122,7 @@ def write_parquet(table: pa.Table, root: Path, relative: str, row_group_size: in
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group_size, compression="zstd")
-    return {"path": relative, "rows": table.num_rows, "sha256": sha256_of(path)}
+    return {"path": relative, "rows": table.num_rows, "sha256": file_sha256(path)}
 
 
 def read_split(manifest: Manifest, split: str) -> pa.Table:

@@ -7,6 +7,7 @@ so a re-run or a second job on the same path starts at once.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch.distributed as dist
@@ -22,22 +23,29 @@ def dataset_path(data: DataConfig, run_dir: Path) -> Path:
     return Path(data.path) if data.path else run_dir / "data"
 
 
-def make_dataset(data: DataConfig, out: Path) -> None:
+def make_dataset(data: DataConfig, out: Path, overwrite: bool) -> None:
+    """Prepare into `out`, which holds no complete dataset (no manifest). `overwrite` replaces
+    what a killed first attempt left there; it is set only for the run's own `<run_dir>/data`,
+    never for a path the user named."""
     if data.source == "synthetic":
-        raw = out / "raw"
+        # Generated beside `out`, then kept as out/raw (where the categories for diversity are read).
+        raw = out.with_name(f".{out.name}.synth")
+        shutil.rmtree(raw, ignore_errors=True)
         synthesize(raw, SynthOptions(users=data.synth_users, items=data.synth_items, events=data.synth_events,
                                      seed=data.synth_seed))
-        prepare(PrepareOptions(format="events", input=raw / "events", out=out, kcore=data.kcore, split=data.split))
+        prepare(PrepareOptions(format="events", input=raw / "events", out=out, kcore=data.kcore, split=data.split,
+                               overwrite=overwrite))
+        raw.rename(out / "raw")
     elif data.source == "raw":
         prepare(PrepareOptions(format=data.raw_format, input=Path(data.raw_path), out=out, kcore=data.kcore,
-                               split=data.split))
+                               split=data.split, overwrite=overwrite))
 
 
 def ensure_dataset(data: DataConfig, run_dir: Path, is_main: bool) -> Path:
     path = dataset_path(data, run_dir)
     if data.source != "prepared" and is_main and not (path / "manifest.json").is_file():
         log.info("preparing the %s dataset into %s", data.source, path)
-        make_dataset(data, path)
+        make_dataset(data, path, overwrite=not data.path)
     if dist.is_initialized():
         dist.barrier()
     return path

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dimerec_dist.data.schema import sha256_of
+from dimerec_dist.integrity import file_sha256
 
 
 def group_counts(table: pa.Table) -> dict[str, int]:
@@ -67,7 +67,7 @@ class SplitWriter:
     def _close_file(self) -> None:
         self._writer.close()
         relative = self._relative()
-        self.entries.append({"path": relative, "rows": self._file_rows, "sha256": sha256_of(self.root / relative),
+        self.entries.append({"path": relative, "rows": self._file_rows, "sha256": file_sha256(self.root / relative),
                              "row_groups": self._groups})
         self._writer, self._file_rows, self._groups = None, 0, []
 
@@ -80,6 +80,6 @@ class SplitWriter:
             (self.root / self.split).mkdir(parents=True, exist_ok=True)
             relative = self._relative()
             pq.write_table(self.schema.empty_table(), self.root / relative)
-            self.entries.append({"path": relative, "rows": 0, "sha256": sha256_of(self.root / relative),
+            self.entries.append({"path": relative, "rows": 0, "sha256": file_sha256(self.root / relative),
                                  "row_groups": []})
         return self.entries

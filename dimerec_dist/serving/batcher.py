@@ -44,11 +44,18 @@ class MicroBatcher:
                 size += len(item[0])
             try:
                 answers = self.recommender.recommend([r for requests, _ in pending for r in requests])
-            except Exception as exc:  # answer every waiting caller, never leave one hanging
-                for _, future in pending:
-                    future.set_exception(exc)
+            except Exception:  # one caller's request broke the batch: answer each caller on its own
+                for requests, future in pending:
+                    self._answer_alone(requests, future)
                 continue
             start = 0
             for requests, future in pending:
                 future.set_result(answers[start:start + len(requests)])
                 start += len(requests)
+
+    def _answer_alone(self, requests: list[Request], future: Future) -> None:
+        """So that a request the checks let through, but scoring cannot take, fails only its caller."""
+        try:
+            future.set_result(self.recommender.recommend(requests))
+        except Exception as exc:  # never leave a caller hanging
+            future.set_exception(exc)

@@ -10,8 +10,8 @@ user tower (a torch.export program with a fixed number of reverse steps), the co
 the manifest with every file's SHA-256; with --index it builds a faiss index from the
 written parts and reports its recall@50 against exact search on the test users.
 
-The bundle is written to OUT.tmp and renamed to OUT when complete; an existing OUT is
-never overwritten.
+The bundle is written beside OUT and swapped in when complete; an existing bundle at OUT
+is replaced only with --overwrite, and never left half old, half new (output_dir.py).
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from dimerec_dist.checkpoint import CheckpointError
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, read_items
 from dimerec_dist.eval_cli import load_run
+from dimerec_dist.output_dir import OutputError, begin, check_target, publish, staging_path
 from dimerec_dist.parallel import run_command
-from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, VERSION, BundleError, file_sha256
+from dimerec_dist.integrity import files_sha256, sealed
+from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.tower import UserTower, export_tower
 from dimerec_dist.table_shards import scoring_shards
 
@@ -100,7 +102,7 @@ def build_index(staging: Path, dim: int, cosine: bool, kind: str, nprobe: int) -
 
     from dimerec_dist.serving.bundle import Bundle
 
-    bundle = Bundle(staging)
+    bundle = Bundle(staging, verify=False)  # written by this job a moment ago; the server verifies it
     total = bundle.num_items + 1
 
     def blocks():
@@ -139,7 +141,7 @@ def measure_index(staging: Path, users, limit: int = 1000) -> dict:
     from dimerec_dist.serving.bundle import Bundle
     from dimerec_dist.serving.recommender import Recommender, Request
 
-    bundle = Bundle(staging)
+    bundle = Bundle(staging, verify=False)  # written by this job a moment ago; the server verifies it
     recommender = Recommender(bundle)
     count = min(limit, len(users))
     histories, _, _ = users.batch(np.arange(count))
@@ -157,22 +159,20 @@ def measure_index(staging: Path, users, limit: int = 1000) -> dict:
 
 
 def export(run_dir: Path, out: Path, dtype: str, index: str, steps: int | None, nprobe: int,
-           overrides: list[str]) -> dict:
+           overrides: list[str], overwrite: bool = False) -> dict:
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if index not in INDEX_KINDS:
         raise ConfigError(f"--index {index!r} is not one of {', '.join(INDEX_KINDS)}")
-    if out.exists():
-        raise ConfigError(f"{out} exists; dimerec-export never overwrites a bundle (remove it or pick another --out)")
+    check_target(out, overwrite, "a serving bundle")
     loaded = load_run(run_dir, overrides)
     config, ctx = loaded.config, loaded.ctx
     steps = steps or config.model.sample_steps
     if not 1 <= steps <= config.model.diffusion_steps:
         raise ConfigError(f"--steps {steps} must lie in 1..model.diffusion_steps={config.model.diffusion_steps}")
-    staging = out.with_name(out.name + ".tmp")
+    staging = staging_path(out)
     if ctx.is_main:
-        shutil.rmtree(staging, ignore_errors=True)  # a previous export that died half-way
-        (staging / "items").mkdir(parents=True)
+        (begin(out) / "items").mkdir()  # a staging left by an export that died half-way is removed
     dist.barrier()
 
     started = time.time()
@@ -205,7 +205,7 @@ def export(run_dir: Path, out: Path, dtype: str, index: str, steps: int | None, 
                      index, manifest["index"]["recall@50"], manifest["index"]["queries"],
                      manifest["index"]["index_ms_per_query"], manifest["index"]["exact_ms_per_query"])
         _write_manifest(staging, manifest)
-        staging.rename(out)
+        publish(staging, out)
         log.info("bundle written to %s in %.1fs", out, time.time() - started)
         result = manifest
     dist.barrier()
@@ -214,8 +214,9 @@ def export(run_dir: Path, out: Path, dtype: str, index: str, steps: int | None, 
 
 def _write_manifest(staging: Path, manifest: dict) -> None:
     names = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest["checksums"] = {name: file_sha256(staging / name) for name in names}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    manifest["checksums"] = dict(zip(names, files_sha256([staging / name for name in names])))
+    manifest.pop(SEAL_KEY, None)
+    (staging / MANIFEST).write_text(json.dumps(sealed(manifest, SEAL_KEY), indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,11 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default="none", help=f"approximate index: {', '.join(INDEX_KINDS)} (needs faiss)")
     parser.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")
     parser.add_argument("--steps", type=int, default=None, help="reverse steps of the tower (default: the config's)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing bundle at --out (swapped in only when the new one is complete)")
     parser.add_argument("overrides", nargs="*", help="key=value applied to the run's config")
     args = parser.parse_args(argv)
     return run_command("dimerec-export", lambda: export(args.run_dir, args.out, args.dtype, args.index, args.steps,
-                                                        args.nprobe, args.overrides),
-                       (ConfigError, DataError, CheckpointError, BundleError))
+                                                        args.nprobe, args.overrides, args.overwrite),
+                       (ConfigError, DataError, CheckpointError, BundleError, OutputError))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import yaml
 
 from dimerec_dist.data.samples import window
 from dimerec_dist.evaluate import local_topk, popularity_scores, score_block, user_starts
-from dimerec_dist.serving.bundle import Bundle, TablePart
+from dimerec_dist.serving.bundle import Bundle, BundleError, TablePart
 from dimerec_dist.serving.tower import history_start, load_tower
 from dimerec_dist.table_shards import RowShard
 
@@ -46,7 +46,12 @@ class Recommendation:
 class Recommender:
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
-        self.tower = load_tower(bundle.path(bundle.manifest["tower"]))
+        tower = bundle.path(bundle.manifest["tower"])
+        try:
+            self.tower = load_tower(tower)
+        except Exception as exc:  # torch.export raises many kinds for a damaged archive: one line names it
+            raise BundleError(f"{tower}: cannot load the user tower ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:160]})") from None
         config = yaml.safe_load(bundle.path(bundle.manifest["config"]).read_text())
         self.seed = int(config.get("seed", 0))
         self.max_history = bundle.manifest["max_history"]

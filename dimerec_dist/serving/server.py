@@ -34,6 +34,8 @@ from dimerec_dist.serving.recommender import Recommendation, Recommender, Reques
 log = logging.getLogger("dimerec.serve")
 MAX_BODY_BYTES = 8 << 20
 MAX_BATCH = 1024
+MAX_ID_CHARS = 256  # a raw item id longer than this is not an id
+INT64_MAX = 2 ** 63 - 1  # integer ids and users are int64 everywhere downstream
 
 
 def parse_request(body: object, where: str, num_items: int) -> Request:
@@ -47,18 +49,42 @@ def parse_request(body: object, where: str, num_items: int) -> Request:
         raise RequestError(f"{where}: 'history' must be a list of item ids, got {type(history).__name__}")
     for position, item in enumerate(history):
         if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise RequestError(f"{where}: history[{position}] must be a string or an integer, got {item!r}")
+            raise RequestError(f"{where}: history[{position}] must be a string or an integer, got {_short(item)}")
+        if isinstance(item, str) and len(item) > MAX_ID_CHARS:
+            raise RequestError(f"{where}: history[{position}] is {len(item)} characters long, over the "
+                               f"{MAX_ID_CHARS} an item id may have")
+        if isinstance(item, int) and not -INT64_MAX - 1 <= item <= INT64_MAX:
+            raise RequestError(f"{where}: history[{position}] is outside the 64-bit integer range")
     k = body.get("k", 50)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(num_items, 10_000):
-        raise RequestError(f"{where}: 'k' must be an integer in 1..{min(num_items, 10_000)}, got {k!r}")
+        raise RequestError(f"{where}: 'k' must be an integer in 1..{min(num_items, 10_000)}, got {_short(k)}")
     user = body.get("user")
-    if user is not None and (isinstance(user, bool) or not isinstance(user, int) or user < 0):
-        raise RequestError(f"{where}: 'user' must be a non-negative integer, got {user!r}")
+    if user is not None and (isinstance(user, bool) or not isinstance(user, int) or not 0 <= user <= INT64_MAX):
+        raise RequestError(f"{where}: 'user' must be an integer in 0..2^63-1, got {_short(user)}")
     for flag in ("exclude_seen", "exact"):
         if flag in body and body[flag] is not None and not isinstance(body[flag], bool):
-            raise RequestError(f"{where}: '{flag}' must be true or false, got {body[flag]!r}")
+            raise RequestError(f"{where}: '{flag}' must be true or false, got {_short(body[flag])}")
     return Request(history=history, k=k, user=user, exclude_seen=body.get("exclude_seen", True),
                    exact=body.get("exact"))
+
+
+def _short(value: object) -> str:
+    """A value as the error quotes it: never more than 60 characters of what the client sent."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def parse_body(raw: bytes) -> object:
+    """The JSON body, or a RequestError saying why not (a number too long for Python's int
+    conversion, or nesting deeper than the parser's recursion, are errors of the request too)."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("body is nested too deeply (a request is at most 4 levels deep)") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise RequestError(f"body holds a value that cannot be read: {' '.join(str(exc).split())[:120]}") from None
 
 
 def answer(result: Recommendation) -> dict:
@@ -104,7 +130,10 @@ def make_handler(batcher: MicroBatcher, health: dict):
             try:
                 length = int(self.headers.get("Content-Length", "0"))
             except ValueError:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": "Content-Length is not a number"})
+                length = -1
+            if length < 0:
+                self._send(HTTPStatus.BAD_REQUEST, {"error": "Content-Length must be a non-negative integer"})
+                self.close_connection = True
                 return
             if length > MAX_BODY_BYTES:
                 self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY_BYTES} bytes"})
@@ -112,11 +141,7 @@ def make_handler(batcher: MicroBatcher, health: dict):
                 return
             raw = self.rfile.read(length)
             try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": f"body is not valid JSON: {exc}"})
-                return
-            try:
+                body = parse_body(raw)
                 if self.path == "/recommend":
                     requests = [parse_request(body, "request", recommender.bundle.num_items)]
                 else:
@@ -129,6 +154,10 @@ def make_handler(batcher: MicroBatcher, health: dict):
                 results = batcher.recommend(requests)
             except RequestError as exc:
                 self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+                return
+            except Exception as exc:  # a bug of ours: the client gets an answer, the log the traceback
+                log.exception("request failed")
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error ({type(exc).__name__})"})
                 return
             if self.path == "/recommend":
                 self._send(HTTPStatus.OK, answer(results[0]))
@@ -143,9 +172,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the listen backlog: the default 5 resets bursts of new connections
 
 
-def make_server(bundle_dir: Path, host: str, port: int, verify: bool = False, max_batch: int = 64,
+def make_server(bundle_dir: Path, host: str, port: int, verify: bool = True, max_batch: int = 64,
                 max_wait_ms: float = 0.0) -> ThreadingHTTPServer:
     started = time.time()
+    if not verify:
+        log.warning("serving %s without verifying its checksums (--no-verify)", bundle_dir)
     bundle = Bundle(bundle_dir, verify=verify)
     recommender = Recommender(bundle)
     m = bundle.manifest
@@ -165,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--verify", action="store_true", help="check every file's checksum before serving")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip checking every file's checksum at start (logged; default: verify)")
     parser.add_argument("--max-batch", type=int, default=64, help="requests scored together (micro-batching)")
     parser.add_argument("--max-wait-ms", type=float, default=0.0,
                         help="how long a batch waits for company (0: takes what queued while busy)")

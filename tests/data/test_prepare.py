@@ -16,7 +16,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def run(tmp_path, fmt, text, name="input.txt", **options):
     source = tmp_path / name
     source.write_text(text)
-    out = tmp_path / "prepared"
+    out = tmp_path / f"prepared-{name}"  # one per input: prepare never overwrites an output
     prepare(PrepareOptions(format=fmt, input=source, out=out, **options))
     return Manifest.load(out)
 
@@ -95,7 +95,7 @@ def test_many_buckets_and_small_row_groups_give_the_same_dataset(tmp_path):
 
 def test_manifest_records_counts_checksums_and_options(tmp_path):
     manifest = run(tmp_path, "sequences", "u1 a b c\n", kcore=0)
-    data = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    data = json.loads((tmp_path / "prepared-input.txt" / "manifest.json").read_text())
     assert data["schema_version"] == 1 and data["source"]["format"] == "sequences"
     assert data["counts"]["events"] == 3 and len(data["files"]["train"][0]["sha256"]) == 64
     assert manifest.split_files("test")[0].name == "part-00000.parquet"

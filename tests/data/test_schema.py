@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dimerec_dist.data.prepare import PrepareOptions, prepare
-from dimerec_dist.data.schema import DataError, EVAL_SCHEMA, Manifest, read_split, sha256_of
+from dimerec_dist.integrity import file_sha256
+from dimerec_dist.data.schema import DataError, EVAL_SCHEMA, Manifest, read_split
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def rewrite(prepared, split, table):
     manifest = json.loads((prepared / "manifest.json").read_text())
     entry = manifest["files"][split][0]
     pq.write_table(table, prepared / entry["path"])
-    entry["sha256"] = sha256_of(prepared / entry["path"])
+    entry["sha256"] = file_sha256(prepared / entry["path"])
     (prepared / "manifest.json").write_text(json.dumps(manifest))
     return prepared / entry["path"]
 

@@ -133,7 +133,7 @@ def test_batch_errors_name_the_request_and_unknown_paths_are_404(server):
 def test_export_never_overwrites_and_bad_bundles_are_named(trained, bundle_dir, tmp_path):
     _, run_dir = trained
     done = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(bundle_dir), check=False)
-    assert done.returncode == 2 and "never overwrites" in done.stderr
+    assert done.returncode == 2 and "is never overwritten (pass --overwrite" in done.stderr
     with pytest.raises(BundleError, match="not a serving bundle"):
         Bundle(tmp_path)
     copy = tmp_path / "copy"
@@ -142,8 +142,8 @@ def test_export_never_overwrites_and_bad_bundles_are_named(trained, bundle_dir, 
     data = bytearray(part.read_bytes())
     data[-1] ^= 0xFF
     part.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="part-00001-0.npy: checksum mismatch"):
-        Bundle(copy, verify=True)
+    with pytest.raises(BundleError, match="part-00001-0.npy does not match its checksum"):
+        Bundle(copy)
     done = run("dimerec_dist.serving.server", str(tmp_path / "missing"), check=False)
     assert done.returncode == 2 and "not a serving bundle" in done.stderr
 
