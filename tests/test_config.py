@@ -51,6 +51,15 @@ def test_bad_files_give_one_line_errors_naming_key_and_file(tmp_path, text, patt
     ("model.recon_weight=-1", r"recon_weight=-1.0 must be >= 0"),
     ("model.sasrec_heads=3", r"must divide model.embedding_dim"),
     ("model.no_such=1", r"override 'model.no_such=1': unknown key"),
+    # NaN passes every range comparison, so these used to pass validation and fail mid-run.
+    ("train.dense_lr=nan", r"train.dense_lr=nan must be a finite number"),
+    ("train.sparse_lr=inf", r"train.sparse_lr=inf must be a finite number"),
+    ("model.temperature=nan", r"model.temperature=nan must be a finite number"),
+    ("model.ssm_weight=-inf", r"model.ssm_weight=-inf must be a finite number"),
+    ("seed=-1", r"seed=-1 must lie in 0..2\^32-1"),
+    ("train.popularity_alpha=-1", r"train.popularity_alpha=-1.0 must be >= 0"),
+    ("data.kcore=-2", r"data.kcore=-2 must be >= 0"),
+    ("model.num_interests=51", r"model.num_interests=51 must be <= model.max_history=50"),
     ("seed", r"is not key=value"),
 ])
 def test_out_of_range_and_unknown_overrides_are_refused(override, pattern):
@@ -96,3 +105,16 @@ def test_the_temperature_is_no_setting_of_a_model_trained_without_a_softmax():
     with_ssm = ["model.gem_weight=0", "model.temperature=0.1"]
     assert "model.temperature 0.1 -> 0.5" in settings_changes(
         load_config(None, with_ssm), load_config(None, ["model.gem_weight=0", "model.temperature=0.5"]))
+
+
+def test_a_yaml_error_names_its_line_and_column(tmp_path):
+    with pytest.raises(ConfigError, match=r"job.yaml:4:6: not valid YAML: expected .,. or .\].(, but got .:.)?") as info:
+        load_config(write(tmp_path, "model:\n  gem: comirec_sa\n  num_interests: [4\ntrain:\n  epochs: 2\n"))
+    assert "\n" not in str(info.value)
+
+
+def test_settings_that_must_fit_the_catalog_are_checked_against_it():
+    config = load_config(None, ["eval.ks=10,500"])
+    config.check_catalog(1000, "data/x")
+    with pytest.raises(ConfigError, match=r"eval.ks=\[10, 500\] asks for more items than data/x's catalog of 300"):
+        config.check_catalog(300, "data/x")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +156,122 @@ def test_asynchronous_saves_write_the_same_checkpoints_as_synchronous_ones(unint
         reference = table_and_momentum(CheckpointManager(uninterrupted / "checkpoints").path_for(step), tmp_path,
                                        f"s{step}")
         assert all(torch.equal(a, b) for a, b in zip(ours, reference)), f"step {step}"
+
+
+# --------------------------------------------------------------------------- nothing lost, nothing silently wrong
+
+
+def corrupt(path, how):
+    if how == "truncated shard":
+        shard = sorted(path.glob("__1_*.distcp"))[0]
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif how == "truncated metadata":
+        (path / ".metadata").write_bytes((path / ".metadata").read_bytes()[:100])
+    elif how == "flipped byte in the dense state":
+        data = bytearray((path / "dense.pt").read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (path / "dense.pt").write_bytes(bytes(data))
+    elif how == "edited meta.json":
+        meta = json.loads((path / META_FILE).read_text())
+        meta["training"]["step"] += 1
+        (path / META_FILE).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("how", ["truncated shard", "truncated metadata", "flipped byte in the dense state",
+                                 "edited meta.json"])
+def test_a_corrupt_newest_checkpoint_is_skipped_and_the_run_ends_like_the_uninterrupted_one(
+        uninterrupted, tiny_dataset, tmp_path, how):
+    run_dir = tmp_path / "corrupt"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "final.json").unlink()
+    newest = CheckpointManager(run_dir / "checkpoints").latest()
+    assert newest.name == f"step-{STEPS:08d}"
+    corrupt(newest, how)
+    done = torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
+                    *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"))
+    assert f"not resuming from {newest}" in done.stderr and "resumed from" in done.stderr and \
+        "step-00000030" in done.stderr, done.stderr[-3000:]
+    assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
+    final, reference = (json.loads((d / "final.json").read_text()) for d in (run_dir, uninterrupted))
+    final.pop("latency"), reference.pop("latency")
+    assert final == reference
+
+
+def test_when_no_checkpoint_verifies_nothing_is_loaded_or_changed(uninterrupted, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "all-corrupt"
+    shutil.copytree(uninterrupted, run_dir)
+    for path in CheckpointManager(run_dir / "checkpoints").complete():
+        corrupt(path, "truncated shard")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir),
+                           *job(tiny_dataset, f"train.max_steps={STEPS}")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "none of the 2 checkpoint(s) verifies" in errors[0], \
+        done.stderr[-3000:]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_flipped_byte_in_the_saved_model_is_refused_not_evaluated(uninterrupted, tmp_path):
+    run_dir = tmp_path / "flipped"
+    shutil.copytree(uninterrupted, run_dir)
+    shard = sorted((run_dir / "model").glob("__0_*.distcp"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    done = subprocess.run([sys.executable, "-m", "dimerec_dist.eval_cli", "--run-dir", str(run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-eval: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and f"{shard.name} does not match its checksum" in errors[0], \
+        done.stderr[-3000:]
+
+
+def test_resuming_on_another_world_size_is_exact_or_refused_naming_data_streams(tiny_dataset, tmp_path):
+    reference = tmp_path / "two-ranks"
+    default_streams = [arg for arg in job(tiny_dataset, "train.max_steps=9", "train.checkpoint_every=3",
+                                          "train.keep_checkpoints=3", "eval.at_end=false")
+                       if not arg.startswith("data.streams")]
+    torchrun(2, "dimerec_dist.train", "--run-dir", str(reference), *default_streams)
+    run_dir = tmp_path / "one-rank"
+    shutil.copytree(reference, run_dir)
+    shutil.rmtree(CheckpointManager(run_dir / "checkpoints").path_for(9))  # as if stopped after step 6
+    relaunch = [sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir), *default_streams]
+    done = subprocess.run(relaunch, cwd=REPO, capture_output=True, text=True, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "set data.streams=2" in errors[0], done.stderr[-3000:]
+    done = subprocess.run([*relaunch, "data.streams=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "resumed from" in done.stderr, done.stderr[-3000:]
+    # The same samples in the same batches; only the float sums' order differs between 1 and 2 ranks.
+    ours, theirs = losses_by_step(run_dir), losses_by_step(reference)
+    assert sorted(ours) == sorted(theirs) == list(range(1, 10))
+    assert [ours[step] for step in ours] == pytest.approx([theirs[step] for step in ours], rel=1e-5)
+
+
+@pytest.mark.parametrize("target", ["agent", "worker"])
+def test_sigterm_under_dimerec_torchrun_saves_once_ends_143_and_restarts_nothing(uninterrupted, tiny_dataset,
+                                                                                 tmp_path, target):
+    run_dir = tmp_path / f"stopped-{target}"
+    command = [str(REPO / ".venv" / "bin" / "dimerec-torchrun"), "--standalone", "--nproc_per_node=2",
+               "--max-restarts=2", "-m", "dimerec_dist.train", "--run-dir", str(run_dir),
+               *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10")]
+    if not Path(command[0]).exists():
+        command[:1] = [sys.executable, "-m", "dimerec_dist.launcher"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIMEREC_STEP_DELAY": "0.2"}
+    agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(losses_by_step(run_dir) if (run_dir / "metrics.jsonl").exists() else {}) < 5:
+        time.sleep(0.2)
+    if target == "agent":
+        agent.send_signal(signal.SIGTERM)
+    else:
+        workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+        os.kill(int(workers[-1]), signal.SIGTERM)
+    _, stderr = agent.communicate(timeout=120)
+    assert agent.returncode == 143, stderr[-4000:]
+    assert "Traceback" not in stderr and "resumed from" not in stderr, "no restart after a requested stop"
+    saved = CheckpointManager(run_dir / "checkpoints").latest()
+    step = int(saved.name.split("-")[1])
+    assert 5 <= step < STEPS and stderr.count(f"checkpoint {saved} written") == 1, stderr[-4000:]
+    torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
+             *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"))
+    assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
