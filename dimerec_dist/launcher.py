@@ -15,8 +15,10 @@ stop ends the job once, with exit code 143 (128 + SIGTERM), whoever got the sign
   DIMEREC_STOP_FILE that this launcher runs it) exits 0 after leaving the file, so the
   agent sees a finished job and restarts nothing; this launcher sees the file and exits 143.
 
-A worker that fails for any other reason is torchrun's business as before: restarts,
-its failure table, exit code 1.
+A job whose workers all stop on a user error (a bad config, data set or checkpoint: one
+line each on stderr, exit code 2) ends with 2, without torchrun's traceback; torchrun still
+retries it under --max-restarts, where it fails again at once. A worker that fails for any
+other reason is torchrun's business as before: restarts, its failure table, exit code 1.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 STOP_FILE_ENV = "DIMEREC_STOP_FILE"
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM
+USER_ERROR_EXIT_CODE = 2  # the commands' exit code for a bad config, data set or checkpoint
 SHUTDOWN_TIMEOUT_S = "600"
 
 log = logging.getLogger("dimerec.launcher")
@@ -36,6 +39,7 @@ log = logging.getLogger("dimerec.launcher")
 
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -48,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         except SignalException as exc:
             log.warning("stopped by %s: the workers saved a checkpoint and ended", exc.sigval.name)
             return 128 + int(exc.sigval)
+        except ChildFailedError as exc:
+            _, first = exc.get_first_failure()  # the others were stopped by torchrun because of it
+            if first.exitcode == USER_ERROR_EXIT_CODE:
+                return USER_ERROR_EXIT_CODE  # bad config, data or checkpoint: the worker said why, in one line
+            raise
         if stop_file.exists():
             log.warning("stopped on request (%s): the workers saved a checkpoint and ended",
                         stop_file.read_text().strip() or "a signal")

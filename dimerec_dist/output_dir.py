@@ -97,5 +97,5 @@ def writable_dir(path: Path, what: str) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"{what} {path} is not writable: {os_error_line(exc)}") from None
+        raise OutputError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
     return path

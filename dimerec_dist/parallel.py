@@ -125,7 +125,8 @@ def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Ex
     try:
         result = job()
     except (*user_errors, DeviceUnavailable) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"{name}: error: {exc}\n")  # one write: the ranks' lines never interleave
+        sys.stderr.flush()
         shutdown(wait_for_peers=False)
         return 2
     shutdown()

@@ -18,26 +18,34 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def read_only_dir(tmp_path):
-    """A directory nobody may write to, root included (tests run as root in CI): a read-only bind
-    mount where mounting is allowed, else the immutable attribute, else plain permissions."""
+def make_read_only():
+    """Makes a directory read-only for everyone, root included (tests run as root in CI): a
+    read-only bind mount where mounting is allowed, else the immutable attribute, else plain
+    permissions. Undone when the test ends."""
     import os
     import subprocess
 
-    path = tmp_path / "read-only"
-    path.mkdir()
-    (path / "existing.txt").write_text("kept\n")
-    undo = None
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        undo = ["chmod", "755", str(path)]
-    elif subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)], capture_output=True).returncode == 0:
-        undo = ["umount", str(path)]
-    elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
-        undo = ["chattr", "-i", str(path)]
-    else:
+    undo = []
+
+    def make(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "existing.txt").write_text("kept\n")
+        if os.geteuid() != 0:
+            attempts = [(["chmod", "555", str(path)], ["chmod", "755", str(path)])]
+        else:
+            attempts = [(["mount", "--bind", "-o", "ro", str(path), str(path)], ["umount", str(path)]),
+                        (["chattr", "+i", str(path)], ["chattr", "-i", str(path)])]
+        for command, reverse in attempts:
+            if subprocess.run(command, capture_output=True).returncode == 0:
+                undo.append(reverse)
+                return path
         pytest.skip("cannot make a read-only directory here (no mount, chattr or unprivileged user)")
-    try:
-        yield path
-    finally:
-        subprocess.run(undo, capture_output=True)
+
+    yield make
+    for reverse in reversed(undo):
+        subprocess.run(reverse, capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, make_read_only):
+    return make_read_only(tmp_path / "read-only")

@@ -74,6 +74,12 @@ def test_a_read_only_run_dir(tmp_path, read_only_dir):
     assert "is not writable" in train_errors(tmp_path, "--run-dir", str(read_only_dir))
 
 
+def test_a_read_only_checkpoint_dir(tmp_path, make_read_only):
+    make_read_only(tmp_path / "run" / "checkpoints")
+    line = train_errors(tmp_path, "--run-dir", str(tmp_path / "run"))
+    assert "the checkpoint directory" in line and "is not writable" in line
+
+
 def test_eval_cut_offs_beyond_the_catalog_stop_before_training(tiny_dataset, tmp_path):
     line = train_errors(tmp_path, "--run-dir", str(tmp_path / "run"), "data.source=prepared",
                         f"data.path={tiny_dataset}", "eval.ks=10,5000")

@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 
 from tests.distributed.conftest import REPO, TINY_JOB
 
@@ -42,3 +43,16 @@ def test_single_node_script_runs_the_trainer(tiny_dataset, tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert (run_dir / "final.json").is_file()
+
+
+def test_a_user_error_under_the_launcher_ends_with_2_one_line_and_no_traceback(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "bad"
+    done = subprocess.run([sys.executable, "-m", "dimerec_dist.launcher", "--standalone", "--nproc_per_node=2",
+                           "-m", "dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared",
+                           f"data.path={tiny_dataset}", *TINY_JOB, "eval.ks=10,5000"],
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-4000:]
+    # Each rank that got there first says it (torchrun stops the others): one line, or the same line twice.
+    assert 1 <= len(errors) <= 2 and all(line.startswith("dimerec-train: error: eval.ks=[10, 5000]") for line in errors)
