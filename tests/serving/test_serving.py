@@ -210,14 +210,18 @@ def test_values_out_of_range_get_a_400_not_a_dropped_connection(server, payload,
 
 
 def test_a_negative_content_length_is_answered(server):
-    import socket
+    import http.client
     from urllib.parse import urlparse
 
     address = urlparse(server)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
-        sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
-        reply = sock.recv(4096).decode()
-    assert reply.startswith("HTTP/1.1 400") and "Content-Length must be a non-negative integer" in reply
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    connection.putrequest("POST", "/recommend")
+    connection.putheader("Content-Length", "-1")
+    connection.endheaders()
+    reply = connection.getresponse()
+    body = json.loads(reply.read())
+    connection.close()
+    assert reply.status == 400 and "Content-Length must be a non-negative integer" in body["error"]
 
 
 def test_a_request_that_fails_in_scoring_fails_alone_not_its_batch(bundle_dir):
