@@ -6,11 +6,13 @@ renamed to `NAME` by rank 0 only after every rank has finished and meta.json is 
 so a directory without the suffix is always complete, and a save killed half-way leaves
 only a `.tmp` that nobody reads (and the next save of that name replaces).
 
-A training checkpoint holds: the sharded table and its fused optimizer state, the dense
-weights (DCP); the dense optimizer and learning-rate schedule (dense.pt, replicated, so
-rank 0 writes it); step, epoch and position in the data plan, the best validation score,
-and the config (meta.json). No RNG state is needed: every random draw in training derives
-from (seed, epoch, step[, rank]).
+A training checkpoint holds, all through DCP: the sharded table and its fused optimizer
+state, the dense weights, and the replicated state (the dense optimizer, the learning-rate
+schedule, a data-parallel table's optimizer) as plain tensors whose structure - and every
+value that is not a tensor - is JSON in meta.json, beside the step, epoch and position in
+the data plan, the best validation score and the config. Nothing is pickled: what DCP holds
+is tensors only (a test checks its metadata). No RNG state is needed: every random draw in training derives from
+(seed, epoch, step[, rank]).
 
 Every file is checksummed: each rank hashes the shards it has just written (while they are
 in the page cache), rank 0 the rest, and meta.json lists them with a digest of its own.
@@ -42,7 +44,7 @@ from dimerec_dist.integrity import file_sha256, files_sha256, mismatches, seal_p
 log = logging.getLogger("dimerec.checkpoint")
 META_FILE = "meta.json"
 LEGACY_META_FILE = "model.json"  # model directories written by the first trainer version
-DENSE_FILE = "dense.pt"
+LEGACY_DENSE_FILE = "dense.pt"  # the pickled optimizer state of checkpoints before 2026-12
 SEAL_KEY = "meta_sha256"  # meta.json's digest of itself
 # Model config keys that change the shape or meaning of saved weights.
 SHAPE_KEYS = ("embedding_dim", "max_history", "gem", "num_interests", "gem_hidden_mult", "routing_iterations",
@@ -65,7 +67,7 @@ def _commit(staging: Path, final: Path, meta: dict[str, Any]) -> None:
     dist.all_gather_object(gathered, own)  # also the barrier: every rank has written its shards
     if _is_main():
         files = {name: digest for part in gathered for name, digest in part.items()}
-        for path in sorted(staging.iterdir()):  # DCP's .metadata, dense.pt: written by rank 0
+        for path in sorted(staging.iterdir()):  # DCP's .metadata: written by rank 0
             if path.is_file() and path.name not in files and path.name != META_FILE:
                 files[path.name] = file_sha256(path)
         (staging / META_FILE).write_text(json.dumps(sealed({**meta, "files": files}, SEAL_KEY), indent=2) + "\n")
@@ -132,6 +134,15 @@ def save_model(model, path: Path, num_items: int, model_config: ModelConfig, ext
     staging = _stage(path)
     dcp.save(model.state_dict(), checkpoint_id=str(staging))
     _commit(staging, path, model_meta(num_items, model_config, **(extra or {})))
+
+
+def check_resumable(path: Path) -> None:
+    """Refuse, before anything is built, a checkpoint whose optimizer state is a pickle (the
+    layout before 2026-12): this version never unpickles."""
+    if (Path(path) / LEGACY_DENSE_FILE).exists() or "replicated" not in read_meta(path):
+        raise CheckpointError(f"{path} was written by an earlier dimerec-dist, whose optimizer state is a pickle "
+                              f"({LEGACY_DENSE_FILE}) that this version never loads; resume it with the version "
+                              f"that wrote it, or start a new --run-dir")
 
 
 def check_optimizer_layout(path: Path, sharding_type: str, column_block: int) -> None:
@@ -302,23 +313,27 @@ class CheckpointManager:
                                   f"train.resume=PATH, or start a new --run-dir")
         return None
 
-    def save(self, model, dense: dict[str, Any], state: TrainingState, num_items: int, config_dict: dict) -> Path:
+    def save(self, model, replicated: dict[str, Any], state: TrainingState, num_items: int,
+             config_dict: dict) -> Path:
+        """`replicated`: state that is the same on every rank (name -> a state_dict of tensors,
+        numbers, strings, lists and dicts), e.g. the dense optimizer's and the schedule's."""
         self.wait()
         started = time.time()
         final = self.path_for(state.step)
         staging = _stage(final)
-        if _is_main():
-            torch.save(dense, staging / DENSE_FILE)  # small and replicated: written now, from rank 0
+        skeleton, tensors = tensor_tree(replicated)
         meta = model_meta(num_items, _model_config(config_dict), training=dataclasses.asdict(state),
-                          config=config_dict, world_size=dist.get_world_size(), saved_at=time.time())
+                          config=config_dict, world_size=dist.get_world_size(), saved_at=time.time(),
+                          replicated=skeleton)
+        sharded = {**_sharded_state(model), REPLICATED_KEY: tensors}
         self.last_saved_step = state.step
         if self.asynchronous:
-            future = dcp.async_save(_sharded_state(model), checkpoint_id=str(staging), process_group=self._group,
+            future = dcp.async_save(sharded, checkpoint_id=str(staging), process_group=self._group,
                                     async_stager=_CopyStager())
             self._pending = (future, staging, final, meta, started)
             log.info("checkpoint %s staged in %.1fs, writing in the background", final, time.time() - started)
         else:
-            dcp.save(_sharded_state(model), checkpoint_id=str(staging))
+            dcp.save(sharded, checkpoint_id=str(staging))
             self._finish(staging, final, meta, started)
         return final
 
@@ -340,17 +355,73 @@ class CheckpointManager:
     @staticmethod
     def load(path: Path, model, num_items: int, model_config: ModelConfig) -> tuple[TrainingState, dict]:
         """Load weights and sparse optimizer state in place (any world size or sharding); return the
-        training state and the dense optimizer/schedule state."""
+        training state and the replicated state as it was given to `save`."""
         meta = check_compatible(verified(path), num_items, model_config)
         if "training" not in meta:
             raise CheckpointError(f"{path} holds model weights only, not a training state to resume")
-        state = _sharded_state(model)
+        check_resumable(path)
+        state = {**_sharded_state(model), REPLICATED_KEY: empty_tensors(meta["replicated"])}
         dcp.load(state, checkpoint_id=str(path))
         model.load_state_dict(state["model"])
         if "sparse_optimizer" in state:
             model.fused_optimizer.load_state_dict(state["sparse_optimizer"])
-        dense = torch.load(Path(path) / DENSE_FILE, weights_only=False)
-        return TrainingState(**meta["training"]), dense
+        return TrainingState(**meta["training"]), rebuilt(meta["replicated"], state[REPLICATED_KEY])
+
+
+# --------------------------------------------------------------------------- replicated state as tensors + JSON
+
+REPLICATED_KEY = "replicated"
+
+
+def tensor_tree(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(skeleton, tensors): `tree` with each tensor replaced by a placeholder naming it, its shape
+    and dtype, and the tensors by name. Dicts become {"items": [[key, value], ...]} so int keys
+    stay ints; tuples become lists. The skeleton is plain JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            name = str(len(tensors))
+            tensors[name] = node.detach()
+            return {"tensor": name, "shape": list(node.shape), "dtype": str(node.dtype).removeprefix("torch.")}
+        if isinstance(node, dict):
+            return {"items": [[key, walk(value)] for key, value in node.items()]}
+        if isinstance(node, (list, tuple)):
+            return [walk(value) for value in node]
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise TypeError(f"cannot checkpoint a {type(node).__name__} as replicated state")
+
+    return walk(tree), tensors
+
+
+def empty_tensors(skeleton: Any) -> dict[str, torch.Tensor]:
+    """Tensors of the skeleton's shapes and dtypes, for DCP to load into."""
+    found: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict) and "tensor" in node:
+            found[node["tensor"]] = torch.empty(node["shape"], dtype=getattr(torch, node["dtype"]))
+        elif isinstance(node, dict):
+            for _, value in node["items"]:
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(skeleton)
+    return found
+
+
+def rebuilt(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The tree `tensor_tree` was given, from its skeleton and the (loaded) tensors."""
+    if isinstance(skeleton, dict) and "tensor" in skeleton:
+        return tensors[skeleton["tensor"]]
+    if isinstance(skeleton, dict):
+        return {key: rebuilt(value, tensors) for key, value in skeleton["items"]}
+    if isinstance(skeleton, list):
+        return [rebuilt(value, tensors) for value in skeleton]
+    return skeleton
 
 
 def _sharded_state(model) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Each cell is its own torchrun job (so peak RSS is its own), with the same cores 
 over its ranks (threads per rank = cores / world). A job builds the model for a catalog
 of N items (d = 64, the quickstart's model; --negatives shared negatives per step) - the trainer's sharded model for a TorchRec
 layout (row_wise, table_wise, column_wise, data_parallel), or the replicated baseline
-(dimerec_dist/replicated.py) - and runs the trainer's own training step on batches made
+(dimerec_dist/replicated.py) - and runs `Trainer.train_step`, the step training runs, on batches made
 in memory: histories of uniform length 1..max_history and ids uniform over the catalog
 (every lookup a different row: the worst case for locality). The global batch for step s
 depends only on (seed, s), so every cell trains on the same batches; the per-step losses
@@ -64,19 +64,20 @@ def global_batch_ids(seed: int, step: int, batch: int, max_history: int, num_ite
 def build_replicated(config, num_items: int, ctx):
     import torch
 
+    from dimerec_dist.builders import TrainingParts, dense_optimizer
     from dimerec_dist.replicated import ReplicatedDimeRec, SparseRowWiseAdagrad
     from dimerec_dist.table_shards import RowShard, init_table_deterministically
-    from dimerec_dist.train import dense_optimizer
 
     torch.manual_seed(config.seed)
     module = ReplicatedDimeRec(config.model, num_items).to(ctx.device)
     init_table_deterministically([RowShard(0, 0, module.item_table.weight.data)], config.model.embedding_dim,
                                  config.seed, config.train.embedding_init)
     model = torch.nn.parallel.DistributedDataParallel(module)
-    params, optimizer, _ = dense_optimizer(model, config)  # the trainer's own dense optimizer
+    params, optimizer, schedule = dense_optimizer(model, config)  # the trainer's own dense optimizer
     table_optimizer = SparseRowWiseAdagrad([module.item_table.weight], lr=config.train.sparse_lr)
     table = module.item_table.weight
-    return model, params, optimizer, table_optimizer, table.numel() * table.element_size() + table.shape[0] * 4
+    parts = TrainingParts(model, [], params, optimizer, schedule, table_optimizer)
+    return parts, table.numel() * table.element_size() + table.shape[0] * 4
 
 
 def run_cell(args) -> None:
@@ -88,8 +89,8 @@ def run_cell(args) -> None:
     from dimerec_dist.parallel import init_distributed, shutdown
     from dimerec_dist.sharded_model import TABLE_STATE_KEY
     from dimerec_dist.table_shards import local_row_shards, local_table_bytes
-    from dimerec_dist.train import (build_model, dense_optimizer, noise_for_rank, reduce_losses,
-                                    replicated_table_optimizer, training_step)
+    from dimerec_dist.builders import build_training
+    from dimerec_dist.trainer import Trainer, noise_for_rank
 
     ctx = init_distributed(args.device)
     torch.set_num_threads(args.threads)
@@ -98,12 +99,11 @@ def run_cell(args) -> None:
                                 f"sharding.type={layout}"])
     started = time.time()
     if args.layout == "replicated":
-        model, params, optimizer, table_optimizer, table_bytes = build_replicated(config, args.items, ctx)
+        parts, table_bytes = build_replicated(config, args.items, ctx)
     else:
-        model, shards = build_model(config, args.items, ctx, run_dir=None)
-        params, optimizer, _ = dense_optimizer(model, config)
-        table_optimizer = replicated_table_optimizer(model, config, ctx)
-        table_bytes = local_table_bytes(model, local_row_shards(model, TABLE_STATE_KEY))
+        parts = build_training(config, args.items, ctx, run_dir=None)
+        table_bytes = local_table_bytes(parts.model, local_row_shards(parts.model, TABLE_STATE_KEY))
+    trainer = Trainer.from_parts(config, parts, ctx)  # the step training runs, fed synthetic batches
     build_seconds = time.time() - started
     sampler = NegativeSampler("uniform", args.items, config.train.negatives, seed=config.seed)
     per_rank = args.batch // ctx.world_size
@@ -123,9 +123,7 @@ def run_cell(args) -> None:
         history.ids, history.lengths = history.ids[local], history.lengths[local]
         batch = make_batch(history, targets[local], sampler.draw(0, step)).to(ctx.device)
         draw = noise_for_rank(config, args.batch, 0, step, rows, ctx.device)
-        losses, _ = training_step(model, batch, draw, params, optimizer, table_optimizer, config.train.grad_clip)
-        values, _ = reduce_losses(losses, False)  # the trainer does this every step too
-        losses_by_step.append(values["loss/total"])
+        losses_by_step.append(trainer.train_step(batch, draw).losses["loss/total"])
     synchronize()
     dist.barrier()
     elapsed = time.time() - timed_from

@@ -48,17 +48,17 @@ def bin_path(name: str) -> str:
     return str(here) if here.exists() else name
 
 
-def torchrun_command(run_dir: Path, dataset: Path, *extra: str, restarts: int = 0) -> list[str]:
+def torchrun_command(run_dir: Path, dataset: Path, *extra: str, restarts: int = 0, slow: bool = False) -> list[str]:
+    """The drill's job under dimerec-torchrun; `slow` runs it through tools/faulty_train.py with a
+    delay in every step, so a signal or a kill lands mid-run."""
+    trainer = [str(REPO / "tools" / "faulty_train.py"), "--step-delay", STEP_DELAY_S] if slow else \
+        ["-m", "dimerec_dist.train"]
     return [bin_path("dimerec-torchrun"), "--standalone", "--nproc_per_node=2", f"--max-restarts={restarts}",
-            "-m", "dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared", f"data.path={dataset}",
-            *JOB, *extra]
+            *trainer, "--run-dir", str(run_dir), "data.source=prepared", f"data.path={dataset}", *JOB, *extra]
 
 
-def environment(delay: bool) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    if delay:
-        env["DIMEREC_STEP_DELAY"] = STEP_DELAY_S
-    return env
+def environment() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def steps_logged(run_dir: Path) -> int:
@@ -82,8 +82,8 @@ def final(run_dir: Path) -> dict | None:
     return result
 
 
-def run(command: list[str], delay: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=REPO, env=environment(delay), capture_output=True, text=True, timeout=600)
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
 
 
 def workers_of(agent: subprocess.Popen) -> list[int]:
@@ -158,8 +158,8 @@ class Drill:
     def sigkill_random_ranks(self, kills: int = 3) -> None:
         """SIGKILL one random rank at a random step, `kills` times; torchrun restarts each time."""
         run_dir = self.out / "sigkill"
-        agent = subprocess.Popen(torchrun_command(run_dir, self.dataset, restarts=kills), cwd=REPO,
-                                 env=environment(delay=True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        agent = subprocess.Popen(torchrun_command(run_dir, self.dataset, restarts=kills, slow=True), cwd=REPO,
+                                 env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True)
         targets = sorted(self.random.sample(range(12, STEPS - 5), kills))
         done = []
@@ -178,8 +178,8 @@ class Drill:
     def kill_during_save(self) -> None:
         """Asynchronous saves stay `step-N.tmp` until the next save commits them: kill a rank then."""
         run_dir = self.out / "kill-during-save"
-        agent = subprocess.Popen(torchrun_command(run_dir, self.dataset, "train.checkpoint_async=true"), cwd=REPO,
-                                 env=environment(delay=True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        command = torchrun_command(run_dir, self.dataset, "train.checkpoint_async=true", slow=True)
+        agent = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True)
         staging = run_dir / "checkpoints" / "step-00000030.tmp"
         while not (staging.exists() and steps_logged(run_dir) >= 32) and agent.poll() is None:
@@ -193,8 +193,8 @@ class Drill:
                           [agent.returncode, again.returncode])
 
     def stop_with_sigterm(self, run_dir: Path, at_step: int, target: str) -> tuple[int, str]:
-        agent = subprocess.Popen(torchrun_command(run_dir, self.dataset, restarts=2), cwd=REPO,
-                                 env=environment(delay=True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        agent = subprocess.Popen(torchrun_command(run_dir, self.dataset, restarts=2, slow=True), cwd=REPO,
+                                 env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True)
         while steps_logged(run_dir) < at_step and agent.poll() is None:
             time.sleep(0.05)

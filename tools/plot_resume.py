@@ -26,12 +26,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(data: str, run_dir: Path, steps: int, env: dict) -> dict[int, float]:
+def run(data: str, run_dir: Path, steps: int, faults: list[str]) -> dict[int, float]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "--max-restarts=1", "-m", "dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared",
+               "--max-restarts=1", str(REPO / "tools" / "faulty_train.py"), *faults, "--run-dir", str(run_dir),
+               "data.source=prepared",
                f"data.path={data}", f"train.max_steps={steps}", "train.checkpoint_every=50", "train.log_every=1",
                "train.eval_every_epochs=0", "eval.at_end=false", "data.streams=2"]
-    subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, check=True,
+    subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True,
                    capture_output=True)
     losses: dict[int, float] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -49,9 +50,8 @@ def main() -> int:
     parser.add_argument("--kill-at", type=int, default=170)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        plain = run(args.data, Path(tmp) / "plain", args.steps, {})
-        killed = run(args.data, Path(tmp) / "killed", args.steps,
-                     {"DIMEREC_FAULT_STEP": str(args.kill_at), "DIMEREC_FAULT_RANK": "1"})
+        plain = run(args.data, Path(tmp) / "plain", args.steps, [])
+        killed = run(args.data, Path(tmp) / "killed", args.steps, ["--kill-at-step", str(args.kill_at), "--kill-rank", "1"])
     resumed_at = (args.kill_at // 50) * 50
     steps = sorted(plain)
     fig, ax = plt.subplots(figsize=(8, 4.2))

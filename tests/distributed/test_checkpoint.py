@@ -18,6 +18,7 @@ from dimerec_dist.checkpoint import META_FILE, CheckpointManager
 from tests.distributed.conftest import REPO, TINY_JOB, read_jsonl, torchrun
 
 STEPS = 40
+FAULTY_TRAIN = REPO / "tools" / "faulty_train.py"  # dimerec-train with a kill or a delay in its step hooks
 
 
 def job(dataset, *extra):
@@ -43,9 +44,10 @@ def uninterrupted(tiny_dataset, tmp_path_factory):
 def test_sigkill_of_one_rank_restarts_resumes_and_ends_like_the_uninterrupted_run(uninterrupted, tiny_dataset,
                                                                                    tmp_path):
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "DIMEREC_FAULT_STEP": "25", "DIMEREC_FAULT_RANK": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "--max-restarts=1", "-m", "dimerec_dist.train", "--run-dir", str(run_dir),
+                           "--max-restarts=1", str(FAULTY_TRAIN), "--kill-at-step", "25", "--kill-rank", "1",
+                           "--run-dir", str(run_dir),
                            *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -60,10 +62,10 @@ def test_sigkill_of_one_rank_restarts_resumes_and_ends_like_the_uninterrupted_ru
 
 def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrupted, tiny_dataset, tmp_path):
     run_dir = tmp_path / "preempted"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "dimerec_dist.train", "--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}",
-                                                                     "train.checkpoint_every=10")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIMEREC_STEP_DELAY": "0.2"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(FAULTY_TRAIN), "--step-delay", "0.2", "--run-dir", str(run_dir),
+               *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(losses_by_step(run_dir) if (run_dir / "metrics.jsonl").exists() else {}) < 5:
@@ -252,11 +254,11 @@ def test_sigterm_under_dimerec_torchrun_saves_once_ends_143_and_restarts_nothing
                                                                                  tmp_path, target):
     run_dir = tmp_path / f"stopped-{target}"
     command = [str(REPO / ".venv" / "bin" / "dimerec-torchrun"), "--standalone", "--nproc_per_node=2",
-               "--max-restarts=2", "-m", "dimerec_dist.train", "--run-dir", str(run_dir),
+               "--max-restarts=2", str(FAULTY_TRAIN), "--step-delay", "0.2", "--run-dir", str(run_dir),
                *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10")]
     if not Path(command[0]).exists():
         command[:1] = [sys.executable, "-m", "dimerec_dist.launcher"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIMEREC_STEP_DELAY": "0.2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(losses_by_step(run_dir) if (run_dir / "metrics.jsonl").exists() else {}) < 5:
@@ -275,3 +277,31 @@ def test_sigterm_under_dimerec_torchrun_saves_once_ends_143_and_restarts_nothing
     torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
              *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"))
     assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
+
+
+def test_a_checkpoint_holds_no_pickle_only_tensors_and_json(uninterrupted):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    for path in [*CheckpointManager(uninterrupted / "checkpoints").complete(), uninterrupted / "model"]:
+        assert not [p.name for p in path.iterdir() if p.suffix in (".pt", ".pkl", ".pickle")], path
+        entries = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        assert not [key for key, kind in entries.items() if isinstance(kind, BytesStorageMetadata)], path
+        json.loads((path / META_FILE).read_text())
+
+
+def test_a_checkpoint_of_the_pickle_era_gets_a_one_line_error_saying_what_to_do(uninterrupted, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "old-layout"
+    shutil.copytree(uninterrupted, run_dir)
+    for path in CheckpointManager(run_dir / "checkpoints").complete():  # as the version before 2026-12 wrote them
+        meta = json.loads((path / META_FILE).read_text())
+        for key in ("files", "meta_sha256", "replicated"):
+            meta.pop(key)
+        (path / META_FILE).write_text(json.dumps(meta))
+        torch.save({"optimizer": {}}, path / "dense.pt")
+    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir),
+                           *job(tiny_dataset, f"train.max_steps={STEPS}")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert "pickle (dense.pt) that this version never loads" in errors[0] and "new --run-dir" in errors[0]

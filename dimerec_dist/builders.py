@@ -1,0 +1,124 @@
+"""Everything a job builds from (config, distributed context, catalog): the sharded model and
+this rank's table pieces, the fused table optimizer, the dense optimizer and its schedule.
+
+Training, evaluation, export, the benchmarks and the tests all build here, so the model a
+benchmark times or an export loads is the one training ran. Building is deterministic:
+the dense weights come from the seed, identical on every rank and world size, and the
+table is initialised row by row from the seed whatever the layout (table_shards.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dimerec_dist.config import ConfigError, JobConfig
+from dimerec_dist.data.schema import Manifest
+from dimerec_dist.parallel import DistContext, plan_sharding, shard_model
+from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
+from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes
+
+log = logging.getLogger("dimerec.train")
+
+
+@dataclass
+class TrainingParts:
+    """What one training step touches."""
+
+    model: torch.nn.Module  # TorchRec's DistributedModelParallel around ShardedDimeRec
+    shards: list  # this rank's pieces of the item table (table_shards.RowShard)
+    params: list  # the dense parameters (GEM and DAM)
+    optimizer: torch.optim.Optimizer  # dense Adam
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    table_optimizer: torch.optim.Optimizer | None  # only for a data-parallel table (else fused into backward)
+
+
+def sparse_optimizer(config: JobConfig, ctx: DistContext) -> tuple[type, dict]:
+    """The optimizer TorchRec fuses into the table's backward pass."""
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    kind, lr = config.train.sparse_optimizer, config.train.sparse_lr
+    if kind == "adam" and ctx.device.type != "cuda":
+        raise ConfigError("train.sparse_optimizer=adam is fused only on GPU; use rowwise_adagrad or sgd on CPU")
+    return {"rowwise_adagrad": (RowWiseAdagrad, {"lr": lr, "eps": 1e-8}),
+            "sgd": (torch.optim.SGD, {"lr": lr}),
+            "adam": (torch.optim.Adam, {"lr": lr})}[kind]
+
+
+def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Path | None):
+    """The sharded model: plan, shard, then a deterministic table init that any world size repeats."""
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    torch.manual_seed(config.seed)  # dense weights: identical on every rank and every world size
+    module = ShardedDimeRec(config.model, num_items, in_batch_negatives=config.train.in_batch_negatives)
+    optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
+    apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
+    plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx,
+                                             config.sharding.column_block)
+    model = shard_model(module, plan, sharders, ctx, find_unused_parameters=not config.model.trains_dam)
+    shards = local_row_shards(model, TABLE_STATE_KEY)
+    init_table_deterministically(shards, config.model.embedding_dim, config.seed, config.train.embedding_init)
+    held = [None] * ctx.world_size
+    dist.all_gather_object(held, ([tuple(s.weight.shape) for s in shards], local_table_bytes(model, shards)))
+    if ctx.is_main:
+        lines = [f"rank {r}: {_pieces(pieces)}, table + optimizer state {_size(measured)} measured, "
+                 f"planner estimate {_size(estimate.get(r, 0))}" for r, (pieces, measured) in enumerate(held)]
+        summary = f"{plan}\n\nmemory per rank ({config.sharding.type}, {ctx.world_size} ranks):\n" + "\n".join(lines)
+        log.info("sharding plan:\n%s", summary)
+        if run_dir is not None:
+            (run_dir / "sharding_plan.txt").write_text(summary + "\n")
+    return model, shards
+
+
+def replicated_table_optimizer(model, config: JobConfig, ctx: DistContext) -> torch.optim.Optimizer | None:
+    """The table's optimizer when it is data-parallel. TorchRec fuses optimizers into sharded
+    tables only; a replicated table is a plain parameter (its DDP averages the gradient), so
+    the configured sparse optimizer steps it after backward, like the dense one."""
+    if config.sharding.type != "data_parallel":
+        return None
+    optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
+    table = [p for name, p in model.named_parameters() if name.endswith(TABLE_STATE_KEY)]
+    if len(table) != 1:
+        raise RuntimeError(f"expected the data-parallel table among the parameters, found {len(table)}")
+    return optimizer_class(table, **optimizer_args)
+
+
+def dense_optimizer(model, config: JobConfig):
+    """Adam on GEM and DAM (`model` is the sharded model, or anything with .module.dimerec), and
+    its warm-up schedule."""
+    params = list(model.module.dimerec.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.train.dense_lr, weight_decay=config.train.weight_decay)
+    warmup = config.train.warmup_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return params, optimizer, schedule
+
+
+def build_training(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Path | None) -> TrainingParts:
+    model, shards = build_model(config, num_items, ctx, run_dir)
+    params, optimizer, schedule = dense_optimizer(model, config)
+    return TrainingParts(model, shards, params, optimizer, schedule, replicated_table_optimizer(model, config, ctx))
+
+
+def check_protocol(config: JobConfig, manifest: Manifest) -> None:
+    if manifest.protocol != config.data.split:
+        raise ConfigError(f"{manifest.root} was prepared with the {manifest.protocol} split, the job asks for "
+                          f"data.split={config.data.split}; set data.split={manifest.protocol} or prepare it again")
+
+
+def _pieces(shapes: list[tuple[int, int]]) -> str:
+    """'151 rows x 16 columns' for the table pieces one rank holds."""
+    if not shapes:
+        return "0 rows"
+    return " + ".join(f"{rows:,} rows x {cols} columns" for rows, cols in shapes)
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:,.1f} {unit}"
+        num_bytes /= 1024
+    return ""

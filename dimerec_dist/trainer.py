@@ -1,0 +1,391 @@
+"""The Trainer: one object that owns a training job, and the one step every caller runs.
+
+    trainer = Trainer(config, run_dir)   # data, sharded model, optimizers, checkpoints, resume
+    trainer.train()                       # epochs of train_step, validation, checkpoints, final metrics
+
+One step, top to bottom (`train_step`): the plan gives this rank its slice of the global
+batch; the batch's ids go through the sharded table (history, target, shared negatives);
+DimeRec returns L_gem + lambda L_recon + mu L_ssm; backward updates the table in place
+(fused optimizer) and the dense Adam steps GEM and DAM. Benchmarks time this very method.
+
+What training needs to continue exactly after a stop is `state_dict()` (where training
+stands) plus the model and optimizers, all written by checkpoint.py; every random draw
+derives from (seed, epoch, step[, rank]), so no RNG state is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from dimerec_dist.builders import TrainingParts, build_training, check_protocol
+from dimerec_dist.checkpoint import (CheckpointError, CheckpointManager, TrainingState, check_data_plan,
+                                     check_optimizer_layout, check_resumable, check_same_settings, load_model,
+                                     save_model, verified)
+from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
+from dimerec_dist.data.batch import NegativeSampler, make_batch
+from dimerec_dist.data.samples import EvaluationUsers
+from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
+from dimerec_dist.data.source import ensure_dataset
+from dimerec_dist.data.stream import TrainStream
+from dimerec_dist.diversity import item_categories
+from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
+from dimerec_dist.model import NoiseDraw
+from dimerec_dist.output_dir import OutputError, writable_dir
+from dimerec_dist.parallel import DistContext, init_distributed, resolved_column_block, run_command
+from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
+
+log = logging.getLogger("dimerec.train")
+StepHook = Callable[["Trainer"], None]
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]  # global means: loss/total, loss/gem, loss/recon, loss/ssm
+    grad_norm: float
+    stop_requested: bool  # some rank was signalled: every rank learns it here, at the same step
+
+
+class Trainer:
+    def __init__(self, config: JobConfig, run_dir: Path, ctx: DistContext | None = None):
+        self.config, self.run_dir = config, run_dir
+        self.ctx = ctx or init_distributed(config.train.device)
+        setup_logging(self.ctx)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        writable_dir(run_dir, "--run-dir")
+        writable_dir(run_dir / "checkpoints", "the checkpoint directory")
+        self.before_step: list[StepHook] = []  # called at the top of every step (tests inject faults here)
+        self.state = TrainingState()
+        self.checkpoints = CheckpointManager(run_dir / "checkpoints", config.train.keep_checkpoints,
+                                             asynchronous=config.train.checkpoint_async)
+        # Checked against this job (settings, table optimizer layout) before its config.yaml replaces the
+        # saved one, so a refused resume leaves the run as it was.
+        self.resume_from = self._checked_resume()
+        if self.ctx.is_main:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        self._build_data()
+        self.parts: TrainingParts = build_training(config, self.manifest.num_items, self.ctx, run_dir)
+        self.metrics = MetricsLogger(run_dir, self.ctx.is_main)
+        if self.stream.steps(0) == 0:
+            raise DataError(f"{self.manifest.root}: {self.manifest.data['counts']['train_samples']} training "
+                            f"samples, fewer than one batch of {config.train.batch_size} per stream")
+        self.epoch_steps = plan_epochs(self.stream, config.train.epochs, config.train.max_steps)
+        if self.resume_from is not None:
+            self.load_checkpoint(self.resume_from)
+
+    @classmethod
+    def from_parts(cls, config: JobConfig, parts: TrainingParts, ctx: DistContext) -> "Trainer":
+        """A Trainer with only what `train_step` needs, for callers that make their own batches
+        (the training benchmark): no data set, run directory or checkpoints."""
+        trainer = cls.__new__(cls)
+        trainer.config, trainer.parts, trainer.ctx = config, parts, ctx
+        return trainer
+
+    # ------------------------------------------------------------------ building
+
+    def _checked_resume(self) -> Path | None:
+        config, ctx = self.config, self.ctx
+        resume_from = resume_path(config.train.resume, self.checkpoints)
+        if resume_from is not None:
+            check_resumable(resume_from)
+            if config.train.resume == "auto":  # a named checkpoint may change the plan on purpose (logged below)
+                check_data_plan(resume_from, config, ctx.world_size)
+            check_same_settings(resume_from, config, named=config.train.resume != "auto", world_size=ctx.world_size)
+            check_optimizer_layout(resume_from, config.sharding.type, resolved_column_block(
+                config.sharding.column_block, config.model.embedding_dim, ctx.world_size))
+        return resume_from
+
+    def _build_data(self) -> None:
+        """Every rank reads the same prepared dataset; the plan decides who reads what."""
+        config, ctx = self.config, self.ctx
+        manifest = Manifest.load(ensure_dataset(config.data, self.run_dir, ctx.is_main))
+        check_protocol(config, manifest)
+        config.check_catalog(manifest.num_items, str(manifest.root))
+        check_held_out_users(config, manifest)
+        if config.train.batch_size % ctx.world_size:
+            raise ConfigError(f"train.batch_size={config.train.batch_size} must divide evenly over "
+                              f"{ctx.world_size} ranks")
+        self.manifest = manifest
+        self.stream = TrainStream(manifest, max_history=config.model.max_history,
+                                  global_batch=config.train.batch_size, streams=config.data.streams,
+                                  world_size=ctx.world_size, rank=ctx.rank, seed=config.seed,
+                                  sample_mode=config.data.sample_mode, backend=config.data.backend,
+                                  window_size=config.data.window, mix=config.data.mix)
+        self.rank_rows = torch.from_numpy(self.stream.global_rows)
+        self.valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
+        self.test = EvaluationUsers(read_split(manifest, "test"), config.model.max_history)
+        self.popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])
+        self.sampler = NegativeSampler(config.train.negative_sampler, manifest.num_items, config.train.negatives,
+                                       popularity=self.popularity[1:], alpha=config.train.popularity_alpha,
+                                       seed=config.seed)
+        self.log_q, self.in_batch_log_q = logq_corrections(config, self.sampler, self.popularity)
+
+    # ------------------------------------------------------------------ the step
+
+    def step_inputs(self, epoch: int, epoch_step: int, history, targets):
+        """The step's batch (ids, negatives, corrections) on the device, and its diffusion noise."""
+        config = self.config
+        # Dropout's generator, from (seed, step, rank): a resumed run draws what it would have drawn.
+        torch.manual_seed(config.seed * 1_000_003 + self.state.step * 1_009 + self.ctx.rank)
+        batch = make_batch(history, targets, self.sampler.draw(epoch, epoch_step), self.log_q,
+                           self.in_batch_log_q).to(self.ctx.device)
+        draw = noise_for_rank(config, config.train.batch_size, epoch, epoch_step, self.rank_rows, self.ctx.device)
+        return batch, draw
+
+    def train_step(self, batch, draw: NoiseDraw, stop_requested: bool = False) -> StepResult:
+        """Forward, backward, optimizer steps and the schedule; the global mean losses."""
+        parts = self.parts
+        losses = parts.model(batch, draw)
+        parts.optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()  # a sharded table's rows are updated here, by the fused optimizer
+        grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, self.config.train.grad_clip or float("inf"))
+        parts.optimizer.step()
+        if parts.table_optimizer is not None:
+            parts.table_optimizer.step()
+            parts.table_optimizer.zero_grad(set_to_none=True)
+        parts.schedule.step()
+        values, stop = reduce_losses(losses, stop_requested)
+        return StepResult(values, float(grad_norm), stop)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict:
+        """Every planned step, validation at epoch ends (keeping the best model), checkpoints; then
+        the final metrics of the best model. {"preempted": True, ...} if stopped by a signal."""
+        config, state = self.config, self.state
+        total_steps = sum(self.epoch_steps)
+        log.info("%d training samples, ~%d steps/epoch, %d steps over %d epochs, global batch %d (%d per rank), "
+                 "%d ranks, %d streams, %s reader", self.manifest.data["counts"]["train_samples"],
+                 self.epoch_steps[0], total_steps, len(self.epoch_steps), config.train.batch_size,
+                 config.train.batch_size // self.ctx.world_size, self.ctx.world_size, self.stream.plan.streams,
+                 config.data.backend)
+        progress = Progress(total_steps, config.train.batch_size, start_step=state.step)
+        stop = StopRequest()
+        self.parts.model.train()
+        for epoch in range(state.epoch, len(self.epoch_steps)):
+            first = state.epoch_step if epoch == state.epoch else 0
+            for epoch_step, history, targets in self.stream.batches(epoch, start_step=first):
+                if epoch_step >= self.epoch_steps[epoch]:
+                    break
+                for hook in self.before_step:
+                    hook(self)
+                batch, draw = self.step_inputs(epoch, epoch_step, history, targets)
+                result = self.train_step(batch, draw, stop.requested)
+                state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
+                if not all(math.isfinite(v) for v in result.losses.values()):
+                    raise FloatingPointError(f"non-finite loss at step {state.step}: {result.losses}")
+                if state.step % config.train.log_every == 0 or state.step == total_steps:
+                    self._log_step(progress, epoch, result)
+                if result.stop_requested:
+                    self.save_checkpoint()
+                    self.checkpoints.wait()
+                    log.warning("stopped by a signal at step %d; the checkpoint is saved, resume=auto continues",
+                                state.step)
+                    self.metrics.close()
+                    return {"preempted": True, "step": state.step}
+                if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
+                    self.save_checkpoint()
+            state.epoch, state.epoch_step = epoch + 1, 0
+            last_epoch = epoch == len(self.epoch_steps) - 1
+            if config.train.eval_every_epochs and ((epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch):
+                self.validate(epoch)
+            self.save_checkpoint()  # every epoch end (and every checkpoint_every steps): what resume=auto picks up
+        self.checkpoints.wait()
+        return self._finish()
+
+    def _log_step(self, progress: Progress, epoch: int, result: StepResult) -> None:
+        step, config = self.state.step, self.config
+        rate = progress.rate(step)
+        self.metrics.scalars(step, {**result.losses, "lr/dense": self.parts.schedule.get_last_lr()[0],
+                                    "lr/sparse": config.train.sparse_lr, "grad_norm/dense": result.grad_norm,
+                                    "throughput/samples_per_s": rate, "epoch": epoch})
+        log.info(progress.line(step, epoch, rate, result.losses))
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Full-catalog metrics on the validation users; the best model so far is kept in run_dir/model."""
+        model = self.parts.model
+        model.eval()
+        scores = evaluate_users(model, self.parts.shards, self.config, self.ctx, self.valid).metrics
+        model.train()
+        self.metrics.scalars(self.state.step, {f"valid/{k}": v for k, v in scores.items()})
+        log.info("epoch %d valid %s", epoch, format_scores(scores))
+        key = selection_key(self.config)
+        if scores[key] > self.state.best_score:
+            self.state.best_score = scores[key]
+            save_model(model, self.run_dir / "model", self.manifest.num_items, self.config.model,
+                       {"step": self.state.step, "epoch": epoch})
+        return scores
+
+    def _finish(self) -> dict:
+        """Evaluate the best epoch's model on valid and test; final.json."""
+        config, model, best = self.config, self.parts.model, self.run_dir / "model"
+        if not config.train.eval_every_epochs:
+            save_model(model, best, self.manifest.num_items, config.model, {"step": self.state.step})
+        load_model(model, best, self.manifest.num_items, config.model)  # the best epoch on validation
+        model.eval()
+        if not config.eval.at_end:
+            self.metrics.close()
+            return {}
+        final, _ = final_metrics(model, self.parts.shards, config, self.ctx, self.valid, self.test, self.popularity,
+                                 item_categories(self.manifest))
+        self.metrics.scalars(self.state.step, {f"final/{split}/{k}": v for split in ("valid", "test")
+                                               for k, v in final[split].items()})
+        self.metrics.close()
+        if self.ctx.is_main:
+            (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+            log.info("final test %s | popularity %s", format_scores(final["test"]),
+                     format_scores(final["popularity"]["test"]))
+        return final
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Where training stands: with the model and optimizers, enough to continue as if never stopped."""
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = TrainingState(**state)
+
+    def save_checkpoint(self) -> None:
+        """The whole training state at this step (once per step, whatever asks for it)."""
+        step, checkpoints, parts = self.state.step, self.checkpoints, self.parts
+        if checkpoints.last_saved_step == step or checkpoints.latest() == checkpoints.path_for(step):
+            return
+        replicated = {"optimizer": parts.optimizer.state_dict(), "schedule": parts.schedule.state_dict(),
+                      "table_optimizer": None if parts.table_optimizer is None else parts.table_optimizer.state_dict()}
+        checkpoints.save(parts.model, replicated, self.state, self.manifest.num_items, config_to_dict(self.config))
+
+    def load_checkpoint(self, path: Path) -> None:
+        parts = self.parts
+        state, replicated = CheckpointManager.load(path, parts.model, self.manifest.num_items, self.config.model)
+        parts.optimizer.load_state_dict(replicated["optimizer"])
+        parts.schedule.load_state_dict(replicated["schedule"])
+        if parts.table_optimizer is not None:
+            parts.table_optimizer.load_state_dict(replicated["table_optimizer"])
+        self.load_state_dict(asdict(state))
+        log.info("resumed from %s: step %d, epoch %d (%d steps into it)", path, state.step, state.epoch,
+                 state.epoch_step)
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError)  # one line on stderr, exit code 2
+
+
+def train_command(config_path: Path | None, overrides: Sequence[str], run_dir: Path,
+                  before_step: Sequence[StepHook] = ()) -> int:
+    """dimerec-train's job as an exit code: 0 done, 2 a user error, 143 stopped by a signal.
+    `before_step`: hooks called at the top of every step (tools/faulty_train.py's faults)."""
+
+    def job() -> dict:
+        trainer = Trainer(load_config(config_path, overrides), run_dir)
+        trainer.before_step.extend(before_step)
+        return trainer.train()
+
+    return run_command("dimerec-train", job, USER_ERRORS)
+
+
+# --------------------------------------------------------------------------- pieces of the loop
+
+
+def check_held_out_users(config: JobConfig, manifest: Manifest) -> None:
+    """Evaluation needs validation and test users: say so now, not after a whole epoch."""
+    if not (config.train.eval_every_epochs or config.eval.at_end):
+        return
+    for split in ("valid", "test"):
+        if manifest.data["counts"][f"{split}_users"] == 0:
+            raise DataError(f"{manifest.root}: no {split} users (no user has enough items to hold one out), and "
+                            f"the job evaluates on them; use a larger data set, or train.eval_every_epochs=0 "
+                            f"eval.at_end=false to train without evaluating")
+
+
+def logq_corrections(config: JobConfig, sampler: NegativeSampler,
+                     popularity: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """log expected count of each item among the sampled negatives and among the in-batch
+    negatives (global batch size x its share of training events), or None where uncorrected.
+    Uniform sampling alone needs none: a constant shift leaves the softmax unchanged."""
+    train = config.train
+    if not train.logq_correction or (train.negative_sampler == "uniform" and not train.in_batch_negatives):
+        return None, None
+    in_batch = None
+    if train.in_batch_negatives:
+        share = np.maximum(popularity.astype(np.float64), 1.0) / max(1.0, float(popularity[1:].sum()))
+        in_batch = np.log(train.batch_size * share)
+    return sampler.log_q, in_batch
+
+
+def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, rows: torch.Tensor,
+                   device: torch.device) -> NoiseDraw:
+    """The step's diffusion noise, drawn for the whole global batch; this rank takes its
+    rows. The same sample gets the same t and eps whatever the world size."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + step)
+    draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps, generator,
+                          guidance_dropout=config.model.guidance_dropout)
+    return draw.rows(rows, device)
+
+
+def reduce_losses(losses, stop_requested: bool) -> tuple[dict[str, float], bool]:
+    """Global mean losses (the mean of the ranks' means: every rank holds as many samples), and
+    whether any rank was asked to stop, in one all-reduce on the losses' own device (the GPU's
+    under NCCL)."""
+    stop = torch.tensor(float(stop_requested), device=losses.total.device)
+    parts = torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(), losses.ssm.detach(), stop])
+    dist.all_reduce(parts)
+    values = parts.tolist()
+    means = [value / dist.get_world_size() for value in values[:4]]
+    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), means)), values[4] > 0
+
+
+def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:
+    """Steps to run in each epoch: `epochs` whole epochs, or as many as `max_steps` needs.
+    Epochs can differ by a few steps (the shortest stream of each epoch's plan decides)."""
+    steps: list[int] = []
+    while (sum(steps) < max_steps) if max_steps else (len(steps) < epochs):
+        steps.append(stream.steps(len(steps)))
+    if max_steps:
+        steps[-1] -= sum(steps) - max_steps
+    return steps
+
+
+def resume_path(resume: str, checkpoints: CheckpointManager) -> Path | None:
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return checkpoints.latest_verified()
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"train.resume={resume}: no such checkpoint directory")
+    return verified(path)
+
+
+class StopRequest:
+    """SIGTERM or SIGINT asks for a checkpoint and a clean stop at the end of the current step.
+
+    One stop often arrives as several signals: a scheduler signals every process of the job,
+    torchrun's agent forwards its own, a terminal's Ctrl-C reaches the whole process group.
+    Those are one request; only a SIGINT well after the first (a person pressing Ctrl-C
+    again) stops at once, without the checkpoint."""
+
+    SAME_REQUEST_S = 5.0
+
+    def __init__(self):
+        self.requested = False
+        self._first_at = 0.0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if not self.requested:
+            self.requested, self._first_at = True, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._first_at > self.SAME_REQUEST_S:
+            raise KeyboardInterrupt
