@@ -169,17 +169,18 @@ def corrupt(path, how):
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     elif how == "truncated metadata":
         (path / ".metadata").write_bytes((path / ".metadata").read_bytes()[:100])
-    elif how == "flipped byte in the dense state":
-        data = bytearray((path / "dense.pt").read_bytes())
+    elif how == "flipped byte in a shard":
+        shard = sorted(path.glob("__0_*.distcp"))[0]
+        data = bytearray(shard.read_bytes())
         data[len(data) // 2] ^= 0x01
-        (path / "dense.pt").write_bytes(bytes(data))
+        shard.write_bytes(bytes(data))
     elif how == "edited meta.json":
         meta = json.loads((path / META_FILE).read_text())
         meta["training"]["step"] += 1
         (path / META_FILE).write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("how", ["truncated shard", "truncated metadata", "flipped byte in the dense state",
+@pytest.mark.parametrize("how", ["truncated shard", "truncated metadata", "flipped byte in a shard",
                                  "edited meta.json"])
 def test_a_corrupt_newest_checkpoint_is_skipped_and_the_run_ends_like_the_uninterrupted_one(
         uninterrupted, tiny_dataset, tmp_path, how):
