@@ -21,6 +21,7 @@ from dimerec_dist.data.batch import make_batch
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import PADDING_ID
 from dimerec_dist.parallel import DistContext, all_gather_cat, all_reduce_max_int
+from dimerec_dist.random_streams import generator
 from dimerec_dist.table_shards import RowShard, scoring_shards
 
 log = logging.getLogger("dimerec.eval")
@@ -105,8 +106,7 @@ def popularity_scores(counts: np.ndarray) -> np.ndarray:
 
 def user_starts(user_ids: np.ndarray, dim: int, seed: int) -> torch.Tensor:
     """A fixed random x_T per user, (U, d)."""
-    return torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(u)))
-                        for u in user_ids])
+    return torch.stack([torch.randn(dim, generator=generator(seed, "start", int(u))) for u in user_ids])
 
 
 def ranking_metrics(topk: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict[str, float]:
@@ -201,8 +201,8 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
         # x_T depends on (seed, user) only, so any sharding or batching gives the same deterministic queries.
         user_ids = users.users[chunk]
         start = user_starts(user_ids, dim, seed).to(ctx.device)
-        generator = torch.Generator(device=ctx.device).manual_seed(seed * 1_000_003 + int(user_ids[0]))
-        queries = model.queries(batch, query_mode, steps=sample_steps, generator=generator, start=start)
+        reverse = generator(seed, "reverse", int(user_ids[0]), device=ctx.device)
+        queries = model.queries(batch, query_mode, steps=sample_steps, generator=reverse, start=start)
         gathered_queries = all_gather_cat(queries)
         seen_tensor = None
         if exclude_seen:

@@ -44,6 +44,7 @@ from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
 from dimerec_dist.model import NoiseDraw
 from dimerec_dist.output_dir import OutputError, writable_dir
 from dimerec_dist.parallel import DistContext, init_distributed, resolved_column_block, run_command
+from dimerec_dist.random_streams import generator, seed_for
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
 
 log = logging.getLogger("dimerec.train")
@@ -138,7 +139,7 @@ class Trainer:
         """The step's batch (ids, negatives, corrections) on the device, and its diffusion noise."""
         config = self.config
         # Dropout's generator, from (seed, step, rank): a resumed run draws what it would have drawn.
-        torch.manual_seed(config.seed * 1_000_003 + self.state.step * 1_009 + self.ctx.rank)
+        torch.manual_seed(seed_for(config.seed, "dropout", self.state.step, self.ctx.rank))
         batch = make_batch(history, targets, self.sampler.draw(epoch, epoch_step), self.log_q,
                            self.in_batch_log_q).to(self.ctx.device)
         draw = noise_for_rank(config, config.train.batch_size, epoch, epoch_step, self.rank_rows, self.ctx.device)
@@ -328,9 +329,8 @@ def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, 
                    device: torch.device) -> NoiseDraw:
     """The step's diffusion noise, drawn for the whole global batch; this rank takes its
     rows. The same sample gets the same t and eps whatever the world size."""
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + step)
-    draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps, generator,
-                          guidance_dropout=config.model.guidance_dropout)
+    draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps,
+                          generator(config.seed, "noise", epoch, step), guidance_dropout=config.model.guidance_dropout)
     return draw.rows(rows, device)
 
 
