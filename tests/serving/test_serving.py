@@ -235,7 +235,7 @@ def test_a_request_that_fails_in_scoring_fails_alone_not_its_batch(bundle_dir):
     bundle = Bundle(bundle_dir)
     batcher = MicroBatcher(Recommender(bundle), max_batch=64, max_wait_ms=300)  # waits: one batch forms
     good = [Request(history=bundle.raw_ids(np.arange(1 + i, 5 + i)), k=5) for i in range(12)]
-    poisoned = Request(history=bundle.raw_ids(np.arange(1, 5)), k=5, user=2 ** 70)  # past any seed's range
+    poisoned = Request(history=bundle.raw_ids(np.arange(1, 5)), k=5, user=-5)  # parse_request refuses it; scoring too
 
     def ask(request):
         try:
