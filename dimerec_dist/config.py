@@ -32,46 +32,67 @@ class ModelConfig:
     """The DimeRec model: GEM, DAM, diffusion and loss weights (METHOD.md)."""
 
     embedding_dim: int = 64
+    """d: the width of item embeddings, interests and the generated interest."""
     max_history: int = 50
-    # GEM
+    """How many of a user's latest items the GEM reads (older ones are dropped)."""
     gem: str = "comirec_sa"
+    """The Guidance Extraction Module: comirec_sa (the paper's), comirec_dr, sasrec, mean, last_k."""
     num_interests: int = 4
-    gem_hidden_mult: int = 4  # ComiRec-SA: W1 maps d -> gem_hidden_mult * d
-    routing_iterations: int = 3  # ComiRec-DR
+    """K: interest vectors the GEM extracts from a history (at most max_history)."""
+    gem_hidden_mult: int = 4
+    """ComiRec-SA: its attention's W1 maps d -> gem_hidden_mult * d."""
+    routing_iterations: int = 3
+    """ComiRec-DR: dynamic-routing iterations."""
     sasrec_layers: int = 2
+    """SASRec GEM: transformer layers."""
     sasrec_heads: int = 2
-    dropout: float = 0.1  # inside the SASRec GEM (its input and layers); the other GEMs have none
-    # Dropout on the embedded history before any GEM, in training only: a regulariser for sparse logs.
+    """SASRec GEM: attention heads (must divide embedding_dim)."""
+    dropout: float = 0.1
+    """Dropout inside the SASRec GEM (its input and layers); the other GEMs have none. [0, 1)."""
     history_dropout: float = 0.0
-    # DAM
+    """Dropout on the embedded history before any GEM, in training only: a regulariser for sparse logs. [0, 1)."""
     dam_hidden: int = 256
+    """The Diffusion Aggregation Module's hidden width (a denoising MLP)."""
     dam_layers: int = 2
+    """The DAM's hidden layers."""
     guidance_pooling: str = "concat"
-    # Diffusion
+    """How the DAM reads the K interests: concat (all of them side by side) or attention."""
     diffusion_steps: int = 50
-    beta_schedule: str = "cosine"  # reaches alphabar_T ~ 0 for any T; linear 1e-4..0.02 needs T ~ 1000
+    """T: the forward process's steps."""
+    beta_schedule: str = "cosine"
+    """cosine (reaches alphabar_T ~ 0 for any T) or linear (beta_start..beta_end; needs T ~ 1000)."""
     beta_start: float = 1e-4
+    """Linear schedule: the first beta (0 < beta_start < beta_end < 1)."""
     beta_end: float = 0.02
-    noise_space: str = "sphere"  # "sphere": GRW; "euclidean": the paper's "w/o GRW" ablation
-    # "angle": the geodesic angle follows sqrt(1 - alphabar_t), rescaled to reach grw_max_angle at t = T
-    # (pi/2: where a uniform random start of inference lies); "literal": Algorithm 1 as printed, whose
-    # step sqrt(1 - alphabar_t) * |eps| ~ sqrt(d) radians wraps around the sphere.
+    """Linear schedule: the last beta."""
+    noise_space: str = "sphere"
+    """sphere: Geodesic Random Walk noising on the unit sphere; euclidean: the paper's "w/o GRW" ablation."""
     grw_noise_scale: str = "angle"
+    """angle: the geodesic angle follows sqrt(1 - alphabar_t), rescaled to reach grw_max_angle at t = T;
+    literal: Algorithm 1 as printed, whose step of ~sqrt(d) radians wraps around the sphere."""
     grw_max_angle: float = math.pi / 2
-    reverse_noise_std: str = "posterior"  # sqrt(beta_tilde) (DDPM); "beta_tilde" as Algorithm 2 prints
-    sample_steps: int = 1  # denoising steps at inference, 1..diffusion_steps
+    """The GRW angle at t = T, in (0, pi] (pi/2: where a uniform random start of inference lies)."""
+    reverse_noise_std: str = "posterior"
+    """The reverse step's noise: posterior (sqrt(beta_tilde), DDPM's) or beta_tilde (as Algorithm 2 prints)."""
+    sample_steps: int = 1
+    """Denoising steps at inference, 1..diffusion_steps."""
     sample_deterministic: bool = True
-    # Classifier-free guidance (DreamRec's): this share of training samples denoise with a learned
-    # null guidance instead of the GEM's, and sampling extrapolates (1 + w) f(g) - w f(null), w the scale.
+    """Inference without the reverse steps' noise (the same history always gets the same interest)."""
     guidance_dropout: float = 0.0
+    """Classifier-free guidance (DreamRec's): this share of training samples denoise with a learned null
+    guidance instead of the GEM's. [0, 1)."""
     guidance_scale: float = 0.0
-    # Losses: L = w_gem * L_gem + lambda * L_recon + mu * L_ssm; a weight of 0 switches a term off.
+    """w: sampling extrapolates (1 + w) f(g) - w f(null); needs guidance_dropout > 0."""
     gem_weight: float = 1.0
-    recon_weight: float = 1.0  # lambda
-    ssm_weight: float = 1.0  # mu
+    """The weight of L_gem in L = w_gem L_gem + lambda L_recon + mu L_ssm (0 switches the term off)."""
+    recon_weight: float = 1.0
+    """lambda: the weight of L_recon."""
+    ssm_weight: float = 1.0
+    """mu: the weight of L_ssm."""
     temperature: float = 0.07
-    # Cosine logits (unit query and items) inside both sampled softmaxes; False = raw inner products.
+    """The softmax temperature of L_gem and L_ssm (> 0)."""
     cosine_logits: bool = True
+    """Cosine logits (unit query and items) inside both sampled softmaxes; false: raw inner products."""
 
     def validate(self) -> None:
         _choice("model.gem", self.gem, GEM_KINDS)
@@ -129,25 +150,38 @@ QUERY_MODES = ("auto", "dam", "gem", "dam+gem")
 class DataConfig:
     """Where the prepared dataset is, or how to make it on first use."""
 
-    # prepared: `path` holds a dimerec-prepare output. raw: prepare `raw_path` (of `raw_format`) into
-    # `path`. synthetic: generate a short-video log, then prepare it into `path`.
-    source: str = "synthetic"  # the default job needs no data at all
-    path: str = ""  # empty: <run_dir>/data
+    source: str = "synthetic"
+    """prepared: `path` holds a dimerec-prepare output; raw: prepare `raw_path` into `path` on first use;
+    synthetic: generate a short-video log and prepare it (the default job needs no data)."""
+    path: str = ""
+    """The prepared dataset's directory (empty: <run_dir>/data)."""
     raw_path: str = ""
+    """source=raw: the raw log (a file, or for events a directory of files)."""
     raw_format: str = "sequences"
+    """source=raw: movielens, pairs, sequences or events (docs/DATA.md)."""
     kcore: int = 0
-    split: str = "leave-one-out"  # or "user" (ComiRec: held-out users, 80% of history in, the rest targets)
+    """Keep only users and items with at least this many events, iterated (0: off)."""
+    split: str = "leave-one-out"
+    """leave-one-out (last item test, second to last valid) or user (ComiRec: held-out users, 80% of history in)."""
     synth_users: int = 5000
+    """source=synthetic: users of the generated log."""
     synth_items: int = 2000
+    """source=synthetic: items of the generated log."""
     synth_events: int = 200_000
+    """source=synthetic: events of the generated log."""
     synth_seed: int = 0
-    sample_mode: str = "all"  # every position of each training prefix, or ComiRec's one random cut per user
-    # Virtual streams of the data plan (0: the world size). Runs with the same value see the same global
-    # batches whatever their world size, which must divide it.
+    """source=synthetic: the generator's seed."""
+    sample_mode: str = "all"
+    """all: every position of each training prefix is a sample; random_cut: ComiRec's one random cut per user."""
     streams: int = 0
-    backend: str = "local"  # decode row groups in this process, or in Ray tasks ("ray")
-    window: int = 4  # row groups decoded ahead per rank
-    mix: int = 4  # consecutive row groups of a stream whose samples are shuffled together
+    """Virtual streams of the data plan (0: the world size). Runs with the same value see the same global
+    batches whatever their world size, which must divide it; set it to resume on another world size."""
+    backend: str = "local"
+    """Decode row groups in this process (local) or in Ray tasks (ray; RAY_ADDRESS, or a local Ray)."""
+    window: int = 4
+    """Row groups decoded ahead per rank."""
+    mix: int = 4
+    """Consecutive row groups of a stream whose samples are shuffled together."""
 
     def validate(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
@@ -170,30 +204,55 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 256  # global: split evenly over ranks
+    """How the model is optimised, logged, checkpointed and resumed."""
+
+    batch_size: int = 256
+    """The global batch, split evenly over ranks (and a multiple of data.streams)."""
     epochs: int = 10
-    max_steps: int = 0  # > 0: stop after this many steps, whatever the epochs
-    dense_lr: float = 1e-3  # Adam on GEM and DAM
+    """Passes over the training samples (unless max_steps)."""
+    max_steps: int = 0
+    """> 0: stop after this many steps, whatever the epochs."""
+    dense_lr: float = 1e-3
+    """Adam's learning rate for GEM and DAM."""
     weight_decay: float = 0.0
+    """Adam's weight decay for GEM and DAM."""
     warmup_steps: int = 0
-    grad_clip: float = 0.0  # max global norm of dense gradients; 0: off
-    sparse_optimizer: str = "rowwise_adagrad"  # fused into the table's backward; adam is GPU-only
+    """Steps of linear warm-up of the dense learning rate (0: none)."""
+    grad_clip: float = 0.0
+    """The largest global norm of the dense gradients (0: no clipping)."""
+    sparse_optimizer: str = "rowwise_adagrad"
+    """The item table's optimizer, fused into its backward: rowwise_adagrad, sgd, or adam (GPU only)."""
     sparse_lr: float = 0.05
-    embedding_init: float = 0.1  # table rows start U(-x, x)
-    negatives: int = 1024  # shared by every sample of a step
+    """The item table's learning rate."""
+    embedding_init: float = 0.1
+    """Table rows start uniform in (-x, x)."""
+    negatives: int = 1024
+    """Sampled negatives per step, shared by every sample of the step."""
     negative_sampler: str = "uniform"
+    """uniform over the catalog, or popularity (training counts to the power popularity_alpha)."""
     popularity_alpha: float = 0.75
-    # Also score each sample against every target of the global batch (gathered from all ranks).
+    """The popularity sampler's exponent (>= 0)."""
     in_batch_negatives: bool = False
-    logq_correction: bool = True  # with the popularity sampler or in-batch negatives (both popularity-biased)
+    """Also score each sample against every target of the global batch (gathered from all ranks)."""
+    logq_correction: bool = True
+    """Subtract log q from the logits of popularity-biased negatives (the popularity sampler, in-batch)."""
     log_every: int = 50
-    eval_every_epochs: int = 1  # 0: evaluate only at the end
-    checkpoint_every: int = 0  # steps between training checkpoints; every epoch end always saves one
+    """Steps between progress lines and logged scalars."""
+    eval_every_epochs: int = 1
+    """Validate every this many epochs, keeping the best model (0: only at the end)."""
+    checkpoint_every: int = 0
+    """Steps between training checkpoints (0: only at epoch ends, which always save one)."""
     keep_checkpoints: int = 2
-    checkpoint_async: bool = False  # write checkpoints in the background while training goes on
-    resume: str = "auto"  # auto: the newest complete checkpoint in run_dir/checkpoints; none; or a path
-    threads: int = 0  # torch intra-op threads per rank; 0: leave torch's default
-    device: str = "auto"  # auto | cpu | cuda
+    """How many of the newest complete checkpoints are kept."""
+    checkpoint_async: bool = False
+    """Write checkpoints in the background while training goes on."""
+    resume: str = "auto"
+    """auto: the newest checkpoint in run_dir/checkpoints that verifies; none; or a checkpoint's path
+    (continues it even with other settings, logged)."""
+    threads: int = 0
+    """torch intra-op threads per rank (0: torch's default)."""
+    device: str = "auto"
+    """auto (a GPU if torch sees one), cpu or cuda."""
 
     def validate(self) -> None:
         for key in ("batch_size", "epochs", "negatives", "log_every"):
@@ -217,9 +276,10 @@ class ShardingConfig:
     """How TorchRec lays the item table over ranks (the planner places the pieces)."""
 
     type: str = "row_wise"
-    # column_wise: columns per block; 0 = embedding_dim / world size (one block per rank). Row-wise
-    # Adagrad keeps one accumulator per row *per block*, so the block width is part of the optimizer.
+    """The item table's layout over ranks: row_wise, table_wise, column_wise or data_parallel (docs/DESIGN.md)."""
     column_block: int = 0
+    """column_wise: columns per block, a multiple of 4 (0: embedding_dim / world size). Row-wise Adagrad
+    keeps one accumulator per row per block, so the width is part of the optimizer state."""
 
     def validate(self) -> None:
         _choice("sharding.type", self.type, SHARDING)
@@ -229,11 +289,19 @@ class ShardingConfig:
 
 @dataclass
 class EvalConfig:
+    """Full-catalog evaluation: cut-offs, protocol, the retrieval query."""
+
     ks: list[int] = field(default_factory=lambda: [10, 20, 50])
-    batch_size: int = 256  # users per rank per step
-    exclude_seen: bool = True  # the literature's protocol: never recommend what the user has seen
-    query: str = "auto"  # dam: the generated interest; gem: best of the K interests; auto: dam unless GEM-only
-    at_end: bool = True  # evaluate valid and test after training (final.json); benchmarks turn it off
+    """The cut-offs of HR@k and NDCG@k (and Recall@k under the user split); at most the catalog's size."""
+    batch_size: int = 256
+    """Users per rank per evaluation step."""
+    exclude_seen: bool = True
+    """Never recommend what the user has seen (the literature's protocol)."""
+    query: str = "auto"
+    """dam: the generated interest; gem: the best of the K interests; dam+gem: both; auto: dam unless
+    the DAM is untrained (recon_weight = ssm_weight = 0)."""
+    at_end: bool = True
+    """Evaluate valid and test after training (final.json); benchmarks turn it off."""
 
     def validate(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
@@ -252,6 +320,7 @@ class JobConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
+    """The job's seed: dense weights, table rows, the data plan, negatives, noise (0..2^32-1)."""
 
     def validate(self) -> None:
         for section in (self.model, self.data, self.train, self.sharding, self.eval):

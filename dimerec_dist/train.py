@@ -17,17 +17,40 @@ import argparse
 import sys
 from pathlib import Path
 
+from dimerec_dist.config import ConfigError, config_to_dict, load_config
+from dimerec_dist.config_reference import help_text
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dimerec-train", description="Train DimeRec with a TorchRec-sharded item table.")
+    parser = argparse.ArgumentParser(prog="dimerec-train", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Train DimeRec with a TorchRec-sharded item table.",
+                                     epilog="config keys (YAML section.key, or key=value on the command line):"
+                                            + help_text())
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML job file (default: the built-in defaults, a synthetic short-video log)")
-    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--run-dir", type=Path, help="where the run's files go (required to train)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model.num_interests=8 train.epochs=3")
     args = parser.parse_args(argv)
+    if args.print_config:
+        return print_config(args.config, args.overrides)
+    if args.run_dir is None:
+        parser.error("--run-dir is required to train")
     from dimerec_dist.trainer import train_command  # after parsing: --help needs no torch
 
     return train_command(args.config, args.overrides, args.run_dir)
+
+
+def print_config(path: Path | None, overrides: list[str]) -> int:
+    import yaml
+
+    try:
+        config = load_config(path, overrides)
+    except ConfigError as exc:
+        print(f"dimerec-train: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return 0
 
 
 if __name__ == "__main__":
