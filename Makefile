@@ -1,12 +1,13 @@
 # dimerec-dist: the two commands a new machine needs.
 #   make install   create .venv here and install the pinned stack (tools/install.sh owns the matrix)
 #   make test      the test suite, with line coverage; fails if dimerec_dist/model drops under 90%
+#   make lint      ruff's checks (pyproject.toml [tool.ruff]) over the package, tools and tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dimerec-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test clean
+.PHONY: install test lint clean
 
 install: $(STAMP)
 
@@ -18,6 +19,9 @@ $(STAMP): tools/install.sh pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest --cov=dimerec_dist --cov-report=term $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='dimerec_dist/model/*' --fail-under=90
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dimerec_dist tools tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .coverage *.egg-info

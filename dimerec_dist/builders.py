@@ -93,7 +93,8 @@ def dense_optimizer(model, config: JobConfig):
     params = list(model.module.dimerec.parameters())
     optimizer = torch.optim.Adam(params, lr=config.train.dense_lr, weight_decay=config.train.weight_decay)
     warmup = config.train.warmup_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
     return params, optimizer, schedule
 
 

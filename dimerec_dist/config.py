@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -105,9 +106,11 @@ class ModelConfig:
                     "sasrec_layers", "sasrec_heads", "dam_hidden", "dam_layers", "diffusion_steps"):
             _at_least(f"model.{key}", getattr(self, key), 1)
         if self.embedding_dim % self.sasrec_heads:
-            raise ConfigError(f"model.sasrec_heads={self.sasrec_heads} must divide model.embedding_dim={self.embedding_dim}")
+            raise ConfigError(f"model.sasrec_heads={self.sasrec_heads} must divide "
+                              f"model.embedding_dim={self.embedding_dim}")
         if not 1 <= self.sample_steps <= self.diffusion_steps:
-            raise ConfigError(f"model.sample_steps={self.sample_steps} must lie in 1..model.diffusion_steps={self.diffusion_steps}")
+            raise ConfigError(f"model.sample_steps={self.sample_steps} must lie in "
+                              f"1..model.diffusion_steps={self.diffusion_steps}")
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             raise ConfigError(f"need 0 < model.beta_start ({self.beta_start}) < model.beta_end ({self.beta_end}) < 1")
         if not 0.0 < self.grw_max_angle <= math.pi:
@@ -359,7 +362,8 @@ def _all_finite(section: Any) -> None:
     for spec in dataclasses.fields(section):
         value = getattr(section, spec.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{_SECTION_NAMES.get(type(section).__name__, '')}{spec.name}={value} must be a finite number")
+            key = f"{_SECTION_NAMES.get(type(section).__name__, '')}{spec.name}"
+            raise ConfigError(f"{key}={value} must be a finite number")
 
 
 def _at_least(key: str, value: int, low: int) -> None:

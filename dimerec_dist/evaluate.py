@@ -82,7 +82,8 @@ def gathered_topk(shards: list[RowShard], k: int, seen: torch.Tensor | None, sco
         values, ids = local_topk(shards, k, seen, score)
         values = values.to(dtype)
     else:
-        values, ids = torch.empty(users, 0, dtype=dtype, device=device), torch.empty(users, 0, dtype=torch.long, device=device)
+        values = torch.empty(users, 0, dtype=dtype, device=device)
+        ids = torch.empty(users, 0, dtype=torch.long, device=device)
     # Ranks holding fewer than k rows (or none) pad with -inf so every rank sends the same shape.
     if values.shape[1] < k:
         pad = k - values.shape[1]
@@ -212,13 +213,11 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
                 padded[r, :len(items)] = items
             seen_tensor = all_gather_cat(torch.from_numpy(padded).to(ctx.device))
         count = gathered_queries.shape[0]
-        topk = gathered_topk(shards, k, seen_tensor, lambda rows_, first: score_block(gathered_queries, rows_, cosine),
-                             count, ctx.device)
+        topk = gathered_topk(shards, k, seen_tensor, _query_scores(gathered_queries, cosine), count, ctx.device)
         all_topk.append(topk.cpu().numpy())
         if pop_tensor is not None:
-            scores = lambda rows_, first: pop_tensor[first:first + rows_.shape[0]].unsqueeze(0).expand(count, -1).clone()
-            all_pop_topk.append(gathered_topk(shards, k, seen_tensor, scores, count, ctx.device,
-                                              dtype=torch.float64).cpu().numpy())
+            all_pop_topk.append(gathered_topk(shards, k, seen_tensor, _popularity_scores(pop_tensor, count), count,
+                                              ctx.device, dtype=torch.float64).cpu().numpy())
         all_real.append(all_gather_cat(torch.from_numpy(chunk_real).to(ctx.device)).cpu().numpy())
         if ctx.is_main and time.time() - last_log > progress_every:
             last_log = time.time()
@@ -234,6 +233,16 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
         result.popularity_topk = np.concatenate(all_pop_topk)[order][real_mask]
         result.popularity = split_metrics(result.popularity_topk, users, ks)
     return result
+
+
+def _query_scores(queries: torch.Tensor, cosine: bool):
+    """score(rows, first_row) of every user's queries against a block of rows."""
+    return lambda rows, first: score_block(queries, rows, cosine)
+
+
+def _popularity_scores(popularity: torch.Tensor, users: int):
+    """score(rows, first_row): the popularity score of each row, the same for every user."""
+    return lambda rows, first: popularity[first:first + rows.shape[0]].unsqueeze(0).expand(users, -1).clone()
 
 
 def _gathered_order(per_rank: int, batch_size: int, num_batches: int, world: int) -> np.ndarray:

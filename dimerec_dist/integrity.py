@@ -12,9 +12,10 @@ import hashlib
 import json
 import mmap
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 BLOCK = 1 << 24  # hashlib releases the GIL on blocks this large: threads hash files in parallel
 

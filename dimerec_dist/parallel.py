@@ -21,8 +21,8 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -198,8 +198,10 @@ def _unpool_cpu_sequence_lookups(model: nn.Module) -> None:
     of the same weights instead (the same rows forward, the same gradient backward).
     Only this model's modules are touched; GPU lookups keep FBGEMM's kernel.
     """
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (DenseTableBatchedEmbeddingBagsCodegen,
-                                                                        PoolingMode)
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        DenseTableBatchedEmbeddingBagsCodegen,
+        PoolingMode,
+    )
 
     # Sharded modules keep their lookups in a plain list, out of modules()' reach.
     lookups = [lookup for owner in model.modules() for lookup in getattr(owner, "_lookups", [])]

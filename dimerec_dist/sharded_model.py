@@ -29,8 +29,9 @@ def padded_history(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ShardedDimeRec(nn.Module):
-    def __init__(self, config: ModelConfig, num_items: int, device: torch.device = torch.device("meta"),
+    def __init__(self, config: ModelConfig, num_items: int, device: torch.device | None = None,
                  in_batch_negatives: bool = False):
+        device = torch.device("meta") if device is None else device
         super().__init__()
         self.num_items = num_items
         self.in_batch_negatives = in_batch_negatives

@@ -70,5 +70,6 @@ def welch_t_test(a: list[float], b: list[float]) -> WelchResult:
         t = 0.0 if mean_a == mean_b else math.copysign(math.inf, mean_a - mean_b)
         return WelchResult(mean_a, mean_b, t, float(len(a) + len(b) - 2), 1.0 if t == 0 else 0.0)
     t = (mean_a - mean_b) / math.sqrt(se_a + se_b)
-    df = (se_a + se_b) ** 2 / ((se_a ** 2 / (len(a) - 1) if se_a else 0.0) + (se_b ** 2 / (len(b) - 1) if se_b else 0.0))
+    spread = (se_a ** 2 / (len(a) - 1) if se_a else 0.0) + (se_b ** 2 / (len(b) - 1) if se_b else 0.0)
+    df = (se_a + se_b) ** 2 / spread
     return WelchResult(mean_a, mean_b, t, df, student_t_two_sided_p(t, df))

@@ -20,9 +20,9 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,9 +30,18 @@ import torch.distributed as dist
 import yaml
 
 from dimerec_dist.builders import TrainingParts, build_training, check_protocol
-from dimerec_dist.checkpoint import (CheckpointError, CheckpointManager, TrainingState, check_data_plan,
-                                     check_optimizer_layout, check_resumable, check_same_settings, load_model,
-                                     save_model, verified)
+from dimerec_dist.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    TrainingState,
+    check_data_plan,
+    check_optimizer_layout,
+    check_resumable,
+    check_same_settings,
+    load_model,
+    save_model,
+    verified,
+)
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
 from dimerec_dist.data.batch import NegativeSampler, make_batch
 from dimerec_dist.data.samples import EvaluationUsers
@@ -87,7 +96,7 @@ class Trainer:
             self.load_checkpoint(self.resume_from)
 
     @classmethod
-    def from_parts(cls, config: JobConfig, parts: TrainingParts, ctx: DistContext) -> "Trainer":
+    def from_parts(cls, config: JobConfig, parts: TrainingParts, ctx: DistContext) -> Trainer:
         """A Trainer with only what `train_step` needs, for callers that make their own batches
         (the training benchmark): no data set, run directory or checkpoints."""
         trainer = cls.__new__(cls)

@@ -108,7 +108,8 @@ def test_the_temperature_is_no_setting_of_a_model_trained_without_a_softmax():
 
 
 def test_a_yaml_error_names_its_line_and_column(tmp_path):
-    with pytest.raises(ConfigError, match=r"job.yaml:4:6: not valid YAML: expected .,. or .\].(, but got .:.)?") as info:
+    expected = r"job.yaml:4:6: not valid YAML: expected .,. or .\].(, but got .:.)?"
+    with pytest.raises(ConfigError, match=expected) as info:
         load_config(write(tmp_path, "model:\n  gem: comirec_sa\n  num_interests: [4\ntrain:\n  epochs: 2\n"))
     assert "\n" not in str(info.value)
 

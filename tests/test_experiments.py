@@ -18,7 +18,6 @@ from dimerec_dist.significance import regularized_incomplete_beta, student_t_two
 from tests.distributed.conftest import REPO
 
 
-
 def test_student_t_p_values_match_the_tables():
     assert student_t_two_sided_p(2.0, 10) == pytest.approx(0.0733880, abs=1e-6)
     assert student_t_two_sided_p(2.228139, 10) == pytest.approx(0.05, abs=1e-6)
@@ -127,8 +126,8 @@ def test_a_run_with_other_settings_is_moved_aside_and_run_again(grid, finished, 
     one_seed = grid_file.read_text().replace("seeds: [0, 1]", "seeds: [0]")
     first = json.loads((out / "tiny" / "comirec_sa" / "seed-0" / "final.json").read_text())
     # The grid now asks comirec_sa for another setting: that run and nothing else is stale.
-    (tmp_path / "grid.yaml").write_text(one_seed.replace("[model.recon_weight=0, model.ssm_weight=0]",
-                                                         "[model.recon_weight=0, model.ssm_weight=0, model.dropout=0.3]"))
+    gem_only = "[model.recon_weight=0, model.ssm_weight=0]"
+    (tmp_path / "grid.yaml").write_text(one_seed.replace(gem_only, gem_only[:-1] + ", model.dropout=0.3]"))
     again = run(tmp_path / "grid.yaml", out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "model.dropout 0.1 -> 0.3" in again.stdout and "3 runs in the grid, 2 already done" in again.stdout
@@ -148,8 +147,8 @@ def test_a_run_with_other_settings_is_moved_aside_and_run_again(grid, finished, 
     # An interrupted run (no final.json, no record) the grid now asks other settings of is not resumed under them.
     (out / "tiny" / "comirec_sa" / "seed-0" / "final.json").unlink()
     shutil.rmtree(out / "records" / "tiny" / "comirec_sa" / "seed-0")
-    (tmp_path / "grid.yaml").write_text(one_seed.replace("[model.recon_weight=0, model.ssm_weight=0]",
-                                                         "[model.recon_weight=0, model.ssm_weight=0, model.dropout=0.2]"))
+    gem_only = "[model.recon_weight=0, model.ssm_weight=0]"
+    (tmp_path / "grid.yaml").write_text(one_seed.replace(gem_only, gem_only[:-1] + ", model.dropout=0.2]"))
     fourth = run(tmp_path / "grid.yaml", out)
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert "model.dropout 0.3 -> 0.2" in fourth.stdout and len(stale_dirs(out / "tiny" / "comirec_sa")) == 2
@@ -198,7 +197,8 @@ def test_a_grid_sharing_runs_trains_a_method_both_name_once(grid, finished, tmp_
                         .replace("seeds: [0, 1]", "seeds: [0]")
                         + f"datasets:\n  tiny: {{config: {config}}}\nmethods:\n  dimerec: []\n"
                           "  k1: [model.num_interests=1]\n")
-    assert experiment_grid.default_out(experiment_grid.load_grid(ablation)) == experiment_grid.REPO / "runs/experiments/smoke"
+    default = experiment_grid.default_out(experiment_grid.load_grid(ablation))
+    assert default == experiment_grid.REPO / "runs/experiments/smoke"
     done = run(ablation, out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 runs in the grid, 1 already done" in done.stdout, "dimerec seed 0 is the first grid's run"

@@ -8,7 +8,8 @@ beside the replicated baseline, measured one after the other in one run.
 
 Each cell is its own torchrun job (so peak RSS is its own), with the same cores split
 over its ranks (threads per rank = cores / world). A job builds the model for a catalog
-of N items (d = 64, the quickstart's model; --negatives shared negatives per step) - the trainer's sharded model for a TorchRec
+of N items (d = 64, the quickstart's model; --negatives shared negatives per step) - the trainer's
+sharded model for a TorchRec
 layout (row_wise, table_wise, column_wise, data_parallel), or the replicated baseline
 (dimerec_dist/replicated.py) - and runs `Trainer.train_step`, the step training runs, on batches made
 in memory: histories of uniform length 1..max_history and ids uniform over the catalog
@@ -84,12 +85,12 @@ def run_cell(args) -> None:
     import torch
     import torch.distributed as dist
 
+    from dimerec_dist.builders import build_training
     from dimerec_dist.config import load_config
     from dimerec_dist.data.batch import NegativeSampler, make_batch
     from dimerec_dist.parallel import init_distributed, shutdown
     from dimerec_dist.sharded_model import TABLE_STATE_KEY
     from dimerec_dist.table_shards import local_row_shards, local_table_bytes
-    from dimerec_dist.builders import build_training
     from dimerec_dist.trainer import Trainer, noise_for_rank
 
     ctx = init_distributed(args.device)
@@ -249,7 +250,8 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
                 raise RuntimeError(f"{layout} world {world} {items} items: a repeat trained to other losses")
         spent = time.time() - started
         r = result
-        device_peak = f", peak GPU memory/rank {max(r['peak_device_bytes']) / 2**30:.2f} GiB" if device == "cuda" else ""
+        device_peak = (f", peak GPU memory/rank {max(r['peak_device_bytes']) / 2**30:.2f} GiB"
+                       if device == "cuda" else "")
         print(f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: "
               f"{r['samples_per_s']:,.0f} samples/s, peak RSS/rank {max(r['peak_rss_bytes']) / 2**30:.2f} GiB"
               f"{device_peak} | {spent:.0f}s elapsed, ETA ~{spent / (index + 1) * (len(cells) - index - 1):.0f}s",

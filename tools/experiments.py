@@ -50,12 +50,20 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimerec_dist.checkpoint import CheckpointManager, read_meta  # noqa: E402
-from dimerec_dist.experiments.grid import (REPO, GridError, default_out, default_records, evaluation_only,  # noqa: E402
-                                           load_grid, run_dir, stale_reason, training_overrides)
+from dimerec_dist.experiments.grid import (  # noqa: E402
+    REPO,
+    GridError,
+    default_out,
+    default_records,
+    evaluation_only,
+    load_grid,
+    run_dir,
+    stale_reason,
+    training_overrides,
+)
 from dimerec_dist.experiments.plots import plot  # noqa: E402
 from dimerec_dist.experiments.report import report_text, write_report  # noqa: E402
-from dimerec_dist.run_records import (RecordError, code_version, final_digest, is_recorded, move_aside,  # noqa: E402
-                                      write_record)
+from dimerec_dist.run_records import RecordError, code_version, final_digest, is_recorded, move_aside, write_record  # noqa: E402
 
 
 def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
@@ -90,7 +98,8 @@ def record(grid: dict, out: Path, records: Path, job: tuple[str, str, int], prov
     dataset, method, seed = job
     derived = evaluation_only(grid, method)
     if derived is not None:
-        provenance = {**provenance, "source_final_sha256": final_digest(run_dir(records, dataset, derived["from"], seed))}
+        source = run_dir(records, dataset, derived["from"], seed)
+        provenance = {**provenance, "source_final_sha256": final_digest(source)}
     write_record(run_dir(out, *job), run_dir(records, *job), provenance)
 
 

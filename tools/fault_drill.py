@@ -179,8 +179,8 @@ class Drill:
         """Asynchronous saves stay `step-N.tmp` until the next save commits them: kill a rank then."""
         run_dir = self.out / "kill-during-save"
         command = torchrun_command(run_dir, self.dataset, "train.checkpoint_async=true", slow=True)
-        agent = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True)
+        agent = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
         staging = run_dir / "checkpoints" / "step-00000030.tmp"
         while not (staging.exists() and steps_logged(run_dir) >= 32) and agent.poll() is None:
             time.sleep(0.02)

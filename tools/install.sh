@@ -26,6 +26,7 @@ PROJECT_NEEDS=(
   "faiss-cpu==1.15.1"
   "pytest>=8"
   "pytest-cov>=5"
+  "ruff==0.17.6"
 )
 
 VENV=${VENV:-.venv}

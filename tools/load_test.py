@@ -133,7 +133,8 @@ def main() -> None:
             for level in args.concurrency:
                 result = run_level(port, histories, level, args.requests, args.seconds)
                 result.update(bundle=str(bundle), items=manifest["num_items"], dtype=manifest["dtype"],
-                              steps=manifest["steps"], open_s=round(open_s, 3), verify_s=round(verify_s, 3), start_s=round(start_s, 2),
+                              steps=manifest["steps"], open_s=round(open_s, 3), verify_s=round(verify_s, 3),
+                              start_s=round(start_s, 2),
                               max_batch=args.max_batch)
                 results.append(result)
                 print(f"{bundle} ({manifest['dtype']}, {manifest['steps']} step(s)) concurrency {level}: "
@@ -143,8 +144,8 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    rows = ["| bundle | items | dtype | steps | open (s) | verify (s) | start (s) | concurrency | requests | req/s | p50 (ms) "
-            "| p99 (ms) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| bundle | items | dtype | steps | open (s) | verify (s) | start (s) | concurrency | requests | req/s "
+            "| p50 (ms) | p99 (ms) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows += [f"| {Path(r['bundle']).name} | {r['items']:,} | {r['dtype']} | {r['steps']} | {r['open_s']} | "
              f"{r['verify_s']} | {r['start_s']} | "
              f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} |"

@@ -51,7 +51,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         plain = run(args.data, Path(tmp) / "plain", args.steps, [])
-        killed = run(args.data, Path(tmp) / "killed", args.steps, ["--kill-at-step", str(args.kill_at), "--kill-rank", "1"])
+        killed = run(args.data, Path(tmp) / "killed", args.steps,
+                     ["--kill-at-step", str(args.kill_at), "--kill-rank", "1"])
     resumed_at = (args.kill_at // 50) * 50
     steps = sorted(plain)
     fig, ax = plt.subplots(figsize=(8, 4.2))

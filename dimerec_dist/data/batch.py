@@ -38,7 +38,7 @@ class Batch:
     def size(self) -> int:
         return int(self.target_ids.shape[0])
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(self.kjt.to(device), move(self.mask), move(self.target_ids), move(self.negative_ids),
                      move(self.negative_rows), move(self.negative_log_q), move(self.target_log_q),

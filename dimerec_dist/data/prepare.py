@@ -32,8 +32,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dimerec_dist.data.readers import FORMATS, BadLines, ReadOptions, read_events
-from dimerec_dist.data.schema import (EVAL_SCHEMA, ITEMS_SCHEMA, SCHEMA_VERSION, SPLITS, TRAIN_SCHEMA,
-                                      USER_SPLIT_EVAL_SCHEMA, DataError, split_schema, write_parquet)
+from dimerec_dist.data.schema import (
+    EVAL_SCHEMA,
+    ITEMS_SCHEMA,
+    SCHEMA_VERSION,
+    SPLITS,
+    TRAIN_SCHEMA,
+    USER_SPLIT_EVAL_SCHEMA,
+    DataError,
+    split_schema,
+    write_parquet,
+)
 from dimerec_dist.data.writer import SplitWriter
 from dimerec_dist.integrity import file_sha256
 from dimerec_dist.output_dir import OutputError, begin, check_target, os_error_line, publish
@@ -185,7 +194,8 @@ def kcore_filter(buckets: Buckets, num_users: int, num_items: int, k: int) -> tu
 
 def dense_ids(buckets: Buckets, user_ok: np.ndarray, item_ok: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
     """New ids for the kept users (from 0) and items (from `first`), in order of first kept appearance."""
-    first_user, first_item = np.full(len(user_ok), np.iinfo(np.int64).max), np.full(len(item_ok), np.iinfo(np.int64).max)
+    never = np.iinfo(np.int64).max
+    first_user, first_item = np.full(len(user_ok), never), np.full(len(item_ok), never)
     for bucket in range(buckets.count):
         events = buckets.read(bucket)
         if events is None:

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 
 
-
 @dataclass
 class HistoryBatch:
     """Left-aligned, zero-padded histories: ids (B, N) and lengths (B,)."""

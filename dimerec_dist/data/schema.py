@@ -59,7 +59,8 @@ class Manifest:
         """Every shard listed once, no copies, no unlisted shard: a plan must never read a row twice or miss one."""
         problems = _listing_problems(self.root, self.data)
         if problems:
-            raise DataError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DataError(f"{path}: {problems[0]}{more}")
 
     @property
     def protocol(self) -> str:
@@ -72,7 +73,7 @@ class Manifest:
         return [self.root / entry["path"] for entry in self.data["files"][split]]
 
     @staticmethod
-    def load(root: str | Path, verify_checksums: bool = True) -> "Manifest":
+    def load(root: str | Path, verify_checksums: bool = True) -> Manifest:
         root = Path(root)
         path = root / "manifest.json"
         if not path.is_file():
@@ -105,7 +106,8 @@ def _listing_problems(root: Path, data: dict[str, Any]) -> list[str]:
             if entry["path"] in listed:
                 problems.append(f"shard {entry['path']} is listed twice ({listed[entry['path']]} and {split})")
             elif entry["sha256"] in checksums and entry["rows"]:
-                problems.append(f"shards {checksums[entry['sha256']]} and {entry['path']} are duplicates (same checksum)")
+                problems.append(f"shards {checksums[entry['sha256']]} and {entry['path']} are duplicates "
+                                "(same checksum)")
             listed[entry["path"]] = split
             checksums.setdefault(entry["sha256"], entry["path"])
         folder = root / split

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 from dimerec_dist.config import DATA_BACKENDS, SAMPLE_MODES
 from dimerec_dist.data.samples import HistoryBatch, flat_lists, window
 from dimerec_dist.data.schema import DataError, Manifest
-
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,8 @@ class StreamCursor:
             if pieces is not None:
                 seqs = self.current.seqs[self.cursor:self.cursor + n]
                 starts = self.current.offsets[seqs]
-                pieces.append((self.current.items, starts, starts + self.current.positions[self.cursor:self.cursor + n]))
+                positions = self.current.positions[self.cursor:self.cursor + n]
+                pieces.append((self.current.items, starts, starts + positions))
             self.cursor += n
             count -= n
 

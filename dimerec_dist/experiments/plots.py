@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dimerec_dist.experiments.grid import run_dir
 
+
 def curve_points(spec: dict, methods: dict) -> list[tuple[float, list[dict]]]:
     """(x, runs) for each of a curve's methods that has runs, over the seeds all of them have:
     a point averaging 3 seeds beside points of 1 would draw the seeds' spread as an effect of x."""

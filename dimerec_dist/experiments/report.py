@@ -14,6 +14,7 @@ from dimerec_dist.experiments.grid import REPO, reference_twins, run_dir, stale_
 from dimerec_dist.run_records import is_recorded, read_final, read_provenance
 from dimerec_dist.significance import welch_t_test
 
+
 def collect(grid: dict, out: Path, records: Path) -> tuple[dict, dict[str, list[str]]]:
     """({dataset: {method: [one dict per seed]}}, left out): recorded runs only: the test metrics,
     plus ms/user and diversity where the run has them. Popularity comes with the reference's runs.
@@ -183,7 +184,8 @@ def _chosen_on_validation(methods: dict, metrics: list[str]) -> list[str]:
     if len(scored) < 2:
         return []  # nothing to choose between yet
     best = max(scored, key=scored.get)
-    tested = ", ".join(f"{metric.upper()} {statistics.mean(r[metric] for r in methods[best]):.4f}" for metric in metrics)
+    tested = ", ".join(f"{metric.upper()} {statistics.mean(r[metric] for r in methods[best]):.4f}"
+                       for metric in metrics)
     return [f"- Chosen on validation NDCG@10: **{best}** ({scored[best]:.4f}); its test: {tested}", ""]
 
 

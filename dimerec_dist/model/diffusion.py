@@ -8,7 +8,7 @@ reverse step from t to any s < t, including s = 0, uses one formula.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -16,8 +16,14 @@ from torch import Tensor, nn
 
 from dimerec_dist.config import ModelConfig
 from dimerec_dist.model.dam import DAM
-from dimerec_dist.model.diffusion import (DiffusionSchedule, beta_schedule, euclidean_forward, grw_forward,
-                                          normalize, reverse_sample)
+from dimerec_dist.model.diffusion import (
+    DiffusionSchedule,
+    beta_schedule,
+    euclidean_forward,
+    grw_forward,
+    normalize,
+    reverse_sample,
+)
 from dimerec_dist.model.gem import build_gem, hard_readout
 from dimerec_dist.model.losses import reconstruction_loss, sampled_softmax_loss
 
@@ -45,7 +51,7 @@ class NoiseDraw:
 
     @staticmethod
     def draw(batch: int, dim: int, steps: int, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu", guidance_dropout: float = 0.0) -> "NoiseDraw":
+             device: torch.device | str = "cpu", guidance_dropout: float = 0.0) -> NoiseDraw:
         t = torch.randint(1, steps + 1, (batch,), generator=generator, device=device)
         noise = torch.randn(batch, dim, generator=generator, device=device)
         # Drawn last, and only when asked: a run without guidance dropout draws what it always drew.
@@ -53,7 +59,7 @@ class NoiseDraw:
                     if guidance_dropout > 0 else None)
         return NoiseDraw(t, noise, unguided)
 
-    def rows(self, rows: Tensor, device: torch.device | str) -> "NoiseDraw":
+    def rows(self, rows: Tensor, device: torch.device | str) -> NoiseDraw:
         """This rank's slice of a draw made for the global batch."""
         unguided = None if self.unguided is None else self.unguided[rows].to(device)
         return NoiseDraw(self.t[rows].to(device), self.noise[rows].to(device), unguided)

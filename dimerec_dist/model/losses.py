@@ -35,7 +35,8 @@ def sampled_softmax_loss(query: Tensor, target: Tensor, negatives: Tensor, targe
     `cosine` scores unit vectors; `temperature` divides every logit.
     """
     if cosine:
-        query, target, negatives = F.normalize(query, dim=-1), F.normalize(target, dim=-1), F.normalize(negatives, dim=-1)
+        query, target = F.normalize(query, dim=-1), F.normalize(target, dim=-1)
+        negatives = F.normalize(negatives, dim=-1)
     positive = (query * target).sum(-1, keepdim=True)  # B,1
     if negatives.dim() == 2:
         negative = query @ negatives.T  # B,M

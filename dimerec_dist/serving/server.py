@@ -70,7 +70,8 @@ def parse_request(body: object, where: str, num_items: int) -> Request:
 
 def _short(value: object) -> str:
     """A value as the error quotes it: never more than 60 characters of what the client sent."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else f"an integer of {len(str(abs(value)))} digits"
+    huge = isinstance(value, int) and abs(value) >= 10 ** 30
+    text = f"an integer of {len(str(abs(value)))} digits" if huge else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

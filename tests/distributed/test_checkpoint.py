@@ -87,7 +87,8 @@ def table_and_momentum(checkpoint, tmp_path, name):
     return table, momentum
 
 
-@pytest.mark.parametrize("world, extra", [(1, []), (3, ["data.streams=6", "train.batch_size=96"]), (2, ["sharding.type=table_wise"])])
+@pytest.mark.parametrize("world, extra", [(1, []), (3, ["data.streams=6", "train.batch_size=96"]),
+                                          (2, ["sharding.type=table_wise"])])
 def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(uninterrupted, tiny_dataset, tmp_path,
                                                                        world, extra):
     saved = CheckpointManager(uninterrupted / "checkpoints").path_for(STEPS)

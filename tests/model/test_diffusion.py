@@ -5,9 +5,18 @@ import math
 import pytest
 import torch
 
-from dimerec_dist.model.diffusion import (DiffusionSchedule, beta_schedule, euclidean_forward, exp_map,
-                                          grw_forward, grw_tangent_step, normalize, reverse_sample,
-                                          sample_timesteps, tangent_projection)
+from dimerec_dist.model.diffusion import (
+    DiffusionSchedule,
+    beta_schedule,
+    euclidean_forward,
+    exp_map,
+    grw_forward,
+    grw_tangent_step,
+    normalize,
+    reverse_sample,
+    sample_timesteps,
+    tangent_projection,
+)
 
 T = 50
 DIM = 64

@@ -4,8 +4,16 @@ import pytest
 import torch
 
 import dimerec_dist.model.gem as gem_module
-from dimerec_dist.model.gem import (ComiRecDR, ComiRecSA, LastKGEM, build_gem, hard_readout, interest_scores,
-                                    masked_softmax, recency_positions)
+from dimerec_dist.model.gem import (
+    ComiRecDR,
+    ComiRecSA,
+    LastKGEM,
+    build_gem,
+    hard_readout,
+    interest_scores,
+    masked_softmax,
+    recency_positions,
+)
 
 B, N, D, K = 6, 9, 16, 3
 KINDS = ["comirec_sa", "comirec_dr", "sasrec", "mean", "last_k"]

@@ -52,7 +52,8 @@ def test_per_sample_negatives_and_their_hits():
     nid[3, 4] = tid[3]
     loss = sampled_softmax_loss(q, t, n, tid, nid, reduction="none")
     for row in range(3):
-        torch.testing.assert_close(loss[row], reference(q[row:row + 1], t[row:row + 1], n[row])[0], rtol=1e-5, atol=1e-5)
+        expected = reference(q[row:row + 1], t[row:row + 1], n[row])[0]
+        torch.testing.assert_close(loss[row], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss[3], reference(q[3:4], t[3:4], n[3, :4])[0], rtol=1e-5, atol=1e-5)
 
 

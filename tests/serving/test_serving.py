@@ -18,6 +18,7 @@ from dimerec_dist.serving.bundle import Bundle, BundleError
 from dimerec_dist.serving.server import make_server
 from tests.distributed.conftest import REPO, TINY_JOB, torchrun
 
+
 def run(module, *args, check=True):
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
