@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from dimerec_dist.config import ConfigError, JobConfig
 from dimerec_dist.data.schema import Manifest
-from dimerec_dist.parallel import DistContext, plan_sharding, shard_model
+from dimerec_dist.distributed.process_group import DistContext
+from dimerec_dist.distributed.sharding import plan_sharding, shard_model
 from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
 from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes
 

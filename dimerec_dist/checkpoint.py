@@ -36,9 +36,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 
 from dimerec_dist.config import ConfigError, JobConfig, ModelConfig, config_from_dict, settings_changes
+from dimerec_dist.distributed.private_api import cpu_copy, is_sharded
 from dimerec_dist.integrity import file_sha256, files_sha256, mismatches, seal_problem, sealed
 
 log = logging.getLogger("dimerec.checkpoint")
@@ -151,8 +151,8 @@ def check_optimizer_layout(path: Path, sharding_type: str, column_block: int) ->
     Row- and table-wise states reshard freely (one Adagrad accumulator per row). A
     column-wise run keeps one per row *and column block*, and a data-parallel table's
     state lives with the dense state: neither maps onto another layout.
-    `column_block` is this job's resolved block width (parallel.resolved_column_block)."""
-    from dimerec_dist.parallel import resolved_column_block
+    `column_block` is this job's resolved block width (distributed.sharding.resolved_column_block)."""
+    from dimerec_dist.distributed.sharding import resolved_column_block
 
     meta = read_meta(path)
     saved = meta.get("config", {}).get("sharding", {})
@@ -443,11 +443,8 @@ class _CopyStager:
     def stage(self, state: Any) -> Any:
         if isinstance(state, dict):
             return {key: self.stage(value) for key, value in state.items()}
-        if isinstance(state, ShardedTensor):
-            shards = [Shard(shard.tensor.detach().to("cpu", copy=True), copy.deepcopy(shard.metadata))
-                      for shard in state.local_shards()]
-            return ShardedTensor._init_from_local_shards_and_global_metadata(
-                shards, sharded_tensor_metadata=copy.deepcopy(state.metadata()), process_group=state._process_group)
+        if is_sharded(state):
+            return cpu_copy(state)
         if isinstance(state, torch.Tensor):
             return state.detach().to("cpu", copy=True)
         return copy.deepcopy(state)

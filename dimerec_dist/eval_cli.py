@@ -22,13 +22,14 @@ import numpy as np
 
 from dimerec_dist.builders import build_model, check_protocol
 from dimerec_dist.checkpoint import CheckpointError, check_compatible, load_model
+from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError, JobConfig, load_config
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import dataset_path
+from dimerec_dist.distributed.process_group import DistContext, init_distributed
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.metrics import setup_logging
-from dimerec_dist.parallel import DistContext, init_distributed, run_command
 from dimerec_dist.run_metrics import final_metrics
 
 log = logging.getLogger("dimerec.eval")

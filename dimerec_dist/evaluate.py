@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from dimerec_dist.data.batch import make_batch
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import PADDING_ID
-from dimerec_dist.parallel import DistContext, all_gather_cat, all_reduce_max_int
+from dimerec_dist.distributed.collectives import all_gather_cat, all_reduce_max_int
+from dimerec_dist.distributed.process_group import DistContext
 from dimerec_dist.random_streams import generator
 from dimerec_dist.table_shards import RowShard, scoring_shards
 

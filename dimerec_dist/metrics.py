@@ -15,7 +15,7 @@ log = logging.getLogger("dimerec.train")
 
 def setup_logging(ctx) -> None:
     """Our INFO lines on rank 0; libraries (TorchRec, FBGEMM) only at WARNING. `ctx`: the
-    job's parallel.DistContext."""
+    job's distributed.process_group.DistContext."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {ctx.rank}] %(name)s %(message)s",
                         force=True)
     logging.getLogger("dimerec").setLevel(logging.INFO if ctx.is_main else logging.WARNING)

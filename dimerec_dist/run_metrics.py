@@ -11,9 +11,9 @@ import numpy as np
 
 from dimerec_dist.config import JobConfig
 from dimerec_dist.data.samples import EvaluationUsers
+from dimerec_dist.distributed.process_group import DistContext
 from dimerec_dist.diversity import diversity
 from dimerec_dist.evaluate import SplitEvaluation, evaluate_split
-from dimerec_dist.parallel import DistContext
 from dimerec_dist.table_shards import scoring_shards
 
 

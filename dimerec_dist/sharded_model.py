@@ -13,8 +13,8 @@ from torchrec import EmbeddingCollection, EmbeddingConfig
 
 from dimerec_dist.config import ModelConfig
 from dimerec_dist.data.batch import FEATURES, Batch
+from dimerec_dist.distributed.collectives import all_gather_cat, all_gather_with_gradient
 from dimerec_dist.model import DimeRec, DimeRecLosses, NoiseDraw
-from dimerec_dist.parallel import all_gather_cat, all_gather_with_gradient
 
 TABLE_NAME = "item"  # not "items": EmbeddingCollection keeps tables in a ModuleDict, which has .items()
 TABLE_STATE_KEY = f"embeddings.{TABLE_NAME}.weight"
@@ -47,13 +47,13 @@ class ShardedDimeRec(nn.Module):
         return {name: looked_up[name].values() for name in FEATURES}
 
     def forward(self, batch: Batch, draw: NoiseDraw) -> DimeRecLosses:
-        """Losses averaged over this rank's samples (see parallel.py on gradient scaling)."""
+        """Losses averaged over this rank's samples (see distributed/sharding.py on gradient scaling)."""
         emb = self.embed(batch)
         negatives = emb["negatives"][batch.negative_rows]  # the distinct rows spread back over the draw
         negative_ids, negative_log_q = batch.negative_ids, batch.negative_log_q
         if self.in_batch_negatives:
             # Every target of the global batch, from all ranks; a sample's own target is masked as a hit.
-            # Gradients reach the rank that looked each target up (parallel.all_gather_with_gradient).
+            # Gradients reach the rank that looked each target up (distributed.collectives.all_gather_with_gradient).
             negatives = torch.cat([negatives, all_gather_with_gradient(emb["target"])])
             negative_ids = torch.cat([negative_ids, all_gather_cat(batch.target_ids)])
             if negative_log_q is not None:

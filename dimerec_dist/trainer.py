@@ -42,17 +42,19 @@ from dimerec_dist.checkpoint import (
     save_model,
     verified,
 )
+from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
 from dimerec_dist.data.batch import NegativeSampler, make_batch
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import ensure_dataset
 from dimerec_dist.data.stream import TrainStream
+from dimerec_dist.distributed.process_group import DistContext, init_distributed
+from dimerec_dist.distributed.sharding import resolved_column_block
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
 from dimerec_dist.model import NoiseDraw
 from dimerec_dist.output_dir import OutputError, writable_dir
-from dimerec_dist.parallel import DistContext, init_distributed, resolved_column_block, run_command
 from dimerec_dist.random_streams import generator, seed_for
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
 

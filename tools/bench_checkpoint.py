@@ -22,8 +22,8 @@ import torch.distributed as dist
 from dimerec_dist.builders import build_model, dense_optimizer
 from dimerec_dist.checkpoint import CheckpointManager, TrainingState
 from dimerec_dist.config import config_to_dict, load_config
+from dimerec_dist.distributed.process_group import init_distributed, shutdown
 from dimerec_dist.metrics import setup_logging
-from dimerec_dist.parallel import init_distributed, shutdown
 
 
 def directory_bytes(path: Path) -> int:

@@ -88,7 +88,7 @@ def run_cell(args) -> None:
     from dimerec_dist.builders import build_training
     from dimerec_dist.config import load_config
     from dimerec_dist.data.batch import NegativeSampler, make_batch
-    from dimerec_dist.parallel import init_distributed, shutdown
+    from dimerec_dist.distributed.process_group import init_distributed, shutdown
     from dimerec_dist.sharded_model import TABLE_STATE_KEY
     from dimerec_dist.table_shards import local_row_shards, local_table_bytes
     from dimerec_dist.trainer import Trainer, noise_for_rank

@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from dimerec_dist.checkpoint import CheckpointError
+from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, read_split
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.evaluate import evaluate_split
-from dimerec_dist.parallel import run_command
 
 
 def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[int]]) -> dict[str, float]:

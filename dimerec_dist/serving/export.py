@@ -30,12 +30,12 @@ import torch
 import torch.distributed as dist
 
 from dimerec_dist.checkpoint import CheckpointError
+from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, read_items
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
 from dimerec_dist.output_dir import OutputError, begin, check_target, publish, staging_path
-from dimerec_dist.parallel import run_command
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.tower import UserTower, export_tower
 from dimerec_dist.table_shards import scoring_shards
