@@ -40,8 +40,12 @@ import torch.distributed.checkpoint as dcp
 from dimerec_dist.config import ConfigError, JobConfig, ModelConfig, config_from_dict, settings_changes
 from dimerec_dist.distributed.private_api import cpu_copy, is_sharded
 from dimerec_dist.integrity import file_sha256, files_sha256, mismatches, seal_problem, sealed
+from dimerec_dist.library_noise import drop_warning
 
 log = logging.getLogger("dimerec.checkpoint")
+# TorchRec 1.8's EmbeddingCollection keeps its state in ShardedTensors and offers no DTensor
+# state yet; DCP warns on every save and load that ShardedTensor is deprecated.
+drop_warning("Please use DTensor instead and we are deprecating ShardedTensor")
 META_FILE = "meta.json"
 LEGACY_META_FILE = "model.json"  # model directories written by the first trainer version
 LEGACY_DENSE_FILE = "dense.pt"  # the pickled optimizer state of checkpoints before 2026-12

@@ -14,6 +14,7 @@ from torchrec import EmbeddingCollection, EmbeddingConfig
 from dimerec_dist.config import ModelConfig
 from dimerec_dist.data.batch import FEATURES, Batch
 from dimerec_dist.distributed.collectives import all_gather_cat, all_gather_with_gradient
+from dimerec_dist.library_noise import drop_log_message
 from dimerec_dist.model import DimeRec, DimeRecLosses, NoiseDraw
 
 TABLE_NAME = "item"  # not "items": EmbeddingCollection keeps tables in a ModuleDict, which has .items()
@@ -27,6 +28,10 @@ def padded_history(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     dense = values.new_zeros(b * n, values.shape[-1]).index_copy(0, slots, values)
     return dense.view(b, n, -1)
 
+
+# The forward of TorchRec 1.8's modules calls torch.fx's is_fx_tracing(), which torch 2.13 logs as
+# deprecated once per process: not ours to change.
+drop_log_message("torch.fx._symbolic_trace", "is_fx_tracing will return true")
 
 class ShardedDimeRec(nn.Module):
     def __init__(self, config: ModelConfig, num_items: int, device: torch.device | None = None,

@@ -29,6 +29,16 @@ from torchrec.distributed.types import ShardingPlan, ShardingType
 
 from dimerec_dist.distributed.private_api import chosen_sharding_options, sharded_lookups
 from dimerec_dist.distributed.process_group import DistContext
+from dimerec_dist.library_noise import drop_log_message, drop_warning
+
+# TorchRec's own DDP wrapper passes broadcast_buffers=False, which torch deprecates: not ours to change.
+drop_warning("`broadcast_buffers` is deprecated")
+# The planner's default storage reservation, and its dense-size estimate on an unmaterialised (meta)
+# model, are what TorchRec 1.8 does unasked; issue #41 gives the planner the machine's real sizes.
+drop_warning("HeuristicalStorageReservation is known to cause issues")
+drop_log_message("torchrec.distributed.planner.storage_reservations",
+                 "There is a known issue with TorchRec's dense tensor size calculation")
+drop_log_message("torchrec.distributed.planner.types", "The topology was constructed directly")
 
 SHARDING_TYPES = {
     "row_wise": ShardingType.ROW_WISE.value,

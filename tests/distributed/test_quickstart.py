@@ -17,6 +17,10 @@ def test_quickstart_learns_far_beyond_popularity_and_recovers_planted_interests(
     assert (run_dir / "data" / "manifest.json").is_file(), "the synthetic log is made on first use"
     assert list((run_dir / "tb").glob("events.out.tfevents.*")), "TensorBoard events are written"
     assert "samples/s | ETA" in done.stderr, "rank 0 prints a progress line with rate and ETA"
+    # A normal run's output is ours: our log lines and the sharding plan's table, no library's warning.
+    foreign = [line for line in done.stderr.splitlines() if line.strip() and " dimerec." not in line
+               and not line.startswith(("module:", "param ", "----- ", "item ", "memory per rank", "rank "))]
+    assert foreign == [], "\n".join(foreign[:10])
     final = json.loads((run_dir / "final.json").read_text())
     model, popularity = final["test"]["hr@50"], final["popularity"]["test"]["hr@50"]
     assert model >= 2 * popularity, f"test HR@50 {model:.4f} vs popularity {popularity:.4f}"
