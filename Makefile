@@ -1,7 +1,7 @@
 # dimerec-dist: the two commands a new machine needs.
 #   make install   create .venv here and install the pinned stack (tools/install.sh owns the matrix)
 #   make test      the test suite, with line coverage; fails if dimerec_dist/model drops under 90%
-#   make lint      ruff's checks (pyproject.toml [tool.ruff]) over the package, tools and tests
+#   make lint      ruff's checks (pyproject.toml [tool.ruff]) over the package, research, tools and tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dimerec-installed
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m coverage report --include='dimerec_dist/model/*' --fail-under=90
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check dimerec_dist tools tests
+	$(VENV)/bin/ruff check dimerec_dist research tools tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .coverage *.egg-info

@@ -1,5 +1,5 @@
 """tools/experiments.py runs a grid, resumes it, and reports means, spreads and Welch's test;
-dimerec_dist/significance.py gives the textbook p-values."""
+research/significance.py gives the textbook p-values."""
 
 import json
 import re
@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-import dimerec_dist.experiments.grid as experiment_grid
-import dimerec_dist.experiments.plots as experiment_plots
-import dimerec_dist.experiments.report as experiment_report
+import research.experiments.grid as experiment_grid
+import research.experiments.plots as experiment_plots
+import research.experiments.report as experiment_report
 from dimerec_dist.config import load_config
-from dimerec_dist.run_records import RecordError, final_digest, write_record
-from dimerec_dist.significance import regularized_incomplete_beta, student_t_two_sided_p, welch_t_test
+from research.run_records import RecordError, final_digest, write_record
+from research.significance import regularized_incomplete_beta, student_t_two_sided_p, welch_t_test
 from tests.distributed.conftest import REPO
 
 
@@ -425,7 +425,7 @@ def test_the_committed_tables_are_what_the_committed_records_say(grid_file, tmp_
 
 
 def test_a_record_names_the_commit_and_whether_code_outside_docs_changed(tmp_path):
-    from dimerec_dist.run_records import code_version
+    from research.run_records import code_version
 
     assert code_version(tmp_path) == {"commit": None, "dirty": None}, "outside git: unknown, not a crash"
     git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,  # noqa: E731

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from dimerec_dist.replicated import SparseRowWiseAdagrad
+from research.replicated import SparseRowWiseAdagrad
 
 
 def test_sparse_rowwise_adagrad_matches_torchrec_rowwise_adagrad_on_the_touched_rows():

@@ -3,6 +3,8 @@
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,3 +30,15 @@ def test_the_training_command_is_an_entry_point_only():
     train = REPO / "dimerec_dist" / "train.py"
     assert len(train.read_text().splitlines()) < 80
     assert imported_modules(train) & {"dimerec_dist.trainer", "dimerec_dist.trainer.train_command"}
+
+
+def test_the_product_never_imports_the_research_area():
+    importers = [str(path.relative_to(REPO)) for path in sorted((REPO / "dimerec_dist").rglob("*.py"))
+                 if any(name == "research" or name.startswith("research.") for name in imported_modules(path))]
+    assert importers == [], "dimerec_dist must work from an installed wheel, without research/"
+
+
+def test_the_wheel_holds_the_product_only():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert packages["include"] == ["dimerec_dist*"]

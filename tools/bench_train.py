@@ -11,7 +11,7 @@ over its ranks (threads per rank = cores / world). A job builds the model for a 
 of N items (d = 64, the quickstart's model; --negatives shared negatives per step) - the trainer's
 sharded model for a TorchRec
 layout (row_wise, table_wise, column_wise, data_parallel), or the replicated baseline
-(dimerec_dist/replicated.py) - and runs `Trainer.train_step`, the step training runs, on batches made
+(research/replicated.py) - and runs `Trainer.train_step`, the step training runs, on batches made
 in memory: histories of uniform length 1..max_history and ids uniform over the catalog
 (every lookup a different row: the worst case for locality). The global batch for step s
 depends only on (seed, s), so every cell trains on the same batches; the per-step losses
@@ -66,8 +66,8 @@ def build_replicated(config, num_items: int, ctx):
     import torch
 
     from dimerec_dist.builders import TrainingParts, dense_optimizer
-    from dimerec_dist.replicated import ReplicatedDimeRec, SparseRowWiseAdagrad
     from dimerec_dist.table_shards import RowShard, init_table_deterministically
+    from research.replicated import ReplicatedDimeRec, SparseRowWiseAdagrad
 
     torch.manual_seed(config.seed)
     module = ReplicatedDimeRec(config.model, num_items).to(ctx.device)

@@ -10,7 +10,7 @@ A grid file names the datasets (a job config each), the methods (config override
 every method is the same trainer with other settings; or {from: METHOD, eval: [overrides]}
 to re-evaluate METHOD's runs with other inference settings) and the seeds. Each run is
 `torchrun -m dimerec_dist.train` into OUT/<dataset>/<method>/seed-<s>, and once finished it
-is recorded (dimerec_dist/run_records.py: its settings, final metrics and training curves,
+is recorded (research/run_records.py: its settings, final metrics and training curves,
 tens of KB) into RECORDS/<dataset>/<method>/seed-<s>. The records are what the report is made
 from and what "done" means: a recorded run is skipped, so an interrupted grid resumes where
 it stopped, and a grid that writes its report into the repository keeps its records there
@@ -28,9 +28,9 @@ The report (OUT/report-<grid name>.md, and the grid's `report` file if given, be
 deviation over the seeds for every method and for popularity (with the test pass's ms
 per user, and on synthetic logs the diversity of the top-50: distinct categories and
 intra-list distance), the best baseline per metric, and Welch's t-test of the reference
-method against it (dimerec_dist/significance.py). Finished runs that no longer answer what
+method against it (research/significance.py). Finished runs that no longer answer what
 the grid asks are named under the table, never averaged into it. This file runs and records;
-what a grid asks, the report and the plots are dimerec_dist/experiments/.
+what a grid asks, the report and the plots are research/experiments/.
 Runs are selected on validation only: each run keeps its best epoch on validation NDCG@10,
 and nothing in the grid is tuned on test.
 """
@@ -50,7 +50,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimerec_dist.checkpoint import CheckpointManager, read_meta  # noqa: E402
-from dimerec_dist.experiments.grid import (  # noqa: E402
+from research.experiments.grid import (  # noqa: E402
     REPO,
     GridError,
     default_out,
@@ -61,9 +61,9 @@ from dimerec_dist.experiments.grid import (  # noqa: E402
     stale_reason,
     training_overrides,
 )
-from dimerec_dist.experiments.plots import plot  # noqa: E402
-from dimerec_dist.experiments.report import report_text, write_report  # noqa: E402
-from dimerec_dist.run_records import RecordError, code_version, final_digest, is_recorded, move_aside, write_record  # noqa: E402
+from research.experiments.plots import plot  # noqa: E402
+from research.experiments.report import report_text, write_report  # noqa: E402
+from research.run_records import RecordError, code_version, final_digest, is_recorded, move_aside, write_record  # noqa: E402
 
 
 def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:

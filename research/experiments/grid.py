@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from dimerec_dist.config import ConfigError, load_config, settings_changes
-from dimerec_dist.run_records import final_digest, is_recorded, read_provenance
+from research.run_records import final_digest, is_recorded, read_provenance
 
 # The source checkout the grids' config and report paths are relative to.
 REPO = Path(__file__).resolve().parents[2]

@@ -10,9 +10,9 @@ import re
 import statistics
 from pathlib import Path
 
-from dimerec_dist.experiments.grid import REPO, reference_twins, run_dir, stale_reason
-from dimerec_dist.run_records import is_recorded, read_final, read_provenance
-from dimerec_dist.significance import welch_t_test
+from research.experiments.grid import REPO, reference_twins, run_dir, stale_reason
+from research.run_records import is_recorded, read_final, read_provenance
+from research.significance import welch_t_test
 
 
 def collect(grid: dict, out: Path, records: Path) -> tuple[dict, dict[str, list[str]]]:

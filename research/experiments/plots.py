@@ -8,7 +8,7 @@ import json
 import statistics
 from pathlib import Path
 
-from dimerec_dist.experiments.grid import run_dir
+from research.experiments.grid import run_dir
 
 
 def curve_points(spec: dict, methods: dict) -> list[tuple[float, list[dict]]]:
