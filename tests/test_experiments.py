@@ -422,6 +422,10 @@ def test_the_committed_tables_are_what_the_committed_records_say(grid_file, tmp_
         assert "No run recorded yet" in block
         return
     assert text.strip() in block
+    if grid.get("glance"):
+        glance = re.search(rf"<!-- experiments:{grid['name']}:glance -->\n(.*?)<!-- /experiments:",
+                           (REPO / grid["report"]).read_text(), flags=re.S).group(1)
+        assert experiment_report.glance_of(grid, tmp_path, table).strip() in glance
 
 
 def test_a_record_names_the_commit_and_whether_code_outside_docs_changed(tmp_path):

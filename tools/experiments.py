@@ -62,7 +62,7 @@ from research.experiments.grid import (  # noqa: E402
     training_overrides,
 )
 from research.experiments.plots import plot  # noqa: E402
-from research.experiments.report import report_text, write_report  # noqa: E402
+from research.experiments.report import glance_of, report_text, write_report  # noqa: E402
 from research.run_records import RecordError, code_version, final_digest, is_recorded, move_aside, write_record  # noqa: E402
 
 
@@ -214,7 +214,8 @@ def main() -> int:
     images = plot(grid, records, table, figures)
     if images:
         text += "\n" + "\n".join(images) + "\n"
-    write_report(grid, out, records, text, f"python tools/experiments.py --grid {args.grid}")
+    write_report(grid, out, records, text, f"python tools/experiments.py --grid {args.grid}",
+                 glance_of(grid, out, table))
     print(text)
     return 0
 

@@ -15,7 +15,7 @@ from research.run_records import final_digest, is_recorded, read_provenance
 REPO = Path(__file__).resolve().parents[2]
 
 GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots",
-             "purpose", "runs"}
+             "purpose", "runs", "glance"}
 # comparison: the reference method against the best of the others, its baselines (Welch's t-test);
 # ablation: the same, the others being variants of the reference;
 # tuning: the others are candidate settings, and the one with the best validation NDCG@10 is named.

@@ -189,18 +189,72 @@ def _chosen_on_validation(methods: dict, metrics: list[str]) -> list[str]:
     return [f"- Chosen on validation NDCG@10: **{best}** ({scored[best]:.4f}); its test: {tested}", ""]
 
 
-def write_report(grid: dict, out: Path, records: Path, text: str, command: str) -> None:
+GLANCE_METRICS = ("hr@10", "ndcg@10")
+
+
+def glance(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) -> str:
+    """The comparison in one table a reader takes in at a glance: method x data set, test HR@10 /
+    NDCG@10 as mean +- sd over the seeds; then the reference's lead over the best baseline of each
+    data set, in bold where Welch's test finds it significant (p < 0.05)."""
+    reference, datasets = grid["reference"], list(table)
+    methods = [m for m in [*grid["methods"], "popularity"] if any(m in table[d] for d in datasets)]
+    lines = ["| method | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for method in methods:
+        cells = []
+        for dataset in datasets:
+            runs = table[dataset].get(method, [])
+            cells.append(" / ".join(_cell([r[m] for r in runs]) for m in GLANCE_METRICS) + f" ({len(runs)})"
+                         if runs else "-")
+        lines.append(f"| {f'**{method}**' if method == reference else method} | " + " | ".join(cells) + " |")
+    leads = []
+    for dataset in datasets:
+        methods_here, same = table[dataset], (twins or {}).get(dataset, set())
+        baselines = {m: r for m, r in methods_here.items() if m not in {reference, "popularity"} | same
+                     and not (isinstance(grid["methods"].get(m), dict) and grid["methods"][m].get("from") == reference)}
+        if reference not in methods_here or not baselines:
+            leads.append("-")
+            continue
+        parts = []
+        for metric in GLANCE_METRICS:
+            best = max(baselines, key=lambda m, metric=metric: statistics.mean(r[metric] for r in baselines[m]))
+            ours, theirs = [r[metric] for r in methods_here[reference]], [r[metric] for r in baselines[best]]
+            change = statistics.mean(ours) / statistics.mean(theirs) - 1
+            p = welch_t_test(ours, theirs).p_two_sided if len(ours) > 1 and len(theirs) > 1 else float("nan")
+            part = f"{change:+.1%} vs {best} (p = {p:.2g})"
+            parts.append(f"**{part}**" if p < 0.05 else part)
+        leads.append(" / ".join(parts))
+    lines.append(f"| {reference}'s lead over the best baseline | " + " | ".join(leads) + " |")
+    return ("Test HR@10 / NDCG@10, mean +- sd over seeds (the count in brackets); the last row: the "
+            f"relative lead of {reference} over the best other method on each metric, with Welch's two-sided "
+            "p, in bold where p < 0.05.\n\n" + "\n".join(lines) + "\n")
+
+
+def glance_of(grid: dict, out: Path, table: dict) -> str | None:
+    """The at-a-glance table of a grid that asks for one (`glance: true`) and has records."""
+    if not grid.get("glance") or not table:
+        return None
+    return glance(grid, table, {dataset: reference_twins(grid, out, dataset) for dataset in table})
+
+
+def _replace_block(current: str, name: str, body: str) -> str:
+    """`current` with the text between <!-- experiments:NAME --> markers replaced by `body` (the
+    block appended at the end where the markers are missing)."""
+    marker_open, marker_close = f"<!-- experiments:{name} -->", f"<!-- /experiments:{name} -->"
+    block = f"{marker_open}\n{body}\n{marker_close}"
+    if marker_open in current:
+        return re.sub(re.escape(marker_open) + r".*?" + re.escape(marker_close), lambda _: block, current, flags=re.S)
+    return current.rstrip() + "\n\n" + block + "\n"
+
+
+def write_report(grid: dict, out: Path, records: Path, text: str, command: str,
+                 glance_text: str | None = None) -> None:
     shown = records.resolve().relative_to(REPO) if records.resolve().is_relative_to(REPO) else records
     body = f"Made by `{command}` from the run records in `{shown}`.\n\n{text}"
     (out / f"report-{grid['name']}.md").write_text(body)
     if grid.get("report"):
         target = REPO / grid["report"]
-        marker_open, marker_close = f"<!-- experiments:{grid['name']} -->", f"<!-- /experiments:{grid['name']} -->"
-        current = target.read_text() if target.is_file() else ""
-        block = f"{marker_open}\n{body}\n{marker_close}"
-        if marker_open in current:
-            current = re.sub(re.escape(marker_open) + r".*?" + re.escape(marker_close), lambda _: block, current,
-                             flags=re.S)
-        else:
-            current = current.rstrip() + "\n\n" + block + "\n"
+        current = _replace_block(target.read_text() if target.is_file() else "", grid["name"], body)
+        if glance_text is not None:
+            current = _replace_block(current, f"{grid['name']}:glance",
+                                     f"Made by `{command}` from the run records in `{shown}`.\n\n{glance_text}")
         target.write_text(current)
