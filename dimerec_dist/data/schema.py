@@ -8,6 +8,7 @@ this file is the one place that describes it for code. Readers check what they l
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def check_item_ids(table: pa.Table, num_items: int, file: Path) -> None:
                 raise DataError(f"{file}: column {column!r} row {int(np.argmax(lengths == 0))} is an empty list")
 
 
-def _first_row(array: pa.Array, is_null) -> int:
+def _first_row(array: pa.Array, is_null: Callable[[pa.Array], np.ndarray]) -> int:
     mask = is_null(array)
     if mask.any():
         return int(np.argmax(mask))

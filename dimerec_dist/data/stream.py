@@ -23,6 +23,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -132,10 +133,10 @@ class _LocalDecoder:
     def __init__(self, plan: DataPlan, window_size: int):
         self.plan = plan
 
-    def submit(self, group: RowGroup, epoch: int):
+    def submit(self, group: RowGroup, epoch: int) -> tuple[RowGroup, int]:
         return (group, epoch)
 
-    def result(self, handle) -> Decoded:
+    def result(self, handle: tuple[RowGroup, int]) -> Decoded:
         group, epoch = handle
         return decode_group(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode,
                             self.plan.num_items)
@@ -154,11 +155,11 @@ class _RayDecoder:
         self.ray, self.plan = ray, plan
         self.task = ray.remote(num_cpus=1)(decode_group)
 
-    def submit(self, group: RowGroup, epoch: int):
+    def submit(self, group: RowGroup, epoch: int) -> Any:  # a Ray ObjectRef
         return self.task.remote(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode,
                                 self.plan.num_items)
 
-    def result(self, handle) -> Decoded:
+    def result(self, handle: Any) -> Decoded:  # a Ray ObjectRef
         return self.ray.get(handle)
 
 
@@ -182,7 +183,8 @@ class StreamCursor:
     unit of resumption: whole chunks are skipped from the manifest's counts, unread.
     """
 
-    def __init__(self, groups: list[RowGroup], epoch: int, decoder, ahead: int, skip: int, plan: DataPlan):
+    def __init__(self, groups: list[RowGroup], epoch: int, decoder: _LocalDecoder | _RayDecoder, ahead: int,
+                 skip: int, plan: DataPlan):
         self.epoch, self.decoder, self.plan, self.ahead = epoch, decoder, plan, max(ahead, 1)
         chunks = [groups[i:i + plan.mix] for i in range(0, len(groups), plan.mix)]
         while chunks and sum(plan.samples_of(g) for g in chunks[0]) <= skip:

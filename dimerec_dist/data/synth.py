@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -148,17 +149,17 @@ def write_shard(out: str, index: int, first_user: int, last_user: int, options: 
     return {"index": index, "events": events.num_rows}
 
 
-def _run_local(jobs, options, workers):
+def _run_local(jobs: list[tuple], options: SynthOptions, workers: int) -> Iterator[dict]:
     for job in jobs:
         yield write_shard(*job, options)
 
 
-def _run_processes(jobs, options, workers):
+def _run_processes(jobs: list[tuple], options: SynthOptions, workers: int) -> Iterator[dict]:
     with ProcessPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(write_shard, *zip(*jobs), [options] * len(jobs))
 
 
-def _run_ray(jobs, options, workers):
+def _run_ray(jobs: list[tuple], options: SynthOptions, workers: int) -> Iterator[dict]:
     import ray
 
     started_here = not ray.is_initialized()

@@ -52,7 +52,7 @@ class TablePart:
         """Rows [start, stop) of this part (part-local indices) as float32."""
         return self.take(slice(start, stop))
 
-    def take(self, local) -> np.ndarray:
+    def take(self, local: slice | np.ndarray) -> np.ndarray:
         """Rows at part-local indices (a slice or an index array) as float32."""
         block = self.rows[local]
         if self.scale is None:

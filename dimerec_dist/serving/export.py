@@ -32,7 +32,8 @@ import torch.distributed as dist
 from dimerec_dist.checkpoint import CheckpointError
 from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
-from dimerec_dist.data.schema import DataError, read_items
+from dimerec_dist.data.samples import EvaluationUsers
+from dimerec_dist.data.schema import DataError, Manifest, read_items
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
 from dimerec_dist.output_dir import OutputError, begin, check_target, publish, staging_path
@@ -77,7 +78,7 @@ def write_part(rows: torch.Tensor, first: int, staging: Path, name: str, dtype: 
     return entry
 
 
-def write_vocabulary(manifest_data, staging: Path) -> dict:
+def write_vocabulary(manifest_data: Manifest, staging: Path) -> dict:
     """Raw ids by item (row 0, padding, is empty), sorted for binary search, and popularity."""
     items = read_items(manifest_data)
     item_ids = items.column("item_id").to_numpy()
@@ -136,7 +137,7 @@ def build_index(staging: Path, dim: int, cosine: bool, kind: str, nprobe: int) -
     return {"file": "index.faiss", "kind": kind, "params": params, "build_s": round(time.time() - started, 2)}
 
 
-def measure_index(staging: Path, users, limit: int = 1000) -> dict:
+def measure_index(staging: Path, users: EvaluationUsers, limit: int = 1000) -> dict:
     """recall@50 of the index against exact search, and the time per query of each, on test users."""
     from dimerec_dist.serving.bundle import Bundle
     from dimerec_dist.serving.recommender import Recommender, Request

@@ -95,7 +95,7 @@ def answer(result: Recommendation) -> dict:
     return out
 
 
-def make_handler(batcher: MicroBatcher, health: dict):
+def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHandler]:
     recommender = batcher.recommender
 
     class Handler(BaseHTTPRequestHandler):
@@ -107,7 +107,7 @@ def make_handler(batcher: MicroBatcher, health: dict):
             # until the client's delayed ACK (~40 ms per request on Linux).
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        def log_message(self, fmt, *args):  # one line per request at DEBUG, not stderr noise
+        def log_message(self, fmt: str, *args: object) -> None:  # one line per request at DEBUG, not stderr noise
             log.debug("%s %s", self.address_string(), fmt % args)
 
         def _send(self, status: int, payload: dict) -> None:

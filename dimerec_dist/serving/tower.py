@@ -9,6 +9,7 @@ per-user start (evaluate.user_starts) or derive one from the history (history_st
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class UserTower(nn.Module):
                                     start=start)
 
 
-def export_tower(tower: UserTower, max_history: int, dim: int, path) -> None:
+def export_tower(tower: UserTower, max_history: int, dim: int, path: Path | str) -> None:
     """Write the tower as a torch.export program with a dynamic batch dimension."""
     tower = tower.eval()
     example = (torch.zeros(2, max_history, dim), torch.ones(2, max_history, dtype=torch.bool), torch.randn(2, dim))
@@ -40,7 +41,7 @@ def export_tower(tower: UserTower, max_history: int, dim: int, path) -> None:
     torch.export.save(program, str(path))
 
 
-def load_tower(path):
+def load_tower(path: Path | str) -> torch.nn.Module:
     """The exported tower as a callable module."""
     return torch.export.load(str(path)).module()
 
