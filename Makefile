@@ -1,13 +1,14 @@
 # dimerec-dist: the two commands a new machine needs.
 #   make install   create .venv here and install the pinned stack (tools/install.sh owns the matrix)
 #   make test      the test suite, with line coverage; fails if dimerec_dist/model drops under 90%
-#   make lint      ruff's checks (pyproject.toml [tool.ruff]) over the package, research, tools and tests
+#   make lint      ruff's checks and format check (pyproject.toml [tool.ruff]) over the package, research, tools and tests
+#   make format    ruff's formatter, applied
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dimerec-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint clean
+.PHONY: install test lint format clean
 
 install: $(STAMP)
 
@@ -22,6 +23,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dimerec_dist research tools tests
+	$(VENV)/bin/ruff format --check dimerec_dist research tools tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format dimerec_dist research tools tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .coverage *.egg-info

@@ -45,9 +45,11 @@ def sparse_optimizer(config: JobConfig, ctx: DistContext) -> tuple[type, dict]:
     kind, lr = config.train.sparse_optimizer, config.train.sparse_lr
     if kind == "adam" and ctx.device.type != "cuda":
         raise ConfigError("train.sparse_optimizer=adam is fused only on GPU; use rowwise_adagrad or sgd on CPU")
-    return {"rowwise_adagrad": (RowWiseAdagrad, {"lr": lr, "eps": 1e-8}),
-            "sgd": (torch.optim.SGD, {"lr": lr}),
-            "adam": (torch.optim.Adam, {"lr": lr})}[kind]
+    return {
+        "rowwise_adagrad": (RowWiseAdagrad, {"lr": lr, "eps": 1e-8}),
+        "sgd": (torch.optim.SGD, {"lr": lr}),
+        "adam": (torch.optim.Adam, {"lr": lr}),
+    }[kind]
 
 
 def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Path | None):
@@ -58,16 +60,20 @@ def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Pa
     module = ShardedDimeRec(config.model, num_items, in_batch_negatives=config.train.in_batch_negatives)
     optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
     apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
-    plan, sharders, estimate = plan_sharding(module, TABLE_NAME, config.sharding.type, ctx,
-                                             config.sharding.column_block)
+    plan, sharders, estimate = plan_sharding(
+        module, TABLE_NAME, config.sharding.type, ctx, config.sharding.column_block
+    )
     model = shard_model(module, plan, sharders, ctx, find_unused_parameters=not config.model.trains_dam)
     shards = local_row_shards(model, TABLE_STATE_KEY)
     init_table_deterministically(shards, config.model.embedding_dim, config.seed, config.train.embedding_init)
     held = [None] * ctx.world_size
     dist.all_gather_object(held, ([tuple(s.weight.shape) for s in shards], local_table_bytes(model, shards)))
     if ctx.is_main:
-        lines = [f"rank {r}: {_pieces(pieces)}, table + optimizer state {_size(measured)} measured, "
-                 f"planner estimate {_size(estimate.get(r, 0))}" for r, (pieces, measured) in enumerate(held)]
+        lines = [
+            f"rank {r}: {_pieces(pieces)}, table + optimizer state {_size(measured)} measured, "
+            f"planner estimate {_size(estimate.get(r, 0))}"
+            for r, (pieces, measured) in enumerate(held)
+        ]
         summary = f"{plan}\n\nmemory per rank ({config.sharding.type}, {ctx.world_size} ranks):\n" + "\n".join(lines)
         log.info("sharding plan:\n%s", summary)
         if run_dir is not None:
@@ -95,7 +101,8 @@ def dense_optimizer(model, config: JobConfig):
     optimizer = torch.optim.Adam(params, lr=config.train.dense_lr, weight_decay=config.train.weight_decay)
     warmup = config.train.warmup_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+    )
     return params, optimizer, schedule
 
 
@@ -107,8 +114,10 @@ def build_training(config: JobConfig, num_items: int, ctx: DistContext, run_dir:
 
 def check_protocol(config: JobConfig, manifest: Manifest) -> None:
     if manifest.protocol != config.data.split:
-        raise ConfigError(f"{manifest.root} was prepared with the {manifest.protocol} split, the job asks for "
-                          f"data.split={config.data.split}; set data.split={manifest.protocol} or prepare it again")
+        raise ConfigError(
+            f"{manifest.root} was prepared with the {manifest.protocol} split, the job asks for "
+            f"data.split={config.data.split}; set data.split={manifest.protocol} or prepare it again"
+        )
 
 
 def _pieces(shapes: list[tuple[int, int]]) -> str:

@@ -51,8 +51,20 @@ LEGACY_META_FILE = "model.json"  # model directories written by the first traine
 LEGACY_DENSE_FILE = "dense.pt"  # the pickled optimizer state of checkpoints before 2026-12
 SEAL_KEY = "meta_sha256"  # meta.json's digest of itself
 # Model config keys that change the shape or meaning of saved weights.
-SHAPE_KEYS = ("embedding_dim", "max_history", "gem", "num_interests", "gem_hidden_mult", "routing_iterations",
-              "sasrec_layers", "sasrec_heads", "dam_hidden", "dam_layers", "guidance_pooling", "diffusion_steps")
+SHAPE_KEYS = (
+    "embedding_dim",
+    "max_history",
+    "gem",
+    "num_interests",
+    "gem_hidden_mult",
+    "routing_iterations",
+    "sasrec_layers",
+    "sasrec_heads",
+    "dam_hidden",
+    "dam_layers",
+    "guidance_pooling",
+    "diffusion_steps",
+)
 
 
 class CheckpointError(ValueError):
@@ -102,7 +114,7 @@ def verify(path: Path) -> list[str]:
     elif not problems:
         seal = seal_problem(meta, SEAL_KEY, path / META_FILE)
         problems = [seal] if seal else []
-        mine = sorted(meta["files"])[dist.get_rank()::dist.get_world_size()]
+        mine = sorted(meta["files"])[dist.get_rank() :: dist.get_world_size()]
         problems += mismatches(path, {name: meta["files"][name] for name in mine})
     gathered: list[list[str]] = [[]] * dist.get_world_size()
     dist.all_gather_object(gathered, problems)
@@ -144,9 +156,11 @@ def check_resumable(path: Path) -> None:
     """Refuse, before anything is built, a checkpoint whose optimizer state is a pickle (the
     layout before 2026-12): this version never unpickles."""
     if (Path(path) / LEGACY_DENSE_FILE).exists() or "replicated" not in read_meta(path):
-        raise CheckpointError(f"{path} was written by an earlier dimerec-dist, whose optimizer state is a pickle "
-                              f"({LEGACY_DENSE_FILE}) that this version never loads; resume it with the version "
-                              f"that wrote it, or start a new --run-dir")
+        raise CheckpointError(
+            f"{path} was written by an earlier dimerec-dist, whose optimizer state is a pickle "
+            f"({LEGACY_DENSE_FILE}) that this version never loads; resume it with the version "
+            f"that wrote it, or start a new --run-dir"
+        )
 
 
 def check_optimizer_layout(path: Path, sharding_type: str, column_block: int) -> None:
@@ -163,17 +177,23 @@ def check_optimizer_layout(path: Path, sharding_type: str, column_block: int) ->
     saved_type = saved.get("type", "row_wise")
 
     def layout(kind: str, block: int) -> str:
-        return {"column_wise": f"column_wise (blocks of {block} columns)",
-                "data_parallel": "data_parallel"}.get(kind, "row- or table-wise")
+        return {"column_wise": f"column_wise (blocks of {block} columns)", "data_parallel": "data_parallel"}.get(
+            kind, "row- or table-wise"
+        )
 
-    saved_block = resolved_column_block(saved.get("column_block", 0), meta["model"]["embedding_dim"],
-                                        meta.get("world_size", 1)) if saved_type == "column_wise" else 0
+    saved_block = (
+        resolved_column_block(saved.get("column_block", 0), meta["model"]["embedding_dim"], meta.get("world_size", 1))
+        if saved_type == "column_wise"
+        else 0
+    )
     current_block = column_block if sharding_type == "column_wise" else 0
     if layout(saved_type, saved_block) != layout(sharding_type, current_block):
-        raise CheckpointError(f"{path}: its table optimizer state is laid out for "
-                              f"{layout(saved_type, saved_block)}, this job shards the table "
-                              f"{layout(sharding_type, current_block)}; resume with that layout, or load the "
-                              f"run's weights in a new run")
+        raise CheckpointError(
+            f"{path}: its table optimizer state is laid out for "
+            f"{layout(saved_type, saved_block)}, this job shards the table "
+            f"{layout(sharding_type, current_block)}; resume with that layout, or load the "
+            f"run's weights in a new run"
+        )
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -196,14 +216,17 @@ def check_compatible(path: Path, num_items: int, model_config: ModelConfig) -> d
     if meta["num_items"] != num_items:
         raise CheckpointError(f"{path}: saved for a catalog of {meta['num_items']} items, this job has {num_items}")
     ours = dataclasses.asdict(model_config)
-    differ = [f"{k} (saved {meta['model'].get(k)!r}, now {ours[k]!r})" for k in SHAPE_KEYS
-              if meta["model"].get(k) != ours[k]]
+    differ = [
+        f"{k} (saved {meta['model'].get(k)!r}, now {ours[k]!r})" for k in SHAPE_KEYS if meta["model"].get(k) != ours[k]
+    ]
     # Guidance dropout's share is a training setting, but whether it is 0 decides if the model
     # holds a learned null guidance.
     saved_null, our_null = meta["model"].get("guidance_dropout", 0.0) > 0, model_config.guidance_dropout > 0
     if saved_null != our_null:
-        differ.append(f"null guidance (saved {'with' if saved_null else 'without'} one, now "
-                      f"{'with' if our_null else 'without'}: model.guidance_dropout)")
+        differ.append(
+            f"null guidance (saved {'with' if saved_null else 'without'} one, now "
+            f"{'with' if our_null else 'without'}: model.guidance_dropout)"
+        )
     if differ:
         raise CheckpointError(f"{path}: saved by a different model: {', '.join(differ)}")
     return meta
@@ -224,7 +247,8 @@ def check_data_plan(path: Path, config: JobConfig, world_size: int) -> None:
         raise CheckpointError(
             f"{path}: trained with {before} data streams ({meta.get('world_size', 1)} rank(s)), this job would "
             f"use {now} on {world_size} rank(s), which re-plans the epoch half-way; set data.streams={before} "
-            f"(the world size must divide it) to resume exactly on any world size")
+            f"(the world size must divide it) to resume exactly on any world size"
+        )
 
 
 def check_same_settings(path: Path, config: JobConfig, named: bool, world_size: int = 1) -> None:
@@ -246,9 +270,11 @@ def check_same_settings(path: Path, config: JobConfig, named: bool, world_size: 
     if named:
         log.warning("resuming %s with other settings: %s", path, "; ".join(changes))
         return
-    raise CheckpointError(f"{path}: saved with other settings than this job's: {'; '.join(changes)}. "
-                          f"Use a new --run-dir for the new settings, or name the checkpoint "
-                          f"(train.resume={path}) to continue it with them")
+    raise CheckpointError(
+        f"{path}: saved with other settings than this job's: {'; '.join(changes)}. "
+        f"Use a new --run-dir for the new settings, or name the checkpoint "
+        f"(train.resume={path}) to continue it with them"
+    )
 
 
 def load_model(model, path: Path, num_items: int, model_config: ModelConfig) -> dict:
@@ -294,8 +320,11 @@ class CheckpointManager:
         """Complete checkpoints, oldest first (a `.tmp` or a directory without meta.json is not one)."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step-")
-                 and not p.name.endswith(".tmp") and (p / META_FILE).is_file()]
+        found = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name.startswith("step-") and not p.name.endswith(".tmp") and (p / META_FILE).is_file()
+        ]
         return sorted(found, key=lambda p: p.name)
 
     def latest(self) -> Path | None:
@@ -312,13 +341,14 @@ class CheckpointManager:
                 return path
             log.warning("not resuming from %s: %s", path, "; ".join(problems))
         if done:
-            raise CheckpointError(f"{self.root}: none of the {len(done)} checkpoint(s) verifies (newest: "
-                                  f"{done[-1].name}); nothing was loaded or changed - name one to inspect with "
-                                  f"train.resume=PATH, or start a new --run-dir")
+            raise CheckpointError(
+                f"{self.root}: none of the {len(done)} checkpoint(s) verifies (newest: "
+                f"{done[-1].name}); nothing was loaded or changed - name one to inspect with "
+                f"train.resume=PATH, or start a new --run-dir"
+            )
         return None
 
-    def save(self, model, replicated: dict[str, Any], state: TrainingState, num_items: int,
-             config_dict: dict) -> Path:
+    def save(self, model, replicated: dict[str, Any], state: TrainingState, num_items: int, config_dict: dict) -> Path:
         """`replicated`: state that is the same on every rank (name -> a state_dict of tensors,
         numbers, strings, lists and dicts), e.g. the dense optimizer's and the schedule's."""
         self.wait()
@@ -326,14 +356,21 @@ class CheckpointManager:
         final = self.path_for(state.step)
         staging = _stage(final)
         skeleton, tensors = tensor_tree(replicated)
-        meta = model_meta(num_items, _model_config(config_dict), training=dataclasses.asdict(state),
-                          config=config_dict, world_size=dist.get_world_size(), saved_at=time.time(),
-                          replicated=skeleton)
+        meta = model_meta(
+            num_items,
+            _model_config(config_dict),
+            training=dataclasses.asdict(state),
+            config=config_dict,
+            world_size=dist.get_world_size(),
+            saved_at=time.time(),
+            replicated=skeleton,
+        )
         sharded = {**_sharded_state(model), REPLICATED_KEY: tensors}
         self.last_saved_step = state.step
         if self.asynchronous:
-            future = dcp.async_save(sharded, checkpoint_id=str(staging), process_group=self._group,
-                                    async_stager=_CopyStager())
+            future = dcp.async_save(
+                sharded, checkpoint_id=str(staging), process_group=self._group, async_stager=_CopyStager()
+            )
             self._pending = (future, staging, final, meta, started)
             log.info("checkpoint %s staged in %.1fs, writing in the background", final, time.time() - started)
         else:
@@ -352,7 +389,7 @@ class CheckpointManager:
     def _finish(self, staging: Path, final: Path, meta: dict, started: float) -> None:
         _commit(staging, final, meta)
         if _is_main():
-            for old in self.complete()[:-self.keep]:
+            for old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint %s written in %.1fs", final, time.time() - started)
 

@@ -27,5 +27,4 @@ def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Ex
         return 0
     # Under dimerec-torchrun, a clean exit keeps torchrun from restarting a job that was asked to
     # stop; the launcher itself then ends with 143.
-    return 0 if report_requested_stop("a signal reached the job") \
-        else PREEMPTED_EXIT_CODE
+    return 0 if report_requested_stop("a signal reached the job") else PREEMPTED_EXIT_CODE

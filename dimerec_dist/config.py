@@ -102,15 +102,27 @@ class ModelConfig:
         _choice("model.noise_space", self.noise_space, NOISE_SPACES)
         _choice("model.grw_noise_scale", self.grw_noise_scale, GRW_NOISE_SCALES)
         _choice("model.reverse_noise_std", self.reverse_noise_std, REVERSE_NOISE_STDS)
-        for key in ("embedding_dim", "max_history", "num_interests", "gem_hidden_mult", "routing_iterations",
-                    "sasrec_layers", "sasrec_heads", "dam_hidden", "dam_layers", "diffusion_steps"):
+        for key in (
+            "embedding_dim",
+            "max_history",
+            "num_interests",
+            "gem_hidden_mult",
+            "routing_iterations",
+            "sasrec_layers",
+            "sasrec_heads",
+            "dam_hidden",
+            "dam_layers",
+            "diffusion_steps",
+        ):
             _at_least(f"model.{key}", getattr(self, key), 1)
         if self.embedding_dim % self.sasrec_heads:
-            raise ConfigError(f"model.sasrec_heads={self.sasrec_heads} must divide "
-                              f"model.embedding_dim={self.embedding_dim}")
+            raise ConfigError(
+                f"model.sasrec_heads={self.sasrec_heads} must divide model.embedding_dim={self.embedding_dim}"
+            )
         if not 1 <= self.sample_steps <= self.diffusion_steps:
-            raise ConfigError(f"model.sample_steps={self.sample_steps} must lie in "
-                              f"1..model.diffusion_steps={self.diffusion_steps}")
+            raise ConfigError(
+                f"model.sample_steps={self.sample_steps} must lie in 1..model.diffusion_steps={self.diffusion_steps}"
+            )
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             raise ConfigError(f"need 0 < model.beta_start ({self.beta_start}) < model.beta_end ({self.beta_end}) < 1")
         if not 0.0 < self.grw_max_angle <= math.pi:
@@ -126,8 +138,10 @@ class ModelConfig:
         if self.guidance_scale < 0:
             raise ConfigError(f"model.guidance_scale={self.guidance_scale} must be >= 0")
         if self.guidance_scale > 0 and self.guidance_dropout == 0:
-            raise ConfigError(f"model.guidance_scale={self.guidance_scale} needs model.guidance_dropout > 0: "
-                              "without it no null guidance is learned to steer away from")
+            raise ConfigError(
+                f"model.guidance_scale={self.guidance_scale} needs model.guidance_dropout > 0: "
+                "without it no null guidance is learned to steer away from"
+            )
         if self.gem_weight == self.recon_weight == self.ssm_weight == 0:
             raise ConfigError("model.gem_weight, recon_weight and ssm_weight are all 0: nothing to train")
 
@@ -329,17 +343,23 @@ class JobConfig:
         for section in (self.model, self.data, self.train, self.sharding, self.eval):
             _all_finite(section)
             section.validate()
-        if not 0 <= self.seed < 2 ** 32:
+        if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed={self.seed} must lie in 0..2^32-1")
         if self.model.num_interests > self.model.max_history:
-            raise ConfigError(f"model.num_interests={self.model.num_interests} must be <= model.max_history="
-                              f"{self.model.max_history}: more interests than history positions only repeat them")
+            raise ConfigError(
+                f"model.num_interests={self.model.num_interests} must be <= model.max_history="
+                f"{self.model.max_history}: more interests than history positions only repeat them"
+            )
         if not self.model.trains_dam and self.eval.query in ("dam", "dam+gem"):
-            raise ConfigError(f"eval.query={self.eval.query} retrieves with the DAM, which model.recon_weight=0 and "
-                              f"model.ssm_weight=0 leave untrained: use eval.query=gem (or auto)")
+            raise ConfigError(
+                f"eval.query={self.eval.query} retrieves with the DAM, which model.recon_weight=0 and "
+                f"model.ssm_weight=0 leave untrained: use eval.query=gem (or auto)"
+            )
         if self.sharding.column_block and self.model.embedding_dim % self.sharding.column_block:
-            raise ConfigError(f"sharding.column_block={self.sharding.column_block} must divide "
-                              f"model.embedding_dim={self.model.embedding_dim}")
+            raise ConfigError(
+                f"sharding.column_block={self.sharding.column_block} must divide "
+                f"model.embedding_dim={self.model.embedding_dim}"
+            )
 
     def check_catalog(self, num_items: int, where: str) -> None:
         """Settings that must fit the data set's catalog (known once it is loaded)."""
@@ -371,8 +391,13 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise ConfigError(f"{key}={value} must be >= {low}")
 
 
-_SECTION_NAMES = {"ModelConfig": "model.", "DataConfig": "data.", "TrainConfig": "train.",
-                  "ShardingConfig": "sharding.", "EvalConfig": "eval."}
+_SECTION_NAMES = {
+    "ModelConfig": "model.",
+    "DataConfig": "data.",
+    "TrainConfig": "train.",
+    "ShardingConfig": "sharding.",
+    "EvalConfig": "eval.",
+}
 
 # --------------------------------------------------------------------------- loading
 
@@ -487,17 +512,28 @@ def config_from_dict(values: Mapping[str, Any], source: str, overrides: list[str
 
 # Where a job reads, writes and logs, how the table is laid out over ranks, how fast it runs:
 # none of it changes what a run learns. Every other setting does.
-NOT_LEARNED = {("data", "path"), ("data", "source"), ("data", "raw_path"), ("train", "log_every"),
-               ("train", "checkpoint_every"), ("train", "keep_checkpoints"), ("train", "checkpoint_async"),
-               ("train", "resume"), ("train", "threads"), ("train", "device"), ("eval", "batch_size"),
-               ("sharding", "type"), ("sharding", "column_block")}
+NOT_LEARNED = {
+    ("data", "path"),
+    ("data", "source"),
+    ("data", "raw_path"),
+    ("train", "log_every"),
+    ("train", "checkpoint_every"),
+    ("train", "keep_checkpoints"),
+    ("train", "checkpoint_async"),
+    ("train", "resume"),
+    ("train", "threads"),
+    ("train", "device"),
+    ("eval", "batch_size"),
+    ("sharding", "type"),
+    ("sharding", "column_block"),
+}
 
 
 def learned_settings(config: JobConfig) -> dict[str, Any]:
     """The settings that decide a run's result, flat ("model.temperature": 0.07, ...)."""
     flat = {}
     for section, values in config_to_dict(config).items():
-        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+        for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
             if (section, key) not in NOT_LEARNED:
                 flat[f"{section}.{key}" if key else section] = value
     flat["eval.query"] = config.query_mode()  # "auto" is whichever mode it resolves to
@@ -511,5 +547,8 @@ def learned_settings(config: JobConfig) -> dict[str, Any]:
 def settings_changes(before: JobConfig, now: JobConfig) -> list[str]:
     """How two jobs' learned settings differ, as "key old -> new" ([] if they do not)."""
     old, new = learned_settings(before), learned_settings(now)
-    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-            if old.get(key) != new.get(key)]
+    return [
+        f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]

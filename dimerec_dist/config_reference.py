@@ -34,9 +34,13 @@ def field_docs(cls: type) -> dict[str, str]:
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
     docs = {}
     for statement, following in zip(body, body[1:]):
-        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):
+        if (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             docs[statement.target.id] = " ".join(following.value.value.split())
     return docs
 
@@ -83,11 +87,14 @@ def help_text(width: int = 100) -> str:
 
 
 def markdown() -> str:
-    rows = ["# Configuration reference", "",
-            "Every key of a dimerec-train job: set it in the YAML file (`section:` then `key: value`) or on",
-            "the command line (`section.key=value`). Generated from `dimerec_dist/config.py` by",
-            "`python -m dimerec_dist.config_reference > docs/CONFIG.md`; `dimerec-train --help` prints the",
-            "same, and `dimerec-train --print-config ...` the resolved configuration of a job."]
+    rows = [
+        "# Configuration reference",
+        "",
+        "Every key of a dimerec-train job: set it in the YAML file (`section:` then `key: value`) or on",
+        "the command line (`section.key=value`). Generated from `dimerec_dist/config.py` by",
+        "`python -m dimerec_dist.config_reference > docs/CONFIG.md`; `dimerec-train --help` prints the",
+        "same, and `dimerec-train --print-config ...` the resolved configuration of a job.",
+    ]
     section = None
     for key in keys():
         head = key.name.split(".")[0] if "." in key.name else "top level"

@@ -37,5 +37,7 @@ def diversity(topk: np.ndarray, categories: np.ndarray) -> dict[str, float]:
     same_pairs = [(c * (c - 1)).sum() / 2 for c in counts]
     pairs = k * (k - 1) / 2
     ild = [1.0 - same / pairs for same in same_pairs] if pairs else [0.0] * len(cats)
-    return {f"categories@{k}": float(np.mean(distinct)) if len(cats) else 0.0,
-            f"ild@{k}": float(np.mean(ild)) if len(cats) else 0.0}
+    return {
+        f"categories@{k}": float(np.mean(distinct)) if len(cats) else 0.0,
+        f"ild@{k}": float(np.mean(ild)) if len(cats) else 0.0,
+    }

@@ -67,12 +67,21 @@ def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
     return LoadedRun(config, manifest, ctx, model, shards)
 
 
-def run(run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None,
-        out: Path | None = None) -> dict:
+def run(
+    run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None, out: Path | None = None
+) -> dict:
     loaded = load_run(run_dir, overrides + (["eval.exclude_seen=false"] if include_seen else []))
     test = loaded.users("test")
-    result, ranked = final_metrics(loaded.model, loaded.shards, loaded.config, loaded.ctx, loaded.users("valid"),
-                                   test, loaded.popularity(), item_categories(loaded.manifest))
+    result, ranked = final_metrics(
+        loaded.model,
+        loaded.shards,
+        loaded.config,
+        loaded.ctx,
+        loaded.users("valid"),
+        test,
+        loaded.popularity(),
+        item_categories(loaded.manifest),
+    )
     if loaded.ctx.is_main:
         if topk_out is not None:  # the ranked lists themselves, e.g. to compare a server's answers with
             np.savez(topk_out, users=test.users, topk=ranked.topk)
@@ -87,13 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--include-seen", action="store_true", help="rank items the user has already seen too")
     parser.add_argument("--out", type=Path, default=None, help="where the metrics go (default: RUN_DIR/eval.json)")
-    parser.add_argument("--topk-out", type=Path, default=None,
-                        help="also write the test users' ranked item ids (dense) to this .npz")
+    parser.add_argument(
+        "--topk-out", type=Path, default=None, help="also write the test users' ranked item ids (dense) to this .npz"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value for evaluation, e.g. model.sample_steps=10")
     args = parser.parse_args(argv)
-    return run_command("dimerec-eval", lambda: run(args.run_dir, args.include_seen, args.overrides, args.topk_out,
-                                                     args.out),
-                       (ConfigError, DataError, CheckpointError))
+    return run_command(
+        "dimerec-eval",
+        lambda: run(args.run_dir, args.include_seen, args.overrides, args.topk_out, args.out),
+        (ConfigError, DataError, CheckpointError),
+    )
 
 
 if __name__ == "__main__":

@@ -57,13 +57,14 @@ def merge_topk(values: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.T
     return values.gather(1, order), ids.gather(1, order)
 
 
-def local_topk(shards: list[RowShard], k: int, seen: torch.Tensor | None,
-               score: callable) -> tuple[torch.Tensor, torch.Tensor]:
+def local_topk(
+    shards: list[RowShard], k: int, seen: torch.Tensor | None, score: callable
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k over the rows this rank holds, in row chunks so the score matrix stays small."""
     best_values, best_ids = None, None
     for shard in shards:
         for start in range(0, shard.weight.shape[0], ROW_CHUNK):
-            rows = shard.weight[start:start + ROW_CHUNK]
+            rows = shard.weight[start : start + ROW_CHUNK]
             first = shard.row_offset + start
             scores = mask_rows(score(rows, first), first, seen)
             take = min(k, scores.shape[1])
@@ -75,8 +76,15 @@ def local_topk(shards: list[RowShard], k: int, seen: torch.Tensor | None,
     return best_values, best_ids
 
 
-def gathered_topk(shards: list[RowShard], k: int, seen: torch.Tensor | None, score: callable, users: int,
-                  device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def gathered_topk(
+    shards: list[RowShard],
+    k: int,
+    seen: torch.Tensor | None,
+    score: callable,
+    users: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Item ids (U, k) of the global top-k: local top-k on every rank, gathered and merged.
     `dtype` is the scores' type, which every rank must agree on (even one holding no rows)."""
     if shards:
@@ -125,8 +133,9 @@ def ranking_metrics(topk: np.ndarray, targets: np.ndarray, ks: list[int]) -> dic
     return out
 
 
-def multi_target_metrics(topk: np.ndarray, target_items: np.ndarray, target_offsets: np.ndarray,
-                         ks: list[int]) -> dict[str, float]:
+def multi_target_metrics(
+    topk: np.ndarray, target_items: np.ndarray, target_offsets: np.ndarray, ks: list[int]
+) -> dict[str, float]:
     """HR@k (any target in the top-k), Recall@k (share of the targets found) and NDCG@k
     (DCG of the hits over the ideal DCG of min(k, targets) hits) for several targets per
     user, as ComiRec's user-split protocol reports them."""
@@ -137,8 +146,9 @@ def multi_target_metrics(topk: np.ndarray, target_items: np.ndarray, target_offs
     # (user, item) keys. Ids above every target (padding of short lists included) cannot hit.
     width = int(target_items.max(initial=0)) + 1
     ranked = np.where(topk < width, topk, 0)  # 0 is never a target
-    hit = np.isin(np.arange(users, dtype=np.int64)[:, None] * width + ranked,
-                  owner.astype(np.int64) * width + target_items)
+    hit = np.isin(
+        np.arange(users, dtype=np.int64)[:, None] * width + ranked, owner.astype(np.int64) * width + target_items
+    )
     gains = 1.0 / np.log2(np.arange(topk.shape[1]) + 2.0)
     out = {}
     for k in ks:
@@ -173,7 +183,7 @@ def _rank_rows(count: int, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
     per_rank = math.ceil(count / ctx.world_size)
     rows = np.arange(ctx.rank * per_rank, min(count, (ctx.rank + 1) * per_rank))
     real = np.ones(per_rank, dtype=bool)
-    real[len(rows):] = False
+    real[len(rows) :] = False
     if len(rows) < per_rank:
         filler = rows[-1] if len(rows) else 0
         rows = np.concatenate([rows, np.full(per_rank - len(rows), filler)])
@@ -181,10 +191,23 @@ def _rank_rows(count: int, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: DistContext, *, dim: int, ks: list[int],
-                   batch_size: int, exclude_seen: bool, query_mode: str, cosine: bool, sample_steps: int | None,
-                   seed: int, popularity: np.ndarray | None = None, progress_every: float = 30.0
-                   ) -> SplitEvaluation:
+def evaluate_split(
+    model,
+    shards: list[RowShard],
+    users: EvaluationUsers,
+    ctx: DistContext,
+    *,
+    dim: int,
+    ks: list[int],
+    batch_size: int,
+    exclude_seen: bool,
+    query_mode: str,
+    cosine: bool,
+    sample_steps: int | None,
+    seed: int,
+    popularity: np.ndarray | None = None,
+    progress_every: float = 30.0,
+) -> SplitEvaluation:
     """Metrics and top-k lists of the model (and of the popularity ranking, if counts are given) on one split.
     `shards` may be the table's raw pieces; they are laid out as full rows first (scoring_shards),
     which costs nothing when they already are."""
@@ -196,8 +219,8 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
     all_topk, all_pop_topk, all_real = [], [], []
     started = last_log = time.time()
     for index in range(num_batches):
-        chunk = rows[index * batch_size:(index + 1) * batch_size]
-        chunk_real = real[index * batch_size:(index + 1) * batch_size]
+        chunk = rows[index * batch_size : (index + 1) * batch_size]
+        chunk_real = real[index * batch_size : (index + 1) * batch_size]
         history, seen, targets = users.batch(chunk)
         batch = make_batch(history, targets, np.zeros(0, np.int64)).to(ctx.device)
         # x_T depends on (seed, user) only, so any sharding or batching gives the same deterministic queries.
@@ -211,20 +234,36 @@ def evaluate_split(model, shards: list[RowShard], users: EvaluationUsers, ctx: D
             width = all_reduce_max_int(max(len(s) for s in seen), ctx.device)
             padded = np.zeros((len(seen), width), np.int64)
             for r, items in enumerate(seen):
-                padded[r, :len(items)] = items
+                padded[r, : len(items)] = items
             seen_tensor = all_gather_cat(torch.from_numpy(padded).to(ctx.device))
         count = gathered_queries.shape[0]
         topk = gathered_topk(shards, k, seen_tensor, _query_scores(gathered_queries, cosine), count, ctx.device)
         all_topk.append(topk.cpu().numpy())
         if pop_tensor is not None:
-            all_pop_topk.append(gathered_topk(shards, k, seen_tensor, _popularity_scores(pop_tensor, count), count,
-                                              ctx.device, dtype=torch.float64).cpu().numpy())
+            all_pop_topk.append(
+                gathered_topk(
+                    shards,
+                    k,
+                    seen_tensor,
+                    _popularity_scores(pop_tensor, count),
+                    count,
+                    ctx.device,
+                    dtype=torch.float64,
+                )
+                .cpu()
+                .numpy()
+            )
         all_real.append(all_gather_cat(torch.from_numpy(chunk_real).to(ctx.device)).cpu().numpy())
         if ctx.is_main and time.time() - last_log > progress_every:
             last_log = time.time()
             rate = (index + 1) / (last_log - started)
-            log.info("eval %d/%d batches, %.1f batches/s, ETA %.0fs", index + 1, num_batches, rate,
-                     (num_batches - index - 1) / rate)
+            log.info(
+                "eval %d/%d batches, %.1f batches/s, ETA %.0fs",
+                index + 1,
+                num_batches,
+                rate,
+                (num_batches - index - 1) / rate,
+            )
     # Rows come back grouped per batch as [rank 0 chunk, rank 1 chunk, ...]: reorder to split order.
     order = _gathered_order(len(rows), batch_size, num_batches, ctx.world_size)
     real_mask = np.concatenate(all_real)[order]
@@ -243,7 +282,7 @@ def _query_scores(queries: torch.Tensor, cosine: bool):
 
 def _popularity_scores(popularity: torch.Tensor, users: int):
     """score(rows, first_row): the popularity score of each row, the same for every user."""
-    return lambda rows, first: popularity[first:first + rows.shape[0]].unsqueeze(0).expand(users, -1).clone()
+    return lambda rows, first: popularity[first : first + rows.shape[0]].unsqueeze(0).expand(users, -1).clone()
 
 
 def _gathered_order(per_rank: int, batch_size: int, num_batches: int, world: int) -> np.ndarray:

@@ -29,7 +29,7 @@ def file_sha256(path: Path | str) -> str:
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             for start in range(0, size, BLOCK):
-                digest.update(view[start:start + BLOCK])
+                digest.update(view[start : start + BLOCK])
             view.release()
     return digest.hexdigest()
 

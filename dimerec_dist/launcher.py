@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                 return USER_ERROR_EXIT_CODE  # bad config, data or checkpoint: the worker said why, in one line
             raise
         if stop_file.exists():
-            log.warning("stopped on request (%s): the workers saved a checkpoint and ended",
-                        stop_file.read_text().strip() or "a signal")
+            log.warning(
+                "stopped on request (%s): the workers saved a checkpoint and ended",
+                stop_file.read_text().strip() or "a signal",
+            )
             return STOPPED_EXIT_CODE
     return 0
 

@@ -16,8 +16,7 @@ log = logging.getLogger("dimerec.train")
 def setup_logging(ctx) -> None:
     """Our INFO lines on rank 0; libraries (TorchRec, FBGEMM) only at WARNING. `ctx`: the
     job's distributed.process_group.DistContext."""
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {ctx.rank}] %(name)s %(message)s",
-                        force=True)
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {ctx.rank}] %(name)s %(message)s", force=True)
     logging.getLogger("dimerec").setLevel(logging.INFO if ctx.is_main else logging.WARNING)
 
 
@@ -65,8 +64,10 @@ class Progress:
     def line(self, step: int, epoch: int, rate: float, losses: dict[str, float]) -> str:
         remaining = (self.total_steps - step) * self.samples_per_step / max(rate, 1e-9)
         parts = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in losses.items())
-        return (f"step {step}/{self.total_steps} ({100 * step / max(self.total_steps, 1):.0f}%) epoch {epoch} "
-                f"{parts} | {rate:,.0f} samples/s | ETA {_clock(remaining)}")
+        return (
+            f"step {step}/{self.total_steps} ({100 * step / max(self.total_steps, 1):.0f}%) epoch {epoch} "
+            f"{parts} | {rate:,.0f} samples/s | ETA {_clock(remaining)}"
+        )
 
 
 def _clock(seconds: float) -> str:

@@ -52,8 +52,10 @@ def check_target(target: Path, overwrite: bool, what: str, flag: str = "--overwr
     if target.is_file() or target.is_symlink() and not target.is_dir():
         raise OutputError(f"{target} is a file, not a directory; pick another output path")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise OutputError(f"{target} exists and is not empty; {what} is never overwritten "
-                           f"(pass {flag} to replace it, or pick another output path)")
+        raise OutputError(
+            f"{target} exists and is not empty; {what} is never overwritten "
+            f"(pass {flag} to replace it, or pick another output path)"
+        )
 
 
 def begin(target: Path) -> Path:

@@ -17,13 +17,25 @@ from dimerec_dist.evaluate import SplitEvaluation, evaluate_split
 from dimerec_dist.table_shards import scoring_shards
 
 
-def evaluate_users(model, shards, config: JobConfig, ctx: DistContext, users: EvaluationUsers,
-                   popularity: np.ndarray | None = None) -> SplitEvaluation:
+def evaluate_users(
+    model, shards, config: JobConfig, ctx: DistContext, users: EvaluationUsers, popularity: np.ndarray | None = None
+) -> SplitEvaluation:
     """Full-catalog top-k for `users` with the job's evaluation settings."""
-    return evaluate_split(model.module, shards, users, ctx, dim=config.model.embedding_dim, ks=config.eval.ks,
-                          batch_size=config.eval.batch_size, exclude_seen=config.eval.exclude_seen,
-                          query_mode=config.query_mode(), cosine=config.model.cosine_logits,
-                          sample_steps=config.model.sample_steps, seed=config.seed, popularity=popularity)
+    return evaluate_split(
+        model.module,
+        shards,
+        users,
+        ctx,
+        dim=config.model.embedding_dim,
+        ks=config.eval.ks,
+        batch_size=config.eval.batch_size,
+        exclude_seen=config.eval.exclude_seen,
+        query_mode=config.query_mode(),
+        cosine=config.model.cosine_logits,
+        sample_steps=config.model.sample_steps,
+        seed=config.seed,
+        popularity=popularity,
+    )
 
 
 def selection_key(config: JobConfig) -> str:
@@ -32,8 +44,16 @@ def selection_key(config: JobConfig) -> str:
     return f"ndcg@{k}"
 
 
-def final_metrics(model, shards, config: JobConfig, ctx: DistContext, valid: EvaluationUsers, test: EvaluationUsers,
-                  popularity: np.ndarray, categories: np.ndarray | None = None) -> tuple[dict, SplitEvaluation]:
+def final_metrics(
+    model,
+    shards,
+    config: JobConfig,
+    ctx: DistContext,
+    valid: EvaluationUsers,
+    test: EvaluationUsers,
+    popularity: np.ndarray,
+    categories: np.ndarray | None = None,
+) -> tuple[dict, SplitEvaluation]:
     """Valid and test metrics (and popularity's); the test pass's time per user (queries and
     full-catalog top-k, all ranks together); diversity where items have categories. Also the
     test evaluation itself (its top-k lists)."""
@@ -43,16 +63,24 @@ def final_metrics(model, shards, config: JobConfig, ctx: DistContext, valid: Eva
     started = time.time()
     test_result = evaluate_users(model, shards, config, ctx, test, popularity)
     seconds = time.time() - started
-    final = {"valid": valid_result.metrics, "test": test_result.metrics,
-             "popularity": {"valid": valid_result.popularity, "test": test_result.popularity},
-             "latency": {"test_users": len(test), "ms_per_user": 1e3 * seconds / max(len(test), 1),
-                         "ranks": ctx.world_size},
-             "protocol": {"split": config.data.split, "ranking": "full catalog",
-                          "exclude_seen": config.eval.exclude_seen, "query": config.query_mode(),
-                          "sample_steps": config.model.sample_steps}}
+    final = {
+        "valid": valid_result.metrics,
+        "test": test_result.metrics,
+        "popularity": {"valid": valid_result.popularity, "test": test_result.popularity},
+        "latency": {"test_users": len(test), "ms_per_user": 1e3 * seconds / max(len(test), 1), "ranks": ctx.world_size},
+        "protocol": {
+            "split": config.data.split,
+            "ranking": "full catalog",
+            "exclude_seen": config.eval.exclude_seen,
+            "query": config.query_mode(),
+            "sample_steps": config.model.sample_steps,
+        },
+    }
     if categories is not None:
-        final["diversity"] = {"test": diversity(test_result.topk, categories),
-                              "popularity": diversity(test_result.popularity_topk, categories)}
+        final["diversity"] = {
+            "test": diversity(test_result.topk, categories),
+            "popularity": diversity(test_result.popularity_topk, categories),
+        }
     return final, test_result
 
 

@@ -33,18 +33,27 @@ def padded_history(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # deprecated once per process: not ours to change.
 drop_log_message("torch.fx._symbolic_trace", "is_fx_tracing will return true")
 
+
 class ShardedDimeRec(nn.Module):
-    def __init__(self, config: ModelConfig, num_items: int, device: torch.device | None = None,
-                 in_batch_negatives: bool = False):
+    def __init__(
+        self, config: ModelConfig, num_items: int, device: torch.device | None = None, in_batch_negatives: bool = False
+    ):
         device = torch.device("meta") if device is None else device
         super().__init__()
         self.num_items = num_items
         self.in_batch_negatives = in_batch_negatives
         # Meta device: the rows are materialised only by the sharder, on the rank that owns them.
         self.item_table = EmbeddingCollection(
-            tables=[EmbeddingConfig(name=TABLE_NAME, embedding_dim=config.embedding_dim,
-                                    num_embeddings=num_items + 1, feature_names=list(FEATURES))],
-            device=device)
+            tables=[
+                EmbeddingConfig(
+                    name=TABLE_NAME,
+                    embedding_dim=config.embedding_dim,
+                    num_embeddings=num_items + 1,
+                    feature_names=list(FEATURES),
+                )
+            ],
+            device=device,
+        )
         self.dimerec = DimeRec(config)
 
     def embed(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -63,13 +72,27 @@ class ShardedDimeRec(nn.Module):
             negative_ids = torch.cat([negative_ids, all_gather_cat(batch.target_ids)])
             if negative_log_q is not None:
                 negative_log_q = torch.cat([negative_log_q, all_gather_cat(batch.in_batch_log_q)])
-        return self.dimerec(padded_history(emb["history"], batch.mask), batch.mask, emb["target"], batch.target_ids,
-                            negatives, negative_ids, draw=draw, target_log_q=batch.target_log_q,
-                            negative_log_q=negative_log_q)
+        return self.dimerec(
+            padded_history(emb["history"], batch.mask),
+            batch.mask,
+            emb["target"],
+            batch.target_ids,
+            negatives,
+            negative_ids,
+            draw=draw,
+            target_log_q=batch.target_log_q,
+            negative_log_q=negative_log_q,
+        )
 
     @torch.no_grad()
-    def queries(self, batch: Batch, mode: str, steps: int | None = None, generator: torch.Generator | None = None,
-                start: torch.Tensor | None = None) -> torch.Tensor:
+    def queries(
+        self,
+        batch: Batch,
+        mode: str,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Retrieval queries (B, Q, d): the DAM's generated interest (Q = 1), the GEM's K interests,
         or both (Q = 1 + K; an item scores its best match, see evaluate.score_block)."""
         history = padded_history(self.embed(batch)["history"], batch.mask)

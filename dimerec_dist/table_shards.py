@@ -32,8 +32,10 @@ def local_row_shards(model: DistributedModelParallel, table_key_suffix: str) -> 
         raise KeyError(f"expected one state-dict key ending in {table_key_suffix!r}, found {keys}")
     value = state[keys[0]]
     if hasattr(value, "local_shards"):
-        return [RowShard(int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
-                for s in value.local_shards()]
+        return [
+            RowShard(int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
+            for s in value.local_shards()
+        ]
     return [RowShard(0, 0, value)]  # data-parallel: a full replica
 
 
@@ -58,9 +60,10 @@ def init_table_deterministically(shards: list[RowShard], total_cols: int, seed: 
             values = (torch.rand(INIT_BLOCK_ROWS, total_cols, generator=generator) * 2 - 1) * scale
             lo = max(block * INIT_BLOCK_ROWS, shard.row_offset)
             hi = min((block + 1) * INIT_BLOCK_ROWS, shard.row_offset + rows)
-            piece = values[lo - block * INIT_BLOCK_ROWS:hi - block * INIT_BLOCK_ROWS,
-                           shard.col_offset:shard.col_offset + cols]
-            shard.weight[lo - shard.row_offset:hi - shard.row_offset].copy_(piece)
+            piece = values[
+                lo - block * INIT_BLOCK_ROWS : hi - block * INIT_BLOCK_ROWS, shard.col_offset : shard.col_offset + cols
+            ]
+            shard.weight[lo - shard.row_offset : hi - shard.row_offset].copy_(piece)
 
 
 def local_table_bytes(model: DistributedModelParallel, shards: list[RowShard]) -> int:
@@ -77,8 +80,9 @@ SCORING_BLOCK_ROWS = 1 << 16
 
 
 @torch.no_grad()
-def scoring_shards(shards: list[RowShard], num_rows: int, num_cols: int, device: torch.device,
-                   dtype: torch.dtype = torch.float32) -> list[RowShard]:
+def scoring_shards(
+    shards: list[RowShard], num_rows: int, num_cols: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> list[RowShard]:
     """Full-width rows for scoring, each table row held by exactly one rank.
 
     Row-wise and table-wise pieces already are. A data-parallel replica is split into one
@@ -107,10 +111,12 @@ def scoring_shards(shards: list[RowShard], num_rows: int, num_cols: int, device:
                 top, bottom = max(lo, shard.row_offset), min(hi, shard.row_offset + shard.weight.shape[0])
                 if top < bottom:
                     cols = slice(shard.col_offset, shard.col_offset + shard.weight.shape[1])
-                    block[top - lo:bottom - lo, cols] = shard.weight[top - shard.row_offset:bottom - shard.row_offset]
+                    block[top - lo : bottom - lo, cols] = shard.weight[
+                        top - shard.row_offset : bottom - shard.row_offset
+                    ]
             dist.reduce(block, dst=owner)
             if owner == rank:
-                mine[lo - first:hi - first] = block
+                mine[lo - first : hi - first] = block
     return [RowShard(first, 0, mine)] if last > first else []
 
 

@@ -22,12 +22,18 @@ from dimerec_dist.config_reference import help_text
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dimerec-train", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Train DimeRec with a TorchRec-sharded item table.",
-                                     epilog="config keys (YAML section.key, or key=value on the command line):"
-                                            + help_text())
-    parser.add_argument("--config", type=Path, default=None,
-                        help="YAML job file (default: the built-in defaults, a synthetic short-video log)")
+    parser = argparse.ArgumentParser(
+        prog="dimerec-train",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train DimeRec with a TorchRec-sharded item table.",
+        epilog="config keys (YAML section.key, or key=value on the command line):" + help_text(),
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML job file (default: the built-in defaults, a synthetic short-video log)",
+    )
     parser.add_argument("--run-dir", type=Path, help="where the run's files go (required to train)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model.num_interests=8 train.epochs=3")

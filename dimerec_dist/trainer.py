@@ -80,8 +80,9 @@ class Trainer:
         writable_dir(run_dir / "checkpoints", "the checkpoint directory")
         self.before_step: list[StepHook] = []  # called at the top of every step (tests inject faults here)
         self.state = TrainingState()
-        self.checkpoints = CheckpointManager(run_dir / "checkpoints", config.train.keep_checkpoints,
-                                             asynchronous=config.train.checkpoint_async)
+        self.checkpoints = CheckpointManager(
+            run_dir / "checkpoints", config.train.keep_checkpoints, asynchronous=config.train.checkpoint_async
+        )
         # Checked against this job (settings, table optimizer layout) before its config.yaml replaces the
         # saved one, so a refused resume leaves the run as it was.
         self.resume_from = self._checked_resume()
@@ -91,8 +92,10 @@ class Trainer:
         self.parts: TrainingParts = build_training(config, self.manifest.num_items, self.ctx, run_dir)
         self.metrics = MetricsLogger(run_dir, self.ctx.is_main)
         if self.stream.steps(0) == 0:
-            raise DataError(f"{self.manifest.root}: {self.manifest.data['counts']['train_samples']} training "
-                            f"samples, fewer than one batch of {config.train.batch_size} per stream")
+            raise DataError(
+                f"{self.manifest.root}: {self.manifest.data['counts']['train_samples']} training "
+                f"samples, fewer than one batch of {config.train.batch_size} per stream"
+            )
         self.epoch_steps = plan_epochs(self.stream, config.train.epochs, config.train.max_steps)
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from)
@@ -115,8 +118,11 @@ class Trainer:
             if config.train.resume == "auto":  # a named checkpoint may change the plan on purpose (logged below)
                 check_data_plan(resume_from, config, ctx.world_size)
             check_same_settings(resume_from, config, named=config.train.resume != "auto", world_size=ctx.world_size)
-            check_optimizer_layout(resume_from, config.sharding.type, resolved_column_block(
-                config.sharding.column_block, config.model.embedding_dim, ctx.world_size))
+            check_optimizer_layout(
+                resume_from,
+                config.sharding.type,
+                resolved_column_block(config.sharding.column_block, config.model.embedding_dim, ctx.world_size),
+            )
         return resume_from
 
     def _build_data(self) -> None:
@@ -127,21 +133,35 @@ class Trainer:
         config.check_catalog(manifest.num_items, str(manifest.root))
         check_held_out_users(config, manifest)
         if config.train.batch_size % ctx.world_size:
-            raise ConfigError(f"train.batch_size={config.train.batch_size} must divide evenly over "
-                              f"{ctx.world_size} ranks")
+            raise ConfigError(
+                f"train.batch_size={config.train.batch_size} must divide evenly over {ctx.world_size} ranks"
+            )
         self.manifest = manifest
-        self.stream = TrainStream(manifest, max_history=config.model.max_history,
-                                  global_batch=config.train.batch_size, streams=config.data.streams,
-                                  world_size=ctx.world_size, rank=ctx.rank, seed=config.seed,
-                                  sample_mode=config.data.sample_mode, backend=config.data.backend,
-                                  window_size=config.data.window, mix=config.data.mix)
+        self.stream = TrainStream(
+            manifest,
+            max_history=config.model.max_history,
+            global_batch=config.train.batch_size,
+            streams=config.data.streams,
+            world_size=ctx.world_size,
+            rank=ctx.rank,
+            seed=config.seed,
+            sample_mode=config.data.sample_mode,
+            backend=config.data.backend,
+            window_size=config.data.window,
+            mix=config.data.mix,
+        )
         self.rank_rows = torch.from_numpy(self.stream.global_rows)
         self.valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
         self.test = EvaluationUsers(read_split(manifest, "test"), config.model.max_history)
         self.popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])
-        self.sampler = NegativeSampler(config.train.negative_sampler, manifest.num_items, config.train.negatives,
-                                       popularity=self.popularity[1:], alpha=config.train.popularity_alpha,
-                                       seed=config.seed)
+        self.sampler = NegativeSampler(
+            config.train.negative_sampler,
+            manifest.num_items,
+            config.train.negatives,
+            popularity=self.popularity[1:],
+            alpha=config.train.popularity_alpha,
+            seed=config.seed,
+        )
         self.log_q, self.in_batch_log_q = logq_corrections(config, self.sampler, self.popularity)
 
     # ------------------------------------------------------------------ the step
@@ -151,8 +171,9 @@ class Trainer:
         config = self.config
         # Dropout's generator, from (seed, step, rank): a resumed run draws what it would have drawn.
         torch.manual_seed(seed_for(config.seed, "dropout", self.state.step, self.ctx.rank))
-        batch = make_batch(history, targets, self.sampler.draw(epoch, epoch_step), self.log_q,
-                           self.in_batch_log_q).to(self.ctx.device)
+        batch = make_batch(history, targets, self.sampler.draw(epoch, epoch_step), self.log_q, self.in_batch_log_q).to(
+            self.ctx.device
+        )
         draw = noise_for_rank(config, config.train.batch_size, epoch, epoch_step, self.rank_rows, self.ctx.device)
         return batch, draw
 
@@ -178,11 +199,19 @@ class Trainer:
         the final metrics of the best model. {"preempted": True, ...} if stopped by a signal."""
         config, state = self.config, self.state
         total_steps = sum(self.epoch_steps)
-        log.info("%d training samples, ~%d steps/epoch, %d steps over %d epochs, global batch %d (%d per rank), "
-                 "%d ranks, %d streams, %s reader", self.manifest.data["counts"]["train_samples"],
-                 self.epoch_steps[0], total_steps, len(self.epoch_steps), config.train.batch_size,
-                 config.train.batch_size // self.ctx.world_size, self.ctx.world_size, self.stream.plan.streams,
-                 config.data.backend)
+        log.info(
+            "%d training samples, ~%d steps/epoch, %d steps over %d epochs, global batch %d (%d per rank), "
+            "%d ranks, %d streams, %s reader",
+            self.manifest.data["counts"]["train_samples"],
+            self.epoch_steps[0],
+            total_steps,
+            len(self.epoch_steps),
+            config.train.batch_size,
+            config.train.batch_size // self.ctx.world_size,
+            self.ctx.world_size,
+            self.stream.plan.streams,
+            config.data.backend,
+        )
         progress = Progress(total_steps, config.train.batch_size, start_step=state.step)
         stop = StopRequest()
         self.parts.model.train()
@@ -203,8 +232,9 @@ class Trainer:
                 if result.stop_requested:
                     self.save_checkpoint()
                     self.checkpoints.wait()
-                    log.warning("stopped by a signal at step %d; the checkpoint is saved, resume=auto continues",
-                                state.step)
+                    log.warning(
+                        "stopped by a signal at step %d; the checkpoint is saved, resume=auto continues", state.step
+                    )
                     self.metrics.close()
                     return {"preempted": True, "step": state.step}
                 if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
@@ -220,9 +250,17 @@ class Trainer:
     def _log_step(self, progress: Progress, epoch: int, result: StepResult) -> None:
         step, config = self.state.step, self.config
         rate = progress.rate(step)
-        self.metrics.scalars(step, {**result.losses, "lr/dense": self.parts.schedule.get_last_lr()[0],
-                                    "lr/sparse": config.train.sparse_lr, "grad_norm/dense": result.grad_norm,
-                                    "throughput/samples_per_s": rate, "epoch": epoch})
+        self.metrics.scalars(
+            step,
+            {
+                **result.losses,
+                "lr/dense": self.parts.schedule.get_last_lr()[0],
+                "lr/sparse": config.train.sparse_lr,
+                "grad_norm/dense": result.grad_norm,
+                "throughput/samples_per_s": rate,
+                "epoch": epoch,
+            },
+        )
         log.info(progress.line(step, epoch, rate, result.losses))
 
     def validate(self, epoch: int) -> dict[str, float]:
@@ -236,8 +274,13 @@ class Trainer:
         key = selection_key(self.config)
         if scores[key] > self.state.best_score:
             self.state.best_score = scores[key]
-            save_model(model, self.run_dir / "model", self.manifest.num_items, self.config.model,
-                       {"step": self.state.step, "epoch": epoch})
+            save_model(
+                model,
+                self.run_dir / "model",
+                self.manifest.num_items,
+                self.config.model,
+                {"step": self.state.step, "epoch": epoch},
+            )
         return scores
 
     def _finish(self) -> dict:
@@ -250,15 +293,27 @@ class Trainer:
         if not config.eval.at_end:
             self.metrics.close()
             return {}
-        final, _ = final_metrics(model, self.parts.shards, config, self.ctx, self.valid, self.test, self.popularity,
-                                 item_categories(self.manifest))
-        self.metrics.scalars(self.state.step, {f"final/{split}/{k}": v for split in ("valid", "test")
-                                               for k, v in final[split].items()})
+        final, _ = final_metrics(
+            model,
+            self.parts.shards,
+            config,
+            self.ctx,
+            self.valid,
+            self.test,
+            self.popularity,
+            item_categories(self.manifest),
+        )
+        self.metrics.scalars(
+            self.state.step, {f"final/{split}/{k}": v for split in ("valid", "test") for k, v in final[split].items()}
+        )
         self.metrics.close()
         if self.ctx.is_main:
             (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
-            log.info("final test %s | popularity %s", format_scores(final["test"]),
-                     format_scores(final["popularity"]["test"]))
+            log.info(
+                "final test %s | popularity %s",
+                format_scores(final["test"]),
+                format_scores(final["popularity"]["test"]),
+            )
         return final
 
     # ------------------------------------------------------------------ state
@@ -275,8 +330,11 @@ class Trainer:
         step, checkpoints, parts = self.state.step, self.checkpoints, self.parts
         if checkpoints.last_saved_step == step or checkpoints.latest() == checkpoints.path_for(step):
             return
-        replicated = {"optimizer": parts.optimizer.state_dict(), "schedule": parts.schedule.state_dict(),
-                      "table_optimizer": None if parts.table_optimizer is None else parts.table_optimizer.state_dict()}
+        replicated = {
+            "optimizer": parts.optimizer.state_dict(),
+            "schedule": parts.schedule.state_dict(),
+            "table_optimizer": None if parts.table_optimizer is None else parts.table_optimizer.state_dict(),
+        }
         checkpoints.save(parts.model, replicated, self.state, self.manifest.num_items, config_to_dict(self.config))
 
     def load_checkpoint(self, path: Path) -> None:
@@ -287,15 +345,17 @@ class Trainer:
         if parts.table_optimizer is not None:
             parts.table_optimizer.load_state_dict(replicated["table_optimizer"])
         self.load_state_dict(asdict(state))
-        log.info("resumed from %s: step %d, epoch %d (%d steps into it)", path, state.step, state.epoch,
-                 state.epoch_step)
+        log.info(
+            "resumed from %s: step %d, epoch %d (%d steps into it)", path, state.step, state.epoch, state.epoch_step
+        )
 
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError)  # one line on stderr, exit code 2
 
 
-def train_command(config_path: Path | None, overrides: Sequence[str], run_dir: Path,
-                  before_step: Sequence[StepHook] = ()) -> int:
+def train_command(
+    config_path: Path | None, overrides: Sequence[str], run_dir: Path, before_step: Sequence[StepHook] = ()
+) -> int:
     """dimerec-train's job as an exit code: 0 done, 2 a user error, 143 stopped by a signal.
     `before_step`: hooks called at the top of every step (tools/faulty_train.py's faults)."""
 
@@ -316,13 +376,16 @@ def check_held_out_users(config: JobConfig, manifest: Manifest) -> None:
         return
     for split in ("valid", "test"):
         if manifest.data["counts"][f"{split}_users"] == 0:
-            raise DataError(f"{manifest.root}: no {split} users (no user has enough items to hold one out), and "
-                            f"the job evaluates on them; use a larger data set, or train.eval_every_epochs=0 "
-                            f"eval.at_end=false to train without evaluating")
+            raise DataError(
+                f"{manifest.root}: no {split} users (no user has enough items to hold one out), and "
+                f"the job evaluates on them; use a larger data set, or train.eval_every_epochs=0 "
+                f"eval.at_end=false to train without evaluating"
+            )
 
 
-def logq_corrections(config: JobConfig, sampler: NegativeSampler,
-                     popularity: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+def logq_corrections(
+    config: JobConfig, sampler: NegativeSampler, popularity: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """log expected count of each item among the sampled negatives and among the in-batch
     negatives (global batch size x its share of training events), or None where uncorrected.
     Uniform sampling alone needs none: a constant shift leaves the softmax unchanged."""
@@ -336,12 +399,18 @@ def logq_corrections(config: JobConfig, sampler: NegativeSampler,
     return sampler.log_q, in_batch
 
 
-def noise_for_rank(config: JobConfig, global_batch: int, epoch: int, step: int, rows: torch.Tensor,
-                   device: torch.device) -> NoiseDraw:
+def noise_for_rank(
+    config: JobConfig, global_batch: int, epoch: int, step: int, rows: torch.Tensor, device: torch.device
+) -> NoiseDraw:
     """The step's diffusion noise, drawn for the whole global batch; this rank takes its
     rows. The same sample gets the same t and eps whatever the world size."""
-    draw = NoiseDraw.draw(global_batch, config.model.embedding_dim, config.model.diffusion_steps,
-                          generator(config.seed, "noise", epoch, step), guidance_dropout=config.model.guidance_dropout)
+    draw = NoiseDraw.draw(
+        global_batch,
+        config.model.embedding_dim,
+        config.model.diffusion_steps,
+        generator(config.seed, "noise", epoch, step),
+        guidance_dropout=config.model.guidance_dropout,
+    )
     return draw.rows(rows, device)
 
 

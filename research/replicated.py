@@ -24,16 +24,25 @@ class ReplicatedDimeRec(nn.Module):
         self.num_items = num_items
         # Allocated, not initialised: the caller fills it (table_shards.init_table_deterministically), and
         # drawing no random numbers here leaves the dense weights as the sharded model's.
-        self.item_table = nn.Embedding(num_items + 1, config.embedding_dim, sparse=True,
-                                       _weight=torch.empty(num_items + 1, config.embedding_dim))
+        self.item_table = nn.Embedding(
+            num_items + 1, config.embedding_dim, sparse=True, _weight=torch.empty(num_items + 1, config.embedding_dim)
+        )
         self.dimerec = DimeRec(config)
 
     def forward(self, batch: Batch, draw: NoiseDraw) -> DimeRecLosses:
         """Losses averaged over this rank's samples; DDP averages the gradients over ranks."""
         history = self.item_table(batch.kjt["history"].values())
-        return self.dimerec(padded_history(history, batch.mask), batch.mask, self.item_table(batch.target_ids),
-                            batch.target_ids, self.item_table(batch.negative_ids), batch.negative_ids, draw=draw,
-                            target_log_q=batch.target_log_q, negative_log_q=batch.negative_log_q)
+        return self.dimerec(
+            padded_history(history, batch.mask),
+            batch.mask,
+            self.item_table(batch.target_ids),
+            batch.target_ids,
+            self.item_table(batch.negative_ids),
+            batch.negative_ids,
+            draw=draw,
+            target_log_q=batch.target_log_q,
+            negative_log_q=batch.negative_log_q,
+        )
 
 
 class SparseRowWiseAdagrad(torch.optim.Optimizer):

@@ -42,8 +42,13 @@ def code_version(repo: Path) -> dict:
     (None outside git). docs/ is left out: the runner itself rewrites the report there."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
-                                cwd=repo, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
@@ -61,8 +66,9 @@ def write_record(run_dir: Path, record: Path, provenance: dict) -> None:
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, partial / name)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    (partial / PROVENANCE).write_text(json.dumps({"run_dir": str(run_dir), "recorded": stamp, **provenance},
-                                                 indent=2) + "\n")
+    (partial / PROVENANCE).write_text(
+        json.dumps({"run_dir": str(run_dir), "recorded": stamp, **provenance}, indent=2) + "\n"
+    )
     if record.exists():
         shutil.rmtree(record)
     partial.rename(record)

@@ -18,8 +18,10 @@ def _beta_continued_fraction(a: float, b: float, x: float, iterations: int = 300
     d = 1.0 / (d if abs(d) > tiny else tiny)
     result = d
     for m in range(1, iterations + 1):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c
@@ -36,7 +38,7 @@ def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
         raise ValueError(f"x must lie in [0, 1], got {x}")
     if x in (0.0, 1.0):
         return x
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
     return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
@@ -70,6 +72,6 @@ def welch_t_test(a: list[float], b: list[float]) -> WelchResult:
         t = 0.0 if mean_a == mean_b else math.copysign(math.inf, mean_a - mean_b)
         return WelchResult(mean_a, mean_b, t, float(len(a) + len(b) - 2), 1.0 if t == 0 else 0.0)
     t = (mean_a - mean_b) / math.sqrt(se_a + se_b)
-    spread = (se_a ** 2 / (len(a) - 1) if se_a else 0.0) + (se_b ** 2 / (len(b) - 1) if se_b else 0.0)
+    spread = (se_a**2 / (len(a) - 1) if se_a else 0.0) + (se_b**2 / (len(b) - 1) if se_b else 0.0)
     df = (se_a + se_b) ** 2 / spread
     return WelchResult(mean_a, mean_b, t, df, student_t_two_sided_p(t, df))

@@ -33,8 +33,10 @@ def make_read_only():
         if os.geteuid() != 0:
             attempts = [(["chmod", "555", str(path)], ["chmod", "755", str(path)])]
         else:
-            attempts = [(["mount", "--bind", "-o", "ro", str(path), str(path)], ["umount", str(path)]),
-                        (["chattr", "+i", str(path)], ["chattr", "-i", str(path)])]
+            attempts = [
+                (["mount", "--bind", "-o", "ro", str(path), str(path)], ["umount", str(path)]),
+                (["chattr", "+i", str(path)], ["chattr", "-i", str(path)]),
+            ]
         for command, reverse in attempts:
             if subprocess.run(command, capture_output=True).returncode == 0:
                 undo.append(reverse)

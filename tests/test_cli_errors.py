@@ -48,17 +48,29 @@ def test_missing_and_malformed_data_files_stop_the_trainer_with_their_names(tmp_
     bad = tmp_path / "seqs.txt"
     bad.write_text("u1 a b c\nu2\n")
     for raw_path, fragment in ((tmp_path / "absent.txt", "absent.txt does not exist"), (bad, "seqs.txt:2:")):
-        done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(tmp_path / "run"),
-                               "data.source=raw", f"data.raw_path={raw_path}"], capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dimerec_dist.train",
+                "--run-dir",
+                str(tmp_path / "run"),
+                "data.source=raw",
+                f"data.raw_path={raw_path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
         assert done.returncode == 2 and len(lines) == 1 and fragment in lines[0], done.stderr[-2000:]
 
 
 def train_errors(tmp_path, *args) -> str:
     """Run dimerec-train in its own process; its single error line (and exit code 2) or fail."""
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", *args], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dimerec_dist.train", *args], capture_output=True, text=True, timeout=120
+    )
     lines = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     return lines[0]
@@ -66,8 +78,10 @@ def train_errors(tmp_path, *args) -> str:
 
 def test_a_run_dir_that_is_a_file(tmp_path):
     (tmp_path / "run").write_text("notes")
-    assert "--run-dir" in train_errors(tmp_path, "--run-dir", str(tmp_path / "run")) and \
-        (tmp_path / "run").read_text() == "notes"
+    assert (
+        "--run-dir" in train_errors(tmp_path, "--run-dir", str(tmp_path / "run"))
+        and (tmp_path / "run").read_text() == "notes"
+    )
 
 
 def test_a_read_only_run_dir(tmp_path, read_only_dir):
@@ -81,14 +95,27 @@ def test_a_read_only_checkpoint_dir(tmp_path, make_read_only):
 
 
 def test_eval_cut_offs_beyond_the_catalog_stop_before_training(tiny_dataset, tmp_path):
-    line = train_errors(tmp_path, "--run-dir", str(tmp_path / "run"), "data.source=prepared",
-                        f"data.path={tiny_dataset}", "eval.ks=10,5000")
+    line = train_errors(
+        tmp_path,
+        "--run-dir",
+        str(tmp_path / "run"),
+        "data.source=prepared",
+        f"data.path={tiny_dataset}",
+        "eval.ks=10,5000",
+    )
     assert "eval.ks=[10, 5000] asks for more items than" in line and "catalog of 300" in line
 
 
 def test_a_data_set_without_held_out_users_stops_before_training(tmp_path):
     (tmp_path / "short.txt").write_text("".join(f"u{u} a{u % 61} b{u % 59}\n" for u in range(300)))
-    line = train_errors(tmp_path, "--run-dir", str(tmp_path / "run"), "data.source=raw", "data.raw_format=sequences",
-                        f"data.raw_path={tmp_path / 'short.txt'}", "train.batch_size=8")
+    line = train_errors(
+        tmp_path,
+        "--run-dir",
+        str(tmp_path / "run"),
+        "data.source=raw",
+        "data.raw_format=sequences",
+        f"data.raw_path={tmp_path / 'short.txt'}",
+        "train.batch_size=8",
+    )
     assert "no valid users" in line and "train.eval_every_epochs=0" in line
     assert not list((tmp_path / "run" / "checkpoints").glob("step-*")), "no epoch was trained first"

@@ -24,44 +24,50 @@ def test_yaml_then_overrides_in_order(tmp_path):
     assert config.model.cosine_logits is False and config.model.temperature == 0.1
 
 
-@pytest.mark.parametrize("text, pattern", [
-    ("model:\n  num_interest: 4\n", r"job.yaml: unknown key 'model.num_interest'"),
-    ("modle:\n  gem: x\n", r"unknown key 'modle'"),
-    ("model: 3\n", r"model must be a section"),
-    ("model:\n  num_interests: four\n", r"model.num_interests='four' is not a valid int"),
-    ("model:\n  cosine_logits: maybe\n", r"not a valid bool"),
-    ("- a\n- b\n", r"top level must be a mapping"),
-    ("model: [unclosed\n", r"not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("model:\n  num_interest: 4\n", r"job.yaml: unknown key 'model.num_interest'"),
+        ("modle:\n  gem: x\n", r"unknown key 'modle'"),
+        ("model: 3\n", r"model must be a section"),
+        ("model:\n  num_interests: four\n", r"model.num_interests='four' is not a valid int"),
+        ("model:\n  cosine_logits: maybe\n", r"not a valid bool"),
+        ("- a\n- b\n", r"top level must be a mapping"),
+        ("model: [unclosed\n", r"not valid YAML"),
+    ],
+)
 def test_bad_files_give_one_line_errors_naming_key_and_file(tmp_path, text, pattern):
     with pytest.raises(ConfigError, match=pattern) as info:
         load_config(write(tmp_path, text))
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("override, pattern", [
-    ("model.gem=gru", r"model.gem='gru' is not one of"),
-    ("model.num_interests=0", r"model.num_interests=0 must be >= 1"),
-    ("model.sample_steps=99", r"sample_steps=99 must lie in 1..model.diffusion_steps=50"),
-    ("model.temperature=0", r"temperature=0.0 must be > 0"),
-    ("model.beta_start=0.5", r"beta_start"),
-    ("model.dropout=1.5", r"dropout=1.5"),
-    ("model.history_dropout=1", r"history_dropout=1.0 must lie in \[0, 1\)"),
-    ("model.grw_max_angle=4", r"grw_max_angle"),
-    ("model.recon_weight=-1", r"recon_weight=-1.0 must be >= 0"),
-    ("model.sasrec_heads=3", r"must divide model.embedding_dim"),
-    ("model.no_such=1", r"override 'model.no_such=1': unknown key"),
-    # NaN passes every range comparison, so these used to pass validation and fail mid-run.
-    ("train.dense_lr=nan", r"train.dense_lr=nan must be a finite number"),
-    ("train.sparse_lr=inf", r"train.sparse_lr=inf must be a finite number"),
-    ("model.temperature=nan", r"model.temperature=nan must be a finite number"),
-    ("model.ssm_weight=-inf", r"model.ssm_weight=-inf must be a finite number"),
-    ("seed=-1", r"seed=-1 must lie in 0..2\^32-1"),
-    ("train.popularity_alpha=-1", r"train.popularity_alpha=-1.0 must be >= 0"),
-    ("data.kcore=-2", r"data.kcore=-2 must be >= 0"),
-    ("model.num_interests=51", r"model.num_interests=51 must be <= model.max_history=50"),
-    ("seed", r"is not key=value"),
-])
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("model.gem=gru", r"model.gem='gru' is not one of"),
+        ("model.num_interests=0", r"model.num_interests=0 must be >= 1"),
+        ("model.sample_steps=99", r"sample_steps=99 must lie in 1..model.diffusion_steps=50"),
+        ("model.temperature=0", r"temperature=0.0 must be > 0"),
+        ("model.beta_start=0.5", r"beta_start"),
+        ("model.dropout=1.5", r"dropout=1.5"),
+        ("model.history_dropout=1", r"history_dropout=1.0 must lie in \[0, 1\)"),
+        ("model.grw_max_angle=4", r"grw_max_angle"),
+        ("model.recon_weight=-1", r"recon_weight=-1.0 must be >= 0"),
+        ("model.sasrec_heads=3", r"must divide model.embedding_dim"),
+        ("model.no_such=1", r"override 'model.no_such=1': unknown key"),
+        # NaN passes every range comparison, so these used to pass validation and fail mid-run.
+        ("train.dense_lr=nan", r"train.dense_lr=nan must be a finite number"),
+        ("train.sparse_lr=inf", r"train.sparse_lr=inf must be a finite number"),
+        ("model.temperature=nan", r"model.temperature=nan must be a finite number"),
+        ("model.ssm_weight=-inf", r"model.ssm_weight=-inf must be a finite number"),
+        ("seed=-1", r"seed=-1 must lie in 0..2\^32-1"),
+        ("train.popularity_alpha=-1", r"train.popularity_alpha=-1.0 must be >= 0"),
+        ("data.kcore=-2", r"data.kcore=-2 must be >= 0"),
+        ("model.num_interests=51", r"model.num_interests=51 must be <= model.max_history=50"),
+        ("seed", r"is not key=value"),
+    ],
+)
 def test_out_of_range_and_unknown_overrides_are_refused(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, [override])
@@ -100,11 +106,13 @@ def test_the_temperature_is_no_setting_of_a_model_trained_without_a_softmax():
     recon_only = ["model.gem_weight=0", "model.ssm_weight=0"]
     before = load_config(None, [*recon_only, "model.temperature=0.1"])
     assert settings_changes(before, load_config(None, [*recon_only, "model.temperature=0.5"])) == []
-    assert settings_changes(before, load_config(None, [*recon_only, "model.temperature=0.5", "model.recon_weight=2"])) \
-        == ["model.recon_weight 1.0 -> 2.0"]
+    assert settings_changes(
+        before, load_config(None, [*recon_only, "model.temperature=0.5", "model.recon_weight=2"])
+    ) == ["model.recon_weight 1.0 -> 2.0"]
     with_ssm = ["model.gem_weight=0", "model.temperature=0.1"]
     assert "model.temperature 0.1 -> 0.5" in settings_changes(
-        load_config(None, with_ssm), load_config(None, ["model.gem_weight=0", "model.temperature=0.5"]))
+        load_config(None, with_ssm), load_config(None, ["model.gem_weight=0", "model.temperature=0.5"])
+    )
 
 
 def test_a_yaml_error_names_its_line_and_column(tmp_path):

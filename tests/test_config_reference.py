@@ -29,8 +29,9 @@ def test_every_key_has_a_meaning_written_where_it_is_defined():
 
 def test_docs_config_md_is_current():
     written = (REPO / "docs" / "CONFIG.md").read_text()
-    assert written == config_reference.markdown(), \
+    assert written == config_reference.markdown(), (
         "docs/CONFIG.md is stale: python -m dimerec_dist.config_reference > docs/CONFIG.md"
+    )
 
 
 def test_help_lists_every_key_with_its_default_and_print_config_shows_the_resolved_job(tmp_path):
@@ -39,8 +40,13 @@ def test_help_lists_every_key_with_its_default_and_print_config_shows_the_resolv
     for key in config_reference.keys():
         assert f"  {key.name}=" in shown, key.name
     (tmp_path / "job.yaml").write_text("model:\n  num_interests: 8\n")
-    done = subprocess.run([*run, "--print-config", "--config", str(tmp_path / "job.yaml"), "train.epochs=2"],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = subprocess.run(
+        [*run, "--print-config", "--config", str(tmp_path / "job.yaml"), "train.epochs=2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     resolved = yaml.safe_load(done.stdout)
     assert done.returncode == 0 and resolved["model"]["num_interests"] == 8 and resolved["train"]["epochs"] == 2
     assert resolved["train"]["batch_size"] == JobConfig().train.batch_size

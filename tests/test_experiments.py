@@ -67,8 +67,13 @@ def grid(tmp_path_factory):
 
 
 def run(grid, out, *extra):
-    return subprocess.run([sys.executable, "tools/experiments.py", "--grid", str(grid), "--out", str(out), *extra],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "tools/experiments.py", "--grid", str(grid), "--out", str(out), *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +115,10 @@ def test_the_grid_runs_reports_and_resumes(grid, finished):
     five = json.loads((root / "out" / "tiny" / "dimerec_5_steps" / "seed-0" / "final.json").read_text())
     assert five["protocol"]["sample_steps"] == 5 and "| dimerec_5_steps | 2 |" in report
     assert not (root / "out" / "tiny" / "dimerec_5_steps" / "seed-0" / "model").exists(), "evaluated, not trained"
-    hr = [json.loads((root / "out" / "tiny" / "dimerec" / f"seed-{s}" / "final.json").read_text())["test"]["hr@10"]
-          for s in (0, 1)]
+    hr = [
+        json.loads((root / "out" / "tiny" / "dimerec" / f"seed-{s}" / "final.json").read_text())["test"]["hr@10"]
+        for s in (0, 1)
+    ]
     assert f"{sum(hr) / 2:.4f} +- " in report
     assert f"(by seed: dimerec 0: {hr[0]:.4f}, 1: {hr[1]:.4f}; " in report, "the seeds behind the t-test"
     for name in ("smoke_steps_tiny.png", "smoke_losses_tiny.png", "smoke_comparison_tiny.png"):
@@ -158,8 +165,12 @@ def test_the_report_leaves_out_runs_made_with_other_settings_and_names_them(grid
     root, grid_file = grid
     out = copy_of(finished, tmp_path)
     # A default moved after the runs finished: comirec_sa's runs no longer answer the grid.
-    (tmp_path / "grid.yaml").write_text(grid_file.read_text().replace(
-        "[model.recon_weight=0, model.ssm_weight=0]", "[model.recon_weight=0, model.ssm_weight=0, model.dropout=0.3]"))
+    (tmp_path / "grid.yaml").write_text(
+        grid_file.read_text().replace(
+            "[model.recon_weight=0, model.ssm_weight=0]",
+            "[model.recon_weight=0, model.ssm_weight=0, model.dropout=0.3]",
+        )
+    )
     report = run(tmp_path / "grid.yaml", out, "--report-only")
     assert report.returncode == 0, report.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in report.stdout.splitlines() if line.startswith("| ")}
@@ -193,10 +204,13 @@ def test_a_grid_sharing_runs_trains_a_method_both_name_once(grid, finished, tmp_
     out = copy_of(finished, tmp_path)
     config = root / "tiny.yaml"
     ablation = tmp_path / "ablation.yaml"
-    ablation.write_text(GRID.split("datasets:")[0].replace("name: smoke", "name: smoke_ablation\nruns: smoke")
-                        .replace("seeds: [0, 1]", "seeds: [0]")
-                        + f"datasets:\n  tiny: {{config: {config}}}\nmethods:\n  dimerec: []\n"
-                          "  k1: [model.num_interests=1]\n")
+    ablation.write_text(
+        GRID.split("datasets:")[0]
+        .replace("name: smoke", "name: smoke_ablation\nruns: smoke")
+        .replace("seeds: [0, 1]", "seeds: [0]")
+        + f"datasets:\n  tiny: {{config: {config}}}\nmethods:\n  dimerec: []\n"
+        "  k1: [model.num_interests=1]\n"
+    )
     default = experiment_grid.default_out(experiment_grid.load_grid(ablation))
     assert default == experiment_grid.REPO / "runs/experiments/smoke"
     done = run(ablation, out)
@@ -219,8 +233,12 @@ def test_the_records_outlive_the_run_directories(grid, finished, tmp_path):
     assert table["tiny"]["dimerec"][0]["minutes"] == provenance["minutes"], "what 'Not recorded yet' times with"
     derived = json.loads((records / "tiny" / "dimerec_5_steps" / "seed-0" / "record.json").read_text())
     assert derived["source_final_sha256"] == final_digest(records / "tiny" / "dimerec" / "seed-0")
-    assert sorted(p.name for p in (records / "tiny" / "dimerec" / "seed-0").iterdir()) == \
-        ["config.yaml", "final.json", "metrics.jsonl", "record.json"], "the model and checkpoints stay out"
+    assert sorted(p.name for p in (records / "tiny" / "dimerec" / "seed-0").iterdir()) == [
+        "config.yaml",
+        "final.json",
+        "metrics.jsonl",
+        "record.json",
+    ], "the model and checkpoints stay out"
     before = (root / "out" / "report-smoke.md").read_text()
     for method in ("dimerec", "comirec_sa", "dimerec_5_steps"):
         shutil.rmtree(out / "tiny" / method)
@@ -286,35 +304,54 @@ def test_a_grid_with_a_committed_report_keeps_its_records_in_the_repository(tmp_
 
 
 def test_the_report_names_what_the_grid_asks_and_no_record_has_yet():
-    grid = {"datasets": {"beauty": {}, "games": {}, "ml100k": {}}, "seeds": [0, 1, 2, 3, 4],
-            "methods": {"dimerec": [], "sasrec": [], "dimerec_dam_only": {"from": "dimerec", "eval": []}}}
+    grid = {
+        "datasets": {"beauty": {}, "games": {}, "ml100k": {}},
+        "seeds": [0, 1, 2, 3, 4],
+        "methods": {"dimerec": [], "sasrec": [], "dimerec_dam_only": {"from": "dimerec", "eval": []}},
+    }
 
     def runs(*seeds, minutes=None):
         return [{"seed": s, **({"minutes": minutes} if minutes else {})} for s in seeds]
 
-    table = {"beauty": {m: runs(0, 1, 2, 3, 4) for m in grid["methods"]},
-             "games": {"dimerec": runs(0, 1, 2, 4, minutes=24.0), "sasrec": runs(1, minutes=36.0),
-                       "popularity": runs(0, 1, 2, 4)}}
+    table = {
+        "beauty": {m: runs(0, 1, 2, 3, 4) for m in grid["methods"]},
+        "games": {
+            "dimerec": runs(0, 1, 2, 4, minutes=24.0),
+            "sasrec": runs(1, minutes=36.0),
+            "popularity": runs(0, 1, 2, 4),
+        },
+    }
     # Games: dimerec 1 x 24 + sasrec 4 x 36 = 168 minutes; dimerec_dam_only has no run to time.
     assert experiment_report.render_missing(grid, table) == (
         "Not recorded yet (seeds 0-4 asked of each method; the time each dataset's list takes is the mean "
         "wall minutes of the method's recorded runs there, resumed runs left out):\n"
         "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only every seed "
         "(about 2.8 h, and 5 runs of methods not yet timed here)\n"
-        "- ml100k: every method\n")
+        "- ml100k: every method\n"
+    )
     table["games"]["dimerec_dam_only"] = runs(0, 1, 2, minutes=0.5)
-    assert "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only 3-4 (about 2.8 h)\n" in \
-        experiment_report.render_missing(grid, table)
+    assert (
+        "- games: dimerec 3; sasrec 0, 2-4; dimerec_dam_only 3-4 (about 2.8 h)\n"
+        in experiment_report.render_missing(grid, table)
+    )
     table["games"] = table["ml100k"] = table["beauty"]
     assert experiment_report.render_missing(grid, table) == ""
 
 
 def test_a_re_evaluation_of_the_reference_is_not_its_best_baseline():
     run = lambda hr: {"hr@10": hr}  # noqa: E731
-    table = {"beauty": {"dimerec": [run(0.09), run(0.091)], "comirec_sa": [run(0.08), run(0.081)],
-                        "dimerec_more_steps": [run(0.095), run(0.096)]}}
-    grid = {"metrics": ["hr@10"], "reference": "dimerec",
-            "methods": {"dimerec": [], "comirec_sa": [], "dimerec_more_steps": {"from": "dimerec", "eval": []}}}
+    table = {
+        "beauty": {
+            "dimerec": [run(0.09), run(0.091)],
+            "comirec_sa": [run(0.08), run(0.081)],
+            "dimerec_more_steps": [run(0.095), run(0.096)],
+        }
+    }
+    grid = {
+        "metrics": ["hr@10"],
+        "reference": "dimerec",
+        "methods": {"dimerec": [], "comirec_sa": [], "dimerec_more_steps": {"from": "dimerec", "eval": []}},
+    }
     assert "HR@10: best baseline comirec_sa: 0.0805; dimerec 0.0905" in experiment_report.render(grid, table)
     grid["purpose"] = "ablation"
     table["beauty"]["popularity"] = [run(0.2), run(0.2)]  # shown beside an ablation, never its variant
@@ -326,11 +363,14 @@ def test_a_variant_asking_what_the_reference_asks_is_shown_but_never_its_best_ri
     out = copy_of(finished, tmp_path)
     # temperature 0.07 is the default: this "variant" is the reference trained again (its runs:
     # dimerec's, copied), level with it and so above comirec_sa on every metric.
-    (tmp_path / "grid.yaml").write_text(grid_file.read_text().replace(
-        "  dimerec: []\n", "  dimerec: []\n  dimerec_again: [model.temperature=0.07]\n"))
+    (tmp_path / "grid.yaml").write_text(
+        grid_file.read_text().replace("  dimerec: []\n", "  dimerec: []\n  dimerec_again: [model.temperature=0.07]\n")
+    )
     for seed in (0, 1):
-        shutil.copytree(out / "records" / "tiny" / "dimerec" / f"seed-{seed}",
-                        out / "records" / "tiny" / "dimerec_again" / f"seed-{seed}")
+        shutil.copytree(
+            out / "records" / "tiny" / "dimerec" / f"seed-{seed}",
+            out / "records" / "tiny" / "dimerec_again" / f"seed-{seed}",
+        )
     report = run(tmp_path / "grid.yaml", out, "--report-only")
     assert report.returncode == 0, report.stderr[-3000:]
     assert "| dimerec_again (= dimerec's settings) | 2 |" in report.stdout
@@ -364,8 +404,14 @@ def test_the_bars_are_each_methods_mean_with_its_spread():
 
 def test_a_tuning_grid_names_the_setting_best_on_validation_not_on_test():
     run = lambda valid, hr: {"valid ndcg@10": valid, "hr@10": hr, "ndcg@10": hr / 2}  # noqa: E731
-    table = {"beauty": {"dimerec": [run(0.050, 0.070)], "popularity": [{"hr@10": 0.01, "ndcg@10": 0.005}],
-                        "best_on_test": [run(0.051, 0.090)], "best_on_valid": [run(0.060, 0.080)]}}
+    table = {
+        "beauty": {
+            "dimerec": [run(0.050, 0.070)],
+            "popularity": [{"hr@10": 0.01, "ndcg@10": 0.005}],
+            "best_on_test": [run(0.051, 0.090)],
+            "best_on_valid": [run(0.060, 0.080)],
+        }
+    }
     grid = {"metrics": ["hr@10", "ndcg@10"], "reference": "dimerec", "purpose": "tuning"}
     text = experiment_report.render(grid, table)
     assert "Chosen on validation NDCG@10: **best_on_valid** (0.0600); its test: HR@10 0.0800, NDCG@10 0.0400" in text
@@ -382,13 +428,19 @@ def test_a_wrong_grid_key_is_named(grid, tmp_path):
     assert done.returncode == 2 and "unknown key(s) referense" in done.stderr
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("kind: bars", "kind: bar", "kind must be one of curve, losses, bars"),
-    ("kind: bars, name: comparison, title: test, metrics: [hr@10, ndcg@10]", "kind: bars, name: comparison",
-     "plot 'comparison': missing metrics, title"),
-    ("methods: [dimerec, comirec_sa]}", "methods: [dimerec, comirec]}", "plot 'losses': method(s) comirec not in"),
-    ("x: [1, 5]", "x: [1, 5, 10]", "plot 'steps': 3 x values for 2 methods"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("kind: bars", "kind: bar", "kind must be one of curve, losses, bars"),
+        (
+            "kind: bars, name: comparison, title: test, metrics: [hr@10, ndcg@10]",
+            "kind: bars, name: comparison",
+            "plot 'comparison': missing metrics, title",
+        ),
+        ("methods: [dimerec, comirec_sa]}", "methods: [dimerec, comirec]}", "plot 'losses': method(s) comirec not in"),
+        ("x: [1, 5]", "x: [1, 5, 10]", "plot 'steps': 3 x values for 2 methods"),
+    ],
+)
 def test_a_wrong_plot_is_named_before_anything_runs(grid, tmp_path, old, new, message):
     _, grid_file = grid
     bad = tmp_path / "bad.yaml"
@@ -415,16 +467,22 @@ def test_the_committed_tables_are_what_the_committed_records_say(grid_file, tmp_
     changed or moved aside without the report written again fails here."""
     grid = experiment_grid.load_grid(grid_file)
     records = experiment_grid.default_records(grid, tmp_path)
-    block = re.search(rf"<!-- experiments:{grid['name']} -->\n(.*?)<!-- /experiments:{grid['name']} -->",
-                      (REPO / grid["report"]).read_text(), flags=re.S).group(1)
+    block = re.search(
+        rf"<!-- experiments:{grid['name']} -->\n(.*?)<!-- /experiments:{grid['name']} -->",
+        (REPO / grid["report"]).read_text(),
+        flags=re.S,
+    ).group(1)
     text, table = experiment_report.report_text(grid, tmp_path, records)
     if not table:
         assert "No run recorded yet" in block
         return
     assert text.strip() in block
     if grid.get("glance"):
-        glance = re.search(rf"<!-- experiments:{grid['name']}:glance -->\n(.*?)<!-- /experiments:",
-                           (REPO / grid["report"]).read_text(), flags=re.S).group(1)
+        glance = re.search(
+            rf"<!-- experiments:{grid['name']}:glance -->\n(.*?)<!-- /experiments:",
+            (REPO / grid["report"]).read_text(),
+            flags=re.S,
+        ).group(1)
         assert experiment_report.glance_of(grid, tmp_path, table).strip() in glance
 
 
@@ -432,8 +490,12 @@ def test_a_record_names_the_commit_and_whether_code_outside_docs_changed(tmp_pat
     from research.run_records import code_version
 
     assert code_version(tmp_path) == {"commit": None, "dirty": None}, "outside git: unknown, not a crash"
-    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,  # noqa: E731
-                                       check=True, capture_output=True)
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
     git("init", "-q")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "RESULTS.md").write_text("tables\n")

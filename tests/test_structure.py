@@ -21,8 +21,11 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_no_product_or_tool_module_imports_the_training_command():
     sources = sorted((REPO / "dimerec_dist").rglob("*.py")) + sorted((REPO / "tools").rglob("*.py"))
-    importers = [str(path.relative_to(REPO)) for path in sources
-                 if path.name != "train.py" and "dimerec_dist.train" in imported_modules(path)]
+    importers = [
+        str(path.relative_to(REPO))
+        for path in sources
+        if path.name != "train.py" and "dimerec_dist.train" in imported_modules(path)
+    ]
     assert importers == [], "build through dimerec_dist.builders / trainer, not the training command"
 
 
@@ -33,8 +36,11 @@ def test_the_training_command_is_an_entry_point_only():
 
 
 def test_the_product_never_imports_the_research_area():
-    importers = [str(path.relative_to(REPO)) for path in sorted((REPO / "dimerec_dist").rglob("*.py"))
-                 if any(name == "research" or name.startswith("research.") for name in imported_modules(path))]
+    importers = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "dimerec_dist").rglob("*.py"))
+        if any(name == "research" or name.startswith("research.") for name in imported_modules(path))
+    ]
     assert importers == [], "dimerec_dist must work from an installed wheel, without research/"
 
 

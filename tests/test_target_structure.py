@@ -36,8 +36,9 @@ def test_category_shares_count_last_most_frequent_and_any():
     histories = [np.array([1, 3, 4]), np.array([3, 4, 1]), np.array([6, 6, 2])]
     targets = np.array([5, 2, 4])  # categories 1, 0, 1
     shares = target_structure.category_shares(histories, targets, CATEGORY)
-    assert shares == pytest.approx({"in_last_item_category": 2 / 3, "in_most_frequent_category": 1 / 3,
-                                    "in_any_history_category": 2 / 3})
+    assert shares == pytest.approx(
+        {"in_last_item_category": 2 / 3, "in_most_frequent_category": 1 / 3, "in_any_history_category": 2 / 3}
+    )
 
 
 def test_on_a_synthetic_log_the_last_category_beats_popularity(tiny_dataset):
@@ -46,22 +47,27 @@ def test_on_a_synthetic_log_the_last_category_beats_popularity(tiny_dataset):
     assert result["in_last_item_category"] <= result["in_any_history_category"]
     # The generator's sessions follow one interest: the last item's category predicts the next.
     assert result["last_item_category"]["hr@10"] > 2 * result["popularity"]["hr@10"]
-    assert "in_last_item_category" not in target_structure.target_structure(tiny_dataset), \
+    assert "in_last_item_category" not in target_structure.target_structure(tiny_dataset), (
         "without the generator's categories only what needs none is reported"
+    )
 
 
 def test_a_user_split_is_refused_by_name(tiny_dataset, tmp_path):
     user_split = tmp_path / "user_split"
-    prepare(PrepareOptions(format="events", input=tiny_dataset.parent / "raw" / "events", out=user_split,
-                           split="user"))
+    prepare(PrepareOptions(format="events", input=tiny_dataset.parent / "raw" / "events", out=user_split, split="user"))
     with pytest.raises(DataError, match=f"{user_split}.*leave-one-out targets only"):
         target_structure.target_structure(user_split)
 
 
 def test_the_command_writes_its_json_and_names_a_missing_dataset(tiny_dataset, tmp_path):
     run = [sys.executable, "tools/target_structure.py", "--data"]
-    done = subprocess.run([*run, str(tiny_dataset), "--out", str(tmp_path / "s.json")], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*run, str(tiny_dataset), "--out", str(tmp_path / "s.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "s.json").read_text()) == json.loads(done.stdout)
     missing = subprocess.run([*run, str(tmp_path / "nowhere")], cwd=REPO, capture_output=True, text=True, timeout=300)

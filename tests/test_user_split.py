@@ -35,8 +35,13 @@ def test_one_target_each_gives_the_leave_one_out_numbers():
 def test_prepare_holds_out_users_and_splits_their_histories(tmp_path):
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(400), 10)
-    events = pa.table({"user": users.astype(str), "item": rng.integers(0, 60, len(users)).astype(str),
-                       "time": np.tile(np.arange(10), 400).astype(float)})
+    events = pa.table(
+        {
+            "user": users.astype(str),
+            "item": rng.integers(0, 60, len(users)).astype(str),
+            "time": np.tile(np.arange(10), 400).astype(float),
+        }
+    )
     import pyarrow.parquet as pq
 
     pq.write_table(events, tmp_path / "events.parquet")
@@ -62,9 +67,17 @@ def test_a_user_split_job_reports_recall_and_matches_across_world_sizes(tmp_path
 
     from tests.distributed.conftest import TINY_JOB, torchrun
 
-    common = ["data.source=synthetic", "data.synth_users=400", "data.synth_items=300", "data.synth_events=8000",
-              f"data.path={tmp_path / 'data'}", "data.split=user", "train.max_steps=10", "train.eval_every_epochs=0",
-              *TINY_JOB]
+    common = [
+        "data.source=synthetic",
+        "data.synth_users=400",
+        "data.synth_items=300",
+        "data.synth_events=8000",
+        f"data.path={tmp_path / 'data'}",
+        "data.split=user",
+        "train.max_steps=10",
+        "train.eval_every_epochs=0",
+        *TINY_JOB,
+    ]
     finals = []
     for world in (1, 2):
         torchrun(world, "dimerec_dist.train", "--run-dir", str(tmp_path / f"run{world}"), *common)
@@ -80,7 +93,21 @@ def test_a_job_asking_for_another_split_than_the_data_has_is_refused(tiny_datase
 
     from tests.distributed.conftest import REPO, TINY_JOB
 
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(tmp_path / "run"),
-                           "data.source=prepared", f"data.path={tiny_dataset}", "data.split=user", *TINY_JOB],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dimerec_dist.train",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "data.source=prepared",
+            f"data.path={tiny_dataset}",
+            "data.split=user",
+            *TINY_JOB,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "prepared with the leave-one-out split" in done.stderr, done.stderr[-2000:]

@@ -64,10 +64,16 @@ def main() -> int:
 
     if ctx.is_main:
         size = directory_bytes(path)
-        report = {"items": args.items, "dim": args.dim, "world_size": ctx.world_size,
-                  "checkpoint_gb": round(size / 1e9, 3), "save_s": round(save_seconds, 2),
-                  "save_gb_per_s": round(size / 1e9 / save_seconds, 2), "load_s": round(load_seconds, 2),
-                  "load_gb_per_s": round(size / 1e9 / load_seconds, 2)}
+        report = {
+            "items": args.items,
+            "dim": args.dim,
+            "world_size": ctx.world_size,
+            "checkpoint_gb": round(size / 1e9, 3),
+            "save_s": round(save_seconds, 2),
+            "save_gb_per_s": round(size / 1e9 / save_seconds, 2),
+            "load_s": round(load_seconds, 2),
+            "load_gb_per_s": round(size / 1e9 / load_seconds, 2),
+        }
         print(json.dumps(report, indent=2))
         (args.out / "bench_checkpoint.json").write_text(json.dumps(report, indent=2) + "\n")
         shutil.rmtree(args.out / "checkpoints")

@@ -31,8 +31,17 @@ def measure_loader(data: str, backend: str, world: int, steps: int, batch: int, 
     from dimerec_dist.data.schema import Manifest
     from dimerec_dist.data.stream import TrainStream
 
-    stream = TrainStream(Manifest.load(data), max_history=max_history, global_batch=batch, streams=world,
-                         world_size=world, rank=0, seed=0, backend=backend, window_size=4)
+    stream = TrainStream(
+        Manifest.load(data),
+        max_history=max_history,
+        global_batch=batch,
+        streams=world,
+        world_size=world,
+        rank=0,
+        seed=0,
+        backend=backend,
+        window_size=4,
+    )
     negatives = np.arange(1, 1025)
     batches = stream.batches(0)
     next(batches)  # start-up (Ray workers, first row groups) is not throughput
@@ -43,21 +52,43 @@ def measure_loader(data: str, backend: str, world: int, steps: int, batch: int, 
         if count == steps:
             break
     elapsed = time.time() - started
-    return {"backend": backend, "steps": count, "samples_per_s_per_rank": count * batch // world / elapsed,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "backend": backend,
+        "steps": count,
+        "samples_per_s_per_rank": count * batch // world / elapsed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def measure_trainer(data: str, world: int, steps: int, batch: int, max_history: int) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-                   "-m", "dimerec_dist.train", "--run-dir", run_dir, "data.source=prepared", f"data.path={data}",
-                   f"train.max_steps={steps}", f"train.batch_size={batch}", f"model.max_history={max_history}",
-                   "train.eval_every_epochs=0", "eval.at_end=false", "train.log_every=20"]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world}",
+            "-m",
+            "dimerec_dist.train",
+            "--run-dir",
+            run_dir,
+            "data.source=prepared",
+            f"data.path={data}",
+            f"train.max_steps={steps}",
+            f"train.batch_size={batch}",
+            f"model.max_history={max_history}",
+            "train.eval_every_epochs=0",
+            "eval.at_end=false",
+            "train.log_every=20",
+        ]
         subprocess.run(command, cwd=REPO, check=True, capture_output=True)
         rows = [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
     rates = [row["throughput/samples_per_s"] for row in rows if "throughput/samples_per_s" in row][1:]
-    return {"steps": steps, "samples_per_s_per_rank": float(np.median(rates)) / world,
-            "peak_rss_mb_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {
+        "steps": steps,
+        "samples_per_s_per_rank": float(np.median(rates)) / world,
+        "peak_rss_mb_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def main() -> int:
@@ -74,14 +105,33 @@ def main() -> int:
         return 0
     report = {"data": args.data, "world": args.world, "batch": args.batch}
     for backend in ("local", "ray"):
-        done = subprocess.run([sys.executable, __file__, "--data", args.data, "--world", str(args.world), "--steps",
-                               str(args.steps), "--batch", str(args.batch), "--max-history", str(args.max_history),
-                               "--only", backend], check=True, capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--data",
+                args.data,
+                "--world",
+                str(args.world),
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--max-history",
+                str(args.max_history),
+                "--only",
+                backend,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         report[f"loader_{backend}"] = json.loads(done.stdout.strip().splitlines()[-1])
     report["trainer"] = measure_trainer(args.data, args.world, args.steps, args.batch, args.max_history)
     for backend in ("local", "ray"):
-        report[f"ratio_{backend}_to_trainer"] = (report[f"loader_{backend}"]["samples_per_s_per_rank"]
-                                                / report["trainer"]["samples_per_s_per_rank"])
+        report[f"ratio_{backend}_to_trainer"] = (
+            report[f"loader_{backend}"]["samples_per_s_per_rank"] / report["trainer"]["samples_per_s_per_rank"]
+        )
     print(json.dumps(report, indent=2))
     return 0
 

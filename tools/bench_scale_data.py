@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WRAPPER = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-           "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+WRAPPER = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+)
 
 
 def timed(command: list[str]) -> dict:
@@ -46,20 +48,44 @@ def main() -> int:
     if args.reuse_log and (raw / "synth.json").is_file():
         synth = json.loads((args.out / "bench.json").read_text())["synth"]
     else:
-        synth = timed([str(bin_dir / "dimerec-synth"), "--out", str(raw), "--users", str(args.users), "--items",
-                       str(args.items), "--events", str(args.events), "--categories", "1000", "--workers",
-                       str(args.workers), "--backend", args.backend])
+        synth = timed(
+            [
+                str(bin_dir / "dimerec-synth"),
+                "--out",
+                str(raw),
+                "--users",
+                str(args.users),
+                "--items",
+                str(args.items),
+                "--events",
+                str(args.events),
+                "--categories",
+                "1000",
+                "--workers",
+                str(args.workers),
+                "--backend",
+                args.backend,
+            ]
+        )
     events = json.loads((raw / "synth.json").read_text())["events"]
     synth["events_per_s"] = round(events / synth["seconds"])
     if prepared.exists():
         shutil.rmtree(prepared)
-    prepare = timed([str(bin_dir / "dimerec-prepare"), "--format", "events", "--input", str(raw / "events"),
-                     "--out", str(prepared)])
+    prepare = timed(
+        [str(bin_dir / "dimerec-prepare"), "--format", "events", "--input", str(raw / "events"), "--out", str(prepared)]
+    )
     prepare["events_per_s"] = round(events / prepare["seconds"])
     manifest = json.loads((prepared / "manifest.json").read_text())
-    report = {"events": events, "users": args.users, "items": args.items, "workers": args.workers,
-              "backend": args.backend, "synth": synth, "prepare": prepare,
-              "prepared_counts": manifest["counts"]}
+    report = {
+        "events": events,
+        "users": args.users,
+        "items": args.items,
+        "workers": args.workers,
+        "backend": args.backend,
+        "synth": synth,
+        "prepare": prepare,
+        "prepared_counts": manifest["counts"],
+    }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0

@@ -71,8 +71,12 @@ def build_replicated(config, num_items: int, ctx):
 
     torch.manual_seed(config.seed)
     module = ReplicatedDimeRec(config.model, num_items).to(ctx.device)
-    init_table_deterministically([RowShard(0, 0, module.item_table.weight.data)], config.model.embedding_dim,
-                                 config.seed, config.train.embedding_init)
+    init_table_deterministically(
+        [RowShard(0, 0, module.item_table.weight.data)],
+        config.model.embedding_dim,
+        config.seed,
+        config.train.embedding_init,
+    )
     model = torch.nn.parallel.DistributedDataParallel(module)
     params, optimizer, schedule = dense_optimizer(model, config)  # the trainer's own dense optimizer
     table_optimizer = SparseRowWiseAdagrad([module.item_table.weight], lr=config.train.sparse_lr)
@@ -96,8 +100,9 @@ def run_cell(args) -> None:
     ctx = init_distributed(args.device)
     torch.set_num_threads(args.threads)
     layout = "row_wise" if args.layout == "replicated" else args.layout
-    config = load_config(None, [*MODEL, f"train.batch_size={args.batch}", f"train.negatives={args.negatives}",
-                                f"sharding.type={layout}"])
+    config = load_config(
+        None, [*MODEL, f"train.batch_size={args.batch}", f"train.negatives={args.negatives}", f"sharding.type={layout}"]
+    )
     started = time.time()
     if args.layout == "replicated":
         parts, table_bytes = build_replicated(config, args.items, ctx)
@@ -138,14 +143,22 @@ def run_cell(args) -> None:
     peak_device = torch.cuda.max_memory_allocated() if ctx.device.type == "cuda" else 0
     dist.all_gather_object(measured, (peak_rss, table_bytes, peak_device))
     if ctx.is_main:
-        result = {"device": args.device, "layout": args.layout, "world": ctx.world_size, "items": args.items,
-                  "batch": args.batch,
-                  "negatives": args.negatives,
-                  "threads_per_rank": args.threads, "timed_steps": args.steps,
-                  "samples_per_s": args.steps * args.batch / elapsed, "build_s": build_seconds,
-                  "peak_rss_bytes": [m[0] for m in measured], "table_bytes": [m[1] for m in measured],
-                  "peak_device_bytes": [m[2] for m in measured],
-                  "losses": losses_by_step}
+        result = {
+            "device": args.device,
+            "layout": args.layout,
+            "world": ctx.world_size,
+            "items": args.items,
+            "batch": args.batch,
+            "negatives": args.negatives,
+            "threads_per_rank": args.threads,
+            "timed_steps": args.steps,
+            "samples_per_s": args.steps * args.batch / elapsed,
+            "build_s": build_seconds,
+            "peak_rss_bytes": [m[0] for m in measured],
+            "table_bytes": [m[1] for m in measured],
+            "peak_device_bytes": [m[2] for m in measured],
+            "losses": losses_by_step,
+        }
         Path(args.result).write_text(json.dumps(result, indent=1))
     shutdown()
 
@@ -172,8 +185,12 @@ def available_bytes() -> int:
 def visible_gpus() -> list[tuple[str, int]]:
     """(name, memory in bytes) of each GPU nvidia-smi sees; none without a driver."""
     try:
-        listed = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                                capture_output=True, text=True, timeout=60).stdout
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     gpus = []
@@ -190,16 +207,20 @@ def why_not_here(device: str, layout: str, world: int, items: int, gpus: list[tu
     if device == "cpu":
         # Headroom for start-up, the dense model and the allocator, per job.
         if need * world * 1.15 + world * 1.5e9 > available_bytes():
-            return (f"needs ~{need * world / 2**30:.1f} GiB of table and optimizer state over {world} rank(s), "
-                    f"{available_bytes() / 2**30:.1f} GiB available")
+            return (
+                f"needs ~{need * world / 2**30:.1f} GiB of table and optimizer state over {world} rank(s), "
+                f"{available_bytes() / 2**30:.1f} GiB available"
+            )
         return None
     if len(gpus) < world:
         return f"needs {world} GPU(s), {len(gpus)} visible"
     if layout == "replicated":  # seen on an H200: DDP's all-reduce of the sparse table gradient fails
         return "the replicated baseline's sparse gradients need gloo: NCCL has no sparse all-reduce"
     if need * 1.15 + 4e9 > min(memory for _, memory in gpus):
-        return (f"needs ~{need / 2**30:.1f} GiB of table and optimizer state per GPU, "
-                f"{min(memory for _, memory in gpus) / 2**30:.1f} GiB on the card")
+        return (
+            f"needs ~{need / 2**30:.1f} GiB of table and optimizer state per GPU, "
+            f"{min(memory for _, memory in gpus) / 2**30:.1f} GiB on the card"
+        )
     return None
 
 
@@ -209,9 +230,14 @@ def cell_key(r: dict) -> tuple:
 
 def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
     # On one rank, table- and column-wise hold what row-wise holds: not worth a cell.
-    cells = [(device, layout, world, items) for device in args.devices for items in args.catalogs
-             for world in args.worlds for layout in args.layouts
-             if not (world == 1 and layout in ("table_wise", "column_wise"))]
+    cells = [
+        (device, layout, world, items)
+        for device in args.devices
+        for items in args.catalogs
+        for world in args.worlds
+        for layout in args.layouts
+        if not (world == 1 and layout in ("table_wise", "column_wise"))
+    ]
     cores = args.cores or os.cpu_count()
     # Repeats run the whole grid again (A B A B, not A A B B), so slow drift of a noisy machine
     # hits every cell alike; the median rate is reported.
@@ -224,17 +250,46 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
         reason = why_not_here(device, layout, world, items, gpus)
         if reason:
             results.append({"device": device, "layout": layout, "world": world, "items": items, "skipped": reason})
-            print(f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: cannot run here "
-                  f"({reason})", flush=True)
+            print(
+                f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: cannot run here "
+                f"({reason})",
+                flush=True,
+            )
             continue
         result_file = Path(args.out) / f"cell-{device}-{layout}-w{world}-{items}.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-                   str(Path(__file__).resolve()), "--cell", "--device", device, "--layout", layout,
-                   "--items", str(items), "--batch", str(args.batch), "--negatives", str(args.negatives),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), *(["--profile"] if args.profile else []),
-                   "--threads", str(max(1, cores // world)), "--result", str(result_file)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world)),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world}",
+            str(Path(__file__).resolve()),
+            "--cell",
+            "--device",
+            device,
+            "--layout",
+            layout,
+            "--items",
+            str(items),
+            "--batch",
+            str(args.batch),
+            "--negatives",
+            str(args.negatives),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            *(["--profile"] if args.profile else []),
+            "--threads",
+            str(max(1, cores // world)),
+            "--result",
+            str(result_file),
+        ]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(max(1, cores // world)),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
@@ -250,12 +305,15 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
                 raise RuntimeError(f"{layout} world {world} {items} items: a repeat trained to other losses")
         spent = time.time() - started
         r = result
-        device_peak = (f", peak GPU memory/rank {max(r['peak_device_bytes']) / 2**30:.2f} GiB"
-                       if device == "cuda" else "")
-        print(f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: "
-              f"{r['samples_per_s']:,.0f} samples/s, peak RSS/rank {max(r['peak_rss_bytes']) / 2**30:.2f} GiB"
-              f"{device_peak} | {spent:.0f}s elapsed, ETA ~{spent / (index + 1) * (len(cells) - index - 1):.0f}s",
-              flush=True)
+        device_peak = (
+            f", peak GPU memory/rank {max(r['peak_device_bytes']) / 2**30:.2f} GiB" if device == "cuda" else ""
+        )
+        print(
+            f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: "
+            f"{r['samples_per_s']:,.0f} samples/s, peak RSS/rank {max(r['peak_rss_bytes']) / 2**30:.2f} GiB"
+            f"{device_peak} | {spent:.0f}s elapsed, ETA ~{spent / (index + 1) * (len(cells) - index - 1):.0f}s",
+            flush=True,
+        )
     return results
 
 
@@ -288,17 +346,23 @@ def comparisons(results: list[dict]) -> list[str]:
         baseline = cell.get((device, "replicated", world, items))
         if layout == "replicated" or baseline is None:
             continue
-        line = (f"{layout} / replicated, world {world}, {items:,} items, {device}: samples/s x"
-                f"{r['samples_per_s'] / baseline['samples_per_s']:.2f}")
+        line = (
+            f"{layout} / replicated, world {world}, {items:,} items, {device}: samples/s x"
+            f"{r['samples_per_s'] / baseline['samples_per_s']:.2f}"
+        )
         if baseline.get("catalog_bytes_per_rank", 0) > 0 and r["items"] != r["catalog_reference_items"]:
-            line += (f", catalog-dependent memory per rank x"
-                     f"{r['catalog_bytes_per_rank'] / baseline['catalog_bytes_per_rank']:.2f}")
+            line += (
+                f", catalog-dependent memory per rank x"
+                f"{r['catalog_bytes_per_rank'] / baseline['catalog_bytes_per_rank']:.2f}"
+            )
         lines.append(line)
     for (device, layout, world, items), r in sorted(cell.items()):
         on_cpu = cell.get(("cpu", layout, world, items))
         if device == "cuda" and on_cpu is not None:
-            lines.append(f"cuda / cpu, {layout}, world {world}, {items:,} items: samples/s x"
-                         f"{r['samples_per_s'] / on_cpu['samples_per_s']:.2f}")
+            lines.append(
+                f"cuda / cpu, {layout}, world {world}, {items:,} items: samples/s x"
+                f"{r['samples_per_s'] / on_cpu['samples_per_s']:.2f}"
+            )
     for key, r in sorted(cell.items()):
         items = key[3]
         reference_device = "cpu" if any(k[0] == "cpu" and k[3] == items for k in cell) else key[0]
@@ -306,25 +370,33 @@ def comparisons(results: list[dict]) -> list[str]:
         reference = cell.get((reference_device, "row_wise", min(worlds), items)) if worlds else None
         if reference is not None and r is not reference:
             drift = max(abs(a - b) / abs(a) for a, b in zip(reference["losses"], r["losses"]))
-            lines.append(f"losses of {key[1]}, world {key[2]}, {items:,} items, {key[0]} against row_wise on "
-                         f"{reference['world']} rank(s), {reference_device}: max relative difference {drift:.1e}")
+            lines.append(
+                f"losses of {key[1]}, world {key[2]}, {items:,} items, {key[0]} against row_wise on "
+                f"{reference['world']} rank(s), {reference_device}: max relative difference {drift:.1e}"
+            )
     return lines
 
 
 def write_report(results: list[dict], out: Path, machine: str) -> None:
     catalog_memory(results)
-    rows = ["| device | layout | world | items | samples/s | peak RSS per rank (GiB) | peak GPU memory per rank (GiB) "
-            "| catalog-dependent memory per rank (GiB) | table + optimizer per rank, measured (GiB) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| device | layout | world | items | samples/s | peak RSS per rank (GiB) | peak GPU memory per rank (GiB) "
+        "| catalog-dependent memory per rank (GiB) | table + optimizer per rank, measured (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     gib = lambda values: " / ".join(f"{b / 2**30:.2f}" for b in values)  # noqa: E731
     for r in results:
         if "skipped" in r:
-            rows.append(f"| {r['device']} | {r['layout']} | {r['world']} | {r['items']:,} | cannot run: {r['skipped']} "
-                        "| | | | |")
+            rows.append(
+                f"| {r['device']} | {r['layout']} | {r['world']} | {r['items']:,} | cannot run: {r['skipped']} "
+                "| | | | |"
+            )
             continue
-        rows.append(f"| {r['device']} | {r['layout']} | {r['world']} | {r['items']:,} | {r['samples_per_s']:,.0f} | "
-                    f"{gib(r['peak_rss_bytes'])} | {gib(r['peak_device_bytes']) if r['device'] == 'cuda' else '-'} | "
-                    f"{r['catalog_bytes_per_rank'] / 2**30:.2f} | {gib(r['table_bytes'])} |")
+        rows.append(
+            f"| {r['device']} | {r['layout']} | {r['world']} | {r['items']:,} | {r['samples_per_s']:,.0f} | "
+            f"{gib(r['peak_rss_bytes'])} | {gib(r['peak_device_bytes']) if r['device'] == 'cuda' else '-'} | "
+            f"{r['catalog_bytes_per_rank'] / 2**30:.2f} | {gib(r['table_bytes'])} |"
+        )
     text = "\n".join([f"Machine: {machine}", "", *rows, "", *[f"- {line}" for line in comparisons(results)]])
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -343,17 +415,28 @@ def plot(results: list[dict], out: Path) -> None:
         if "skipped" not in r:
             series.setdefault(cell_key(r)[:3], []).append(r)
     devices = {key[0] for key in series}
-    for key, ylabel, name in (("samples_per_s", "samples/s (global)", "bench_train_throughput.png"),
-                              ("memory", "peak memory of the fullest rank (GiB)\n(GPU memory on GPU, RSS on CPU)"
-                               if "cuda" in devices else "peak RSS of the fullest rank (GiB)",
-                               "bench_train_memory.png")):
+    for key, ylabel, name in (
+        ("samples_per_s", "samples/s (global)", "bench_train_throughput.png"),
+        (
+            "memory",
+            "peak memory of the fullest rank (GiB)\n(GPU memory on GPU, RSS on CPU)"
+            if "cuda" in devices
+            else "peak RSS of the fullest rank (GiB)",
+            "bench_train_memory.png",
+        ),
+    ):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for (device, layout, world), cells in sorted(series.items()):
             cells = sorted(cells, key=lambda r: r["items"])
             values = [r[key] if key == "samples_per_s" else held_bytes(r) / 2**30 for r in cells]
             label = f"{layout}, {world} rank(s)" + (f", {device}" if len(devices) > 1 else "")
-            ax.plot([r["items"] for r in cells], values, marker="o",
-                    linestyle="--" if layout == "replicated" else "-", label=label)
+            ax.plot(
+                [r["items"] for r in cells],
+                values,
+                marker="o",
+                linestyle="--" if layout == "replicated" else "-",
+                label=label,
+            )
         ax.set_xscale("log")
         ax.set_xlabel("catalog size (items)")
         ax.set_ylabel(ylabel)
@@ -370,18 +453,27 @@ def main() -> None:
     parser.add_argument("--catalogs", type=int, nargs="+", default=[1000, 1_000_000, 10_000_000, 50_000_000])
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["row_wise", "replicated"])
-    parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu"],
-                        help="cuda: one GPU per rank, NCCL, FBGEMM's CUDA kernels")
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=("cpu", "cuda"),
+        default=["cpu"],
+        help="cuda: one GPU per rank, NCCL, FBGEMM's CUDA kernels",
+    )
     parser.add_argument("--batch", type=int, default=256, help="global batch")
     parser.add_argument("--negatives", type=int, default=1024, help="sampled negatives shared by a step")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="runs of the whole grid; the median is reported")
-    parser.add_argument("--profile", action="store_true",
-                        help="also write each cell's top operators (torch.profiler, rank 0) beside its result")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also write each cell's top operators (torch.profiler, rank 0) beside its result",
+    )
     parser.add_argument("--cores", type=int, default=0, help="cores shared by a cell's ranks (0: all)")
-    parser.add_argument("--machine", default=f"{os.cpu_count()} CPU cores, "
-                                              f"{available_bytes() / 2**30:.0f} GiB available")
+    parser.add_argument(
+        "--machine", default=f"{os.cpu_count()} CPU cores, {available_bytes() / 2**30:.0f} GiB available"
+    )
     # One cell, run by torchrun:
     parser.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--layout", choices=LAYOUTS, help=argparse.SUPPRESS)

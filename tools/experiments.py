@@ -74,20 +74,39 @@ def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path
     if derived is not None:
         source = run_dir(out, dataset, derived["from"], seed)
         if not (source / "model").is_dir():
-            raise RecordError(f"{dataset} {method} seed {seed} re-evaluates {derived['from']}'s trained model, and "
-                              f"{source / 'model'} is not on this machine (its record is; the model is not "
-                              f"recorded): move {derived['from']}'s record aside to train it again here")
+            raise RecordError(
+                f"{dataset} {method} seed {seed} re-evaluates {derived['from']}'s trained model, and "
+                f"{source / 'model'} is not on this machine (its record is; the model is not "
+                f"recorded): move {derived['from']}'s record aside to train it again here"
+            )
         target.mkdir(parents=True, exist_ok=True)
-        command = [*launch, "-m", "dimerec_dist.eval_cli", "--run-dir", str(source), "--out",
-                   str(target / "final.json"), *derived.get("eval", [])]
+        command = [
+            *launch,
+            "-m",
+            "dimerec_dist.eval_cli",
+            "--run-dir",
+            str(source),
+            "--out",
+            str(target / "final.json"),
+            *derived.get("eval", []),
+        ]
     else:
-        command = [*launch, "-m", "dimerec_dist.train", "--config", str(REPO / spec["config"]), "--run-dir",
-                   str(target), *training_overrides(grid, out, dataset, method, seed)]
+        command = [
+            *launch,
+            "-m",
+            "dimerec_dist.train",
+            "--config",
+            str(REPO / spec["config"]),
+            "--run-dir",
+            str(target),
+            *training_overrides(grid, out, dataset, method, seed),
+        ]
     log = target.with_suffix(".log")
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as handle:  # a resumed run adds to the log of its interrupted start
-        done = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = subprocess.run(
+            command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); see {log}")
     return target
@@ -114,8 +133,11 @@ def record_unrecorded(grid: dict, out: Path, records: Path, jobs: list[tuple[str
         derived = evaluation_only(grid, method)
         if derived is not None:
             source = run_dir(out, dataset, derived["from"], seed) / "final.json"
-            if not is_recorded(run_dir(records, dataset, derived["from"], seed)) or not source.is_file() \
-                    or source.stat().st_mtime > finished.stat().st_mtime:
+            if (
+                not is_recorded(run_dir(records, dataset, derived["from"], seed))
+                or not source.is_file()
+                or source.stat().st_mtime > finished.stat().st_mtime
+            ):
                 continue  # made from another trained run than the recorded one: it runs again
         record(grid, out, records, job, {"code": None, "note": "recorded after the run; its code version is unknown"})
         print(f"recorded {run_dir(out, *job)} (finished before it was recorded)", flush=True)
@@ -134,11 +156,18 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_grid(grid: dict, out: Path, records: Path, only: list[str] | None, methods: list[str] | None = None,
-             seeds: list[int] | None = None) -> None:
+def run_grid(
+    grid: dict,
+    out: Path,
+    records: Path,
+    only: list[str] | None,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> None:
     # Trained methods first: an evaluation-only method needs its source's runs.
-    chosen = sorted((m for m in grid["methods"] if not methods or m in methods),
-                    key=lambda m: evaluation_only(grid, m) is not None)
+    chosen = sorted(
+        (m for m in grid["methods"] if not methods or m in methods), key=lambda m: evaluation_only(grid, m) is not None
+    )
     # --seeds lets a short session run every method on a few seeds before any method gets all of them.
     picked = [s for s in grid["seeds"] if seeds is None or s in seeds]
     jobs = [(d, m, s) for d in grid["datasets"] if not only or d in only for m in chosen for s in picked]
@@ -148,8 +177,11 @@ def run_grid(grid: dict, out: Path, records: Path, only: list[str] | None, metho
         why = stale_reason(grid, out, records, *job)
         if why:
             moved = [move_aside(run_dir(records, *job), stamp), move_aside(run_dir(out, *job), stamp)]
-            print(f"stale: {run_dir(out, *job)} ({why}); moved to "
-                  f"{' and '.join(str(m) for m in moved if m)}, running again", flush=True)
+            print(
+                f"stale: {run_dir(out, *job)} ({why}); moved to "
+                f"{' and '.join(str(m) for m in moved if m)}, running again",
+                flush=True,
+            )
     todo = [job for job in jobs if not is_recorded(run_dir(records, *job))]
     print(f"{len(jobs)} runs in the grid, {len(jobs) - len(todo)} already done", flush=True)
     started = time.time()
@@ -160,29 +192,39 @@ def run_grid(grid: dict, out: Path, records: Path, only: list[str] | None, metho
         run_one(grid, out, *job)
         # Wall minutes count a pause (a test suite run beside it, SIGSTOPped); CPU minutes, summed
         # over the ranks, do not. A resumed run's minutes are its last leg's: the record says so.
-        provenance = {"code": code, "minutes": round((time.time() - began) / 60, 2),
-                      "cpu_minutes": round((_children_cpu_seconds() - cpu_before) / 60, 2)}
+        provenance = {
+            "code": code,
+            "minutes": round((time.time() - began) / 60, 2),
+            "cpu_minutes": round((_children_cpu_seconds() - cpu_before) / 60, 2),
+        }
         if resumed is not None:
             provenance["resumed_from_step"] = resumed
         record(grid, out, records, job, provenance)
         spent = time.time() - started
         eta = spent / (index + 1) * (len(todo) - index - 1)
-        print(f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done in "
-              f"{(time.time() - began) / 60:.1f} min | {spent / 60:.1f} min elapsed, ETA {eta / 60:.1f} min",
-              flush=True)
+        print(
+            f"[{index + 1}/{len(todo)}] {job[0]} {job[1]} seed {job[2]} done in "
+            f"{(time.time() - began) / 60:.1f} min | {spent / 60:.1f} min elapsed, ETA {eta / 60:.1f} min",
+            flush=True,
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default: runs/experiments/<the grid's `runs`, else its name>")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: runs/experiments/<the grid's `runs`, else its name>"
+    )
     parser.add_argument("--only", nargs="*", help="datasets to run (the report covers every finished run)")
     parser.add_argument("--methods", nargs="*", help="methods to run (default: all of the grid's)")
     parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: all of the grid's)")
-    parser.add_argument("--records", type=Path, default=None,
-                        help="where run records live (default: docs/results/<runs> for a grid with a committed "
-                             "report, else OUT/records)")
+    parser.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        help="where run records live (default: docs/results/<runs> for a grid with a committed "
+        "report, else OUT/records)",
+    )
     parser.add_argument("--report-only", action="store_true", help="write the report from the records, train nothing")
     args = parser.parse_args()
     try:
@@ -194,13 +236,18 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     records = args.records or default_records(grid, out)
     if not args.report_only:
-        for flag, noun, asked, known in (("only", "datasets", args.only, grid["datasets"]),
-                                         ("methods", "methods", args.methods, grid["methods"]),
-                                         ("seeds", "seeds", args.seeds, grid["seeds"])):
+        for flag, noun, asked, known in (
+            ("only", "datasets", args.only, grid["datasets"]),
+            ("methods", "methods", args.methods, grid["methods"]),
+            ("seeds", "seeds", args.seeds, grid["seeds"]),
+        ):
             unknown = sorted(set(asked or []) - set(known))
             if unknown:
-                print(f"experiments: error: --{flag} {', '.join(map(str, unknown))}: not in {args.grid} "
-                      f"(its {noun}: {', '.join(map(str, known))})", file=sys.stderr)
+                print(
+                    f"experiments: error: --{flag} {', '.join(map(str, unknown))}: not in {args.grid} "
+                    f"(its {noun}: {', '.join(map(str, known))})",
+                    file=sys.stderr,
+                )
                 return 2
     try:
         if not args.report_only:
@@ -214,8 +261,9 @@ def main() -> int:
     images = plot(grid, records, table, figures)
     if images:
         text += "\n" + "\n".join(images) + "\n"
-    write_report(grid, out, records, text, f"python tools/experiments.py --grid {args.grid}",
-                 glance_of(grid, out, table))
+    write_report(
+        grid, out, records, text, f"python tools/experiments.py --grid {args.grid}", glance_of(grid, out, table)
+    )
     print(text)
     return 0
 

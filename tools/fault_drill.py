@@ -27,10 +27,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 60
-JOB = ["model.embedding_dim=16", "model.max_history=20", "model.num_interests=2", "model.dam_hidden=32",
-       "model.diffusion_steps=10", "model.dropout=0", "train.batch_size=64", "train.negatives=128",
-       "train.log_every=1", "eval.batch_size=64", "data.streams=2", "train.eval_every_epochs=0",
-       f"train.max_steps={STEPS}", "train.checkpoint_every=10", "train.keep_checkpoints=2"]
+JOB = [
+    "model.embedding_dim=16",
+    "model.max_history=20",
+    "model.num_interests=2",
+    "model.dam_hidden=32",
+    "model.diffusion_steps=10",
+    "model.dropout=0",
+    "train.batch_size=64",
+    "train.negatives=128",
+    "train.log_every=1",
+    "eval.batch_size=64",
+    "data.streams=2",
+    "train.eval_every_epochs=0",
+    f"train.max_steps={STEPS}",
+    "train.checkpoint_every=10",
+    "train.keep_checkpoints=2",
+]
 STEP_DELAY_S = "0.15"  # slow steps down, so a signal or a kill lands mid-run
 
 
@@ -51,10 +64,24 @@ def bin_path(name: str) -> str:
 def torchrun_command(run_dir: Path, dataset: Path, *extra: str, restarts: int = 0, slow: bool = False) -> list[str]:
     """The drill's job under dimerec-torchrun; `slow` runs it through tools/faulty_train.py with a
     delay in every step, so a signal or a kill lands mid-run."""
-    trainer = [str(REPO / "tools" / "faulty_train.py"), "--step-delay", STEP_DELAY_S] if slow else \
-        ["-m", "dimerec_dist.train"]
-    return [bin_path("dimerec-torchrun"), "--standalone", "--nproc_per_node=2", f"--max-restarts={restarts}",
-            *trainer, "--run-dir", str(run_dir), "data.source=prepared", f"data.path={dataset}", *JOB, *extra]
+    trainer = (
+        [str(REPO / "tools" / "faulty_train.py"), "--step-delay", STEP_DELAY_S]
+        if slow
+        else ["-m", "dimerec_dist.train"]
+    )
+    return [
+        bin_path("dimerec-torchrun"),
+        "--standalone",
+        "--nproc_per_node=2",
+        f"--max-restarts={restarts}",
+        *trainer,
+        "--run-dir",
+        str(run_dir),
+        "data.source=prepared",
+        f"data.path={dataset}",
+        *JOB,
+        *extra,
+    ]
 
 
 def environment() -> dict[str, str]:
@@ -123,8 +150,11 @@ class Drill:
 
     def training_row(self, case: str, done: str, run_dir: Path, exits: list[int]) -> None:
         same = self.matches_reference(run_dir)
-        outcome = ("final metrics and every step's loss equal the reference" if same
-                   else f"DIFFERS from the reference (final: {final(run_dir)})")
+        outcome = (
+            "final metrics and every step's loss equal the reference"
+            if same
+            else f"DIFFERS from the reference (final: {final(run_dir)})"
+        )
         self.rows.append(Row(case, done, ", ".join(map(str, exits)), outcome, same))
         self.log(f"{case}: {outcome}")
 
@@ -158,9 +188,14 @@ class Drill:
     def sigkill_random_ranks(self, kills: int = 3) -> None:
         """SIGKILL one random rank at a random step, `kills` times; torchrun restarts each time."""
         run_dir = self.out / "sigkill"
-        agent = subprocess.Popen(torchrun_command(run_dir, self.dataset, restarts=kills, slow=True), cwd=REPO,
-                                 env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True)
+        agent = subprocess.Popen(
+            torchrun_command(run_dir, self.dataset, restarts=kills, slow=True),
+            cwd=REPO,
+            env=environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         targets = sorted(self.random.sample(range(12, STEPS - 5), kills))
         done = []
         for target in targets:
@@ -172,15 +207,20 @@ class Drill:
                 done.append(target)
             time.sleep(3)  # let torchrun notice and restart before the next kill is aimed
         _, stderr = agent.communicate(timeout=600)
-        self.training_row(f"SIGKILL a random rank, {kills} times", f"killed at steps ~{done}, torchrun "
-                          f"--max-restarts={kills} restarted", run_dir, [agent.returncode])
+        self.training_row(
+            f"SIGKILL a random rank, {kills} times",
+            f"killed at steps ~{done}, torchrun --max-restarts={kills} restarted",
+            run_dir,
+            [agent.returncode],
+        )
 
     def kill_during_save(self) -> None:
         """Asynchronous saves stay `step-N.tmp` until the next save commits them: kill a rank then."""
         run_dir = self.out / "kill-during-save"
         command = torchrun_command(run_dir, self.dataset, "train.checkpoint_async=true", slow=True)
-        agent = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
+        agent = subprocess.Popen(
+            command, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         staging = run_dir / "checkpoints" / "step-00000030.tmp"
         while not (staging.exists() and steps_logged(run_dir) >= 32) and agent.poll() is None:
             time.sleep(0.02)
@@ -188,14 +228,22 @@ class Drill:
         agent.communicate(timeout=600)
         left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
         again = self.finish(run_dir)
-        self.training_row("SIGKILL during a checkpoint save", f"killed rank 0 while {staging.name} was being "
-                          f"written (left: {', '.join(left)}), launched again", run_dir,
-                          [agent.returncode, again.returncode])
+        self.training_row(
+            "SIGKILL during a checkpoint save",
+            f"killed rank 0 while {staging.name} was being written (left: {', '.join(left)}), launched again",
+            run_dir,
+            [agent.returncode, again.returncode],
+        )
 
     def stop_with_sigterm(self, run_dir: Path, at_step: int, target: str) -> tuple[int, str]:
-        agent = subprocess.Popen(torchrun_command(run_dir, self.dataset, restarts=2, slow=True), cwd=REPO,
-                                 env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True)
+        agent = subprocess.Popen(
+            torchrun_command(run_dir, self.dataset, restarts=2, slow=True),
+            cwd=REPO,
+            env=environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         while steps_logged(run_dir) < at_step and agent.poll() is None:
             time.sleep(0.05)
         os.kill(agent.pid if target == "agent" else workers_of(agent)[-1], signal.SIGTERM)
@@ -209,9 +257,13 @@ class Drill:
         stopped_at, restarted = steps_logged(run_dir), "resumed from" in stderr
         saves = stderr.count(f"step-{stopped_at:08d} written")
         again = self.finish(run_dir)
-        self.training_row(f"SIGTERM to the {target}", f"stopped at step {stopped_at}, {saves} save there, "
-                          f"{'RESTARTED' if restarted else 'no restart'}; launched again", run_dir,
-                          [code, again.returncode])
+        self.training_row(
+            f"SIGTERM to the {target}",
+            f"stopped at step {stopped_at}, {saves} save there, "
+            f"{'RESTARTED' if restarted else 'no restart'}; launched again",
+            run_dir,
+            [code, again.returncode],
+        )
         if code != 143 or restarted or saves != 1:
             self.rows[-1].nothing_lost = False
 
@@ -227,9 +279,12 @@ class Drill:
             (newest / ".metadata").write_bytes((newest / ".metadata").read_bytes()[:64])
         again = self.finish(run_dir)
         skipped = f"not resuming from {newest}" in again.stderr
-        self.training_row(f"corrupt newest checkpoint ({how})", f"{newest.name} damaged after a stop; launched "
-                          f"again, {'skipped it' if skipped else 'DID NOT SKIP IT'}", run_dir,
-                          [code, again.returncode])
+        self.training_row(
+            f"corrupt newest checkpoint ({how})",
+            f"{newest.name} damaged after a stop; launched again, {'skipped it' if skipped else 'DID NOT SKIP IT'}",
+            run_dir,
+            [code, again.returncode],
+        )
         self.rows[-1].nothing_lost &= skipped
 
     def corrupt_bundle(self) -> None:
@@ -243,8 +298,12 @@ class Drill:
         part.write_bytes(bytes(data))
         before = tree_digest(bundle)
         served = run([bin_path("dimerec-serve"), str(bundle), "--port", "0"])
-        self.error_row("corrupt bundle", f"one bit flipped in {part.name}, dimerec-serve started", served,
-                       tree_digest(bundle) == before)
+        self.error_row(
+            "corrupt bundle",
+            f"one bit flipped in {part.name}, dimerec-serve started",
+            served,
+            tree_digest(bundle) == before,
+        )
 
     def read_only(self, what: str) -> None:
         """A read-only run directory, checkpoint directory, or prepare output's parent."""
@@ -254,25 +313,55 @@ class Drill:
         with read_only_directory(target) as how:
             before = tree_digest(target)
             if what == "prepare output":
-                done = run([bin_path("dimerec-prepare"), "--format", "events", "--input",
-                            str(self.out / "raw" / "events"), "--out", str(target / "data")])
+                done = run(
+                    [
+                        bin_path("dimerec-prepare"),
+                        "--format",
+                        "events",
+                        "--input",
+                        str(self.out / "raw" / "events"),
+                        "--out",
+                        str(target / "data"),
+                    ]
+                )
             else:
                 done = run(torchrun_command(run_dir, self.dataset))
-            self.error_row(f"read-only {what}", f"{target.relative_to(self.out)} made read-only ({how}), then "
-                           f"the command run", done, tree_digest(target) == before)
+            self.error_row(
+                f"read-only {what}",
+                f"{target.relative_to(self.out)} made read-only ({how}), then the command run",
+                done,
+                tree_digest(target) == before,
+            )
 
     def existing_dataset(self) -> None:
         before = tree_digest(self.dataset)
-        done = run([bin_path("dimerec-prepare"), "--format", "events", "--input", str(self.out / "raw" / "events"),
-                    "--out", str(self.dataset), "--kcore", "3"])
-        self.error_row("prepare onto an existing dataset", "dimerec-prepare --out <the drill's dataset>", done,
-                       tree_digest(self.dataset) == before)
+        done = run(
+            [
+                bin_path("dimerec-prepare"),
+                "--format",
+                "events",
+                "--input",
+                str(self.out / "raw" / "events"),
+                "--out",
+                str(self.dataset),
+                "--kcore",
+                "3",
+            ]
+        )
+        self.error_row(
+            "prepare onto an existing dataset",
+            "dimerec-prepare --out <the drill's dataset>",
+            done,
+            tree_digest(self.dataset) == before,
+        )
 
     def table(self) -> str:
         """The rows as markdown, with the drill's own directory written as OUT."""
         lines = ["| case | what was done | exit codes | outcome | nothing lost |", "|---|---|---|---|---|"]
-        lines += [f"| {r.case} | {r.done} | {r.exits} | {r.outcome} | {'yes' if r.nothing_lost else '**NO**'} |"
-                  for r in self.rows]
+        lines += [
+            f"| {r.case} | {r.done} | {r.exits} | {r.outcome} | {'yes' if r.nothing_lost else '**NO**'} |"
+            for r in self.rows
+        ]
         kept = sum(row.nothing_lost for row in self.rows)
         lines.append(f"\n{len(self.rows)} cases, nothing lost in {kept}; {time.time() - self.started:.0f} s.")
         return "\n".join(lines).replace(str(self.out), "OUT") + "\n"
@@ -286,9 +375,14 @@ class read_only_directory:
         self.path = path
 
     def __enter__(self) -> str:
-        attempts = [(["mount", "--bind", "-o", "ro", str(self.path), str(self.path)], ["umount", str(self.path)],
-                     "read-only bind mount"),
-                    (["chattr", "+i", str(self.path)], ["chattr", "-i", str(self.path)], "immutable attribute")]
+        attempts = [
+            (
+                ["mount", "--bind", "-o", "ro", str(self.path), str(self.path)],
+                ["umount", str(self.path)],
+                "read-only bind mount",
+            ),
+            (["chattr", "+i", str(self.path)], ["chattr", "-i", str(self.path)], "immutable attribute"),
+        ]
         if os.geteuid() != 0:
             attempts = [(["chmod", "555", str(self.path)], ["chmod", "755", str(self.path)], "mode 555")]
         for command, undo, how in attempts:
@@ -308,11 +402,19 @@ def main() -> int:
     args = parser.parse_args()
     drill = Drill(args.out, args.seed)
     drill.prepare()
-    cases = [drill.sigkill_random_ranks, drill.kill_during_save, lambda: drill.sigterm("agent"),
-             lambda: drill.sigterm("worker"), lambda: drill.corrupt_newest_checkpoint("truncated shard"),
-             lambda: drill.corrupt_newest_checkpoint("truncated metadata"), drill.corrupt_bundle,
-             lambda: drill.read_only("run dir"), lambda: drill.read_only("checkpoint dir"),
-             lambda: drill.read_only("prepare output"), drill.existing_dataset]
+    cases = [
+        drill.sigkill_random_ranks,
+        drill.kill_during_save,
+        lambda: drill.sigterm("agent"),
+        lambda: drill.sigterm("worker"),
+        lambda: drill.corrupt_newest_checkpoint("truncated shard"),
+        lambda: drill.corrupt_newest_checkpoint("truncated metadata"),
+        drill.corrupt_bundle,
+        lambda: drill.read_only("run dir"),
+        lambda: drill.read_only("checkpoint dir"),
+        lambda: drill.read_only("prepare output"),
+        drill.existing_dataset,
+    ]
     for number, case in enumerate(cases, start=1):
         drill.log(f"case {number}/{len(cases)}")
         case()

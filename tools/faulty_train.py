@@ -35,6 +35,7 @@ def main() -> int:
     if args.step_delay:
         hooks.append(lambda trainer: time.sleep(args.step_delay))
     if args.kill_at_step is not None and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+
         def kill(trainer) -> None:
             if trainer.state.step == args.kill_at_step and trainer.ctx.rank == args.kill_rank:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -41,17 +41,32 @@ def histories_from(bundle_dir: Path, data: str | None, count: int, seed: int = 0
 
         users = EvaluationUsers(read_split(Manifest.load(data), "test"), bundle.manifest["max_history"])
         rows = np.arange(min(count, len(users)))
-        return [bundle.raw_ids(users.items[users.offsets[r]:users.offsets[r + 1]]) for r in rows]
+        return [bundle.raw_ids(users.items[users.offsets[r] : users.offsets[r + 1]]) for r in rows]
     rng = np.random.default_rng(seed)
     return [bundle.raw_ids(rng.integers(1, bundle.num_items + 1, rng.integers(5, 51))) for _ in range(count)]
 
 
 def start_server(bundle: Path, threads: int, max_batch: int) -> tuple[subprocess.Popen, int, float]:
     started = time.time()
-    server = subprocess.Popen([sys.executable, "-m", "dimerec_dist.serving.server", str(bundle), "--port", "0",
-                               "--threads", str(threads), "--max-batch", str(max_batch)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dimerec_dist.serving.server",
+            str(bundle),
+            "--port",
+            "0",
+            "--threads",
+            str(threads),
+            "--max-batch",
+            str(max_batch),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     line = server.stdout.readline()
     if not line.startswith("listening on"):
         server.kill()
@@ -60,8 +75,7 @@ def start_server(bundle: Path, threads: int, max_batch: int) -> tuple[subprocess
     return server, port, time.time() - started
 
 
-def run_level(port: int, histories: list[list[str]], concurrency: int, max_requests: int,
-              max_seconds: float) -> dict:
+def run_level(port: int, histories: list[list[str]], concurrency: int, max_requests: int, max_seconds: float) -> dict:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -97,10 +111,15 @@ def run_level(port: int, histories: list[list[str]], concurrency: int, max_reque
         worker.join()
     elapsed = time.time() - started
     ms = np.array(latencies) * 1e3
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors[0], "seconds": round(elapsed, 2),
-            "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors[0],
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+    }
 
 
 def main() -> None:
@@ -132,24 +151,38 @@ def main() -> None:
             run_level(port, histories, 1, 5, 30)  # warm-up: first calls page the table in
             for level in args.concurrency:
                 result = run_level(port, histories, level, args.requests, args.seconds)
-                result.update(bundle=str(bundle), items=manifest["num_items"], dtype=manifest["dtype"],
-                              steps=manifest["steps"], open_s=round(open_s, 3), verify_s=round(verify_s, 3),
-                              start_s=round(start_s, 2),
-                              max_batch=args.max_batch)
+                result.update(
+                    bundle=str(bundle),
+                    items=manifest["num_items"],
+                    dtype=manifest["dtype"],
+                    steps=manifest["steps"],
+                    open_s=round(open_s, 3),
+                    verify_s=round(verify_s, 3),
+                    start_s=round(start_s, 2),
+                    max_batch=args.max_batch,
+                )
                 results.append(result)
-                print(f"{bundle} ({manifest['dtype']}, {manifest['steps']} step(s)) concurrency {level}: "
-                      f"{result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-                      f"{result['errors']} errors", flush=True)
+                print(
+                    f"{bundle} ({manifest['dtype']}, {manifest['steps']} step(s)) concurrency {level}: "
+                    f"{result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+                    f"{result['errors']} errors",
+                    flush=True,
+                )
         finally:
             server.terminate()
             server.wait(timeout=30)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    rows = ["| bundle | items | dtype | steps | open (s) | verify (s) | start (s) | concurrency | requests | req/s "
-            "| p50 (ms) | p99 (ms) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows += [f"| {Path(r['bundle']).name} | {r['items']:,} | {r['dtype']} | {r['steps']} | {r['open_s']} | "
-             f"{r['verify_s']} | {r['start_s']} | "
-             f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} |"
-             for r in results]
+    rows = [
+        "| bundle | items | dtype | steps | open (s) | verify (s) | start (s) | concurrency | requests | req/s "
+        "| p50 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {Path(r['bundle']).name} | {r['items']:,} | {r['dtype']} | {r['steps']} | {r['open_s']} | "
+        f"{r['verify_s']} | {r['start_s']} | "
+        f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} |"
+        for r in results
+    ]
     (args.out / "results.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
     plot(results, args.out / "load_test.png")

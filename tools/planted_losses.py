@@ -16,8 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers
 from tests.model.planted import train_planted  # noqa: E402
 from tests.model.test_dimerec import PLANTED, loss_drop, small_config  # noqa: E402
 
-VARIANTS = {"GRW, angle (default)": {}, "GRW, literal": {"grw_noise_scale": "literal"},
-            "Euclidean (w/o GRW)": {"noise_space": "euclidean"}}
+VARIANTS = {
+    "GRW, angle (default)": {},
+    "GRW, literal": {"grw_noise_scale": "literal"},
+    "Euclidean (w/o GRW)": {"noise_space": "euclidean"},
+}
 
 
 def main() -> int:

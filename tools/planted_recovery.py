@@ -34,8 +34,11 @@ def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[
     match = np.array([np.isin(row, list(p)).mean() for row, p in zip(rec_categories, planted)])
     covered = np.array([len(p & set(row.tolist())) / len(p) for row, p in zip(rec_categories, planted)])
     distinct = np.array([len(set(row.tolist())) for row in rec_categories])
-    return {"planted_category_share": float(match.mean()), "planted_interest_coverage": float(covered.mean()),
-            "distinct_categories": float(distinct.mean())}
+    return {
+        "planted_category_share": float(match.mean()),
+        "planted_interest_coverage": float(covered.mean()),
+        "distinct_categories": float(distinct.mean()),
+    }
 
 
 def report(run_dir: Path, synth: Path | None) -> None:
@@ -43,10 +46,21 @@ def report(run_dir: Path, synth: Path | None) -> None:
     synth = synth or dataset_path(loaded.config.data, run_dir) / "raw"
     users = loaded.users("test")
     c = loaded.config
-    result = evaluate_split(loaded.model.module, loaded.shards, users, loaded.ctx, dim=c.model.embedding_dim, ks=[50],
-                            batch_size=c.eval.batch_size, exclude_seen=c.eval.exclude_seen, query_mode=c.query_mode(),
-                            cosine=c.model.cosine_logits, sample_steps=c.model.sample_steps, seed=c.seed,
-                            popularity=loaded.popularity())
+    result = evaluate_split(
+        loaded.model.module,
+        loaded.shards,
+        users,
+        loaded.ctx,
+        dim=c.model.embedding_dim,
+        ks=[50],
+        batch_size=c.eval.batch_size,
+        exclude_seen=c.eval.exclude_seen,
+        query_mode=c.query_mode(),
+        cosine=c.model.cosine_logits,
+        sample_steps=c.model.sample_steps,
+        seed=c.seed,
+        popularity=loaded.popularity(),
+    )
     if loaded.ctx.is_main:
         # Dense ids -> the generator's ids (raw ids are its integers, as strings) -> categories and interests.
         categories = item_categories(loaded.manifest, synth)
@@ -55,10 +69,14 @@ def report(run_dir: Path, synth: Path | None) -> None:
         interests = pq.read_table(synth / "interests.parquet")
         planted_of = dict(zip(interests.column("user").to_pylist(), interests.column("categories").to_pylist()))
         planted = [set(planted_of[raw_user[int(u)]]) for u in users.users]
-        result_json = {"users": len(users), "model": {"hr@50": result.metrics["hr@50"],
-                                                 **category_scores(result.topk, categories, planted)},
-                  "popularity": {"hr@50": result.popularity["hr@50"],
-                                 **category_scores(result.popularity_topk, categories, planted)}}
+        result_json = {
+            "users": len(users),
+            "model": {"hr@50": result.metrics["hr@50"], **category_scores(result.topk, categories, planted)},
+            "popularity": {
+                "hr@50": result.popularity["hr@50"],
+                **category_scores(result.popularity_topk, categories, planted),
+            },
+        }
         result_json["hr@50_ratio"] = result_json["model"]["hr@50"] / max(result_json["popularity"]["hr@50"], 1e-12)
         (run_dir / "planted.json").write_text(json.dumps(result_json, indent=2) + "\n")
         print(json.dumps(result_json, indent=2))
@@ -69,8 +87,9 @@ def main() -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--synth", type=Path, default=None)
     args = parser.parse_args()
-    return run_command("planted_recovery", lambda: report(args.run_dir, args.synth),
-                       (ConfigError, DataError, CheckpointError))
+    return run_command(
+        "planted_recovery", lambda: report(args.run_dir, args.synth), (ConfigError, DataError, CheckpointError)
+    )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(data: str, run_dir: Path, steps: int, faults: list[str]) -> dict[int, float]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "--max-restarts=1", str(REPO / "tools" / "faulty_train.py"), *faults, "--run-dir", str(run_dir),
-               "data.source=prepared",
-               f"data.path={data}", f"train.max_steps={steps}", "train.checkpoint_every=50", "train.log_every=1",
-               "train.eval_every_epochs=0", "eval.at_end=false", "data.streams=2"]
-    subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True,
-                   capture_output=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        str(REPO / "tools" / "faulty_train.py"),
+        *faults,
+        "--run-dir",
+        str(run_dir),
+        "data.source=prepared",
+        f"data.path={data}",
+        f"train.max_steps={steps}",
+        "train.checkpoint_every=50",
+        "train.log_every=1",
+        "train.eval_every_epochs=0",
+        "eval.at_end=false",
+        "data.streams=2",
+    ]
+    subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)
     losses: dict[int, float] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -51,8 +65,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         plain = run(args.data, Path(tmp) / "plain", args.steps, [])
-        killed = run(args.data, Path(tmp) / "killed", args.steps,
-                     ["--kill-at-step", str(args.kill_at), "--kill-rank", "1"])
+        killed = run(
+            args.data, Path(tmp) / "killed", args.steps, ["--kill-at-step", str(args.kill_at), "--kill-rank", "1"]
+        )
     resumed_at = (args.kill_at // 50) * 50
     steps = sorted(plain)
     fig, ax = plt.subplots(figsize=(8, 4.2))

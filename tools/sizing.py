@@ -28,11 +28,15 @@ def main() -> int:
     parser.add_argument("--negatives", type=int, default=1024)
     args = parser.parse_args()
     lookups = args.batch_per_gpu * (args.history + 1) + args.negatives
-    print(f"{args.items:.0e} items; {lookups:,} lookups per GPU per step (batch {args.batch_per_gpu} x "
-          f"(history {args.history} + target) + {args.negatives} negatives); table may use "
-          f"{args.table_share:.0%} of {args.hbm_gb:.0f} GB.\n")
-    print("| d | bytes/row (fp32 + row-wise Adagrad) | whole table | GPUs | table per GPU | fits | "
-          "all-to-all per GPU per step (fwd ids + fwd emb + bwd grads) |")
+    print(
+        f"{args.items:.0e} items; {lookups:,} lookups per GPU per step (batch {args.batch_per_gpu} x "
+        f"(history {args.history} + target) + {args.negatives} negatives); table may use "
+        f"{args.table_share:.0%} of {args.hbm_gb:.0f} GB.\n"
+    )
+    print(
+        "| d | bytes/row (fp32 + row-wise Adagrad) | whole table | GPUs | table per GPU | fits | "
+        "all-to-all per GPU per step (fwd ids + fwd emb + bwd grads) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for d in args.dims:
         row_bytes = 4 * d + 4
@@ -42,8 +46,10 @@ def main() -> int:
             remote = lookups * (gpus - 1) / gpus
             wire = remote * (8 + 4 * d + 4 * d)
             fits = "yes" if per_gpu <= args.hbm_gb * 1e9 * args.table_share else "no"
-            print(f"| {d} | {row_bytes} | {table / 1e9:,.0f} GB | {gpus} | {per_gpu / 1e9:,.1f} GB | {fits} | "
-                  f"{wire / 1e6:.1f} MB |")
+            print(
+                f"| {d} | {row_bytes} | {table / 1e9:,.0f} GB | {gpus} | {per_gpu / 1e9:,.1f} GB | {fits} | "
+                f"{wire / 1e6:.1f} MB |"
+            )
     return 0
 
 

@@ -41,12 +41,16 @@ def category_shares(histories: list[np.ndarray], targets: np.ndarray, categories
         most += values[counts.argmax()] == wanted
         anywhere += wanted in values
     n = max(len(targets), 1)
-    return {"in_last_item_category": last / n, "in_most_frequent_category": most / n,
-            "in_any_history_category": anywhere / n}
+    return {
+        "in_last_item_category": last / n,
+        "in_most_frequent_category": most / n,
+        "in_any_history_category": anywhere / n,
+    }
 
 
-def heuristic_topk(histories: list[np.ndarray], popularity: np.ndarray, k: int,
-                   categories: np.ndarray | None = None) -> np.ndarray:
+def heuristic_topk(
+    histories: list[np.ndarray], popularity: np.ndarray, k: int, categories: np.ndarray | None = None
+) -> np.ndarray:
     """(users, k) dense item ids: the popularity ranking, or with `categories` the last history
     item's category first (by popularity), then everything else by popularity; seen items never
     ranked; padded with 0 (never a target) when a catalog has fewer than k unseen items.
@@ -68,7 +72,7 @@ def heuristic_topk(histories: list[np.ndarray], popularity: np.ndarray, k: int,
                 ranked.append(item)
                 if len(ranked) == k:
                     break
-        topk[row, :len(ranked)] = ranked
+        topk[row, : len(ranked)] = ranked
     return topk
 
 
@@ -83,13 +87,19 @@ def target_structure(data: Path, split: str = "test", k: int = 10, synth_dir: Pa
     histories, targets = [histories[i] for i in keep], targets[keep]
     popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])  # ids start at 1
     seen = float(np.mean([t in set(h.tolist()) for h, t in zip(histories, targets)])) if len(targets) else 0.0
-    result = {"data": str(data), "split": split, "users": len(targets), "target_already_seen": seen,
-              "popularity": ranking_metrics(heuristic_topk(histories, popularity, k), targets, [k])}
+    result = {
+        "data": str(data),
+        "split": split,
+        "users": len(targets),
+        "target_already_seen": seen,
+        "popularity": ranking_metrics(heuristic_topk(histories, popularity, k), targets, [k]),
+    }
     categories = item_categories(manifest, synth_dir)
     if categories is not None:
         result.update(category_shares(histories, targets, categories))
-        result["last_item_category"] = ranking_metrics(heuristic_topk(histories, popularity, k, categories),
-                                                       targets, [k])
+        result["last_item_category"] = ranking_metrics(
+            heuristic_topk(histories, popularity, k, categories), targets, [k]
+        )
     return result
 
 

@@ -40,13 +40,25 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(self.kjt.to(device), move(self.mask), move(self.target_ids), move(self.negative_ids),
-                     move(self.negative_rows), move(self.negative_log_q), move(self.target_log_q),
-                     move(self.in_batch_log_q))
+        return Batch(
+            self.kjt.to(device),
+            move(self.mask),
+            move(self.target_ids),
+            move(self.negative_ids),
+            move(self.negative_rows),
+            move(self.negative_log_q),
+            move(self.target_log_q),
+            move(self.in_batch_log_q),
+        )
 
 
-def make_batch(history: HistoryBatch, targets: np.ndarray, negative_ids: np.ndarray,
-               log_q: np.ndarray | None = None, in_batch_log_q: np.ndarray | None = None) -> Batch:
+def make_batch(
+    history: HistoryBatch,
+    targets: np.ndarray,
+    negative_ids: np.ndarray,
+    log_q: np.ndarray | None = None,
+    in_batch_log_q: np.ndarray | None = None,
+) -> Batch:
     """`log_q`, `in_batch_log_q`: per item id, log of its expected count among the sampled and the
     in-batch negatives (for logQ correction); None leaves the logits uncorrected."""
     size, width = history.ids.shape
@@ -58,15 +70,19 @@ def make_batch(history: HistoryBatch, targets: np.ndarray, negative_ids: np.ndar
         negative_lengths[0] = len(distinct)
     values = np.concatenate([history_values, targets, distinct]).astype(np.int64)
     lengths = np.concatenate([history.lengths, np.ones(size, np.int64), negative_lengths])
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(FEATURES), values=torch.from_numpy(values),
-                                              lengths=torch.from_numpy(lengths.astype(np.int32)))
-    return Batch(kjt=kjt, mask=torch.from_numpy(mask), target_ids=torch.from_numpy(targets.astype(np.int64)),
-                 negative_ids=torch.from_numpy(negative_ids.astype(np.int64)),
-                 negative_rows=torch.from_numpy(negative_rows.reshape(-1).astype(np.int64)),
-                 negative_log_q=None if log_q is None else torch.from_numpy(log_q[negative_ids].astype(np.float32)),
-                 target_log_q=None if log_q is None else torch.from_numpy(log_q[targets].astype(np.float32)),
-                 in_batch_log_q=None if in_batch_log_q is None else torch.from_numpy(
-                     in_batch_log_q[targets].astype(np.float32)))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(FEATURES), values=torch.from_numpy(values), lengths=torch.from_numpy(lengths.astype(np.int32))
+    )
+    return Batch(
+        kjt=kjt,
+        mask=torch.from_numpy(mask),
+        target_ids=torch.from_numpy(targets.astype(np.int64)),
+        negative_ids=torch.from_numpy(negative_ids.astype(np.int64)),
+        negative_rows=torch.from_numpy(negative_rows.reshape(-1).astype(np.int64)),
+        negative_log_q=None if log_q is None else torch.from_numpy(log_q[negative_ids].astype(np.float32)),
+        target_log_q=None if log_q is None else torch.from_numpy(log_q[targets].astype(np.float32)),
+        in_batch_log_q=None if in_batch_log_q is None else torch.from_numpy(in_batch_log_q[targets].astype(np.float32)),
+    )
 
 
 class NegativeSampler:
@@ -78,8 +94,15 @@ class NegativeSampler:
     correction of sampled softmax).
     """
 
-    def __init__(self, kind: str, num_items: int, count: int, popularity: np.ndarray | None = None,
-                 alpha: float = 0.75, seed: int = 0):
+    def __init__(
+        self,
+        kind: str,
+        num_items: int,
+        count: int,
+        popularity: np.ndarray | None = None,
+        alpha: float = 0.75,
+        seed: int = 0,
+    ):
         if kind not in ("uniform", "popularity"):
             raise ValueError(f"unknown negative sampler {kind!r} (uniform or popularity)")
         self.kind, self.num_items, self.count, self.seed = kind, num_items, count, seed

@@ -104,7 +104,7 @@ class Buckets:
         sort = np.argsort(bucket_of, kind="stable")
         bounds = np.searchsorted(bucket_of[sort], np.arange(self.count + 1))
         for bucket in np.flatnonzero(np.diff(bounds)):
-            rows = sort[bounds[bucket]:bounds[bucket + 1]]
+            rows = sort[bounds[bucket] : bounds[bucket + 1]]
             batch = pa.record_batch([users[rows], items[rows], times[rows], order[rows]], schema=BUCKET_SCHEMA)
             if bucket not in self._writers:
                 self._writers[bucket] = pa.ipc.new_file(self.path(bucket), BUCKET_SCHEMA)
@@ -158,16 +158,26 @@ def bucket_count(options: PrepareOptions) -> int:
 def spill_events(options: PrepareOptions, buckets: Buckets, bad: BadLines) -> tuple[Codes, Codes, int]:
     """Pass 1: stream the input, code users and items, spill events to buckets."""
     users, items, order = Codes(), Codes(), 0
-    reader = read_events(ReadOptions(options.format, options.input, options.user_col, options.item_col,
-                                     options.time_col, bad))
+    reader = read_events(
+        ReadOptions(options.format, options.input, options.user_col, options.item_col, options.time_col, bad)
+    )
     started = time.time()
     for chunk in reader:
         n = chunk.num_rows
-        buckets.append(users.encode(chunk.column("user")), items.encode(chunk.column("item")),
-                       chunk.column("time").to_numpy(), np.arange(order, order + n))
+        buckets.append(
+            users.encode(chunk.column("user")),
+            items.encode(chunk.column("item")),
+            chunk.column("time").to_numpy(),
+            np.arange(order, order + n),
+        )
         order += n
-        log.info("read %d events (%.0f/s), %d users, %d items", order, order / max(time.time() - started, 1e-9),
-                 len(users), len(items))
+        log.info(
+            "read %d events (%.0f/s), %d users, %d items",
+            order,
+            order / max(time.time() - started, 1e-9),
+            len(users),
+            len(items),
+        )
     buckets.close()
     if order == 0:
         raise DataError(f"{options.input}: holds no events")
@@ -218,19 +228,26 @@ def list_column(lengths: np.ndarray, starts: np.ndarray, values: np.ndarray) -> 
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[index], pa.int64()))
 
 
-def leave_one_out(user_ids: np.ndarray, raw_users: np.ndarray, offsets: np.ndarray, items: np.ndarray
-                  ) -> dict[str, pa.Table]:
+def leave_one_out(
+    user_ids: np.ndarray, raw_users: np.ndarray, offsets: np.ndarray, items: np.ndarray
+) -> dict[str, pa.Table]:
     """Split each user's time-ordered items (items[offsets[u]:offsets[u+1]])."""
     lengths, starts = np.diff(offsets), offsets[:-1]
     held_out = lengths >= 3
     train_lengths = np.where(held_out, lengths - 2, lengths)
-    train = pa.table([pa.array(user_ids), pa.array(raw_users, pa.string()), list_column(train_lengths, starts, items)],
-                     schema=TRAIN_SCHEMA)
+    train = pa.table(
+        [pa.array(user_ids), pa.array(raw_users, pa.string()), list_column(train_lengths, starts, items)],
+        schema=TRAIN_SCHEMA,
+    )
     users, starts, lengths = user_ids[held_out], starts[held_out], lengths[held_out]
-    valid = pa.table([pa.array(users), list_column(lengths - 2, starts, items), pa.array(items[starts + lengths - 2])],
-                     schema=EVAL_SCHEMA)
-    test = pa.table([pa.array(users), list_column(lengths - 1, starts, items), pa.array(items[starts + lengths - 1])],
-                    schema=EVAL_SCHEMA)
+    valid = pa.table(
+        [pa.array(users), list_column(lengths - 2, starts, items), pa.array(items[starts + lengths - 2])],
+        schema=EVAL_SCHEMA,
+    )
+    test = pa.table(
+        [pa.array(users), list_column(lengths - 1, starts, items), pa.array(items[starts + lengths - 1])],
+        schema=EVAL_SCHEMA,
+    )
     return {"train": train, "valid": valid, "test": test}
 
 
@@ -244,22 +261,31 @@ def held_out_part(user_ids: np.ndarray) -> np.ndarray:
     return np.where(position < HELD_OUT_SHARE, 1, np.where(position < 2 * HELD_OUT_SHARE, 2, 0))
 
 
-def user_split(user_ids: np.ndarray, raw_users: np.ndarray, offsets: np.ndarray, items: np.ndarray
-               ) -> dict[str, pa.Table]:
+def user_split(
+    user_ids: np.ndarray, raw_users: np.ndarray, offsets: np.ndarray, items: np.ndarray
+) -> dict[str, pa.Table]:
     """ComiRec's protocol: train users keep their whole sequence; a held-out user with at least
     2 items gives its first 80% (at least one item) as input and the rest as targets."""
     lengths, starts = np.diff(offsets), offsets[:-1]
     part = held_out_part(user_ids)
     in_train = part == 0
-    train = pa.table([pa.array(user_ids[in_train]), pa.array(raw_users[in_train], pa.string()),
-                      list_column(lengths[in_train], starts[in_train], items)], schema=TRAIN_SCHEMA)
+    train = pa.table(
+        [
+            pa.array(user_ids[in_train]),
+            pa.array(raw_users[in_train], pa.string()),
+            list_column(lengths[in_train], starts[in_train], items),
+        ],
+        schema=TRAIN_SCHEMA,
+    )
     out = {"train": train}
     for name, code in (("valid", 1), ("test", 2)):
         rows = (part == code) & (lengths >= 2)
         n, s = lengths[rows], starts[rows]
         given = np.clip(np.floor(INPUT_SHARE * n).astype(np.int64), 1, n - 1)
-        out[name] = pa.table([pa.array(user_ids[rows]), list_column(given, s, items),
-                              list_column(n - given, s + given, items)], schema=USER_SPLIT_EVAL_SCHEMA)
+        out[name] = pa.table(
+            [pa.array(user_ids[rows]), list_column(given, s, items), list_column(n - given, s + given, items)],
+            schema=USER_SPLIT_EVAL_SCHEMA,
+        )
     return out
 
 
@@ -269,12 +295,21 @@ def train_row_group_size(requested: int, users: int) -> int:
     return max(1, min(requested, max(32, math.ceil(users / 64))))
 
 
-def write_splits(options: PrepareOptions, out: Path, buckets: Buckets, user_ids: np.ndarray, item_ids: np.ndarray,
-                 raw_users: np.ndarray, num_items: int) -> tuple[dict[str, list[dict]], np.ndarray, int]:
+def write_splits(
+    options: PrepareOptions,
+    out: Path,
+    buckets: Buckets,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    raw_users: np.ndarray,
+    num_items: int,
+) -> tuple[dict[str, list[dict]], np.ndarray, int]:
     """Pass 2: sort each bucket by (user, time, file order), split, write. Returns files, popularity, events."""
     group_size = train_row_group_size(options.row_group_size, len(raw_users))
-    writers = {split: SplitWriter(out, split, split_schema(options.split, split), group_size,
-                                  options.rows_per_shard) for split in ("train", "valid", "test")}
+    writers = {
+        split: SplitWriter(out, split, split_schema(options.split, split), group_size, options.rows_per_shard)
+        for split in ("train", "valid", "test")
+    }
     split_users = user_split if options.split == "user" else leave_one_out
     popularity = np.zeros(num_items + 1, np.int64)
     events_kept = 0
@@ -349,29 +384,52 @@ def _prepare_into(options: PrepareOptions, out: Path) -> dict:
 
     raw_items = np.empty(num_items, dtype=object)
     raw_items[item_ids[item_ok] - 1] = items.raw()[item_ok]
-    items_table = pa.table([pa.array(np.arange(1, num_items + 1)), pa.array(raw_items, pa.string()),
-                            pa.array(popularity[1:])], schema=ITEMS_SCHEMA)
+    items_table = pa.table(
+        [pa.array(np.arange(1, num_items + 1)), pa.array(raw_items, pa.string()), pa.array(popularity[1:])],
+        schema=ITEMS_SCHEMA,
+    )
     items_entry = write_parquet(items_table, out, "items.parquet", options.row_group_size)
     count = lambda split: sum(entry["rows"] for entry in files[split])  # noqa: E731
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_by": "dimerec-prepare",
-        "source": {"format": options.format, "input": str(options.input),
-                   "input_sha256": file_sha256(options.input) if options.input.is_file() else None},
-        "options": {"kcore": options.kcore, "split": options.split, "order": "time, then file order",
-                    "skip_bad_lines": options.skip_bad_lines,
-                    "row_group_size": train_row_group_size(options.row_group_size, num_users)},
-        "counts": {"events_read": events_read, "events": events, "users": num_users, "items": num_items,
-                   "bad_lines_skipped": bad.count, "train_interactions": int(popularity.sum()),
-                   "valid_users": count("valid"), "test_users": count("test"),
-                   "train_samples": sum(g["samples"] for entry in files["train"] for g in entry["row_groups"])},
+        "source": {
+            "format": options.format,
+            "input": str(options.input),
+            "input_sha256": file_sha256(options.input) if options.input.is_file() else None,
+        },
+        "options": {
+            "kcore": options.kcore,
+            "split": options.split,
+            "order": "time, then file order",
+            "skip_bad_lines": options.skip_bad_lines,
+            "row_group_size": train_row_group_size(options.row_group_size, num_users),
+        },
+        "counts": {
+            "events_read": events_read,
+            "events": events,
+            "users": num_users,
+            "items": num_items,
+            "bad_lines_skipped": bad.count,
+            "train_interactions": int(popularity.sum()),
+            "valid_users": count("valid"),
+            "test_users": count("test"),
+            "train_samples": sum(g["samples"] for entry in files["train"] for g in entry["row_groups"]),
+        },
         "items": items_entry,
         "files": files,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     elapsed = time.time() - started
-    log.info("prepared %s: %d users, %d items, %d events in %.1fs (%.0f events/s)", options.out, num_users, num_items,
-             events, elapsed, events_read / max(elapsed, 1e-9))
+    log.info(
+        "prepared %s: %d users, %d items, %d events in %.1fs (%.0f events/s)",
+        options.out,
+        num_users,
+        num_items,
+        events,
+        elapsed,
+        events_read / max(elapsed, 1e-9),
+    )
     return manifest
 
 
@@ -387,21 +445,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-shard", type=int, default=1_000_000, help="users per output file")
     parser.add_argument("--row-group-size", type=int, default=2048, help="users per row group (the plan's unit)")
     parser.add_argument("--buckets", type=int, default=0, help="spill buckets (0: ~2M events each)")
-    parser.add_argument("--skip-bad-lines", action="store_true",
-                        help="count and skip unparsable lines (and events with a missing time) instead of failing")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing non-empty --out (swapped in only when complete)")
-    parser.add_argument("--split", default="leave-one-out", choices=SPLITS,
-                        help="leave-one-out (last item test, second to last valid) or user (ComiRec: 10%%/10%% of "
-                             "users held out, their first 80%% in, the rest as targets)")
+    parser.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="count and skip unparsable lines (and events with a missing time) instead of failing",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing non-empty --out (swapped in only when complete)"
+    )
+    parser.add_argument(
+        "--split",
+        default="leave-one-out",
+        choices=SPLITS,
+        help="leave-one-out (last item test, second to last valid) or user (ComiRec: 10%%/10%% of "
+        "users held out, their first 80%% in, the rest as targets)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        prepare(PrepareOptions(format=args.format, input=args.input, out=args.out, kcore=args.kcore,
-                               user_col=args.user_col, item_col=args.item_col, time_col=args.time_col or None,
-                               rows_per_shard=args.rows_per_shard, row_group_size=args.row_group_size,
-                               buckets=args.buckets, skip_bad_lines=args.skip_bad_lines, split=args.split,
-                               overwrite=args.overwrite))
+        prepare(
+            PrepareOptions(
+                format=args.format,
+                input=args.input,
+                out=args.out,
+                kcore=args.kcore,
+                user_col=args.user_col,
+                item_col=args.item_col,
+                time_col=args.time_col or None,
+                rows_per_shard=args.rows_per_shard,
+                row_group_size=args.row_group_size,
+                buckets=args.buckets,
+                skip_bad_lines=args.skip_bad_lines,
+                split=args.split,
+                overwrite=args.overwrite,
+            )
+        )
     except DataError as exc:
         print(f"dimerec-prepare: error: {exc}", file=sys.stderr)
         return 2

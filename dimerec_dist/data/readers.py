@@ -65,8 +65,7 @@ class ReadOptions:
 
 def _events(users: list[str], items: list[str], times: list[float] | None) -> pa.Table:
     stamps = np.zeros(len(users)) if times is None else np.asarray(times, dtype=np.float64)
-    return pa.table([pa.array(users, pa.string()), pa.array(items, pa.string()), pa.array(stamps)],
-                    schema=EVENT_SCHEMA)
+    return pa.table([pa.array(users, pa.string()), pa.array(items, pa.string()), pa.array(stamps)], schema=EVENT_SCHEMA)
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -209,8 +208,10 @@ def read_event_files(options: ReadOptions) -> Iterator[pa.Table]:
                 first_line = 2  # CSV: line 1 is the header
             missing = [c for c in wanted if c not in names]
             if missing:
-                raise DataError(f"{file}: missing column(s) {missing}; has {names} "
-                                f"(choose them with --user-col/--item-col/--time-col)")
+                raise DataError(
+                    f"{file}: missing column(s) {missing}; has {names} "
+                    f"(choose them with --user-col/--item-col/--time-col)"
+                )
             for batch in batches:
                 table = pa.Table.from_batches([batch]).select(wanted)
                 yield _check_batch(table, file, first_line, options)

@@ -58,7 +58,6 @@ class EvaluationUsers:
             self.target_items, self.target_offsets = self.targets, np.arange(len(self.targets) + 1)
         self.max_history = max_history
 
-
     def __len__(self) -> int:
         return len(self.targets)
 

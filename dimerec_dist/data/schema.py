@@ -27,8 +27,9 @@ ITEMS_SCHEMA = pa.schema([("item_id", pa.int64()), ("raw_id", pa.string()), ("po
 TRAIN_SCHEMA = pa.schema([("user", pa.int64()), ("raw_user", pa.string()), ("items", pa.list_(pa.int64()))])
 EVAL_SCHEMA = pa.schema([("user", pa.int64()), ("history", pa.list_(pa.int64())), ("target", pa.int64())])
 # ComiRec's user-split protocol: held-out users, the first 80% of their history in, the rest as targets.
-USER_SPLIT_EVAL_SCHEMA = pa.schema([("user", pa.int64()), ("history", pa.list_(pa.int64())),
-                                    ("targets", pa.list_(pa.int64()))])
+USER_SPLIT_EVAL_SCHEMA = pa.schema(
+    [("user", pa.int64()), ("history", pa.list_(pa.int64())), ("targets", pa.list_(pa.int64()))]
+)
 SPLITS = DATA_SPLITS
 
 
@@ -107,8 +108,9 @@ def _listing_problems(root: Path, data: dict[str, Any]) -> list[str]:
             if entry["path"] in listed:
                 problems.append(f"shard {entry['path']} is listed twice ({listed[entry['path']]} and {split})")
             elif entry["sha256"] in checksums and entry["rows"]:
-                problems.append(f"shards {checksums[entry['sha256']]} and {entry['path']} are duplicates "
-                                "(same checksum)")
+                problems.append(
+                    f"shards {checksums[entry['sha256']]} and {entry['path']} are duplicates (same checksum)"
+                )
             listed[entry["path"]] = split
             checksums.setdefault(entry["sha256"], entry["path"])
         folder = root / split
@@ -138,8 +140,10 @@ def read_split(manifest: Manifest, split: str) -> pa.Table:
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{file}: cannot read Parquet ({exc})") from None
         if not table.schema.equals(expected, check_metadata=False):
-            raise DataError(f"{file}: schema {table.schema.to_string(show_schema_metadata=False)!r} "
-                            f"is not the {split} schema {expected.to_string()!r}".replace("\n", "; "))
+            raise DataError(
+                f"{file}: schema {table.schema.to_string(show_schema_metadata=False)!r} "
+                f"is not the {split} schema {expected.to_string()!r}".replace("\n", "; ")
+            )
         check_item_ids(table, manifest.num_items, file)
         tables.append(table)
     return pa.concat_tables(tables) if tables else expected.empty_table()
@@ -160,8 +164,10 @@ def check_item_ids(table: pa.Table, num_items: int, file: Path) -> None:
         if bad.any():
             flat_index = int(np.argmax(bad))
             row = _row_of_flat_index(array, flat_index) if pa.types.is_list(array.type) else flat_index
-            raise DataError(f"{file}: column {column!r} row {row} holds item id {int(ids[flat_index])}, "
-                            f"outside the manifest's 1..{num_items}")
+            raise DataError(
+                f"{file}: column {column!r} row {row} holds item id {int(ids[flat_index])}, "
+                f"outside the manifest's 1..{num_items}"
+            )
         if pa.types.is_list(array.type):
             lengths = np.asarray(array.value_lengths().to_numpy(zero_copy_only=False))
             if (lengths == 0).any():

@@ -31,14 +31,29 @@ def make_dataset(data: DataConfig, out: Path, overwrite: bool) -> None:
         # Generated beside `out`, then kept as out/raw (where the categories for diversity are read).
         raw = out.with_name(f".{out.name}.synth")
         shutil.rmtree(raw, ignore_errors=True)
-        synthesize(raw, SynthOptions(users=data.synth_users, items=data.synth_items, events=data.synth_events,
-                                     seed=data.synth_seed))
-        prepare(PrepareOptions(format="events", input=raw / "events", out=out, kcore=data.kcore, split=data.split,
-                               overwrite=overwrite))
+        synthesize(
+            raw,
+            SynthOptions(
+                users=data.synth_users, items=data.synth_items, events=data.synth_events, seed=data.synth_seed
+            ),
+        )
+        prepare(
+            PrepareOptions(
+                format="events", input=raw / "events", out=out, kcore=data.kcore, split=data.split, overwrite=overwrite
+            )
+        )
         raw.rename(out / "raw")
     elif data.source == "raw":
-        prepare(PrepareOptions(format=data.raw_format, input=Path(data.raw_path), out=out, kcore=data.kcore,
-                               split=data.split, overwrite=overwrite))
+        prepare(
+            PrepareOptions(
+                format=data.raw_format,
+                input=Path(data.raw_path),
+                out=out,
+                kcore=data.kcore,
+                split=data.split,
+                overwrite=overwrite,
+            )
+        )
 
 
 def ensure_dataset(data: DataConfig, run_dir: Path, is_main: bool) -> Path:

@@ -53,8 +53,9 @@ class Decoded:
     positions: np.ndarray
 
 
-def decode_group(file: str, index: int, group_id: int, seed: int, epoch: int, sample_mode: str,
-                 num_items: int) -> Decoded:
+def decode_group(
+    file: str, index: int, group_id: int, seed: int, epoch: int, sample_mode: str, num_items: int
+) -> Decoded:
     """Read one row group and list its samples, shuffled from (seed, epoch, group).
 
     Ids are checked here, where they are read: an id outside 1..num_items would otherwise
@@ -71,8 +72,9 @@ def decode_group(file: str, index: int, group_id: int, seed: int, epoch: int, sa
     if len(items) and (items.min() < 1 or items.max() > num_items):
         bad = int(np.flatnonzero((items < 1) | (items > num_items))[0])
         row = int(np.searchsorted(offsets, bad, side="right") - 1)
-        raise DataError(f"{file}: row group {index}, row {row}: item id {int(items[bad])} outside the manifest's "
-                        f"1..{num_items}")
+        raise DataError(
+            f"{file}: row group {index}, row {row}: item id {int(items[bad])} outside the manifest's 1..{num_items}"
+        )
     lengths = np.diff(offsets)
     rng = np.random.default_rng([seed, epoch, group_id, 0x57])
     if sample_mode == "all":
@@ -91,16 +93,25 @@ def row_groups(manifest: Manifest) -> list[RowGroup]:
     groups = []
     for entry in manifest.data["files"]["train"]:
         for index, group in enumerate(entry.get("row_groups", [])):
-            groups.append(RowGroup(len(groups), str(manifest.root / entry["path"]), index, group["samples"],
-                                   group["trainable"]))
+            groups.append(
+                RowGroup(len(groups), str(manifest.root / entry["path"]), index, group["samples"], group["trainable"])
+            )
     if not groups:
         raise DataError(f"{manifest.root / 'manifest.json'}: the train split lists no row groups")
     return groups
 
 
 class DataPlan:
-    def __init__(self, groups: list[RowGroup], streams: int, global_batch: int, seed: int, sample_mode: str,
-                 num_items: int, mix: int = 4):
+    def __init__(
+        self,
+        groups: list[RowGroup],
+        streams: int,
+        global_batch: int,
+        seed: int,
+        sample_mode: str,
+        num_items: int,
+        mix: int = 4,
+    ):
         if sample_mode not in SAMPLE_MODES:
             raise ValueError(f"unknown sample mode {sample_mode!r} ({', '.join(SAMPLE_MODES)})")
         if global_batch % streams:
@@ -138,8 +149,9 @@ class _LocalDecoder:
 
     def result(self, handle: tuple[RowGroup, int]) -> Decoded:
         group, epoch = handle
-        return decode_group(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode,
-                            self.plan.num_items)
+        return decode_group(
+            group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode, self.plan.num_items
+        )
 
 
 class _RayDecoder:
@@ -150,14 +162,19 @@ class _RayDecoder:
 
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS")
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     **({} if address else {"num_cpus": max(window_size, 1)}))
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                **({} if address else {"num_cpus": max(window_size, 1)}),
+            )
         self.ray, self.plan = ray, plan
         self.task = ray.remote(num_cpus=1)(decode_group)
 
     def submit(self, group: RowGroup, epoch: int) -> Any:  # a Ray ObjectRef
-        return self.task.remote(group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode,
-                                self.plan.num_items)
+        return self.task.remote(
+            group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode, self.plan.num_items
+        )
 
     def result(self, handle: Any) -> Decoded:  # a Ray ObjectRef
         return self.ray.get(handle)
@@ -183,10 +200,17 @@ class StreamCursor:
     unit of resumption: whole chunks are skipped from the manifest's counts, unread.
     """
 
-    def __init__(self, groups: list[RowGroup], epoch: int, decoder: _LocalDecoder | _RayDecoder, ahead: int,
-                 skip: int, plan: DataPlan):
+    def __init__(
+        self,
+        groups: list[RowGroup],
+        epoch: int,
+        decoder: _LocalDecoder | _RayDecoder,
+        ahead: int,
+        skip: int,
+        plan: DataPlan,
+    ):
         self.epoch, self.decoder, self.plan, self.ahead = epoch, decoder, plan, max(ahead, 1)
-        chunks = [groups[i:i + plan.mix] for i in range(0, len(groups), plan.mix)]
+        chunks = [groups[i : i + plan.mix] for i in range(0, len(groups), plan.mix)]
         while chunks and sum(plan.samples_of(g) for g in chunks[0]) <= skip:
             skip -= sum(plan.samples_of(g) for g in chunks.pop(0))
         self.todo = deque(chunks)
@@ -216,9 +240,9 @@ class StreamCursor:
                 continue
             n = min(count, len(self.current.seqs) - self.cursor)
             if pieces is not None:
-                seqs = self.current.seqs[self.cursor:self.cursor + n]
+                seqs = self.current.seqs[self.cursor : self.cursor + n]
                 starts = self.current.offsets[seqs]
-                positions = self.current.positions[self.cursor:self.cursor + n]
+                positions = self.current.positions[self.cursor : self.cursor + n]
                 pieces.append((self.current.items, starts, starts + positions))
             self.cursor += n
             count -= n
@@ -236,9 +260,21 @@ class StreamCursor:
 class TrainStream:
     """The batches one rank trains on: its streams' slices of every global batch."""
 
-    def __init__(self, manifest: Manifest, *, max_history: int, global_batch: int, streams: int, world_size: int,
-                 rank: int, seed: int, sample_mode: str = "all", backend: str = "local", window_size: int = 4,
-                 mix: int = 4):
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        max_history: int,
+        global_batch: int,
+        streams: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        sample_mode: str = "all",
+        backend: str = "local",
+        window_size: int = 4,
+        mix: int = 4,
+    ):
         streams = streams or world_size
         if streams % world_size:
             raise DataError(f"data.streams={streams} must be a multiple of the world size {world_size}")
@@ -262,8 +298,9 @@ class TrainStream:
         assignment = self.plan.assignment(epoch)
         per = self.plan.per_stream
         ahead = max(-(-self.window_size // len(self.owned)), self.plan.mix)
-        cursors = [StreamCursor(assignment[v], epoch, self.decoder, ahead, start_step * per, self.plan)
-                   for v in self.owned]
+        cursors = [
+            StreamCursor(assignment[v], epoch, self.decoder, ahead, start_step * per, self.plan) for v in self.owned
+        ]
         for step in range(start_step, self.plan.steps(epoch)):
             pieces = [piece for cursor in cursors for piece in cursor.take(per)]
             yield (step, *self._cut(pieces))

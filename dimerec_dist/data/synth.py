@@ -142,10 +142,16 @@ def write_shard(out: str, index: int, first_user: int, last_user: int, options: 
     events = pa.table({"user": columns[0], "item": columns[1], "time": columns[2], "watch_ratio": columns[3]})
     root = Path(out)
     pq.write_table(events, root / "events" / f"part-{index:05d}.parquet", row_group_size=1 << 20)
-    pq.write_table(pa.table({"user": pa.array(planted["user"], pa.int64()),
-                             "categories": pa.array(planted["categories"], pa.list_(pa.int64())),
-                             "weights": pa.array(planted["weights"], pa.list_(pa.float64()))}),
-                   root / "interests" / f"part-{index:05d}.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user": pa.array(planted["user"], pa.int64()),
+                "categories": pa.array(planted["categories"], pa.list_(pa.int64())),
+                "weights": pa.array(planted["weights"], pa.list_(pa.float64())),
+            }
+        ),
+        root / "interests" / f"part-{index:05d}.parquet",
+    )
     return {"index": index, "events": events.num_rows}
 
 
@@ -165,8 +171,9 @@ def _run_ray(jobs: list[tuple], options: SynthOptions, workers: int) -> Iterator
     started_here = not ray.is_initialized()
     if started_here:
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, **({} if address else {"num_cpus": workers}), include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(
+            address=address, **({} if address else {"num_cpus": workers}), include_dashboard=False, log_to_driver=False
+        )
     task = ray.remote(num_cpus=1)(write_shard)
     pending, queue = [], list(jobs)
     try:
@@ -194,18 +201,38 @@ def synthesize(out: Path, options: SynthOptions, workers: int = 1, backend: str 
     for done, result in enumerate(run(jobs, options, max(workers, 1)), start=1):
         events += result["events"]
         rate = events / max(time.time() - started, 1e-9)
-        log.info("shard %d/%d: %d events so far, %.0f events/s, ETA %.0fs", done, len(jobs), events, rate,
-                 (options.events - events) / max(rate, 1e-9))
+        log.info(
+            "shard %d/%d: %d events so far, %.0f events/s, ETA %.0fs",
+            done,
+            len(jobs),
+            events,
+            rate,
+            (options.events - events) / max(rate, 1e-9),
+        )
     planted = pq.read_table(out / "interests")
     pq.write_table(planted.sort_by("user"), out / "interests.parquet")
     catalog = build_catalog(options)
-    pq.write_table(pa.table({"item": pa.array(np.arange(options.items)), "category": pa.array(catalog.category)}),
-                   out / "item_categories.parquet")
-    summary = {"options": asdict(options), "events": events, "shards": len(jobs), "workers": workers,
-               "backend": backend, "seconds": round(time.time() - started, 2)}
+    pq.write_table(
+        pa.table({"item": pa.array(np.arange(options.items)), "category": pa.array(catalog.category)}),
+        out / "item_categories.parquet",
+    )
+    summary = {
+        "options": asdict(options),
+        "events": events,
+        "shards": len(jobs),
+        "workers": workers,
+        "backend": backend,
+        "seconds": round(time.time() - started, 2),
+    }
     (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("wrote %d events for %d users to %s in %.1fs (%.0f events/s)", events, options.users, out,
-             summary["seconds"], events / max(summary["seconds"], 1e-9))
+    log.info(
+        "wrote %d events for %d users to %s in %.1fs (%.0f events/s)",
+        events,
+        options.users,
+        out,
+        summary["seconds"],
+        events / max(summary["seconds"], 1e-9),
+    )
     return summary
 
 
@@ -213,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-synth", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="default: ray with several workers, local with one")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=None, help="default: ray with several workers, local with one"
+    )
     defaults = SynthOptions()
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)

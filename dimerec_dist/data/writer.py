@@ -67,8 +67,14 @@ class SplitWriter:
     def _close_file(self) -> None:
         self._writer.close()
         relative = self._relative()
-        self.entries.append({"path": relative, "rows": self._file_rows, "sha256": file_sha256(self.root / relative),
-                             "row_groups": self._groups})
+        self.entries.append(
+            {
+                "path": relative,
+                "rows": self._file_rows,
+                "sha256": file_sha256(self.root / relative),
+                "row_groups": self._groups,
+            }
+        )
         self._writer, self._file_rows, self._groups = None, 0, []
 
     def close(self) -> list[dict]:
@@ -80,6 +86,7 @@ class SplitWriter:
             (self.root / self.split).mkdir(parents=True, exist_ok=True)
             relative = self._relative()
             pq.write_table(self.schema.empty_table(), self.root / relative)
-            self.entries.append({"path": relative, "rows": 0, "sha256": file_sha256(self.root / relative),
-                                 "row_groups": []})
+            self.entries.append(
+                {"path": relative, "rows": 0, "sha256": file_sha256(self.root / relative), "row_groups": []}
+            )
         return self.entries

@@ -31,7 +31,7 @@ class _AllGatherWithGradient(torch.autograd.Function):
         if dist.get_world_size() > 1:
             dist.all_reduce(grad)
         start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad[start : start + ctx.rows]
 
 
 def all_gather_with_gradient(tensor: torch.Tensor) -> torch.Tensor:

@@ -37,10 +37,13 @@ def cpu_copy(state: ShardedTensor) -> ShardedTensor:
     """A CPU copy of a ShardedTensor with the same global layout and process group (DCP's
     default stager cannot copy TorchRec's ShardedTensors; torch has no public constructor
     from local shards that keeps the metadata as it is)."""
-    shards = [Shard(shard.tensor.detach().to("cpu", copy=True), copy.deepcopy(shard.metadata))
-              for shard in state.local_shards()]
+    shards = [
+        Shard(shard.tensor.detach().to("cpu", copy=True), copy.deepcopy(shard.metadata))
+        for shard in state.local_shards()
+    ]
     return ShardedTensor._init_from_local_shards_and_global_metadata(
-        shards, sharded_tensor_metadata=copy.deepcopy(state.metadata()), process_group=state._process_group)
+        shards, sharded_tensor_metadata=copy.deepcopy(state.metadata()), process_group=state._process_group
+    )
 
 
 def is_sharded(value: Any) -> bool:

@@ -44,16 +44,21 @@ def init_distributed(device: str = "auto") -> DistContext:
     Either way the same sharded code path runs: world size 1 is not a special case.
     """
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda and not torch.cuda.is_available():
-        raise DeviceUnavailable(f"train.device=cuda but torch {torch.__version__} sees no CUDA device on "
-                                f"{socket.gethostname()}; use train.device=auto or cpu")
+        raise DeviceUnavailable(
+            f"train.device=cuda but torch {torch.__version__} sees no CUDA device on "
+            f"{socket.gethostname()}; use train.device=auto or cpu"
+        )
     if use_cuda and local_rank >= torch.cuda.device_count():
-        raise DeviceUnavailable(f"local rank {local_rank} on {socket.gethostname()} needs GPU {local_rank}, "
-                                f"{torch.cuda.device_count()} visible: one rank per GPU (--nproc_per_node)")
+        raise DeviceUnavailable(
+            f"local rank {local_rank} on {socket.gethostname()} needs GPU {local_rank}, "
+            f"{torch.cuda.device_count()} visible: one rank per GPU (--nproc_per_node)"
+        )
     if use_cuda:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if use_cuda else "gloo"
@@ -63,13 +68,21 @@ def init_distributed(device: str = "auto") -> DistContext:
             # restarted worker can read a dead worker's address from it and fail to connect.
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            dist.init_process_group(backend, store=dist.PrefixStore(f"dimerec/attempt_{attempt}", store),
-                                    rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+            dist.init_process_group(
+                backend,
+                store=dist.PrefixStore(f"dimerec/attempt_{attempt}", store),
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+            )
         else:
             dist.init_process_group(backend)
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                       device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
-                       backend=backend)
+    return DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
+        backend=backend,
+    )
 
 
 def shutdown(wait_for_peers: bool = True) -> None:

@@ -36,8 +36,10 @@ drop_warning("`broadcast_buffers` is deprecated")
 # The planner's default storage reservation, and its dense-size estimate on an unmaterialised (meta)
 # model, are what TorchRec 1.8 does unasked; issue #41 gives the planner the machine's real sizes.
 drop_warning("HeuristicalStorageReservation is known to cause issues")
-drop_log_message("torchrec.distributed.planner.storage_reservations",
-                 "There is a known issue with TorchRec's dense tensor size calculation")
+drop_log_message(
+    "torchrec.distributed.planner.storage_reservations",
+    "There is a known issue with TorchRec's dense tensor size calculation",
+)
 drop_log_message("torchrec.distributed.planner.types", "The topology was constructed directly")
 
 SHARDING_TYPES = {
@@ -48,8 +50,9 @@ SHARDING_TYPES = {
 }
 
 
-def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: DistContext,
-                  column_block: int = 0) -> tuple[ShardingPlan, list, dict[int, int]]:
+def plan_sharding(
+    module: nn.Module, table_name: str, sharding_type: str, ctx: DistContext, column_block: int = 0
+) -> tuple[ShardingPlan, list, dict[int, int]]:
     """The planner's plan for the table, its sharders, and (on rank 0) its memory estimate
     per rank in bytes (device memory on GPU, host memory on CPU)."""
     if sharding_type not in SHARDING_TYPES:
@@ -61,8 +64,9 @@ def plan_sharding(module: nn.Module, table_name: str, sharding_type: str, ctx: D
     min_partition = None
     if sharding_type == "column_wise":
         min_partition = resolved_column_block(column_block, _table_dim(module, table_name), ctx.world_size)
-    constraints = {table_name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding_type]],
-                                                    min_partition=min_partition)}
+    constraints = {
+        table_name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding_type]], min_partition=min_partition)
+    }
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
     estimate: dict[int, int] = {}
@@ -87,13 +91,15 @@ def _table_dim(module: nn.Module, table_name: str) -> int:
     raise KeyError(f"no embedding table named {table_name!r}")
 
 
-def shard_model(module: nn.Module, plan: ShardingPlan, sharders: list, ctx: DistContext,
-                find_unused_parameters: bool = False) -> DistributedModelParallel:
+def shard_model(
+    module: nn.Module, plan: ShardingPlan, sharders: list, ctx: DistContext, find_unused_parameters: bool = False
+) -> DistributedModelParallel:
     """`find_unused_parameters`: some dense parameters get no gradient (a DAM the losses do not
     train); DDP then searches the graph every step for them, so it is off unless needed."""
     wrapper = DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=find_unused_parameters)
-    model = DistributedModelParallel(module, device=ctx.device, plan=plan, sharders=sharders,
-                                     data_parallel_wrapper=wrapper)
+    model = DistributedModelParallel(
+        module, device=ctx.device, plan=plan, sharders=sharders, data_parallel_wrapper=wrapper
+    )
     _unpool_cpu_sequence_lookups(model)
     return model
 
@@ -114,13 +120,22 @@ def _unpool_cpu_sequence_lookups(model: nn.Module) -> None:
     )
 
     for module in (m for lookup in sharded_lookups(model) for m in lookup.modules()):
-        if (isinstance(module, DenseTableBatchedEmbeddingBagsCodegen) and module.pooling_mode == PoolingMode.NONE
-                and module.weights.device.type == "cpu"):
+        if (
+            isinstance(module, DenseTableBatchedEmbeddingBagsCodegen)
+            and module.pooling_mode == PoolingMode.NONE
+            and module.weights.device.type == "cpu"
+        ):
             module.forward = functools.partial(_sequence_lookup, module)
 
 
-def _sequence_lookup(table, indices: torch.Tensor, offsets: torch.Tensor, per_sample_weights=None,
-                     feature_requires_grad=None, batch_size_per_feature_per_rank=None) -> torch.Tensor:
+def _sequence_lookup(
+    table,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    per_sample_weights=None,
+    feature_requires_grad=None,
+    batch_size_per_feature_per_rank=None,
+) -> torch.Tensor:
     """(ids, D) rows of a dense FBGEMM table: ids are grouped by feature, B bags per feature,
     and feature f reads the table whose first row is hash_size_cumsum[f]."""
     if any(dim != table.max_D for _, dim in table.embedding_specs) or per_sample_weights is not None:

@@ -28,8 +28,16 @@ class GuidanceAttentionPool(nn.Module):
 
 
 class DAM(nn.Module):
-    def __init__(self, dim: int, num_interests: int, diffusion_steps: int, hidden: int = 256, layers: int = 2,
-                 guidance_pooling: str = "concat", dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_interests: int,
+        diffusion_steps: int,
+        hidden: int = 256,
+        layers: int = 2,
+        guidance_pooling: str = "concat",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if guidance_pooling not in ("concat", "attention"):
             raise ValueError(f"unknown guidance pooling {guidance_pooling!r} (concat or attention)")

@@ -87,8 +87,14 @@ def exp_map(x: Tensor, v: Tensor) -> Tensor:
     return torch.cos(norm) * x + torch.sin(norm) * direction
 
 
-def grw_tangent_step(x0: Tensor, t: Tensor, schedule: DiffusionSchedule, noise: Tensor,
-                     scale: str = "angle", max_angle: float = math.pi / 2) -> Tensor:
+def grw_tangent_step(
+    x0: Tensor,
+    t: Tensor,
+    schedule: DiffusionSchedule,
+    noise: Tensor,
+    scale: str = "angle",
+    max_angle: float = math.pi / 2,
+) -> Tensor:
     """The tangent vector v of Algorithm 1, line 7, so that x_t = exp_{x0}(v).
 
     `literal`: v = sqrt(1 - alphabar_t) * eps_tangent, as printed. |eps_tangent| is about
@@ -108,8 +114,14 @@ def grw_tangent_step(x0: Tensor, t: Tensor, schedule: DiffusionSchedule, noise: 
     raise ValueError(f"unknown GRW noise scale {scale!r} (angle or literal)")
 
 
-def grw_forward(x0: Tensor, t: Tensor, schedule: DiffusionSchedule, noise: Tensor,
-                scale: str = "angle", max_angle: float = math.pi / 2) -> Tensor:
+def grw_forward(
+    x0: Tensor,
+    t: Tensor,
+    schedule: DiffusionSchedule,
+    noise: Tensor,
+    scale: str = "angle",
+    max_angle: float = math.pi / 2,
+) -> Tensor:
     """Geodesic Random Walk noising of unit vectors x0 (B, d) to step t (B,)."""
     return exp_map(x0, grw_tangent_step(x0, t, schedule, noise, scale, max_angle))
 
@@ -130,8 +142,10 @@ def sample_timesteps(total: int, count: int) -> list[int]:
     # torch.linspace's own formula (each half from its end), in plain Python so the steps stay
     # ints while torch.export traces the sampler.
     step = (1 - total) / (count - 1) if count > 1 else 0.0
-    grid = [round(total + i * step) if i < count // 2 or count == 1 else round(1 - (count - 1 - i) * step)
-            for i in range(count)]
+    grid = [
+        round(total + i * step) if i < count // 2 or count == 1 else round(1 - (count - 1 - i) * step)
+        for i in range(count)
+    ]
     return list(dict.fromkeys(grid))  # rounding can repeat a step when count is close to total
 
 
@@ -139,10 +153,19 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t (B,d), t (B,)) -> x0_hat (
 
 
 @torch.no_grad()
-def reverse_sample(denoise: Denoiser, batch: int, dim: int, schedule: DiffusionSchedule, steps: int,
-                   deterministic: bool = True, space: str = "sphere", noise_std: str = "posterior",
-                   generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                   start: Tensor | None = None) -> Tensor:
+def reverse_sample(
+    denoise: Denoiser,
+    batch: int,
+    dim: int,
+    schedule: DiffusionSchedule,
+    steps: int,
+    deterministic: bool = True,
+    space: str = "sphere",
+    noise_std: str = "posterior",
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    start: Tensor | None = None,
+) -> Tensor:
     """Algorithm 2 with any number of steps from 1 to T.
 
     Starts from x_T (uniform on the sphere, or N(0, I) in Euclidean space) and walks the

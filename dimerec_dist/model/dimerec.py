@@ -36,8 +36,12 @@ class DimeRecLosses:
     ssm: Tensor
 
     def scalars(self) -> dict[str, float]:
-        return {"loss/total": self.total.item(), "loss/gem": self.gem.item(), "loss/recon": self.recon.item(),
-                "loss/ssm": self.ssm.item()}
+        return {
+            "loss/total": self.total.item(),
+            "loss/gem": self.gem.item(),
+            "loss/recon": self.recon.item(),
+            "loss/ssm": self.ssm.item(),
+        }
 
 
 @dataclass
@@ -50,13 +54,20 @@ class NoiseDraw:
     unguided: Tensor | None = None  # (B,) bool: denoise with the null guidance (classifier-free guidance)
 
     @staticmethod
-    def draw(batch: int, dim: int, steps: int, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu", guidance_dropout: float = 0.0) -> NoiseDraw:
+    def draw(
+        batch: int,
+        dim: int,
+        steps: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        guidance_dropout: float = 0.0,
+    ) -> NoiseDraw:
         t = torch.randint(1, steps + 1, (batch,), generator=generator, device=device)
         noise = torch.randn(batch, dim, generator=generator, device=device)
         # Drawn last, and only when asked: a run without guidance dropout draws what it always drew.
-        unguided = (torch.rand(batch, generator=generator, device=device) < guidance_dropout
-                    if guidance_dropout > 0 else None)
+        unguided = (
+            torch.rand(batch, generator=generator, device=device) < guidance_dropout if guidance_dropout > 0 else None
+        )
         return NoiseDraw(t, noise, unguided)
 
     def rows(self, rows: Tensor, device: torch.device | str) -> NoiseDraw:
@@ -71,16 +82,26 @@ class DimeRec(nn.Module):
         config.validate()
         self.config = config
         c = config
-        self.gem = build_gem(c.gem, c.embedding_dim, c.num_interests, c.max_history, hidden_mult=c.gem_hidden_mult,
-                             routing_iterations=c.routing_iterations, sasrec_layers=c.sasrec_layers,
-                             sasrec_heads=c.sasrec_heads, dropout=c.dropout)
+        self.gem = build_gem(
+            c.gem,
+            c.embedding_dim,
+            c.num_interests,
+            c.max_history,
+            hidden_mult=c.gem_hidden_mult,
+            routing_iterations=c.routing_iterations,
+            sasrec_layers=c.sasrec_layers,
+            sasrec_heads=c.sasrec_heads,
+            dropout=c.dropout,
+        )
         self.history_dropout = nn.Dropout(c.history_dropout)
-        self.dam = DAM(c.embedding_dim, c.num_interests, c.diffusion_steps, c.dam_hidden, c.dam_layers,
-                       c.guidance_pooling)
+        self.dam = DAM(
+            c.embedding_dim, c.num_interests, c.diffusion_steps, c.dam_hidden, c.dam_layers, c.guidance_pooling
+        )
         self.schedule = DiffusionSchedule(beta_schedule(c.beta_schedule, c.diffusion_steps, c.beta_start, c.beta_end))
         # Only a model trained with guidance dropout has it, so older checkpoints keep loading.
-        self.null_guidance = (nn.Parameter(torch.zeros(c.num_interests, c.embedding_dim))
-                              if c.guidance_dropout > 0 else None)
+        self.null_guidance = (
+            nn.Parameter(torch.zeros(c.num_interests, c.embedding_dim)) if c.guidance_dropout > 0 else None
+        )
 
     # ------------------------------------------------------------------ training
 
@@ -92,10 +113,21 @@ class DimeRec(nn.Module):
             return x0, grw_forward(x0, draw.t, self.schedule, draw.noise, c.grw_noise_scale, c.grw_max_angle)
         return target, euclidean_forward(target, draw.t, self.schedule, draw.noise)
 
-    def forward(self, history: Tensor, mask: Tensor, target: Tensor, target_ids: Tensor, negatives: Tensor,
-                negative_ids: Tensor, *, draw: NoiseDraw | None = None, target_log_q: Tensor | None = None,
-                negative_log_q: Tensor | None = None, generator: torch.Generator | None = None,
-                reduction: str = "mean") -> DimeRecLosses:
+    def forward(
+        self,
+        history: Tensor,
+        mask: Tensor,
+        target: Tensor,
+        target_ids: Tensor,
+        negatives: Tensor,
+        negative_ids: Tensor,
+        *,
+        draw: NoiseDraw | None = None,
+        target_log_q: Tensor | None = None,
+        negative_log_q: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+    ) -> DimeRecLosses:
         """The three losses for one batch.
 
         history (B, N, d) and mask (B, N): the embedded history; target (B, d) and
@@ -103,8 +135,13 @@ class DimeRec(nn.Module):
         A loss whose weight is 0 is not computed (reported as 0).
         """
         c = self.config
-        softmax = dict(temperature=c.temperature, cosine=c.cosine_logits, target_log_q=target_log_q,
-                       negative_log_q=negative_log_q, reduction=reduction)
+        softmax = dict(
+            temperature=c.temperature,
+            cosine=c.cosine_logits,
+            target_log_q=target_log_q,
+            negative_log_q=negative_log_q,
+            reduction=reduction,
+        )
         zero = target.new_zeros(())
         if self.training and c.history_dropout > 0:
             # Real positions only: the mask draw on padding (most of a short history's slots) is wasted.
@@ -119,8 +156,9 @@ class DimeRec(nn.Module):
         recon = ssm = zero
         if c.recon_weight > 0 or c.ssm_weight > 0:
             if draw is None:
-                draw = NoiseDraw.draw(target.shape[0], target.shape[1], c.diffusion_steps, generator, target.device,
-                                      c.guidance_dropout)
+                draw = NoiseDraw.draw(
+                    target.shape[0], target.shape[1], c.diffusion_steps, generator, target.device, c.guidance_dropout
+                )
             x0, x_t = self.diffuse(target, draw)
             x0_hat = self.dam(x_t, draw.t, self._dropped_guidance(guidance, draw.unguided))
             if c.recon_weight > 0:
@@ -137,8 +175,10 @@ class DimeRec(nn.Module):
         if self.null_guidance is None:
             return guidance
         if unguided is None:
-            raise ValueError("a model with guidance dropout needs the draw's `unguided` rows "
-                             "(NoiseDraw.draw(..., guidance_dropout=...))")
+            raise ValueError(
+                "a model with guidance dropout needs the draw's `unguided` rows "
+                "(NoiseDraw.draw(..., guidance_dropout=...))"
+            )
         return torch.where(unguided[:, None, None], self.null_guidance.expand_as(guidance), guidance)
 
     # ------------------------------------------------------------------ inference
@@ -148,17 +188,32 @@ class DimeRec(nn.Module):
         return self.gem(history, mask)
 
     @torch.no_grad()
-    def user_embedding(self, history: Tensor, mask: Tensor, *, steps: int | None = None,
-                       deterministic: bool | None = None, generator: torch.Generator | None = None,
-                       start: Tensor | None = None) -> Tensor:
+    def user_embedding(
+        self,
+        history: Tensor,
+        mask: Tensor,
+        *,
+        steps: int | None = None,
+        deterministic: bool | None = None,
+        generator: torch.Generator | None = None,
+        start: Tensor | None = None,
+    ) -> Tensor:
         """The generated next interest e_u (B, d) (Algorithm 2); unit norm on the sphere.
 
         `start` (B, d) fixes x_T; otherwise it is drawn from `generator`."""
-        return self._generate(self.gem(history, mask), steps=steps, deterministic=deterministic,
-                              generator=generator, start=start)
+        return self._generate(
+            self.gem(history, mask), steps=steps, deterministic=deterministic, generator=generator, start=start
+        )
 
-    def _generate(self, guidance: Tensor, *, steps: int | None = None, deterministic: bool | None = None,
-                  generator: torch.Generator | None = None, start: Tensor | None = None) -> Tensor:
+    def _generate(
+        self,
+        guidance: Tensor,
+        *,
+        steps: int | None = None,
+        deterministic: bool | None = None,
+        generator: torch.Generator | None = None,
+        start: Tensor | None = None,
+    ) -> Tensor:
         c = self.config
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
@@ -168,11 +223,19 @@ class DimeRec(nn.Module):
             unguided = self.dam(x, t, self.null_guidance.expand_as(guidance))
             return (1 + c.guidance_scale) * guided - c.guidance_scale * unguided
 
-        return reverse_sample(denoise, guidance.shape[0], c.embedding_dim,
-                              self.schedule, c.sample_steps if steps is None else steps,
-                              c.sample_deterministic if deterministic is None else deterministic,
-                              space=c.noise_space, noise_std=c.reverse_noise_std, generator=generator,
-                              device=guidance.device, start=start)
+        return reverse_sample(
+            denoise,
+            guidance.shape[0],
+            c.embedding_dim,
+            self.schedule,
+            c.sample_steps if steps is None else steps,
+            c.sample_deterministic if deterministic is None else deterministic,
+            space=c.noise_space,
+            noise_std=c.reverse_noise_std,
+            generator=generator,
+            device=guidance.device,
+            start=start,
+        )
 
     @torch.no_grad()
     def queries(self, history: Tensor, mask: Tensor, mode: str, **sampling) -> Tensor:
@@ -192,4 +255,3 @@ class DimeRec(nn.Module):
         if self.config.cosine_logits:
             query, items = F.normalize(query, dim=-1), F.normalize(items, dim=-1)
         return query @ items.T
-

@@ -20,8 +20,9 @@ def tracing() -> bool:
 def check_history(history: Tensor, mask: Tensor) -> Tensor:
     """Validate shapes and non-empty histories; return the length of each history (B,)."""
     if history.dim() != 3 or mask.shape != history.shape[:2]:
-        raise ValueError(f"history must be (B, N, d) with a (B, N) mask, got {tuple(history.shape)} "
-                         f"and {tuple(mask.shape)}")
+        raise ValueError(
+            f"history must be (B, N, d) with a (B, N) mask, got {tuple(history.shape)} and {tuple(mask.shape)}"
+        )
     lengths = mask.sum(dim=1)
     # A data-dependent check cannot be traced: an exported tower skips it (its caller, the
     # recommender, never passes an empty history).
@@ -138,13 +139,15 @@ class SASRecGEM(nn.Module):
     K interactions).
     """
 
-    def __init__(self, dim: int, num_interests: int, max_history: int, layers: int = 2, heads: int = 2,
-                 dropout: float = 0.1):
+    def __init__(
+        self, dim: int, num_interests: int, max_history: int, layers: int = 2, heads: int = 2, dropout: float = 0.1
+    ):
         super().__init__()
         self.num_interests = num_interests
         self.positions = nn.Embedding(max_history, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=dim, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
@@ -203,9 +206,18 @@ class LastKGEM(nn.Module):
         return gather_recent(history, check_history(history, mask), self.num_interests)
 
 
-def build_gem(kind: str, dim: int, num_interests: int, max_history: int, *, hidden_mult: int = 4,
-              routing_iterations: int = 3, sasrec_layers: int = 2, sasrec_heads: int = 2,
-              dropout: float = 0.1) -> nn.Module:
+def build_gem(
+    kind: str,
+    dim: int,
+    num_interests: int,
+    max_history: int,
+    *,
+    hidden_mult: int = 4,
+    routing_iterations: int = 3,
+    sasrec_layers: int = 2,
+    sasrec_heads: int = 2,
+    dropout: float = 0.1,
+) -> nn.Module:
     if kind == "comirec_sa":
         return ComiRecSA(dim, num_interests, max_history, hidden_mult)
     if kind == "comirec_dr":
@@ -236,5 +248,15 @@ def interest_scores(guidance: Tensor, items: Tensor) -> Tensor:
     return torch.einsum("bkd,md->bkm", guidance, items).amax(dim=1)
 
 
-__all__ = ["ComiRecSA", "ComiRecDR", "SASRecGEM", "MeanPoolGEM", "LastKGEM", "build_gem", "hard_readout",
-           "interest_scores", "check_history", "masked_softmax"]
+__all__ = [
+    "ComiRecSA",
+    "ComiRecDR",
+    "SASRecGEM",
+    "MeanPoolGEM",
+    "LastKGEM",
+    "build_gem",
+    "hard_readout",
+    "interest_scores",
+    "check_history",
+    "masked_softmax",
+]

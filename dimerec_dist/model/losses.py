@@ -21,10 +21,19 @@ def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"unknown reduction {reduction!r} (mean, sum or none)")
 
 
-def sampled_softmax_loss(query: Tensor, target: Tensor, negatives: Tensor, target_ids: Tensor,
-                         negative_ids: Tensor, *, temperature: float = 1.0, cosine: bool = False,
-                         target_log_q: Tensor | None = None, negative_log_q: Tensor | None = None,
-                         reduction: str = "mean") -> Tensor:
+def sampled_softmax_loss(
+    query: Tensor,
+    target: Tensor,
+    negatives: Tensor,
+    target_ids: Tensor,
+    negative_ids: Tensor,
+    *,
+    temperature: float = 1.0,
+    cosine: bool = False,
+    target_log_q: Tensor | None = None,
+    negative_log_q: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
     """-log softmax of the target among the target and sampled negatives.
 
     query (B, d); target (B, d) with ids (B,); negatives either shared by the batch,

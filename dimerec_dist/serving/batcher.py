@@ -50,7 +50,7 @@ class MicroBatcher:
                 continue
             start = 0
             for requests, future in pending:
-                future.set_result(answers[start:start + len(requests)])
+                future.set_result(answers[start : start + len(requests)])
                 start += len(requests)
 
     def _answer_alone(self, requests: list[Request], future: Future) -> None:

@@ -71,24 +71,40 @@ class Bundle:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_file}: not valid JSON ({exc})") from None
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
-            raise BundleError(f"{manifest_file}: format {self.manifest.get('format')!r} version "
-                              f"{self.manifest.get('version')!r}, expected {FORMAT!r} version {VERSION}")
+            raise BundleError(
+                f"{manifest_file}: format {self.manifest.get('format')!r} version "
+                f"{self.manifest.get('version')!r}, expected {FORMAT!r} version {VERSION}"
+            )
         if verify:
             self.verify()
         m = self.manifest
         self.num_items, self.dim = m["num_items"], m["dim"]
-        self.parts = [TablePart(p["first"], p["last"], self._load(p["file"]),
-                                self._load(p["scale_file"]) if p.get("scale_file") else None) for p in m["parts"]]
+        self.parts = [
+            TablePart(
+                p["first"],
+                p["last"],
+                self._load(p["file"]),
+                self._load(p["scale_file"]) if p.get("scale_file") else None,
+            )
+            for p in m["parts"]
+        ]
         self.parts.sort(key=lambda part: part.first)
         covered = [(p.first, p.last) for p in self.parts]
-        if (not covered or covered[0][0] != 0 or covered[-1][1] != self.num_items + 1
-                or any(a[1] != b[0] for a, b in zip(covered, covered[1:]))):
-            raise BundleError(f"{manifest_file}: the table parts cover {covered}, not rows 0..{self.num_items} "
-                              f"once each")
+        if (
+            not covered
+            or covered[0][0] != 0
+            or covered[-1][1] != self.num_items + 1
+            or any(a[1] != b[0] for a, b in zip(covered, covered[1:]))
+        ):
+            raise BundleError(
+                f"{manifest_file}: the table parts cover {covered}, not rows 0..{self.num_items} once each"
+            )
         for part in self.parts:
             if part.rows.shape != (part.last - part.first, self.dim):
-                raise BundleError(f"{self.root}: a part of rows [{part.first}, {part.last}) has shape "
-                                  f"{part.rows.shape}, expected ({part.last - part.first}, {self.dim})")
+                raise BundleError(
+                    f"{self.root}: a part of rows [{part.first}, {part.last}) has shape "
+                    f"{part.rows.shape}, expected ({part.last - part.first}, {self.dim})"
+                )
         vocabulary = m["vocabulary"]
         self.raw_by_item = self._load(vocabulary["by_item"])
         self.sorted_raw = self._load(vocabulary["sorted"])

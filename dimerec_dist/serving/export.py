@@ -60,14 +60,17 @@ def write_part(rows: torch.Tensor, first: int, staging: Path, name: str, dtype: 
     count, dim = rows.shape
     file = f"items/{name}.npy"
     out = open_memmap(staging / file, mode="w+", dtype=np.dtype(dtype), shape=(count, dim))
-    scale_out = open_memmap(staging / f"items/{name}.scale.npy", mode="w+", dtype=np.float32,
-                            shape=(count,)) if dtype == "int8" else None
+    scale_out = (
+        open_memmap(staging / f"items/{name}.scale.npy", mode="w+", dtype=np.float32, shape=(count,))
+        if dtype == "int8"
+        else None
+    )
     for start in range(0, count, BLOCK_ROWS):
-        block = rows[start:start + BLOCK_ROWS].detach().cpu().numpy().astype(np.float32)
+        block = rows[start : start + BLOCK_ROWS].detach().cpu().numpy().astype(np.float32)
         if scale_out is not None:
-            out[start:start + len(block)], scale_out[start:start + len(block)] = quantize_int8(block)
+            out[start : start + len(block)], scale_out[start : start + len(block)] = quantize_int8(block)
         else:
-            out[start:start + len(block)] = block
+            out[start : start + len(block)] = block
     out.flush()
     del out
     entry = {"first": first, "last": first + count, "file": file}
@@ -89,8 +92,12 @@ def write_vocabulary(manifest_data: Manifest, staging: Path) -> dict:
     by_item[:] = raw
     order = np.argsort(by_item[1:], kind="stable") + 1
     popularity = np.concatenate([[0], items.column("popularity").to_numpy()]).astype(np.int64)
-    files = {"by_item": by_item, "sorted": by_item[order], "sorted_items": order.astype(np.int64),
-             "popularity": popularity}
+    files = {
+        "by_item": by_item,
+        "sorted": by_item[order],
+        "sorted_items": order.astype(np.int64),
+        "popularity": popularity,
+    }
     (staging / "vocabulary").mkdir()
     for key, array in files.items():
         np.save(staging / f"vocabulary/{key}.npy", array)
@@ -146,21 +153,36 @@ def measure_index(staging: Path, users: EvaluationUsers, limit: int = 1000) -> d
     recommender = Recommender(bundle)
     count = min(limit, len(users))
     histories, _, _ = users.batch(np.arange(count))
-    requests = [Request(history=bundle.raw_ids(row[:length]), k=50, user=int(user))
-                for row, length, user in zip(histories.ids, histories.lengths, users.users[:count])]
+    requests = [
+        Request(history=bundle.raw_ids(row[:length]), k=50, user=int(user))
+        for row, length, user in zip(histories.ids, histories.lengths, users.users[:count])
+    ]
     timings, answers = {}, {}
     for exact in (True, False):
         started = time.time()
-        answers[exact] = [r.items for r in recommender.recommend([Request(**{**q.__dict__, "exact": exact})
-                                                                  for q in requests])]
+        answers[exact] = [
+            r.items for r in recommender.recommend([Request(**{**q.__dict__, "exact": exact}) for q in requests])
+        ]
         timings[exact] = (time.time() - started) / max(count, 1)
     recall = float(np.mean([len(set(a) & set(e)) / max(len(e), 1) for a, e in zip(answers[False], answers[True])]))
-    return {"recall@50": round(recall, 4), "queries": count, "exact_ms_per_query": round(1e3 * timings[True], 3),
-            "index_ms_per_query": round(1e3 * timings[False], 3)}
+    return {
+        "recall@50": round(recall, 4),
+        "queries": count,
+        "exact_ms_per_query": round(1e3 * timings[True], 3),
+        "index_ms_per_query": round(1e3 * timings[False], 3),
+    }
 
 
-def export(run_dir: Path, out: Path, dtype: str, index: str, steps: int | None, nprobe: int,
-           overrides: list[str], overwrite: bool = False) -> dict:
+def export(
+    run_dir: Path,
+    out: Path,
+    dtype: str,
+    index: str,
+    steps: int | None,
+    nprobe: int,
+    overrides: list[str],
+    overwrite: bool = False,
+) -> dict:
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if index not in INDEX_KINDS:
@@ -179,32 +201,56 @@ def export(run_dir: Path, out: Path, dtype: str, index: str, steps: int | None, 
     started = time.time()
     dim = config.model.embedding_dim
     shards = scoring_shards(loaded.shards, loaded.manifest.num_items + 1, dim, ctx.device)
-    parts = [write_part(shard.weight, shard.row_offset, staging, f"part-{ctx.rank:05d}-{i}", dtype)
-             for i, shard in enumerate(shards) if shard.weight.shape[0]]
+    parts = [
+        write_part(shard.weight, shard.row_offset, staging, f"part-{ctx.rank:05d}-{i}", dtype)
+        for i, shard in enumerate(shards)
+        if shard.weight.shape[0]
+    ]
     gathered: list[list[dict]] = [None] * ctx.world_size
     dist.all_gather_object(gathered, parts)
     result = {}
     if ctx.is_main:
         parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p["first"])
-        log.info("item table written: %d parts, %d rows, %s, %.1fs", len(parts), loaded.manifest.num_items + 1,
-                 dtype, time.time() - started)
+        log.info(
+            "item table written: %d parts, %d rows, %s, %.1fs",
+            len(parts),
+            loaded.manifest.num_items + 1,
+            dtype,
+            time.time() - started,
+        )
         tower = UserTower(loaded.model.module.dimerec, steps, config.query_mode())
         export_tower(tower, config.model.max_history, dim, staging / "tower.pt2")
         shutil.copyfile(run_dir / "config.yaml", staging / "config.yaml")
-        manifest = {"format": FORMAT, "version": VERSION, "num_items": loaded.manifest.num_items, "dim": dim,
-                    "dtype": dtype, "cosine": config.model.cosine_logits, "max_history": config.model.max_history,
-                    "query_mode": config.query_mode(), "steps": steps, "parts": parts,
-                    "vocabulary": write_vocabulary(loaded.manifest, staging), "tower": "tower.pt2",
-                    "config": "config.yaml", "index": None, "source": {"run_dir": str(run_dir.resolve()),
-                                                                        "exported_by_ranks": ctx.world_size}}
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_items": loaded.manifest.num_items,
+            "dim": dim,
+            "dtype": dtype,
+            "cosine": config.model.cosine_logits,
+            "max_history": config.model.max_history,
+            "query_mode": config.query_mode(),
+            "steps": steps,
+            "parts": parts,
+            "vocabulary": write_vocabulary(loaded.manifest, staging),
+            "tower": "tower.pt2",
+            "config": "config.yaml",
+            "index": None,
+            "source": {"run_dir": str(run_dir.resolve()), "exported_by_ranks": ctx.world_size},
+        }
         _write_manifest(staging, manifest)
         if index != "none":
             manifest["index"] = build_index(staging, dim, config.model.cosine_logits, index, nprobe)
             _write_manifest(staging, manifest)
             manifest["index"].update(measure_index(staging, loaded.users("test")))
-            log.info("index %s: recall@50 %.4f against exact search (%d test users), %.2f ms/query vs exact %.2f",
-                     index, manifest["index"]["recall@50"], manifest["index"]["queries"],
-                     manifest["index"]["index_ms_per_query"], manifest["index"]["exact_ms_per_query"])
+            log.info(
+                "index %s: recall@50 %.4f against exact search (%d test users), %.2f ms/query vs exact %.2f",
+                index,
+                manifest["index"]["recall@50"],
+                manifest["index"]["queries"],
+                manifest["index"]["index_ms_per_query"],
+                manifest["index"]["exact_ms_per_query"],
+            )
         _write_manifest(staging, manifest)
         publish(staging, out)
         log.info("bundle written to %s in %.1fs", out, time.time() - started)
@@ -228,13 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default="none", help=f"approximate index: {', '.join(INDEX_KINDS)} (needs faiss)")
     parser.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")
     parser.add_argument("--steps", type=int, default=None, help="reverse steps of the tower (default: the config's)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing bundle at --out (swapped in only when the new one is complete)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing bundle at --out (swapped in only when the new one is complete)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value applied to the run's config")
     args = parser.parse_args(argv)
-    return run_command("dimerec-export", lambda: export(args.run_dir, args.out, args.dtype, args.index, args.steps,
-                                                        args.nprobe, args.overrides, args.overwrite),
-                       (ConfigError, DataError, CheckpointError, BundleError, OutputError))
+    return run_command(
+        "dimerec-export",
+        lambda: export(
+            args.run_dir, args.out, args.dtype, args.index, args.steps, args.nprobe, args.overrides, args.overwrite
+        ),
+        (ConfigError, DataError, CheckpointError, BundleError, OutputError),
+    )
 
 
 if __name__ == "__main__":

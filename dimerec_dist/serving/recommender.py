@@ -50,8 +50,9 @@ class Recommender:
         try:
             self.tower = load_tower(tower)
         except Exception as exc:  # torch.export raises many kinds for a damaged archive: one line names it
-            raise BundleError(f"{tower}: cannot load the user tower ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:160]})") from None
+            raise BundleError(
+                f"{tower}: cannot load the user tower ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+            ) from None
         config = yaml.safe_load(bundle.path(bundle.manifest["config"]).read_text())
         self.seed = int(config.get("seed", 0))
         self.max_history = bundle.manifest["max_history"]
@@ -73,8 +74,9 @@ class Recommender:
         results: list[Recommendation | None] = [None] * len(requests)
         empty = [i for i, ids in enumerate(known) if len(ids) == 0]
         for i in empty:  # nothing known to condition on: the most popular items, said so
-            results[i] = self._popular(requests[i].k, {**warnings[i], "empty_history": "no known item in the "
-                                                        "history: the most popular items"})
+            results[i] = self._popular(
+                requests[i].k, {**warnings[i], "empty_history": "no known item in the history: the most popular items"}
+            )
         rows = [i for i, ids in enumerate(known) if len(ids)]
         if rows:
             queries = self._queries([known[i] for i in rows], [requests[i].user for i in rows])
@@ -88,9 +90,12 @@ class Recommender:
                 search = self._approximate if use_index else self._exact
                 items, scores = search(queries[group], seen, k)
                 for j, i in enumerate(picked):
-                    keep = np.isfinite(scores[j])[:requests[i].k]
-                    results[i] = Recommendation(self.bundle.raw_ids(items[j][:requests[i].k][keep]),
-                                                scores[j][:requests[i].k][keep].tolist(), warnings[i])
+                    keep = np.isfinite(scores[j])[: requests[i].k]
+                    results[i] = Recommendation(
+                        self.bundle.raw_ids(items[j][: requests[i].k][keep]),
+                        scores[j][: requests[i].k][keep].tolist(),
+                        warnings[i],
+                    )
         return results
 
     def check(self, request: Request) -> None:
@@ -115,8 +120,14 @@ class Recommender:
         mask = batch.ids != 0
         embedded = np.zeros((*batch.ids.shape, self.bundle.dim), np.float32)
         embedded[mask] = self.bundle.rows(batch.ids[mask])
-        starts = torch.stack([user_starts(np.array([u]), self.bundle.dim, self.seed)[0] if u is not None
-                              else history_start(h, self.bundle.dim, self.seed) for h, u in zip(histories, users)])
+        starts = torch.stack(
+            [
+                user_starts(np.array([u]), self.bundle.dim, self.seed)[0]
+                if u is not None
+                else history_start(h, self.bundle.dim, self.seed)
+                for h, u in zip(histories, users)
+            ]
+        )
         with self._lock:  # one tower call at a time: the exported module is not re-entrant
             return self.tower(torch.from_numpy(embedded), torch.from_numpy(mask), starts)
 
@@ -124,7 +135,7 @@ class Recommender:
         width = max(1, max(len(s) for s in seen))
         padded = np.zeros((len(seen), width), np.int64)
         for r, items in enumerate(seen):
-            padded[r, :len(items)] = items
+            padded[r, : len(items)] = items
         parts = self.bundle.parts
         shards = [RowShard(part.first, 0, _as_tensor(part)) for part in parts]
         values, ids = local_topk(shards, k, torch.from_numpy(padded), self._scorer(queries))
@@ -142,7 +153,7 @@ class Recommender:
             rows = rows.float()  # a no-op for float32 parts
             if scales[index] is not None:
                 local = first - firsts[index]
-                rows = rows * scales[index][local:local + rows.shape[0], None]
+                rows = rows * scales[index][local : local + rows.shape[0], None]
             return score_block(queries, rows, cosine)
 
         return score
@@ -157,8 +168,8 @@ class Recommender:
         out_scores = np.full((len(seen), k), -np.inf, np.float32)
         for r, items in enumerate(seen):
             # With several queries per user (GEM), a user's candidates are the union, best score first.
-            cand_ids = ids[r * per_user:(r + 1) * per_user].ravel()
-            cand_scores = scores[r * per_user:(r + 1) * per_user].ravel()
+            cand_ids = ids[r * per_user : (r + 1) * per_user].ravel()
+            cand_scores = scores[r * per_user : (r + 1) * per_user].ravel()
             order = np.lexsort((cand_ids, -cand_scores))
             chosen, taken = set(items.tolist()) | {0, -1}, 0
             for c in order:
@@ -177,9 +188,10 @@ class Recommender:
             scores = popularity_scores(np.asarray(self.bundle.popularity))
             scores[0] = -np.inf
             self._popularity_order = np.argsort(-scores, kind="stable")
-        top = self._popularity_order[:min(k, self.bundle.num_items)]
-        return Recommendation(self.bundle.raw_ids(top), np.asarray(self.bundle.popularity)[top].astype(float).tolist(),
-                              warnings)
+        top = self._popularity_order[: min(k, self.bundle.num_items)]
+        return Recommendation(
+            self.bundle.raw_ids(top), np.asarray(self.bundle.popularity)[top].astype(float).tolist(), warnings
+        )
 
 
 def _as_tensor(part: TablePart) -> torch.Tensor:

@@ -35,7 +35,7 @@ log = logging.getLogger("dimerec.serve")
 MAX_BODY_BYTES = 8 << 20
 MAX_BATCH = 1024
 MAX_ID_CHARS = 256  # a raw item id longer than this is not an id
-INT64_MAX = 2 ** 63 - 1  # integer ids and users are int64 everywhere downstream
+INT64_MAX = 2**63 - 1  # integer ids and users are int64 everywhere downstream
 
 
 def parse_request(body: object, where: str, num_items: int) -> Request:
@@ -51,8 +51,10 @@ def parse_request(body: object, where: str, num_items: int) -> Request:
         if isinstance(item, bool) or not isinstance(item, (str, int)):
             raise RequestError(f"{where}: history[{position}] must be a string or an integer, got {_short(item)}")
         if isinstance(item, str) and len(item) > MAX_ID_CHARS:
-            raise RequestError(f"{where}: history[{position}] is {len(item)} characters long, over the "
-                               f"{MAX_ID_CHARS} an item id may have")
+            raise RequestError(
+                f"{where}: history[{position}] is {len(item)} characters long, over the "
+                f"{MAX_ID_CHARS} an item id may have"
+            )
         if isinstance(item, int) and not -INT64_MAX - 1 <= item <= INT64_MAX:
             raise RequestError(f"{where}: history[{position}] is outside the 64-bit integer range")
     k = body.get("k", 50)
@@ -64,13 +66,14 @@ def parse_request(body: object, where: str, num_items: int) -> Request:
     for flag in ("exclude_seen", "exact"):
         if flag in body and body[flag] is not None and not isinstance(body[flag], bool):
             raise RequestError(f"{where}: '{flag}' must be true or false, got {_short(body[flag])}")
-    return Request(history=history, k=k, user=user, exclude_seen=body.get("exclude_seen", True),
-                   exact=body.get("exact"))
+    return Request(
+        history=history, k=k, user=user, exclude_seen=body.get("exclude_seen", True), exact=body.get("exact")
+    )
 
 
 def _short(value: object) -> str:
     """A value as the error quotes it: never more than 60 characters of what the client sent."""
-    huge = isinstance(value, int) and abs(value) >= 10 ** 30
+    huge = isinstance(value, int) and abs(value) >= 10**30
     text = f"an integer of {len(str(abs(value)))} digits" if huge else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -147,11 +150,13 @@ def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHan
                     requests = [parse_request(body, "request", recommender.bundle.num_items)]
                 else:
                     if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
-                        raise RequestError("batch: expected {\"requests\": [...]}")
+                        raise RequestError('batch: expected {"requests": [...]}')
                     if not 1 <= len(body["requests"]) <= MAX_BATCH:
                         raise RequestError(f"batch: 1..{MAX_BATCH} requests, got {len(body['requests'])}")
-                    requests = [parse_request(r, f"requests[{i}]", recommender.bundle.num_items)
-                                for i, r in enumerate(body["requests"])]
+                    requests = [
+                        parse_request(r, f"requests[{i}]", recommender.bundle.num_items)
+                        for i, r in enumerate(body["requests"])
+                    ]
                 results = batcher.recommend(requests)
             except RequestError as exc:
                 self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
@@ -173,21 +178,37 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the listen backlog: the default 5 resets bursts of new connections
 
 
-def make_server(bundle_dir: Path, host: str, port: int, verify: bool = True, max_batch: int = 64,
-                max_wait_ms: float = 0.0) -> ThreadingHTTPServer:
+def make_server(
+    bundle_dir: Path, host: str, port: int, verify: bool = True, max_batch: int = 64, max_wait_ms: float = 0.0
+) -> ThreadingHTTPServer:
     started = time.time()
     if not verify:
         log.warning("serving %s without verifying its checksums (--no-verify)", bundle_dir)
     bundle = Bundle(bundle_dir, verify=verify)
     recommender = Recommender(bundle)
     m = bundle.manifest
-    health = {"status": "ok", "items": bundle.num_items, "dim": bundle.dim, "dtype": m["dtype"], "steps": m["steps"],
-              "query_mode": m["query_mode"], "index": (m["index"] or {}).get("kind"),
-              "start_s": round(time.time() - started, 3)}
+    health = {
+        "status": "ok",
+        "items": bundle.num_items,
+        "dim": bundle.dim,
+        "dtype": m["dtype"],
+        "steps": m["steps"],
+        "query_mode": m["query_mode"],
+        "index": (m["index"] or {}).get("kind"),
+        "start_s": round(time.time() - started, 3),
+    }
     server = _Server((host, port), make_handler(MicroBatcher(recommender, max_batch, max_wait_ms), health))
-    log.info("serving %s (%d items, %s, %d step(s), index %s) on http://%s:%d, ready in %.2fs", bundle_dir,
-             bundle.num_items, m["dtype"], m["steps"], health["index"], host, server.server_address[1],
-             health["start_s"])
+    log.info(
+        "serving %s (%d items, %s, %d step(s), index %s) on http://%s:%d, ready in %.2fs",
+        bundle_dir,
+        bundle.num_items,
+        m["dtype"],
+        m["steps"],
+        health["index"],
+        host,
+        server.server_address[1],
+        health["start_s"],
+    )
     return server
 
 
@@ -197,11 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip checking every file's checksum at start (logged; default: verify)")
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip checking every file's checksum at start (logged; default: verify)",
+    )
     parser.add_argument("--max-batch", type=int, default=64, help="requests scored together (micro-batching)")
-    parser.add_argument("--max-wait-ms", type=float, default=0.0,
-                        help="how long a batch waits for company (0: takes what queued while busy)")
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a batch waits for company (0: takes what queued while busy)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:

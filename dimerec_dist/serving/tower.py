@@ -27,8 +27,7 @@ class UserTower(nn.Module):
 
     def forward(self, history: torch.Tensor, mask: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """history (B, N, d) with zeros on padding, mask (B, N), start (B, d) -> queries (B, Q, d)."""
-        return self.dimerec.queries(history, mask, self.query_mode, steps=self.steps, deterministic=True,
-                                    start=start)
+        return self.dimerec.queries(history, mask, self.query_mode, steps=self.steps, deterministic=True, start=start)
 
 
 def export_tower(tower: UserTower, max_history: int, dim: int, path: Path | str) -> None:
@@ -49,6 +48,9 @@ def load_tower(path: Path | str) -> torch.nn.Module:
 def history_start(history_ids: np.ndarray, dim: int, seed: int) -> torch.Tensor:
     """A fixed x_T for a history: drawn from a seed made of its item ids, so the same history
     always gets the same recommendations, on any server replica."""
-    digest = hashlib.blake2b(np.ascontiguousarray(history_ids, dtype=np.int64).tobytes(), digest_size=8,
-                             key=seed.to_bytes(8, "little", signed=True)).digest()
+    digest = hashlib.blake2b(
+        np.ascontiguousarray(history_ids, dtype=np.int64).tobytes(),
+        digest_size=8,
+        key=seed.to_bytes(8, "little", signed=True),
+    ).digest()
     return torch.randn(dim, generator=torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1))

@@ -14,8 +14,21 @@ from research.run_records import final_digest, is_recorded, read_provenance
 # The source checkout the grids' config and report paths are relative to.
 REPO = Path(__file__).resolve().parents[2]
 
-GRID_KEYS = {"name", "seeds", "nproc", "datasets", "methods", "reference", "metrics", "report", "common", "plots",
-             "purpose", "runs", "glance"}
+GRID_KEYS = {
+    "name",
+    "seeds",
+    "nproc",
+    "datasets",
+    "methods",
+    "reference",
+    "metrics",
+    "report",
+    "common",
+    "plots",
+    "purpose",
+    "runs",
+    "glance",
+}
 # comparison: the reference method against the best of the others, its baselines (Welch's t-test);
 # ablation: the same, the others being variants of the reference;
 # tuning: the others are candidate settings, and the one with the best validation NDCG@10 is named.
@@ -44,10 +57,14 @@ def load_grid(path: Path) -> dict:
         if not isinstance(spec, dict) or "config" not in spec:
             raise GridError(f"{path}: dataset {name!r} needs a 'config' (a job YAML)")
     for name, spec in grid["methods"].items():
-        if isinstance(spec, dict) and (set(spec) - {"from", "eval"} or spec.get("from") not in grid["methods"]
-                                       or isinstance(grid["methods"][spec["from"]], dict)):
-            raise GridError(f"{path}: method {name!r}: an evaluation-only method is {{from: TRAINED_METHOD, "
-                            f"eval: [overrides]}}")
+        if isinstance(spec, dict) and (
+            set(spec) - {"from", "eval"}
+            or spec.get("from") not in grid["methods"]
+            or isinstance(grid["methods"][spec["from"]], dict)
+        ):
+            raise GridError(
+                f"{path}: method {name!r}: an evaluation-only method is {{from: TRAINED_METHOD, eval: [overrides]}}"
+            )
         if not isinstance(spec, (dict, list)):
             raise GridError(f"{path}: method {name!r}: a list of config overrides, or {{from: ..., eval: [...]}}")
     for spec in grid.get("plots", []):
@@ -58,12 +75,14 @@ def load_grid(path: Path) -> dict:
         if missing:
             raise GridError(f"{path}: plot {spec.get('name', kind)!r}: missing {', '.join(sorted(missing))}")
         if kind == "curve" and len(spec["x"]) != len(spec["methods"]):
-            raise GridError(f"{path}: plot {spec['name']!r}: {len(spec['x'])} x values for "
-                            f"{len(spec['methods'])} methods")
+            raise GridError(
+                f"{path}: plot {spec['name']!r}: {len(spec['x'])} x values for {len(spec['methods'])} methods"
+            )
         unknown_methods = set(spec.get("methods", [])) - set(grid["methods"])
         if unknown_methods:
-            raise GridError(f"{path}: plot {spec['name']!r}: method(s) {', '.join(sorted(unknown_methods))} "
-                            f"not in the grid")
+            raise GridError(
+                f"{path}: plot {spec['name']!r}: method(s) {', '.join(sorted(unknown_methods))} not in the grid"
+            )
     grid.setdefault("purpose", "comparison")
     if grid["purpose"] not in PURPOSES:
         raise GridError(f"{path}: purpose {grid['purpose']!r} is not one of {', '.join(PURPOSES)}")
@@ -98,8 +117,13 @@ def evaluation_only(grid: dict, method: str) -> dict | None:
 
 def training_overrides(grid: dict, out: Path, dataset: str, method: str, seed: int) -> list[str]:
     data = out / dataset / "data"
-    overrides = [*grid["common"], *grid["datasets"][dataset].get("overrides", []), *grid["methods"][method],
-                 f"seed={seed}", f"data.path={data}"]
+    overrides = [
+        *grid["common"],
+        *grid["datasets"][dataset].get("overrides", []),
+        *grid["methods"][method],
+        f"seed={seed}",
+        f"data.path={data}",
+    ]
     if (data / "manifest.json").is_file():
         overrides.append("data.source=prepared")
     return overrides
@@ -148,5 +172,10 @@ def reference_twins(grid: dict, out: Path, dataset: str) -> set[str]:
     `temperature_0.1` once 0.1 became the default): the reference again, never its rival."""
     reference, seed = grid["reference"], grid["seeds"][0]
     ours = asked_job(grid, out, dataset, reference, seed)
-    return {method for method in grid["methods"] if method != reference and evaluation_only(grid, method) is None
-            and not settings_changes(ours, asked_job(grid, out, dataset, method, seed))}
+    return {
+        method
+        for method in grid["methods"]
+        if method != reference
+        and evaluation_only(grid, method) is None
+        and not settings_changes(ours, asked_job(grid, out, dataset, method, seed))
+    }

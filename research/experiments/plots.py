@@ -73,8 +73,13 @@ def plot(grid: dict, records: Path, table: dict, figures: Path) -> list[str]:
                 ax.set_ylabel("test")
                 if all("ms/user" in r for _, runs in points for r in runs):
                     twin = ax.twinx()
-                    twin.plot(xs, [statistics.mean(r["ms/user"] for r in runs) for _, runs in points], "k--",
-                              marker="s", label="ms/user")
+                    twin.plot(
+                        xs,
+                        [statistics.mean(r["ms/user"] for r in runs) for _, runs in points],
+                        "k--",
+                        marker="s",
+                        label="ms/user",
+                    )
                     twin.set_ylabel("evaluation ms per user (dashed)")
                 if spec.get("log_x"):
                     ax.set_xscale("log")

@@ -40,18 +40,22 @@ def collect(grid: dict, out: Path, records: Path) -> tuple[dict, dict[str, list[
                     diversity = result.get("diversity", {})
                     selection = {"valid ndcg@10": result["valid"]["ndcg@10"]} if "ndcg@10" in result["valid"] else {}
                     table.setdefault(dataset, {}).setdefault(method, []).append(
-                        {**result["test"], **diversity.get("test", {}), **extra, **selection, "seed": seed})
+                        {**result["test"], **diversity.get("test", {}), **extra, **selection, "seed": seed}
+                    )
                     if method == grid["reference"]:
                         table[dataset].setdefault("popularity", []).append(
-                            {**result["popularity"]["test"], **diversity.get("popularity", {}), "seed": seed})
+                            {**result["popularity"]["test"], **diversity.get("popularity", {}), "seed": seed}
+                        )
     return table, left_out
 
 
 def render_left_out(left_out: dict[str, list[str]]) -> str:
     if not left_out:
         return ""
-    lines = ["Left out: finished runs made with other settings than the grid asks now (running the grid "
-             "moves them aside and runs them again):"]
+    lines = [
+        "Left out: finished runs made with other settings than the grid asks now (running the grid "
+        "moves them aside and runs them again):"
+    ]
     lines += [f"- {why}: {', '.join(runs)}" for why, runs in left_out.items()]
     return "\n".join(lines) + "\n"
 
@@ -99,9 +103,14 @@ def render_missing(grid: dict, table: dict) -> str:
     if not parts:
         return ""
     asked = f"seed{'s' if len(grid['seeds']) > 1 else ''} {_seed_ranges(grid['seeds'])}"
-    return (f"Not recorded yet ({asked} asked of each method; the time each dataset's list takes is "
-            f"the mean wall minutes of the method's recorded runs there, resumed runs left out):\n") + \
-        "\n".join(f"- {part}" for part in parts) + "\n"
+    return (
+        (
+            f"Not recorded yet ({asked} asked of each method; the time each dataset's list takes is "
+            f"the mean wall minutes of the method's recorded runs there, resumed runs left out):\n"
+        )
+        + "\n".join(f"- {part}" for part in parts)
+        + "\n"
+    )
 
 
 def report_text(grid: dict, out: Path, records: Path) -> tuple[str, dict]:
@@ -131,8 +140,9 @@ def render(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) ->
     # under other inference settings, never what it is compared against; nor is popularity,
     # shown beside an ablation, a variant of the reference.
     ablation = grid.get("purpose") == "ablation"
-    excluded = {m for m, spec in grid.get("methods", {}).items()
-                if isinstance(spec, dict) and spec.get("from") == reference}
+    excluded = {
+        m for m, spec in grid.get("methods", {}).items() if isinstance(spec, dict) and spec.get("from") == reference
+    }
     if ablation:
         excluded.add("popularity")
     lines = []
@@ -140,12 +150,16 @@ def render(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) ->
         extras = [c for c in EXTRA_COLUMNS if any(c in r for runs in methods.values() for r in runs)]
         columns = [*metrics, *extras]
         same = (twins or {}).get(dataset, set())
-        lines += [f"### {dataset}", "",
-                  "| method | seeds | " + " | ".join(m.upper() if m in metrics else m for m in columns) + " |",
-                  "|---|---|" + "---|" * len(columns)]
+        lines += [
+            f"### {dataset}",
+            "",
+            "| method | seeds | " + " | ".join(m.upper() if m in metrics else m for m in columns) + " |",
+            "|---|---|" + "---|" * len(columns),
+        ]
         for method, runs in methods.items():
-            cells = [_cell([r[c] for r in runs if c in r], 2 if c in ("categories@50", "ms/user") else 4)
-                     for c in columns]
+            cells = [
+                _cell([r[c] for r in runs if c in r], 2 if c in ("categories@50", "ms/user") else 4) for c in columns
+            ]
             name = f"**{method}**" if method == reference else method
             if method in same:
                 name += f" (= {reference}'s settings)"
@@ -160,32 +174,40 @@ def render(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) ->
                 best = max(baselines, key=lambda m: statistics.mean(r[metric] for r in baselines[m]))
                 ours = [r[metric] for r in methods[reference]]
                 theirs = [r[metric] for r in baselines[best]]
-                verdict = (f"best {'variant' if ablation else 'baseline'} {best}: {statistics.mean(theirs):.4f}; "
-                           f"{reference} {statistics.mean(ours):.4f}")
+                verdict = (
+                    f"best {'variant' if ablation else 'baseline'} {best}: {statistics.mean(theirs):.4f}; "
+                    f"{reference} {statistics.mean(ours):.4f}"
+                )
                 if len(ours) > 1 and len(theirs) > 1:
                     test = welch_t_test(ours, theirs)
-                    verdict += (f"; Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p_two_sided:.3g} "
-                                f"(by seed: {reference} {_by_seed(methods[reference], metric)}; "
-                                f"{best} {_by_seed(baselines[best], metric)})")
+                    verdict += (
+                        f"; Welch t = {test.t:.2f}, df = {test.df:.1f}, p = {test.p_two_sided:.3g} "
+                        f"(by seed: {reference} {_by_seed(methods[reference], metric)}; "
+                        f"{best} {_by_seed(baselines[best], metric)})"
+                    )
                 lines.append(f"- {metric.upper()}: {verdict}")
             lines.append("")
     return "\n".join(lines)
 
 
 def _by_seed(runs: list[dict], metric: str) -> str:
-    """"0: 0.0910, 1: 0.0926, ...": the seeds behind a mean, so a reader sees what the t-test saw."""
+    """ "0: 0.0910, 1: 0.0926, ...": the seeds behind a mean, so a reader sees what the t-test saw."""
     return ", ".join(f"{r['seed']}: {r[metric]:.4f}" if "seed" in r else f"{r[metric]:.4f}" for r in runs)
 
 
 def _chosen_on_validation(methods: dict, metrics: list[str]) -> list[str]:
     """A tuning grid's verdict: the setting with the best mean validation NDCG@10, and its test."""
-    scored = {m: statistics.mean(r["valid ndcg@10"] for r in runs) for m, runs in methods.items()
-              if runs and all("valid ndcg@10" in r for r in runs)}
+    scored = {
+        m: statistics.mean(r["valid ndcg@10"] for r in runs)
+        for m, runs in methods.items()
+        if runs and all("valid ndcg@10" in r for r in runs)
+    }
     if len(scored) < 2:
         return []  # nothing to choose between yet
     best = max(scored, key=scored.get)
-    tested = ", ".join(f"{metric.upper()} {statistics.mean(r[metric] for r in methods[best]):.4f}"
-                       for metric in metrics)
+    tested = ", ".join(
+        f"{metric.upper()} {statistics.mean(r[metric] for r in methods[best]):.4f}" for metric in metrics
+    )
     return [f"- Chosen on validation NDCG@10: **{best}** ({scored[best]:.4f}); its test: {tested}", ""]
 
 
@@ -203,14 +225,19 @@ def glance(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) ->
         cells = []
         for dataset in datasets:
             runs = table[dataset].get(method, [])
-            cells.append(" / ".join(_cell([r[m] for r in runs]) for m in GLANCE_METRICS) + f" ({len(runs)})"
-                         if runs else "-")
+            cells.append(
+                " / ".join(_cell([r[m] for r in runs]) for m in GLANCE_METRICS) + f" ({len(runs)})" if runs else "-"
+            )
         lines.append(f"| {f'**{method}**' if method == reference else method} | " + " | ".join(cells) + " |")
     leads = []
     for dataset in datasets:
         methods_here, same = table[dataset], (twins or {}).get(dataset, set())
-        baselines = {m: r for m, r in methods_here.items() if m not in {reference, "popularity"} | same
-                     and not (isinstance(grid["methods"].get(m), dict) and grid["methods"][m].get("from") == reference)}
+        baselines = {
+            m: r
+            for m, r in methods_here.items()
+            if m not in {reference, "popularity"} | same
+            and not (isinstance(grid["methods"].get(m), dict) and grid["methods"][m].get("from") == reference)
+        }
         if reference not in methods_here or not baselines:
             leads.append("-")
             continue
@@ -224,9 +251,11 @@ def glance(grid: dict, table: dict, twins: dict[str, set[str]] | None = None) ->
             parts.append(f"**{part}**" if p < 0.05 else part)
         leads.append(" / ".join(parts))
     lines.append(f"| {reference}'s lead over the best baseline | " + " | ".join(leads) + " |")
-    return ("Test HR@10 / NDCG@10, mean +- sd over seeds (the count in brackets); the last row: the "
-            f"relative lead of {reference} over the best other method on each metric, with Welch's two-sided "
-            "p, in bold where p < 0.05.\n\n" + "\n".join(lines) + "\n")
+    return (
+        "Test HR@10 / NDCG@10, mean +- sd over seeds (the count in brackets); the last row: the "
+        f"relative lead of {reference} over the best other method on each metric, with Welch's two-sided "
+        "p, in bold where p < 0.05.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def glance_of(grid: dict, out: Path, table: dict) -> str | None:
@@ -246,8 +275,7 @@ def _replace_block(current: str, name: str, body: str) -> str:
     return current.rstrip() + "\n\n" + block + "\n"
 
 
-def write_report(grid: dict, out: Path, records: Path, text: str, command: str,
-                 glance_text: str | None = None) -> None:
+def write_report(grid: dict, out: Path, records: Path, text: str, command: str, glance_text: str | None = None) -> None:
     shown = records.resolve().relative_to(REPO) if records.resolve().is_relative_to(REPO) else records
     body = f"Made by `{command}` from the run records in `{shown}`.\n\n{text}"
     (out / f"report-{grid['name']}.md").write_text(body)
@@ -255,6 +283,9 @@ def write_report(grid: dict, out: Path, records: Path, text: str, command: str,
         target = REPO / grid["report"]
         current = _replace_block(target.read_text() if target.is_file() else "", grid["name"], body)
         if glance_text is not None:
-            current = _replace_block(current, f"{grid['name']}:glance",
-                                     f"Made by `{command}` from the run records in `{shown}`.\n\n{glance_text}")
+            current = _replace_block(
+                current,
+                f"{grid['name']}:glance",
+                f"Made by `{command}` from the run records in `{shown}`.\n\n{glance_text}",
+            )
         target.write_text(current)

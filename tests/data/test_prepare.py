@@ -101,12 +101,15 @@ def test_manifest_records_counts_checksums_and_options(tmp_path):
     assert manifest.split_files("test")[0].name == "part-00000.parquet"
 
 
-@pytest.mark.parametrize("fmt, text, pattern", [
-    ("sequences", "u1 a b\nlonely\n", r"input.txt:2: expected a user followed by at least one item"),
-    ("pairs", "a x\nb y z\n", r"input.txt:2: expected 2 fields"),
-    ("movielens", "1\t2\t3\t4\n1\t2\t3\tnoon\n", r"input.txt:2: timestamp 'noon' is not an integer"),
-    ("movielens", "1\t2\t3\n", r"input.txt:1: expected 4 fields"),
-])
+@pytest.mark.parametrize(
+    "fmt, text, pattern",
+    [
+        ("sequences", "u1 a b\nlonely\n", r"input.txt:2: expected a user followed by at least one item"),
+        ("pairs", "a x\nb y z\n", r"input.txt:2: expected 2 fields"),
+        ("movielens", "1\t2\t3\t4\n1\t2\t3\tnoon\n", r"input.txt:2: timestamp 'noon' is not an integer"),
+        ("movielens", "1\t2\t3\n", r"input.txt:1: expected 4 fields"),
+    ],
+)
 def test_malformed_lines_name_file_and_line(tmp_path, fmt, text, pattern):
     with pytest.raises(DataError, match=pattern):
         run(tmp_path, fmt, text)
@@ -138,11 +141,14 @@ def test_cli_prints_one_line_error_and_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not (SHARED / "beauty" / "Beauty.txt").is_file(), reason="shared data not present")
-@pytest.mark.parametrize("folder, file, fmt, users, items, events", [
-    ("beauty", "Beauty.txt", "sequences", 22363, 12101, 198502),
-    ("games", "Video.txt", "pairs", 31013, 23715, 287107),
-    ("ml-100k", "u.data", "movielens", 943, 1682, 100000),
-])
+@pytest.mark.parametrize(
+    "folder, file, fmt, users, items, events",
+    [
+        ("beauty", "Beauty.txt", "sequences", 22363, 12101, 198502),
+        ("games", "Video.txt", "pairs", 31013, 23715, 287107),
+        ("ml-100k", "u.data", "movielens", 943, 1682, 100000),
+    ],
+)
 def test_real_data_sets_prepare_with_documented_counts(tmp_path, folder, file, fmt, users, items, events):
     prepare(PrepareOptions(format=fmt, input=SHARED / folder / file, out=tmp_path / folder))
     counts = Manifest.load(tmp_path / folder).data["counts"]

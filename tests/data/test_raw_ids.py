@@ -35,7 +35,7 @@ def test_csv_ids_are_text_zero_padded_ids_stay_apart_and_unchanged(tmp_path):
 
 
 def test_csv_ids_past_int64_stay_distinct(tmp_path):
-    big = [str(2 ** 64 + i) for i in range(3)]
+    big = [str(2**64 + i) for i in range(3)]
     rows = "".join(f"u,{item},{t}\n" for t, item in enumerate(big))
     manifest = prepared(tmp_path, "e.csv", "user,item,time\n" + rows)
     assert raw_items(manifest) == big
@@ -48,11 +48,14 @@ def test_csv_ids_that_turn_non_numeric_after_the_first_block_are_read(tmp_path):
     assert "late-user" in raw_users(manifest) and "late-item" in raw_items(manifest)
 
 
-@pytest.mark.parametrize("fmt, name, text", [
-    ("sequences", "s.txt", "\ufeffu0 a b c\nu0 d\n"),
-    ("pairs", "p.txt", "\ufeffu0 a\nu0 b\nu0 c\n"),
-    ("events", "e.csv", "\ufeffuser,item,time\nu0,a,1\nu0,b,2\nu0,c,3\n"),
-])
+@pytest.mark.parametrize(
+    "fmt, name, text",
+    [
+        ("sequences", "s.txt", "\ufeffu0 a b c\nu0 d\n"),
+        ("pairs", "p.txt", "\ufeffu0 a\nu0 b\nu0 c\n"),
+        ("events", "e.csv", "\ufeffuser,item,time\nu0,a,1\nu0,b,2\nu0,c,3\n"),
+    ],
+)
 def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path, fmt, name, text):
     assert raw_users(prepared(tmp_path, name, text, fmt=fmt)) == ["u0"]
 
@@ -64,8 +67,7 @@ def test_missing_or_non_finite_times_are_refused_with_file_and_line(tmp_path, ti
 
 
 def test_missing_times_can_be_skipped_and_are_counted(tmp_path):
-    manifest = prepared(tmp_path, "e.csv", "user,item,time\nu0,a,1\nu0,b,nan\nu0,c,3\nu0,d,4\n",
-                        skip_bad_lines=True)
+    manifest = prepared(tmp_path, "e.csv", "user,item,time\nu0,a,1\nu0,b,nan\nu0,c,3\nu0,d,4\n", skip_bad_lines=True)
     assert manifest.data["counts"]["bad_lines_skipped"] == 1
     assert "b" not in raw_items(manifest), "a NaN time never becomes the last event (a test target)"
 
@@ -77,11 +79,14 @@ def test_missing_times_in_parquet_name_the_row(tmp_path):
         prepare(PrepareOptions(format="events", input=source, out=tmp_path / "out"))
 
 
-@pytest.mark.parametrize("fmt, name, text, line", [
-    ("events", "e.csv", "user,item,time\nu0,a,1\nu0,26\x00,2\n", 3),
-    ("sequences", "s.txt", "u0 a b\nu1 26\x00 c\n", 2),
-    ("pairs", "p.txt", "u0 a\nu0 b\x07\n", 2),
-])
+@pytest.mark.parametrize(
+    "fmt, name, text, line",
+    [
+        ("events", "e.csv", "user,item,time\nu0,a,1\nu0,26\x00,2\n", 3),
+        ("sequences", "s.txt", "u0 a b\nu1 26\x00 c\n", 2),
+        ("pairs", "p.txt", "u0 a\nu0 b\x07\n", 2),
+    ],
+)
 def test_control_characters_in_ids_are_refused_with_file_and_line(tmp_path, fmt, name, text, line):
     with pytest.raises(DataError, match=rf"{name}:{line}: a control character"):
         prepared(tmp_path, name, text, fmt=fmt)
@@ -100,8 +105,10 @@ def test_parquet_id_columns_of_other_types_are_one_line_errors(tmp_path, column,
 
 def test_parquet_integer_ids_past_int64_keep_their_value(tmp_path):
     source = tmp_path / "e.parquet"
-    big = [2 ** 63 + 5, 2 ** 64 - 1, 2 ** 63 + 5]
-    pq.write_table(pa.table({"user": pa.array([0, 0, 0], pa.uint64()), "item": pa.array(big, pa.uint64()),
-                             "time": [1, 2, 3]}), source)
+    big = [2**63 + 5, 2**64 - 1, 2**63 + 5]
+    pq.write_table(
+        pa.table({"user": pa.array([0, 0, 0], pa.uint64()), "item": pa.array(big, pa.uint64()), "time": [1, 2, 3]}),
+        source,
+    )
     prepare(PrepareOptions(format="events", input=source, out=tmp_path / "out"))
-    assert raw_items(Manifest.load(tmp_path / "out")) == [str(2 ** 63 + 5), str(2 ** 64 - 1)]
+    assert raw_items(Manifest.load(tmp_path / "out")) == [str(2**63 + 5), str(2**64 - 1)]

@@ -45,8 +45,9 @@ def test_make_batch_builds_the_three_features():
 
 
 def test_evaluation_users_keep_full_history_for_exclusion():
-    table = pa.table([pa.array([0, 1]), pa.array([[1, 2, 3, 4], [5]], pa.list_(pa.int64())), pa.array([6, 7])],
-                     schema=EVAL_SCHEMA)
+    table = pa.table(
+        [pa.array([0, 1]), pa.array([[1, 2, 3, 4], [5]], pa.list_(pa.int64())), pa.array([6, 7])], schema=EVAL_SCHEMA
+    )
     users = EvaluationUsers(table, max_history=2)
     history, seen, targets = users.batch(np.array([0, 1]))
     assert history.ids.tolist() == [[3, 4], [5, 0]]

@@ -61,16 +61,24 @@ def test_wrong_column_types(prepared):
         read_split(Manifest.load(prepared), "test")
 
 
-@pytest.mark.parametrize("history, target, pattern", [
-    ([[1, 99]], [2], r"column 'history' row 0 holds item id 99, outside the manifest's 1..4"),
-    ([[1, 2]], [0], r"column 'target' row 0 holds item id 0"),
-    ([[1, -3]], [2], r"item id -3"),
-    ([[1, None]], [2], r"null in column 'history' at row 0"),
-    ([[]], [2], r"column 'history' row 0 is an empty list"),
-])
+@pytest.mark.parametrize(
+    "history, target, pattern",
+    [
+        ([[1, 99]], [2], r"column 'history' row 0 holds item id 99, outside the manifest's 1..4"),
+        ([[1, 2]], [0], r"column 'target' row 0 holds item id 0"),
+        ([[1, -3]], [2], r"item id -3"),
+        ([[1, None]], [2], r"null in column 'history' at row 0"),
+        ([[]], [2], r"column 'history' row 0 is an empty list"),
+    ],
+)
 def test_bad_ids_and_empty_histories_name_file_column_and_row(prepared, history, target, pattern):
-    shard = rewrite(prepared, "test", pa.table([pa.array([0]), pa.array(history, pa.list_(pa.int64())),
-                                                pa.array(target, pa.int64())], schema=EVAL_SCHEMA))
+    shard = rewrite(
+        prepared,
+        "test",
+        pa.table(
+            [pa.array([0]), pa.array(history, pa.list_(pa.int64())), pa.array(target, pa.int64())], schema=EVAL_SCHEMA
+        ),
+    )
     with pytest.raises(DataError, match=pattern) as info:
         read_split(Manifest.load(prepared), "test")
     assert str(shard) in str(info.value)

@@ -17,14 +17,27 @@ def dataset(tmp_path_factory):
     rng = np.random.default_rng(0)
     lines = [f"u{u} " + " ".join(f"i{x}" for x in rng.integers(0, 60, rng.integers(3, 13))) for u in range(150)]
     (root / "seqs.txt").write_text("\n".join(lines) + "\n")
-    prepare(PrepareOptions(format="sequences", input=root / "seqs.txt", out=root / "prepared", row_group_size=8,
-                           rows_per_shard=40))
+    prepare(
+        PrepareOptions(
+            format="sequences", input=root / "seqs.txt", out=root / "prepared", row_group_size=8, rows_per_shard=40
+        )
+    )
     return Manifest.load(root / "prepared")
 
 
 def stream(manifest, world=1, rank=0, streams=2, batch=16, mode="all", backend="local"):
-    return TrainStream(manifest, max_history=5, global_batch=batch, streams=streams, world_size=world, rank=rank,
-                       seed=3, sample_mode=mode, backend=backend, window_size=2)
+    return TrainStream(
+        manifest,
+        max_history=5,
+        global_batch=batch,
+        streams=streams,
+        world_size=world,
+        rank=rank,
+        seed=3,
+        sample_mode=mode,
+        backend=backend,
+        window_size=2,
+    )
 
 
 def as_rows(history, targets):
@@ -43,8 +56,9 @@ def test_decoded_group_lists_every_sample_once(dataset):
 
 
 def test_plan_balances_streams_and_reshuffles_each_epoch(dataset):
-    plan = DataPlan(row_groups(dataset), streams=4, global_batch=16, seed=3, sample_mode="all",
-                    num_items=dataset.num_items)
+    plan = DataPlan(
+        row_groups(dataset), streams=4, global_batch=16, seed=3, sample_mode="all", num_items=dataset.num_items
+    )
     first, second = plan.assignment(0), plan.assignment(1)
     assert sorted(g.id for s in first for g in s) == list(range(len(plan.groups))), "every group once"
     loads = [sum(g.samples for g in s) for s in first]
@@ -74,8 +88,9 @@ def test_two_ranks_read_the_global_batches_of_one_rank(dataset):
 
 def test_resume_from_a_saved_position_repeats_the_uninterrupted_stream(dataset):
     reader = stream(dataset)
-    uninterrupted = [(0, s, as_rows(h, t)) for s, h, t in reader.batches(0)] + \
-                    [(1, s, as_rows(h, t)) for s, h, t in reader.batches(1)]
+    uninterrupted = [(0, s, as_rows(h, t)) for s, h, t in reader.batches(0)] + [
+        (1, s, as_rows(h, t)) for s, h, t in reader.batches(1)
+    ]
     stop = len(uninterrupted) - 3  # three steps before the end of epoch 1
     for cut in (5, reader.steps(0) - 1, reader.steps(0), stop):  # mid-epoch, at and across the boundary
         epoch, step = uninterrupted[cut][0], uninterrupted[cut][1]

@@ -14,12 +14,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 def torchrun(nproc: int, module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m module args` under torchrun on loopback; fail the test with the job's output."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", module, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A session of its own, so a job that times out is killed with its workers, not just the agent.
-    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as job:
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as job:
         try:
             stdout, stderr = job.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -36,6 +45,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-TINY_JOB = ["model.embedding_dim=16", "model.max_history=20", "model.num_interests=2", "model.dam_hidden=32",
-            "model.diffusion_steps=10", "model.dropout=0", "train.batch_size=64", "train.negatives=128",
-            "train.log_every=1", "eval.batch_size=64", "data.streams=2"]
+TINY_JOB = [
+    "model.embedding_dim=16",
+    "model.max_history=20",
+    "model.num_interests=2",
+    "model.dam_hidden=32",
+    "model.diffusion_steps=10",
+    "model.dropout=0",
+    "train.batch_size=64",
+    "train.negatives=128",
+    "train.log_every=1",
+    "eval.batch_size=64",
+    "data.streams=2",
+]

@@ -14,9 +14,32 @@ from tests.distributed.conftest import REPO
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_train")
-    command = [sys.executable, "tools/bench_train.py", "--out", str(out), "--catalogs", "500", "1000000000000",
-               "--worlds", "1", "2", "--layouts", "row_wise", "replicated", "--steps", "3", "--warmup", "1",
-               "--batch", "32", "--repeats", "1", "--devices", "cpu", "cuda"]
+    command = [
+        sys.executable,
+        "tools/bench_train.py",
+        "--out",
+        str(out),
+        "--catalogs",
+        "500",
+        "1000000000000",
+        "--worlds",
+        "1",
+        "2",
+        "--layouts",
+        "row_wise",
+        "replicated",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--batch",
+        "32",
+        "--repeats",
+        "1",
+        "--devices",
+        "cpu",
+        "cuda",
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return out, json.loads((out / "results.json").read_text()), done.stdout
@@ -61,8 +84,9 @@ def test_gpu_cells_run_where_there_is_a_gpu_and_are_reported_not_started_elsewhe
         return
     # One card: the sharded trainer's single-rank cell trains (NCCL, FBGEMM's CUDA kernels) to the
     # CPU's losses; the replicated baseline is said not to run there (no sparse all-reduce in NCCL).
-    reference = next(r for r in results
-                     if (r["device"], r["layout"], r["world"], r["items"]) == ("cpu", "row_wise", 1, 500))
+    reference = next(
+        r for r in results if (r["device"], r["layout"], r["world"], r["items"]) == ("cpu", "row_wise", 1, 500)
+    )
     assert cells[("row_wise", 1)]["losses"] == pytest.approx(reference["losses"], rel=1e-4)
     assert max(cells[("row_wise", 1)]["peak_device_bytes"]) > 0
     assert "NCCL has no sparse all-reduce" in cells[("replicated", 1)]["skipped"]

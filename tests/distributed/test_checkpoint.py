@@ -36,20 +36,44 @@ def losses_by_step(run_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ckpt") / "uninterrupted"
-    torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
-             *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"))
+    torchrun(
+        2,
+        "dimerec_dist.train",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+    )
     return run_dir
 
 
-def test_sigkill_of_one_rank_restarts_resumes_and_ends_like_the_uninterrupted_run(uninterrupted, tiny_dataset,
-                                                                                   tmp_path):
+def test_sigkill_of_one_rank_restarts_resumes_and_ends_like_the_uninterrupted_run(
+    uninterrupted, tiny_dataset, tmp_path
+):
     run_dir = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "--max-restarts=1", str(FAULTY_TRAIN), "--kill-at-step", "25", "--kill-rank", "1",
-                           "--run-dir", str(run_dir),
-                           *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--max-restarts=1",
+            str(FAULTY_TRAIN),
+            "--kill-at-step",
+            "25",
+            "--kill-rank",
+            "1",
+            "--run-dir",
+            str(run_dir),
+            *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "resumed from" in done.stderr and "step-00000020" in done.stderr, "restarted from the step-20 checkpoint"
     # Bitwise on this CPU path: every draw derives from (seed, epoch, step), and the state is restored exactly.
@@ -62,9 +86,19 @@ def test_sigkill_of_one_rank_restarts_resumes_and_ends_like_the_uninterrupted_ru
 
 def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrupted, tiny_dataset, tmp_path):
     run_dir = tmp_path / "preempted"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(FAULTY_TRAIN), "--step-delay", "0.2", "--run-dir", str(run_dir),
-               *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(FAULTY_TRAIN),
+        "--step-delay",
+        "0.2",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -74,8 +108,13 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrup
     agent.communicate(timeout=120)
     saved = CheckpointManager(run_dir / "checkpoints").latest()
     assert saved is not None and 5 <= int(saved.name.split("-")[1]) < STEPS, saved
-    torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
-             *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"))
+    torchrun(
+        2,
+        "dimerec_dist.train",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+    )
     assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
 
 
@@ -87,14 +126,21 @@ def table_and_momentum(checkpoint, tmp_path, name):
     return table, momentum
 
 
-@pytest.mark.parametrize("world, extra", [(1, []), (3, ["data.streams=6", "train.batch_size=96"]),
-                                          (2, ["sharding.type=table_wise"])])
-def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(uninterrupted, tiny_dataset, tmp_path,
-                                                                       world, extra):
+@pytest.mark.parametrize(
+    "world, extra", [(1, []), (3, ["data.streams=6", "train.batch_size=96"]), (2, ["sharding.type=table_wise"])]
+)
+def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(
+    uninterrupted, tiny_dataset, tmp_path, world, extra
+):
     saved = CheckpointManager(uninterrupted / "checkpoints").path_for(STEPS)
     run_dir = tmp_path / "resharded"
-    torchrun(world, "dimerec_dist.train", "--run-dir", str(run_dir),
-             *job(tiny_dataset, f"train.max_steps={STEPS}", f"train.resume={saved}", *extra))
+    torchrun(
+        world,
+        "dimerec_dist.train",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", f"train.resume={saved}", *extra),
+    )
     reloaded = CheckpointManager(run_dir / "checkpoints").path_for(STEPS)
     assert json.loads((reloaded / META_FILE).read_text())["world_size"] == world
     table, momentum = table_and_momentum(saved, tmp_path, "saved")
@@ -102,38 +148,62 @@ def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(uninterru
     assert torch.equal(table, table2) and torch.equal(momentum, momentum2)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.embedding_dim=32", "saved by a different model: embedding_dim (saved 16, now 32)"),
-    ("model.num_interests=3", "num_interests (saved 2, now 3)"),
-    ("model.guidance_dropout=0.2", "null guidance (saved without one, now with: model.guidance_dropout)"),
-    ("sharding.type=data_parallel", "laid out for row- or table-wise, this job shards the table data_parallel"),
-    ("sharding.type=column_wise", "this job shards the table column_wise (blocks of 16 columns)"),
-])
-def test_a_checkpoint_of_another_model_is_refused_before_the_first_step(uninterrupted, tiny_dataset, tmp_path,
-                                                                        override, message):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.embedding_dim=32", "saved by a different model: embedding_dim (saved 16, now 32)"),
+        ("model.num_interests=3", "num_interests (saved 2, now 3)"),
+        ("model.guidance_dropout=0.2", "null guidance (saved without one, now with: model.guidance_dropout)"),
+        ("sharding.type=data_parallel", "laid out for row- or table-wise, this job shards the table data_parallel"),
+        ("sharding.type=column_wise", "this job shards the table column_wise (blocks of 16 columns)"),
+    ],
+)
+def test_a_checkpoint_of_another_model_is_refused_before_the_first_step(
+    uninterrupted, tiny_dataset, tmp_path, override, message
+):
     saved = CheckpointManager(uninterrupted / "checkpoints").latest()
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(tmp_path / "other"),
-                           *job(tiny_dataset, f"train.resume={saved}", override)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dimerec_dist.train",
+            "--run-dir",
+            str(tmp_path / "other"),
+            *job(tiny_dataset, f"train.resume={saved}", override),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
-    assert not (tmp_path / "other" / "metrics.jsonl").exists() or "loss/total" not in (
-        tmp_path / "other" / "metrics.jsonl").read_text()
+    assert (
+        not (tmp_path / "other" / "metrics.jsonl").exists()
+        or "loss/total" not in (tmp_path / "other" / "metrics.jsonl").read_text()
+    )
 
 
 def test_resume_auto_refuses_other_settings_and_a_named_checkpoint_continues_with_a_warning(
-        uninterrupted, tiny_dataset, tmp_path):
+    uninterrupted, tiny_dataset, tmp_path
+):
     run_dir = tmp_path / "relaunched"
     shutil.copytree(uninterrupted, run_dir)
     saved_config = (run_dir / "config.yaml").read_text()
     relaunch = ["--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}", "model.temperature=0.1")]
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", *relaunch], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dimerec_dist.train", *relaunch], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "saved with other settings than this job's: model.temperature 0.07 -> 0.1" in done.stderr
     assert (run_dir / "config.yaml").read_text() == saved_config, "a refused resume leaves the run as it was"
     named = CheckpointManager(run_dir / "checkpoints").latest()
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", *relaunch, f"train.resume={named}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dimerec_dist.train", *relaunch, f"train.resume={named}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "with other settings: model.temperature 0.07 -> 0.1" in done.stderr and "resumed from" in done.stderr
 
@@ -151,13 +221,19 @@ def test_only_complete_checkpoints_are_picked_and_the_last_k_are_kept(tmp_path):
 
 def test_asynchronous_saves_write_the_same_checkpoints_as_synchronous_ones(uninterrupted, tiny_dataset, tmp_path):
     run_dir = tmp_path / "async"
-    torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
-             *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10", "train.checkpoint_async=true"))
+    torchrun(
+        2,
+        "dimerec_dist.train",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10", "train.checkpoint_async=true"),
+    )
     assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
     for step in (30, STEPS):  # the table moved on while these were written in the background
         ours = table_and_momentum(CheckpointManager(run_dir / "checkpoints").path_for(step), tmp_path, f"a{step}")
-        reference = table_and_momentum(CheckpointManager(uninterrupted / "checkpoints").path_for(step), tmp_path,
-                                       f"s{step}")
+        reference = table_and_momentum(
+            CheckpointManager(uninterrupted / "checkpoints").path_for(step), tmp_path, f"s{step}"
+        )
         assert all(torch.equal(a, b) for a, b in zip(ours, reference)), f"step {step}"
 
 
@@ -181,20 +257,30 @@ def corrupt(path, how):
         (path / META_FILE).write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("how", ["truncated shard", "truncated metadata", "flipped byte in a shard",
-                                 "edited meta.json"])
+@pytest.mark.parametrize(
+    "how", ["truncated shard", "truncated metadata", "flipped byte in a shard", "edited meta.json"]
+)
 def test_a_corrupt_newest_checkpoint_is_skipped_and_the_run_ends_like_the_uninterrupted_one(
-        uninterrupted, tiny_dataset, tmp_path, how):
+    uninterrupted, tiny_dataset, tmp_path, how
+):
     run_dir = tmp_path / "corrupt"
     shutil.copytree(uninterrupted, run_dir)
     (run_dir / "final.json").unlink()
     newest = CheckpointManager(run_dir / "checkpoints").latest()
     assert newest.name == f"step-{STEPS:08d}"
     corrupt(newest, how)
-    done = torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
-                    *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"))
-    assert f"not resuming from {newest}" in done.stderr and "resumed from" in done.stderr and \
-        "step-00000030" in done.stderr, done.stderr[-3000:]
+    done = torchrun(
+        2,
+        "dimerec_dist.train",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+    )
+    assert (
+        f"not resuming from {newest}" in done.stderr
+        and "resumed from" in done.stderr
+        and "step-00000030" in done.stderr
+    ), done.stderr[-3000:]
     assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
     final, reference = (json.loads((d / "final.json").read_text()) for d in (run_dir, uninterrupted))
     final.pop("latency"), reference.pop("latency")
@@ -207,12 +293,24 @@ def test_when_no_checkpoint_verifies_nothing_is_loaded_or_changed(uninterrupted,
     for path in CheckpointManager(run_dir / "checkpoints").complete():
         corrupt(path, "truncated shard")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir),
-                           *job(tiny_dataset, f"train.max_steps={STEPS}")], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dimerec_dist.train",
+            "--run-dir",
+            str(run_dir),
+            *job(tiny_dataset, f"train.max_steps={STEPS}"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
-    assert done.returncode == 2 and len(errors) == 1 and "none of the 2 checkpoint(s) verifies" in errors[0], \
+    assert done.returncode == 2 and len(errors) == 1 and "none of the 2 checkpoint(s) verifies" in errors[0], (
         done.stderr[-3000:]
+    )
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
@@ -223,18 +321,32 @@ def test_a_flipped_byte_in_the_saved_model_is_refused_not_evaluated(uninterrupte
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0x01
     shard.write_bytes(bytes(data))
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.eval_cli", "--run-dir", str(run_dir)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dimerec_dist.eval_cli", "--run-dir", str(run_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-eval: error:")]
-    assert done.returncode == 2 and len(errors) == 1 and f"{shard.name} does not match its checksum" in errors[0], \
+    assert done.returncode == 2 and len(errors) == 1 and f"{shard.name} does not match its checksum" in errors[0], (
         done.stderr[-3000:]
+    )
 
 
 def test_resuming_on_another_world_size_is_exact_or_refused_naming_data_streams(tiny_dataset, tmp_path):
     reference = tmp_path / "two-ranks"
-    default_streams = [arg for arg in job(tiny_dataset, "train.max_steps=9", "train.checkpoint_every=3",
-                                          "train.keep_checkpoints=3", "eval.at_end=false")
-                       if not arg.startswith("data.streams")]
+    default_streams = [
+        arg
+        for arg in job(
+            tiny_dataset,
+            "train.max_steps=9",
+            "train.checkpoint_every=3",
+            "train.keep_checkpoints=3",
+            "eval.at_end=false",
+        )
+        if not arg.startswith("data.streams")
+    ]
     torchrun(2, "dimerec_dist.train", "--run-dir", str(reference), *default_streams)
     run_dir = tmp_path / "one-rank"
     shutil.copytree(reference, run_dir)
@@ -252,12 +364,22 @@ def test_resuming_on_another_world_size_is_exact_or_refused_naming_data_streams(
 
 
 @pytest.mark.parametrize("target", ["agent", "worker"])
-def test_sigterm_under_dimerec_torchrun_saves_once_ends_143_and_restarts_nothing(uninterrupted, tiny_dataset,
-                                                                                 tmp_path, target):
+def test_sigterm_under_dimerec_torchrun_saves_once_ends_143_and_restarts_nothing(
+    uninterrupted, tiny_dataset, tmp_path, target
+):
     run_dir = tmp_path / f"stopped-{target}"
-    command = [str(REPO / ".venv" / "bin" / "dimerec-torchrun"), "--standalone", "--nproc_per_node=2",
-               "--max-restarts=2", str(FAULTY_TRAIN), "--step-delay", "0.2", "--run-dir", str(run_dir),
-               *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10")]
+    command = [
+        str(REPO / ".venv" / "bin" / "dimerec-torchrun"),
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=2",
+        str(FAULTY_TRAIN),
+        "--step-delay",
+        "0.2",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+    ]
     if not Path(command[0]).exists():
         command[:1] = [sys.executable, "-m", "dimerec_dist.launcher"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -276,8 +398,13 @@ def test_sigterm_under_dimerec_torchrun_saves_once_ends_143_and_restarts_nothing
     saved = CheckpointManager(run_dir / "checkpoints").latest()
     step = int(saved.name.split("-")[1])
     assert 5 <= step < STEPS and stderr.count(f"checkpoint {saved} written") == 1, stderr[-4000:]
-    torchrun(2, "dimerec_dist.train", "--run-dir", str(run_dir),
-             *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"))
+    torchrun(
+        2,
+        "dimerec_dist.train",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+    )
     assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
 
 
@@ -301,9 +428,20 @@ def test_a_checkpoint_of_the_pickle_era_gets_a_one_line_error_saying_what_to_do(
             meta.pop(key)
         (path / META_FILE).write_text(json.dumps(meta))
         torch.save({"optimizer": {}}, path / "dense.pt")
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir),
-                           *job(tiny_dataset, f"train.max_steps={STEPS}")], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dimerec_dist.train",
+            "--run-dir",
+            str(run_dir),
+            *job(tiny_dataset, f"train.max_steps={STEPS}"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
     assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
     assert "pickle (dense.pt) that this version never loads" in errors[0] and "new --run-dir" in errors[0]

@@ -48,8 +48,14 @@ RUNS = {  # name: (ranks, overrides)
     "row_wise_sgd": (2, [*SGD, *IN_BATCH, *GUIDANCE]),
     "column_wise_sgd": (2, ["sharding.type=column_wise", *SGD, *IN_BATCH, *GUIDANCE]),
 }
-PAIRS = [("one", "row_wise"), ("one", "table_wise"), ("one", "data_parallel"), ("one_column_blocks", "column_wise"),
-         ("one_sgd", "row_wise_sgd"), ("one_sgd", "column_wise_sgd")]
+PAIRS = [
+    ("one", "row_wise"),
+    ("one", "table_wise"),
+    ("one", "data_parallel"),
+    ("one_column_blocks", "column_wise"),
+    ("one_sgd", "row_wise_sgd"),
+    ("one_sgd", "column_wise_sgd"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +64,18 @@ def runs(tiny_dataset, tmp_path_factory):
 
     def train(name):
         world, overrides = RUNS[name]
-        done = torchrun(world, "dimerec_dist.train", "--run-dir", str(root / name), "data.source=prepared",
-                        f"data.path={tiny_dataset}", "train.max_steps=20", "train.eval_every_epochs=0",
-                        *TINY_JOB, *overrides)
+        done = torchrun(
+            world,
+            "dimerec_dist.train",
+            "--run-dir",
+            str(root / name),
+            "data.source=prepared",
+            f"data.path={tiny_dataset}",
+            "train.max_steps=20",
+            "train.eval_every_epochs=0",
+            *TINY_JOB,
+            *overrides,
+        )
         return root / name, done.stdout + done.stderr
 
     # Two jobs at a time: a job of this size is mostly imports and process start, which overlap well.
@@ -85,6 +100,7 @@ def test_each_sharding_type_lays_the_table_out_as_its_name_says(runs):
     def pieces(name):
         plan = (runs[name][0] / "sharding_plan.txt").read_text()
         return [line for line in plan.splitlines() if line.startswith("rank ")]
+
     assert pieces("table_wise")[1].startswith("rank 1: 0 rows")
     assert all("301 rows x 16 columns" in line for line in pieces("data_parallel"))  # a replica each
     assert all("301 rows x 8 columns," in line for line in pieces("column_wise"))  # one block each
@@ -122,8 +138,9 @@ def brute_force_test_metrics(run_dir, dataset, tmp_path):
     history, seen, targets = users.batch(np.arange(len(users)))
     ids = torch.from_numpy(history.ids)
     mask = ids != 0
-    queries = model.user_embedding(table[ids] * mask.unsqueeze(-1), mask,
-                                   start=user_starts(users.users, config.model.embedding_dim, config.seed))
+    queries = model.user_embedding(
+        table[ids] * mask.unsqueeze(-1), mask, start=user_starts(users.users, config.model.embedding_dim, config.seed)
+    )
     width = max(len(s) for s in seen)
     seen_ids = torch.tensor([list(s) + [0] * (width - len(s)) for s in seen])
     scores = mask_rows(model.item_scores(queries, table), 0, seen_ids)
@@ -153,8 +170,7 @@ def test_tensorboard_events_hold_the_training_scalars(runs):
     events = EventAccumulator(str(runs[2][0] / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {*LOSSES, "lr/dense", "lr/sparse", "grad_norm/dense", "throughput/samples_per_s",
-            "final/test/hr@10"} <= tags
+    assert {*LOSSES, "lr/dense", "lr/sparse", "grad_norm/dense", "throughput/samples_per_s", "final/test/hr@10"} <= tags
     assert len(events.Scalars("loss/total")) == 20
 
 
@@ -162,7 +178,11 @@ def test_a_model_of_another_shape_is_refused_before_loading(runs):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.eval_cli", "--run-dir", str(runs[1][0]),
-                           "model.embedding_dim=32"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dimerec_dist.eval_cli", "--run-dir", str(runs[1][0]), "model.embedding_dim=32"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "saved by a different model: embedding_dim (saved 16, now 32)" in done.stderr

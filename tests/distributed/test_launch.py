@@ -17,12 +17,35 @@ def free_port() -> int:
 
 def test_two_nodes_rendezvous_and_train_with_the_table_sharded_over_both(tiny_dataset, tmp_path):
     run_dir = tmp_path / "two-nodes"
-    env = {**os.environ, "NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "NPROC_PER_NODE": "1", "RDZV_ID": f"test-{os.getpid()}", "OMP_NUM_THREADS": "1"}
-    args = ["--run-dir", str(run_dir), "data.source=prepared", f"data.path={tiny_dataset}", "train.max_steps=6",
-            "train.eval_every_epochs=0", *TINY_JOB]
-    nodes = [subprocess.Popen(["bash", "launch/multi_node.sh", *args], cwd=REPO, env={**env, "NODE_RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    env = {
+        **os.environ,
+        "NNODES": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "NPROC_PER_NODE": "1",
+        "RDZV_ID": f"test-{os.getpid()}",
+        "OMP_NUM_THREADS": "1",
+    }
+    args = [
+        "--run-dir",
+        str(run_dir),
+        "data.source=prepared",
+        f"data.path={tiny_dataset}",
+        "train.max_steps=6",
+        "train.eval_every_epochs=0",
+        *TINY_JOB,
+    ]
+    nodes = [
+        subprocess.Popen(
+            ["bash", "launch/multi_node.sh", *args],
+            cwd=REPO,
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     for rank, (node, output) in enumerate(zip(nodes, outputs)):
         assert node.returncode == 0, f"node {rank}:\n{output[-4000:]}"
@@ -30,28 +53,62 @@ def test_two_nodes_rendezvous_and_train_with_the_table_sharded_over_both(tiny_da
     assert "rank:0" in plan and "rank:1" in plan, plan
     final = json.loads((run_dir / "final.json").read_text())
     assert set(final["test"]) >= {"hr@10", "ndcg@50"}
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if "loss/total" in line]
+    steps = [
+        json.loads(line)["step"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if "loss/total" in line
+    ]
     assert steps == list(range(1, 7))
 
 
 def test_single_node_script_runs_the_trainer(tiny_dataset, tmp_path):
     run_dir = tmp_path / "one-node"
-    done = subprocess.run(["bash", "launch/single_node.sh", "--run-dir", str(run_dir), "data.source=prepared",
-                           f"data.path={tiny_dataset}", "train.max_steps=3", "train.eval_every_epochs=0", *TINY_JOB],
-                          cwd=REPO, env={**os.environ, "NPROC": "2", "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [
+            "bash",
+            "launch/single_node.sh",
+            "--run-dir",
+            str(run_dir),
+            "data.source=prepared",
+            f"data.path={tiny_dataset}",
+            "train.max_steps=3",
+            "train.eval_every_epochs=0",
+            *TINY_JOB,
+        ],
+        cwd=REPO,
+        env={**os.environ, "NPROC": "2", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert (run_dir / "final.json").is_file()
 
 
 def test_a_user_error_under_the_launcher_ends_with_2_one_line_and_no_traceback(tiny_dataset, tmp_path):
     run_dir = tmp_path / "bad"
-    done = subprocess.run([sys.executable, "-m", "dimerec_dist.launcher", "--standalone", "--nproc_per_node=2",
-                           "-m", "dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared",
-                           f"data.path={tiny_dataset}", *TINY_JOB, "eval.ks=10,5000"],
-                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dimerec_dist.launcher",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dimerec_dist.train",
+            "--run-dir",
+            str(run_dir),
+            "data.source=prepared",
+            f"data.path={tiny_dataset}",
+            *TINY_JOB,
+            "eval.ks=10,5000",
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-4000:]
     # Each rank that got there first says it (torchrun stops the others): one line, or the same line twice.

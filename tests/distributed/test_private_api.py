@@ -27,11 +27,16 @@ def one_rank():
 
 
 def test_the_versions_in_use_are_those_checked_or_say_which_differ():
-    installed = {name: importlib.metadata.version(name if name != "fbgemm_gpu" else "fbgemm-gpu-cpu")
-                 for name in private_api.CHECKED_AGAINST}
+    installed = {
+        name: importlib.metadata.version(name if name != "fbgemm_gpu" else "fbgemm-gpu-cpu")
+        for name in private_api.CHECKED_AGAINST
+    }
     installed["torch"] = torch.__version__.split("+")[0]
-    moved = {name: (private_api.CHECKED_AGAINST[name], version) for name, version in installed.items()
-             if version != private_api.CHECKED_AGAINST[name]}
+    moved = {
+        name: (private_api.CHECKED_AGAINST[name], version)
+        for name, version in installed.items()
+        if version != private_api.CHECKED_AGAINST[name]
+    }
     assert not moved, f"re-check distributed/private_api.py against these versions (checked, installed): {moved}"
 
 

@@ -14,8 +14,9 @@ from dimerec_dist.config import ModelConfig
 from dimerec_dist.model import DimeRec
 
 
-def planted_batch(generator: torch.Generator, batch: int, history: int, categories: int,
-                  items_per_category: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def planted_batch(
+    generator: torch.Generator, batch: int, history: int, categories: int, items_per_category: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(history ids (B, N), mask (B, N), target ids (B,)); ids start at 1 (0 is padding)."""
     pair = torch.stack([torch.randperm(categories, generator=generator)[:2] for _ in range(batch)])
     choice = torch.randint(0, 2, (batch, history + 1), generator=generator)
@@ -26,8 +27,15 @@ def planted_batch(generator: torch.Generator, batch: int, history: int, categori
     return ids[:, :history] * mask, mask, ids[:, history]
 
 
-def train_planted(config: ModelConfig, steps: int = 150, seed: int = 0, batch: int = 64, negatives: int = 64,
-                  categories: int = 8, items_per_category: int = 16) -> list[dict[str, float]]:
+def train_planted(
+    config: ModelConfig,
+    steps: int = 150,
+    seed: int = 0,
+    batch: int = 64,
+    negatives: int = 64,
+    categories: int = 8,
+    items_per_category: int = 16,
+) -> list[dict[str, float]]:
     """Train a table and DimeRec jointly with Adam; return the per-step losses."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -40,8 +48,7 @@ def train_planted(config: ModelConfig, steps: int = 150, seed: int = 0, batch: i
     for _ in range(steps):
         ids, mask, target = planted_batch(generator, batch, config.max_history, categories, items_per_category)
         negative_ids = torch.randint(1, num_items + 1, (negatives,), generator=generator)
-        losses = model(table(ids), mask, table(target), target, table(negative_ids), negative_ids,
-                       generator=generator)
+        losses = model(table(ids), mask, table(target), target, table(negative_ids), negative_ids, generator=generator)
         optimizer.zero_grad()
         losses.total.backward()
         optimizer.step()

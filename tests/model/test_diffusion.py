@@ -74,8 +74,9 @@ def test_grw_angle_equals_tangent_norm_and_grows_with_t(schedule):
         torch.testing.assert_close(angle, v.norm(dim=-1), atol=2e-3, rtol=0)
         assert torch.all(angle >= previous - 1e-6), f"angle fell at t={t}"
         previous = angle
-    torch.testing.assert_close(previous, torch.full_like(previous, math.pi / 2), atol=2e-3, rtol=0,
-                               msg="t = T must sit pi/2 from x0")
+    torch.testing.assert_close(
+        previous, torch.full_like(previous, math.pi / 2), atol=2e-3, rtol=0, msg="t = T must sit pi/2 from x0"
+    )
 
 
 def test_literal_grw_matches_exp_map_until_it_wraps(schedule):
@@ -143,22 +144,40 @@ def toy_denoiser(x, t):
 @pytest.mark.parametrize("steps", [1, 2, 5, T])
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_sampler_returns_unit_vectors_for_any_step_count(schedule, steps, deterministic):
-    out = reverse_sample(toy_denoiser, 32, DIM, schedule, steps, deterministic=deterministic,
-                         generator=torch.Generator().manual_seed(1))
+    out = reverse_sample(
+        toy_denoiser, 32, DIM, schedule, steps, deterministic=deterministic, generator=torch.Generator().manual_seed(1)
+    )
     assert out.shape == (32, DIM)
     assert (out.norm(dim=-1) - 1).abs().max().item() < 1e-5
 
 
 def test_deterministic_sampler_repeats_exactly_and_stochastic_does_not(schedule):
     def run(deterministic, seed):
-        return reverse_sample(toy_denoiser, 16, DIM, schedule, 10, deterministic=deterministic,
-                              generator=torch.Generator().manual_seed(seed))
+        return reverse_sample(
+            toy_denoiser,
+            16,
+            DIM,
+            schedule,
+            10,
+            deterministic=deterministic,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     assert torch.equal(run(True, 3), run(True, 3))
     assert torch.equal(run(False, 3), run(False, 3)), "a seeded stochastic run also repeats"
-    first, second = run(False, 3), reverse_sample(toy_denoiser, 16, DIM, schedule, 10, deterministic=False,
-                                                  generator=torch.Generator().manual_seed(3),
-                                                  noise_std="beta_tilde")
+    first, second = (
+        run(False, 3),
+        reverse_sample(
+            toy_denoiser,
+            16,
+            DIM,
+            schedule,
+            10,
+            deterministic=False,
+            generator=torch.Generator().manual_seed(3),
+            noise_std="beta_tilde",
+        ),
+    )
     assert not torch.equal(first, second), "the two reverse noise scales must differ"
     assert not torch.equal(run(True, 3), run(False, 3)), "posterior noise must change a stochastic run"
 

@@ -13,8 +13,9 @@ B, N, D, M = 8, 7, 16, 12
 
 
 def small_config(**overrides):
-    values = dict(embedding_dim=D, max_history=N, num_interests=3, diffusion_steps=10, dam_hidden=32,
-                  sasrec_heads=2, dropout=0.0)
+    values = dict(
+        embedding_dim=D, max_history=N, num_interests=3, diffusion_steps=10, dam_hidden=32, sasrec_heads=2, dropout=0.0
+    )
     values.update(overrides)
     return ModelConfig(**values)
 
@@ -59,8 +60,9 @@ def test_history_dropout_acts_in_training_only():
     history, mask = batch[0], batch[1]
     start = normalize(torch.randn(B, D))
     torch.testing.assert_close(dropped.interests(history, mask), plain.interests(history, mask))
-    torch.testing.assert_close(dropped.user_embedding(history, mask, start=start),
-                               plain.user_embedding(history, mask, start=start))
+    torch.testing.assert_close(
+        dropped.user_embedding(history, mask, start=start), plain.user_embedding(history, mask, start=start)
+    )
     torch.testing.assert_close(dropped(*batch, draw=draw).total, plain(*batch, draw=draw).total)
 
 
@@ -118,8 +120,9 @@ def test_user_embedding_is_unit_and_deterministic_for_a_seed(steps):
     second = model.user_embedding(history, mask, steps=steps, generator=torch.Generator().manual_seed(4))
     assert torch.equal(first, second)
     torch.testing.assert_close(first.norm(dim=-1), torch.ones(B))
-    stochastic = model.user_embedding(history, mask, steps=steps, deterministic=False,
-                                      generator=torch.Generator().manual_seed(4))
+    stochastic = model.user_embedding(
+        history, mask, steps=steps, deterministic=False, generator=torch.Generator().manual_seed(4)
+    )
     torch.testing.assert_close(stochastic.norm(dim=-1), torch.ones(B))
     assert model.interests(history, mask).shape == (B, 3, D)
 
@@ -161,8 +164,10 @@ PLANTED = dict(embedding_dim=32, max_history=10, num_interests=2, diffusion_step
 
 def loss_drop(log):
     """(first-20-step mean, last-20-step mean) of each loss."""
-    return {key.split("/")[1]: (window_mean(log, key, 0, 20), window_mean(log, key, len(log) - 20, len(log)))
-            for key in ("loss/gem", "loss/recon", "loss/ssm")}
+    return {
+        key.split("/")[1]: (window_mean(log, key, 0, 20), window_mean(log, key, len(log) - 20, len(log)))
+        for key in ("loss/gem", "loss/recon", "loss/ssm")
+    }
 
 
 def test_three_losses_fall_together_with_grw_on_planted_data():

@@ -86,11 +86,14 @@ def test_sampling_extrapolates_from_the_null_guidance_by_the_scale(space):
     assert not torch.allclose(plain, guided)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(guidance_scale=2.0), "needs model.guidance_dropout"),
-    (dict(guidance_dropout=1.0), "guidance_dropout"),
-    (dict(guidance_dropout=0.1, guidance_scale=-1.0), "guidance_scale"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(guidance_scale=2.0), "needs model.guidance_dropout"),
+        (dict(guidance_dropout=1.0), "guidance_dropout"),
+        (dict(guidance_dropout=0.1, guidance_scale=-1.0), "guidance_scale"),
+    ],
+)
 def test_inconsistent_guidance_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         small_config(**overrides).validate()

@@ -11,8 +11,13 @@ from dimerec_dist.model.losses import reconstruction_loss, sampled_softmax_loss
 
 def case(seed=0, b=4, m=6, d=8):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, d, generator=gen), torch.randn(b, d, generator=gen), torch.randn(m, d, generator=gen),
-            torch.arange(b) + 100, torch.arange(m) + 200)
+    return (
+        torch.randn(b, d, generator=gen),
+        torch.randn(b, d, generator=gen),
+        torch.randn(m, d, generator=gen),
+        torch.arange(b) + 100,
+        torch.arange(m) + 200,
+    )
 
 
 def reference(query, target, negatives, temperature=1.0):
@@ -31,7 +36,8 @@ def test_shared_negatives_match_the_paper_formula():
     torch.testing.assert_close(loss, reference(q, t, n, 0.5), rtol=1e-5, atol=1e-5)
     assert sampled_softmax_loss(q, t, n, tid, nid, temperature=0.5).item() == pytest.approx(loss.mean().item())
     assert sampled_softmax_loss(q, t, n, tid, nid, temperature=0.5, reduction="sum").item() == pytest.approx(
-        loss.sum().item(), rel=1e-6)
+        loss.sum().item(), rel=1e-6
+    )
 
 
 def test_accidental_hits_are_removed_from_the_denominator():
@@ -52,7 +58,7 @@ def test_per_sample_negatives_and_their_hits():
     nid[3, 4] = tid[3]
     loss = sampled_softmax_loss(q, t, n, tid, nid, reduction="none")
     for row in range(3):
-        expected = reference(q[row:row + 1], t[row:row + 1], n[row])[0]
+        expected = reference(q[row : row + 1], t[row : row + 1], n[row])[0]
         torch.testing.assert_close(loss[row], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss[3], reference(q[3:4], t[3:4], n[3, :4])[0], rtol=1e-5, atol=1e-5)
 
@@ -61,14 +67,25 @@ def test_log_q_correction_subtracts_log_probabilities_from_logits():
     q, t, n, tid, nid = case()
     target_log_q = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
     negative_log_q = torch.log(torch.linspace(0.05, 0.3, 6))
-    loss = sampled_softmax_loss(q, t, n, tid, nid, target_log_q=target_log_q, negative_log_q=negative_log_q,
-                                reduction="none")
+    loss = sampled_softmax_loss(
+        q, t, n, tid, nid, target_log_q=target_log_q, negative_log_q=negative_log_q, reduction="none"
+    )
     logits = torch.cat([(q * t).sum(-1, keepdim=True) - target_log_q.unsqueeze(1), q @ n.T - negative_log_q], 1)
     torch.testing.assert_close(loss, -torch.log_softmax(logits, 1)[:, 0])
     per_sample_q = negative_log_q.expand(4, 6)
-    torch.testing.assert_close(loss, sampled_softmax_loss(q, t, n.expand(4, 6, 8), tid, nid.expand(4, 6),
-                                                          target_log_q=target_log_q, negative_log_q=per_sample_q,
-                                                          reduction="none"))
+    torch.testing.assert_close(
+        loss,
+        sampled_softmax_loss(
+            q,
+            t,
+            n.expand(4, 6, 8),
+            tid,
+            nid.expand(4, 6),
+            target_log_q=target_log_q,
+            negative_log_q=per_sample_q,
+            reduction="none",
+        ),
+    )
 
 
 def test_cosine_logits_ignore_norms():
@@ -76,8 +93,12 @@ def test_cosine_logits_ignore_norms():
     base = sampled_softmax_loss(q, t, n, tid, nid, cosine=True, temperature=0.1)
     scaled = sampled_softmax_loss(7 * q, 3 * t, 0.5 * n, tid, nid, cosine=True, temperature=0.1)
     torch.testing.assert_close(base, scaled)
-    torch.testing.assert_close(base, sampled_softmax_loss(F.normalize(q, dim=-1), F.normalize(t, dim=-1),
-                                                          F.normalize(n, dim=-1), tid, nid, temperature=0.1))
+    torch.testing.assert_close(
+        base,
+        sampled_softmax_loss(
+            F.normalize(q, dim=-1), F.normalize(t, dim=-1), F.normalize(n, dim=-1), tid, nid, temperature=0.1
+        ),
+    )
 
 
 def test_bad_shapes_and_reductions_are_refused():

@@ -20,8 +20,7 @@ from tests.distributed.conftest import REPO, TINY_JOB, torchrun
 
 
 def run(module, *args, check=True):
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     if check:
         assert done.returncode == 0, done.stderr[-4000:]
     return done
@@ -31,8 +30,16 @@ def run(module, *args, check=True):
 def trained(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     run_dir = root / "run"
-    run("dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared", f"data.path={tiny_dataset}",
-        "train.max_steps=30", "train.eval_every_epochs=0", *TINY_JOB)
+    run(
+        "dimerec_dist.train",
+        "--run-dir",
+        str(run_dir),
+        "data.source=prepared",
+        f"data.path={tiny_dataset}",
+        "train.max_steps=30",
+        "train.eval_every_epochs=0",
+        *TINY_JOB,
+    )
     run("dimerec_dist.eval_cli", "--run-dir", str(run_dir), "--topk-out", str(root / "eval_topk.npz"))
     return root, run_dir
 
@@ -56,8 +63,9 @@ def server(bundle_dir):
 
 def call(url, path, body=None, raw=None):
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + path, data=data, method="GET" if data is None else "POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -79,11 +87,18 @@ def test_the_servers_exact_top50_equals_dimerec_eval_for_every_test_user(trained
     users = EvaluationUsers(read_split(Manifest.load(tiny_dataset), "test"), max_history=20)
     bundle = Bundle(bundle_dir)
     assert np.array_equal(users.users, reference["users"])
-    requests = [{"history": bundle.raw_ids(users.items[users.offsets[r]:users.offsets[r + 1]]), "k": 50,
-                 "user": int(users.users[r]), "exact": True} for r in range(len(users))]
+    requests = [
+        {
+            "history": bundle.raw_ids(users.items[users.offsets[r] : users.offsets[r + 1]]),
+            "k": 50,
+            "user": int(users.users[r]),
+            "exact": True,
+        }
+        for r in range(len(users))
+    ]
     answers = []
     for start in range(0, len(requests), 100):
-        status, body = call(server, "/recommend/batch", {"requests": requests[start:start + 100]})
+        status, body = call(server, "/recommend/batch", {"requests": requests[start : start + 100]})
         assert status == 200, body
         answers += [result["items"] for result in body["results"]]
     expected = [bundle.raw_ids(row) for row in reference["topk"]]
@@ -97,8 +112,7 @@ def test_health_names_the_bundle(server):
 
 def test_unknown_ids_are_ignored_and_named_and_raw_ids_may_be_numbers(server, bundle_dir):
     known = Bundle(bundle_dir).raw_ids(np.array([1, 2, 3]))
-    status, body = call(server, "/recommend", {"history": [known[0], "no-such-item", int(known[1]), known[2]],
-                                               "k": 5})
+    status, body = call(server, "/recommend", {"history": [known[0], "no-such-item", int(known[1]), known[2]], "k": 5})
     assert status == 200 and len(body["items"]) == 5 and len(body["scores"]) == 5
     assert body["warnings"] == {"unknown_items": ["no-such-item"]}
     assert not set(body["items"]) & set(known), "seen items are excluded by default"
@@ -111,15 +125,18 @@ def test_a_history_with_nothing_known_gets_popular_items_and_says_so(server):
     assert status == 200 and len(body["items"]) == 3 and "empty_history" in body["warnings"]
 
 
-@pytest.mark.parametrize("payload, status, message", [
-    (b"{not json", 400, "not valid JSON"),
-    (json.dumps({"k": 5}).encode(), 400, "'history' must be a list"),
-    (json.dumps({"history": ["1"], "k": 0}).encode(), 400, "'k' must be an integer in 1..300"),
-    (json.dumps({"history": [["1"]]}).encode(), 400, "history[0] must be a string or an integer"),
-    (json.dumps({"history": ["1"], "colour": "red"}).encode(), 400, "unknown field(s) colour"),
-    (json.dumps({"history": ["1"], "exact": False}).encode(), 400, "no approximate index"),
-    (json.dumps([1, 2]).encode(), 400, "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "payload, status, message",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (json.dumps({"k": 5}).encode(), 400, "'history' must be a list"),
+        (json.dumps({"history": ["1"], "k": 0}).encode(), 400, "'k' must be an integer in 1..300"),
+        (json.dumps({"history": [["1"]]}).encode(), 400, "history[0] must be a string or an integer"),
+        (json.dumps({"history": ["1"], "colour": "red"}).encode(), 400, "unknown field(s) colour"),
+        (json.dumps({"history": ["1"], "exact": False}).encode(), 400, "no approximate index"),
+        (json.dumps([1, 2]).encode(), 400, "expected a JSON object"),
+    ],
+)
 def test_malformed_requests_get_a_4xx_naming_the_problem(server, payload, status, message):
     code, body = call(server, "/recommend", raw=payload)
     assert code == status and message in body["error"], body
@@ -154,8 +171,17 @@ def test_int8_bundle_with_hnsw_index_reports_its_recall(trained, bundle_dir):
     pytest.importorskip("faiss")
     root, run_dir = trained
     out = root / "int8"
-    done = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--dtype", "int8",
-               "--index", "hnsw")
+    done = run(
+        "dimerec_dist.serving.export",
+        "--run-dir",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--dtype",
+        "int8",
+        "--index",
+        "hnsw",
+    )
     manifest = json.loads((out / "bundle.json").read_text())
     assert manifest["dtype"] == "int8" and manifest["index"]["kind"] == "hnsw"
     assert manifest["index"]["recall@50"] >= 0.9 and "recall@50" in done.stderr
@@ -181,8 +207,12 @@ def test_concurrent_requests_batched_together_each_get_their_own_answer(server, 
     histories = [bundle.raw_ids(np.arange(1 + i, 6 + 2 * i)) for i in range(24)]
     alone = [call(server, "/recommend", {"history": h, "k": 20 + i})[1] for i, h in enumerate(histories)]
     with ThreadPoolExecutor(max_workers=24) as pool:
-        together = list(pool.map(lambda pair: call(server, "/recommend", {"history": pair[1], "k": 20 + pair[0]})[1],
-                                 enumerate(histories)))
+        together = list(
+            pool.map(
+                lambda pair: call(server, "/recommend", {"history": pair[1], "k": 20 + pair[0]})[1],
+                enumerate(histories),
+            )
+        )
     # The same answers up to float rounding: a matrix product's rounding depends on the batch's
     # shape, so scores may differ in the last bit and two near-tied items swap places.
     for mine, reference in zip(together, alone):
@@ -195,15 +225,18 @@ def test_concurrent_requests_batched_together_each_get_their_own_answer(server, 
 # --------------------------------------------------------------------------- bad input never hurts others
 
 
-@pytest.mark.parametrize("payload, message", [
-    (json.dumps({"history": ["1"], "user": 2 ** 64}).encode(), "'user' must be an integer in 0..2^63-1"),
-    (json.dumps({"history": ["1"], "user": -1}).encode(), "'user' must be an integer in 0..2^63-1"),
-    (b'{"history": [' + b"9" * 5000 + b"]}", "cannot be read"),
-    (json.dumps({"history": ["x" * 5000]}).encode(), "history[0] is 5000 characters long"),
-    (json.dumps({"history": [2 ** 70]}).encode(), "history[0] is outside the 64-bit integer range"),
-    (b'{"history": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
-    (json.dumps({"history": ["1"], "k": 10 ** 40}).encode(), "an integer of 41 digits"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (json.dumps({"history": ["1"], "user": 2**64}).encode(), "'user' must be an integer in 0..2^63-1"),
+        (json.dumps({"history": ["1"], "user": -1}).encode(), "'user' must be an integer in 0..2^63-1"),
+        (b'{"history": [' + b"9" * 5000 + b"]}", "cannot be read"),
+        (json.dumps({"history": ["x" * 5000]}).encode(), "history[0] is 5000 characters long"),
+        (json.dumps({"history": [2**70]}).encode(), "history[0] is outside the 64-bit integer range"),
+        (b'{"history": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (json.dumps({"history": ["1"], "k": 10**40}).encode(), "an integer of 41 digits"),
+    ],
+)
 def test_values_out_of_range_get_a_400_not_a_dropped_connection(server, payload, message):
     code, body = call(server, "/recommend", raw=payload)
     assert code == 400 and message in body["error"], body
@@ -255,7 +288,7 @@ def test_a_bad_user_under_load_drops_no_other_request(server, bundle_dir):
 
     bundle = Bundle(bundle_dir)
     good = [{"history": bundle.raw_ids(np.arange(1 + i % 50, 6 + i % 50)), "k": 10} for i in range(200)]
-    bad = {"history": bundle.raw_ids(np.arange(1, 4)), "user": 2 ** 64}
+    bad = {"history": bundle.raw_ids(np.arange(1, 4)), "user": 2**64}
     payloads = [bad if i % 10 == 0 else good[i] for i in range(200)]
     with ThreadPoolExecutor(max_workers=16) as pool:
         codes = list(pool.map(lambda p: call(server, "/recommend", p)[0], payloads))
