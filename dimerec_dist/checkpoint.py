@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,9 @@ def _is_main() -> bool:
     return dist.get_rank() == 0
 
 
-def _commit(staging: Path, final: Path, meta: dict[str, Any]) -> None:
-    """Called on every rank after its shards are written: checksum them, then make the
-    checkpoint visible atomically."""
-    own = _own_file_checksums(staging)
+def _commit(staging: Path, final: Path, meta: dict[str, Any], own: dict[str, str]) -> None:
+    """Called on every rank after its shards are written and hashed (`own`, _own_file_checksums):
+    list every file's checksum in meta.json, then make the checkpoint visible atomically."""
     gathered: list[dict[str, str]] = [{}] * dist.get_world_size()
     dist.all_gather_object(gathered, own)  # also the barrier: every rank has written its shards
     if _is_main():
@@ -91,6 +91,11 @@ def _commit(staging: Path, final: Path, meta: dict[str, Any]) -> None:
             shutil.rmtree(final)
         staging.rename(final)
     dist.barrier()
+
+
+def _hashed_when_written(future: Future, staging: Path) -> dict[str, str]:
+    future.result()
+    return _own_file_checksums(staging)
 
 
 def _own_file_checksums(staging: Path) -> dict[str, str]:
@@ -149,7 +154,7 @@ def save_model(model, path: Path, num_items: int, model_config: ModelConfig, ext
     path = Path(path)
     staging = _stage(path)
     dcp.save(model.state_dict(), checkpoint_id=str(staging))
-    _commit(staging, path, model_meta(num_items, model_config, **(extra or {})))
+    _commit(staging, path, model_meta(num_items, model_config, **(extra or {})), _own_file_checksums(staging))
 
 
 def check_resumable(path: Path) -> None:
@@ -310,6 +315,7 @@ class CheckpointManager:
     def __init__(self, root: Path, keep: int = 2, asynchronous: bool = False):
         self.root, self.keep, self.asynchronous = Path(root), keep, asynchronous
         self._group = dist.new_group(backend="gloo") if asynchronous else None
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash") if asynchronous else None
         self._pending: tuple | None = None
         self.last_saved_step: int | None = None
 
@@ -371,33 +377,38 @@ class CheckpointManager:
             future = dcp.async_save(
                 sharded, checkpoint_id=str(staging), process_group=self._group, async_stager=_CopyStager()
             )
-            self._pending = (future, staging, final, meta, started)
+            # The shards are hashed in the background too, once written: training waits for neither.
+            hashed = self._background.submit(_hashed_when_written, future, staging)
+            self._pending = (hashed, staging, final, meta, started)
             log.info("checkpoint %s staged in %.1fs, writing in the background", final, time.time() - started)
         else:
             dcp.save(sharded, checkpoint_id=str(staging))
-            self._finish(staging, final, meta, started)
+            self._finish(staging, final, meta, started, _own_file_checksums(staging))
         return final
 
     def wait(self) -> None:
         """Commit the background save, if one is running (collective: every rank calls it)."""
         if self._pending is not None:
-            future, staging, final, meta, started = self._pending
+            hashed, staging, final, meta, started = self._pending
             self._pending = None
-            future.result()
-            self._finish(staging, final, meta, started)
+            self._finish(staging, final, meta, started, hashed.result())
 
-    def _finish(self, staging: Path, final: Path, meta: dict, started: float) -> None:
-        _commit(staging, final, meta)
+    def _finish(self, staging: Path, final: Path, meta: dict, started: float, own: dict[str, str]) -> None:
+        _commit(staging, final, meta, own)
         if _is_main():
             for old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint %s written in %.1fs", final, time.time() - started)
 
     @staticmethod
-    def load(path: Path, model, num_items: int, model_config: ModelConfig) -> tuple[TrainingState, dict]:
+    def load(
+        path: Path, model, num_items: int, model_config: ModelConfig, verify: bool = True
+    ) -> tuple[TrainingState, dict]:
         """Load weights and sparse optimizer state in place (any world size or sharding); return the
-        training state and the replicated state as it was given to `save`."""
-        meta = check_compatible(verified(path), num_items, model_config)
+        training state and the replicated state as it was given to `save`. `verify=False` only for a
+        path that was just verified (resume picks one by verifying it: hashing it twice costs a
+        second read of the whole table)."""
+        meta = check_compatible(verified(path) if verify else path, num_items, model_config)
         if "training" not in meta:
             raise CheckpointError(f"{path} holds model weights only, not a training state to resume")
         check_resumable(path)

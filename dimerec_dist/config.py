@@ -340,9 +340,9 @@ class JobConfig:
     """The job's seed: dense weights, table rows, the data plan, negatives, noise (0..2^32-1)."""
 
     def validate(self) -> None:
-        for section in (self.model, self.data, self.train, self.sharding, self.eval):
-            _all_finite(section)
-            section.validate()
+        for name in ("model", "data", "train", "sharding", "eval"):
+            _all_finite(getattr(self, name), name)
+            getattr(self, name).validate()
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed={self.seed} must lie in 0..2^32-1")
         if self.model.num_interests > self.model.max_history:
@@ -377,27 +377,18 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
 
 
-def _all_finite(section: Any) -> None:
+def _all_finite(section: Any, name: str) -> None:
     """NaN passes every comparison a range check makes (NaN <= 0 is False): refuse it, and inf, first."""
     for spec in dataclasses.fields(section):
         value = getattr(section, spec.name)
         if isinstance(value, float) and not math.isfinite(value):
-            key = f"{_SECTION_NAMES.get(type(section).__name__, '')}{spec.name}"
-            raise ConfigError(f"{key}={value} must be a finite number")
+            raise ConfigError(f"{name}.{spec.name}={value} must be a finite number")
 
 
 def _at_least(key: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{key}={value} must be >= {low}")
 
-
-_SECTION_NAMES = {
-    "ModelConfig": "model.",
-    "DataConfig": "data.",
-    "TrainConfig": "train.",
-    "ShardingConfig": "sharding.",
-    "EvalConfig": "eval.",
-}
 
 # --------------------------------------------------------------------------- loading
 

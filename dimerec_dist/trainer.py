@@ -338,8 +338,11 @@ class Trainer:
         checkpoints.save(parts.model, replicated, self.state, self.manifest.num_items, config_to_dict(self.config))
 
     def load_checkpoint(self, path: Path) -> None:
+        """Continue from `path`, which resume_path verified when it chose it."""
         parts = self.parts
-        state, replicated = CheckpointManager.load(path, parts.model, self.manifest.num_items, self.config.model)
+        state, replicated = CheckpointManager.load(
+            path, parts.model, self.manifest.num_items, self.config.model, verify=False
+        )
         parts.optimizer.load_state_dict(replicated["optimizer"])
         parts.schedule.load_state_dict(replicated["schedule"])
         if parts.table_optimizer is not None:

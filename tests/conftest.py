@@ -1,11 +1,13 @@
 """Fixtures shared by every test directory."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
 from dimerec_dist.data.prepare import PrepareOptions, prepare
 from dimerec_dist.data.synth import SynthOptions, synthesize
+from tests.read_only import ReadOnlyUnavailable, read_only_directory
 
 
 @pytest.fixture(scope="session")
@@ -19,33 +21,19 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_read_only():
-    """Makes a directory read-only for everyone, root included (tests run as root in CI): a
-    read-only bind mount where mounting is allowed, else the immutable attribute, else plain
-    permissions. Undone when the test ends."""
-    import os
-    import subprocess
+    """Makes directories read-only for everyone (tests/read_only.py) until the test ends."""
+    with contextlib.ExitStack() as stack:
 
-    undo = []
+        def make(path: Path) -> Path:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "existing.txt").write_text("kept\n")
+            try:
+                stack.enter_context(read_only_directory(path))
+            except ReadOnlyUnavailable as exc:
+                pytest.skip(str(exc))
+            return path
 
-    def make(path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "existing.txt").write_text("kept\n")
-        if os.geteuid() != 0:
-            attempts = [(["chmod", "555", str(path)], ["chmod", "755", str(path)])]
-        else:
-            attempts = [
-                (["mount", "--bind", "-o", "ro", str(path), str(path)], ["umount", str(path)]),
-                (["chattr", "+i", str(path)], ["chattr", "-i", str(path)]),
-            ]
-        for command, reverse in attempts:
-            if subprocess.run(command, capture_output=True).returncode == 0:
-                undo.append(reverse)
-                return path
-        pytest.skip("cannot make a read-only directory here (no mount, chattr or unprivileged user)")
-
-    yield make
-    for reverse in reversed(undo):
-        subprocess.run(reverse, capture_output=True)
+        yield make
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dimerec_dist import eval_cli, train
+from tests.distributed.conftest import command_error, error_line
 
 
 def one_line_error(capsys, code, *fragments):
@@ -62,41 +63,30 @@ def test_missing_and_malformed_data_files_stop_the_trainer_with_their_names(tmp_
             text=True,
             timeout=120,
         )
-        lines = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
-        assert done.returncode == 2 and len(lines) == 1 and fragment in lines[0], done.stderr[-2000:]
-
-
-def train_errors(tmp_path, *args) -> str:
-    """Run dimerec-train in its own process; its single error line (and exit code 2) or fail."""
-    done = subprocess.run(
-        [sys.executable, "-m", "dimerec_dist.train", *args], capture_output=True, text=True, timeout=120
-    )
-    lines = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
-    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    return lines[0]
+        assert fragment in error_line(done)
 
 
 def test_a_run_dir_that_is_a_file(tmp_path):
     (tmp_path / "run").write_text("notes")
     assert (
-        "--run-dir" in train_errors(tmp_path, "--run-dir", str(tmp_path / "run"))
+        "--run-dir" in command_error("dimerec_dist.train", "--run-dir", str(tmp_path / "run"))
         and (tmp_path / "run").read_text() == "notes"
     )
 
 
 def test_a_read_only_run_dir(tmp_path, read_only_dir):
-    assert "is not writable" in train_errors(tmp_path, "--run-dir", str(read_only_dir))
+    assert "is not writable" in command_error("dimerec_dist.train", "--run-dir", str(read_only_dir))
 
 
 def test_a_read_only_checkpoint_dir(tmp_path, make_read_only):
     make_read_only(tmp_path / "run" / "checkpoints")
-    line = train_errors(tmp_path, "--run-dir", str(tmp_path / "run"))
+    line = command_error("dimerec_dist.train", "--run-dir", str(tmp_path / "run"))
     assert "the checkpoint directory" in line and "is not writable" in line
 
 
 def test_eval_cut_offs_beyond_the_catalog_stop_before_training(tiny_dataset, tmp_path):
-    line = train_errors(
-        tmp_path,
+    line = command_error(
+        "dimerec_dist.train",
         "--run-dir",
         str(tmp_path / "run"),
         "data.source=prepared",
@@ -108,8 +98,8 @@ def test_eval_cut_offs_beyond_the_catalog_stop_before_training(tiny_dataset, tmp
 
 def test_a_data_set_without_held_out_users_stops_before_training(tmp_path):
     (tmp_path / "short.txt").write_text("".join(f"u{u} a{u % 61} b{u % 59}\n" for u in range(300)))
-    line = train_errors(
-        tmp_path,
+    line = command_error(
+        "dimerec_dist.train",
         "--run-dir",
         str(tmp_path / "run"),
         "data.source=raw",

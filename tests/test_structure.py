@@ -3,8 +3,6 @@
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,9 +40,3 @@ def test_the_product_never_imports_the_research_area():
         if any(name == "research" or name.startswith("research.") for name in imported_modules(path))
     ]
     assert importers == [], "dimerec_dist must work from an installed wheel, without research/"
-
-
-def test_the_wheel_holds_the_product_only():
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    assert packages["include"] == ["dimerec_dist*"]

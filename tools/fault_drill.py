@@ -26,19 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the restart tests' job settings and read-only helper live in tests/
+
+from tests.distributed.conftest import TINY_JOB  # noqa: E402
+from tests.read_only import read_only_directory  # noqa: E402
+
 STEPS = 60
 JOB = [
-    "model.embedding_dim=16",
-    "model.max_history=20",
-    "model.num_interests=2",
-    "model.dam_hidden=32",
-    "model.diffusion_steps=10",
-    "model.dropout=0",
-    "train.batch_size=64",
-    "train.negatives=128",
-    "train.log_every=1",
-    "eval.batch_size=64",
-    "data.streams=2",
+    *TINY_JOB,  # the restart tests' tiny model, and the drill's schedule
     "train.eval_every_epochs=0",
     f"train.max_steps={STEPS}",
     "train.checkpoint_every=10",
@@ -313,17 +308,7 @@ class Drill:
         with read_only_directory(target) as how:
             before = tree_digest(target)
             if what == "prepare output":
-                done = run(
-                    [
-                        bin_path("dimerec-prepare"),
-                        "--format",
-                        "events",
-                        "--input",
-                        str(self.out / "raw" / "events"),
-                        "--out",
-                        str(target / "data"),
-                    ]
-                )
+                done = run(self.prepare_command(target / "data"))
             else:
                 done = run(torchrun_command(run_dir, self.dataset))
             self.error_row(
@@ -333,21 +318,22 @@ class Drill:
                 tree_digest(target) == before,
             )
 
+    def prepare_command(self, out: Path, *extra: str) -> list[str]:
+        """dimerec-prepare of the drill's raw log into `out`."""
+        return [
+            bin_path("dimerec-prepare"),
+            "--format",
+            "events",
+            "--input",
+            str(self.out / "raw" / "events"),
+            "--out",
+            str(out),
+            *extra,
+        ]
+
     def existing_dataset(self) -> None:
         before = tree_digest(self.dataset)
-        done = run(
-            [
-                bin_path("dimerec-prepare"),
-                "--format",
-                "events",
-                "--input",
-                str(self.out / "raw" / "events"),
-                "--out",
-                str(self.dataset),
-                "--kcore",
-                "3",
-            ]
-        )
+        done = run(self.prepare_command(self.dataset, "--kcore", "3"))
         self.error_row(
             "prepare onto an existing dataset",
             "dimerec-prepare --out <the drill's dataset>",
@@ -365,34 +351,6 @@ class Drill:
         kept = sum(row.nothing_lost for row in self.rows)
         lines.append(f"\n{len(self.rows)} cases, nothing lost in {kept}; {time.time() - self.started:.0f} s.")
         return "\n".join(lines).replace(str(self.out), "OUT") + "\n"
-
-
-class read_only_directory:
-    """Read-only for everyone, root included: a read-only bind mount, else the immutable attribute,
-    else permissions (enough for a non-root user). The context value says which."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> str:
-        attempts = [
-            (
-                ["mount", "--bind", "-o", "ro", str(self.path), str(self.path)],
-                ["umount", str(self.path)],
-                "read-only bind mount",
-            ),
-            (["chattr", "+i", str(self.path)], ["chattr", "-i", str(self.path)], "immutable attribute"),
-        ]
-        if os.geteuid() != 0:
-            attempts = [(["chmod", "555", str(self.path)], ["chmod", "755", str(self.path)], "mode 555")]
-        for command, undo, how in attempts:
-            if subprocess.run(command, capture_output=True).returncode == 0:
-                self.undo = undo
-                return how
-        raise SystemExit(f"cannot make {self.path} read-only on this machine")
-
-    def __exit__(self, *exc) -> None:
-        subprocess.run(self.undo, capture_output=True)
 
 
 def main() -> int:

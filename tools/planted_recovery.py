@@ -26,7 +26,7 @@ from dimerec_dist.data.schema import DataError, read_split
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.eval_cli import load_run
-from dimerec_dist.evaluate import evaluate_split
+from dimerec_dist.run_metrics import evaluate_users
 
 
 def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[int]]) -> dict[str, float]:
@@ -42,25 +42,10 @@ def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[
 
 
 def report(run_dir: Path, synth: Path | None) -> None:
-    loaded = load_run(run_dir, [])
+    loaded = load_run(run_dir, ["eval.ks=50"])  # the run's evaluation settings, top-50 lists
     synth = synth or dataset_path(loaded.config.data, run_dir) / "raw"
     users = loaded.users("test")
-    c = loaded.config
-    result = evaluate_split(
-        loaded.model.module,
-        loaded.shards,
-        users,
-        loaded.ctx,
-        dim=c.model.embedding_dim,
-        ks=[50],
-        batch_size=c.eval.batch_size,
-        exclude_seen=c.eval.exclude_seen,
-        query_mode=c.query_mode(),
-        cosine=c.model.cosine_logits,
-        sample_steps=c.model.sample_steps,
-        seed=c.seed,
-        popularity=loaded.popularity(),
-    )
+    result = evaluate_users(loaded.model, loaded.shards, loaded.config, loaded.ctx, users, loaded.popularity())
     if loaded.ctx.is_main:
         # Dense ids -> the generator's ids (raw ids are its integers, as strings) -> categories and interests.
         categories = item_categories(loaded.manifest, synth)

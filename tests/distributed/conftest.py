@@ -41,6 +41,22 @@ def torchrun(nproc: int, module: str, *args: str, timeout: float = 300) -> subpr
     return done
 
 
+def error_line(done: subprocess.CompletedProcess) -> str:
+    """The one `dimerec-...: error: ...` line a command ended with (exit code 2, no traceback), or fail
+    the test with its output. Several ranks may print the same line: it counts once."""
+    lines = {line for line in done.stderr.splitlines() if line.startswith("dimerec-") and ": error: " in line}
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return lines.pop()
+
+
+def command_error(module: str, *args: str, timeout: float = 120) -> str:
+    """Run `python -m module args` in the repository; its one error line (error_line)."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    return error_line(done)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -15,7 +15,7 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dimerec_dist.checkpoint import META_FILE, CheckpointManager
-from tests.distributed.conftest import REPO, TINY_JOB, read_jsonl, torchrun
+from tests.distributed.conftest import REPO, TINY_JOB, command_error, error_line, read_jsonl, torchrun
 
 STEPS = 40
 FAULTY_TRAIN = REPO / "tools" / "faulty_train.py"  # dimerec-train with a kill or a delay in its step hooks
@@ -293,24 +293,10 @@ def test_when_no_checkpoint_verifies_nothing_is_loaded_or_changed(uninterrupted,
     for path in CheckpointManager(run_dir / "checkpoints").complete():
         corrupt(path, "truncated shard")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dimerec_dist.train",
-            "--run-dir",
-            str(run_dir),
-            *job(tiny_dataset, f"train.max_steps={STEPS}"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    line = command_error(
+        "dimerec_dist.train", "--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}")
     )
-    errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
-    assert done.returncode == 2 and len(errors) == 1 and "none of the 2 checkpoint(s) verifies" in errors[0], (
-        done.stderr[-3000:]
-    )
+    assert "none of the 2 checkpoint(s) verifies" in line
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
@@ -321,16 +307,8 @@ def test_a_flipped_byte_in_the_saved_model_is_refused_not_evaluated(uninterrupte
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0x01
     shard.write_bytes(bytes(data))
-    done = subprocess.run(
-        [sys.executable, "-m", "dimerec_dist.eval_cli", "--run-dir", str(run_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-eval: error:")]
-    assert done.returncode == 2 and len(errors) == 1 and f"{shard.name} does not match its checksum" in errors[0], (
-        done.stderr[-3000:]
+    assert f"{shard.name} does not match its checksum" in command_error(
+        "dimerec_dist.eval_cli", "--run-dir", str(run_dir)
     )
 
 
@@ -352,9 +330,9 @@ def test_resuming_on_another_world_size_is_exact_or_refused_naming_data_streams(
     shutil.copytree(reference, run_dir)
     shutil.rmtree(CheckpointManager(run_dir / "checkpoints").path_for(9))  # as if stopped after step 6
     relaunch = [sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir), *default_streams]
-    done = subprocess.run(relaunch, cwd=REPO, capture_output=True, text=True, timeout=120)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
-    assert done.returncode == 2 and len(errors) == 1 and "set data.streams=2" in errors[0], done.stderr[-3000:]
+    assert "set data.streams=2" in error_line(
+        subprocess.run(relaunch, cwd=REPO, capture_output=True, text=True, timeout=120)
+    )
     done = subprocess.run([*relaunch, "data.streams=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "resumed from" in done.stderr, done.stderr[-3000:]
     # The same samples in the same batches; only the float sums' order differs between 1 and 2 ranks.
@@ -428,20 +406,7 @@ def test_a_checkpoint_of_the_pickle_era_gets_a_one_line_error_saying_what_to_do(
             meta.pop(key)
         (path / META_FILE).write_text(json.dumps(meta))
         torch.save({"optimizer": {}}, path / "dense.pt")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dimerec_dist.train",
-            "--run-dir",
-            str(run_dir),
-            *job(tiny_dataset, f"train.max_steps={STEPS}"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    line = command_error(
+        "dimerec_dist.train", "--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}")
     )
-    errors = [line for line in done.stderr.splitlines() if line.startswith("dimerec-train: error:")]
-    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
-    assert "pickle (dense.pt) that this version never loads" in errors[0] and "new --run-dir" in errors[0]
+    assert "pickle (dense.pt) that this version never loads" in line and "new --run-dir" in line
