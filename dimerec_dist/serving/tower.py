@@ -9,6 +9,7 @@ per-user start (evaluate.user_starts) or derive one from the history (history_st
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,10 @@ def export_tower(tower: UserTower, max_history: int, dim: int, path: Path | str)
 
 
 def load_tower(path: Path | str) -> torch.nn.Module:
-    """The exported tower as a callable module."""
+    """The exported tower as a callable module. A damaged archive is refused here, before
+    torch.export logs its own traceback for it."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not a torch.export archive (a damaged or truncated zip file)")
     return torch.export.load(str(path)).module()
 
 
