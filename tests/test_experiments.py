@@ -297,7 +297,7 @@ def test_a_record_is_written_whole_and_a_broken_one_is_named(grid, finished, tmp
 
 def test_a_grid_with_a_committed_report_keeps_its_records_in_the_repository(tmp_path):
     grid = experiment_grid.load_grid(REPO / "configs" / "experiments" / "ablations.yaml")
-    assert experiment_grid.default_records(grid, tmp_path) == REPO / "docs" / "results" / "main", "beside main's"
+    assert experiment_grid.default_records(grid, tmp_path) == REPO / "research" / "results" / "main", "beside main's"
     grid = experiment_grid.load_grid(REPO / "configs" / "experiments" / "main.yaml")
     del grid["report"]
     assert experiment_grid.default_records(grid, tmp_path) == tmp_path / "records"
@@ -463,7 +463,7 @@ def test_every_committed_grid_asks_for_valid_jobs(grid_file, tmp_path):
 
 @pytest.mark.parametrize("grid_file", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
 def test_the_committed_tables_are_what_the_committed_records_say(grid_file, tmp_path):
-    """docs/RESULTS.md's live tables are the runner's rendering of docs/results/: a record added,
+    """docs/RESULTS.md's live tables are the runner's rendering of research/results/: a record added,
     changed or moved aside without the report written again fails here."""
     grid = experiment_grid.load_grid(grid_file)
     records = experiment_grid.default_records(grid, tmp_path)

@@ -14,7 +14,7 @@ is recorded (research/run_records.py: its settings, final metrics and training c
 tens of KB) into RECORDS/<dataset>/<method>/seed-<s>. The records are what the report is made
 from and what "done" means: a recorded run is skipped, so an interrupted grid resumes where
 it stopped, and a grid that writes its report into the repository keeps its records there
-too (docs/results/<runs>), so the tables outlive the machine that ran them; other grids keep
+too (research/results/<runs>), so the tables outlive the machine that ran them; other grids keep
 them in OUT/records. A run whose settings differ from what the grid now asks (a changed
 default, say) is moved aside - record and run directory - to <name>.stale-<time> and run
 again, and its re-evaluations with it. Every dataset is prepared once, into
@@ -222,7 +222,7 @@ def main() -> int:
         "--records",
         type=Path,
         default=None,
-        help="where run records live (default: docs/results/<runs> for a grid with a committed "
+        help="where run records live (default: research/results/<runs> for a grid with a committed "
         "report, else OUT/records)",
     )
     parser.add_argument("--report-only", action="store_true", help="write the report from the records, train nothing")

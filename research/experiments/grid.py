@@ -97,10 +97,10 @@ def default_out(grid: dict) -> Path:
 
 
 def default_records(grid: dict, out: Path) -> Path:
-    """Where a grid's run records live: in the repository (docs/results/<runs>) for a grid whose
+    """Where a grid's run records live: in the repository (research/results/<runs>) for a grid whose
     report is committed there, so its tables outlive this machine's runs/; else OUT/records."""
     if grid.get("report"):
-        return REPO / "docs" / "results" / grid.get("runs", grid["name"])
+        return REPO / "research" / "results" / grid.get("runs", grid["name"])
     return out / "records"
 
 
