@@ -16,6 +16,7 @@ from dimerec_dist.data.batch import FEATURES, Batch
 from dimerec_dist.distributed.collectives import all_gather_cat, all_gather_with_gradient
 from dimerec_dist.library_noise import drop_log_message
 from dimerec_dist.model import DimeRec, DimeRecLosses, NoiseDraw
+from dimerec_dist.model.sequence_windows import QueryWindows
 
 TABLE_NAME = "item"  # not "items": EmbeddingCollection keeps tables in a ModuleDict, which has .items()
 TABLE_STATE_KEY = f"embeddings.{TABLE_NAME}.weight"
@@ -27,6 +28,12 @@ def padded_history(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     slots = mask.reshape(-1).nonzero().squeeze(1)
     dense = values.new_zeros(b * n, values.shape[-1]).index_copy(0, slots, values)
     return dense.view(b, n, -1)
+
+
+def next_items(chunks: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """(C, Qc, d): the embedding of the item after each query position of the chunks (C, S, d)."""
+    index = (queries + 1).clamp(max=chunks.shape[1] - 1)  # padded queries (0) stay in range
+    return torch.gather(chunks, 1, index.unsqueeze(-1).expand(-1, -1, chunks.shape[-1]))
 
 
 # The forward of TorchRec 1.8's modules calls torch.fx's is_fx_tracing(), which torch 2.13 logs as
@@ -60,29 +67,31 @@ class ShardedDimeRec(nn.Module):
         looked_up = self.item_table(batch.kjt)
         return {name: looked_up[name].values() for name in FEATURES}
 
-    def forward(self, batch: Batch, draw: NoiseDraw) -> DimeRecLosses:
-        """Losses averaged over this rank's samples (see distributed/sharding.py on gradient scaling)."""
+    def forward(self, batch: Batch, draw: NoiseDraw, reduction: str = "mean") -> DimeRecLosses:
+        """Losses averaged over this rank's samples (see distributed/sharding.py on gradient scaling);
+        `reduction="none"`: per target, in the batch's order."""
         emb = self.embed(batch)
+        history = padded_history(emb["history"], batch.mask)
+        if batch.is_sequence:
+            windows = QueryWindows(batch.queries, batch.query_mask, self.dimerec.config.max_history)
+            target = windows.select(next_items(history, batch.queries))  # the item after each query
+        else:
+            target = emb["target"]
         negatives = emb["negatives"][batch.negative_rows]  # the distinct rows spread back over the draw
         negative_ids, negative_log_q = batch.negative_ids, batch.negative_log_q
         if self.in_batch_negatives:
             # Every target of the global batch, from all ranks; a sample's own target is masked as a hit.
             # Gradients reach the rank that looked each target up (distributed.collectives.all_gather_with_gradient).
-            negatives = torch.cat([negatives, all_gather_with_gradient(emb["target"])])
+            negatives = torch.cat([negatives, all_gather_with_gradient(target)])
             negative_ids = torch.cat([negative_ids, all_gather_cat(batch.target_ids)])
             if negative_log_q is not None:
                 negative_log_q = torch.cat([negative_log_q, all_gather_cat(batch.in_batch_log_q)])
-        return self.dimerec(
-            padded_history(emb["history"], batch.mask),
-            batch.mask,
-            emb["target"],
-            batch.target_ids,
-            negatives,
-            negative_ids,
-            draw=draw,
-            target_log_q=batch.target_log_q,
-            negative_log_q=negative_log_q,
-        )
+        options = dict(draw=draw, target_log_q=batch.target_log_q, negative_log_q=negative_log_q, reduction=reduction)
+        if batch.is_sequence:
+            return self.dimerec.forward_sequence(
+                history, batch.mask, windows, target, batch.target_ids, negatives, negative_ids, **options
+            )
+        return self.dimerec(history, batch.mask, target, batch.target_ids, negatives, negative_ids, **options)
 
     @torch.no_grad()
     def queries(

@@ -149,6 +149,8 @@ class Trainer:
             backend=config.data.backend,
             window_size=config.data.window,
             mix=config.data.mix,
+            chunk_targets=config.data.chunk_targets or config.model.max_history,
+            span_limited=config.model.gem == "sasrec",  # SASRec reads a chunk from its first item
         )
         self.rank_rows = torch.from_numpy(self.stream.global_rows)
         self.valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
@@ -167,7 +169,8 @@ class Trainer:
     # ------------------------------------------------------------------ the step
 
     def step_inputs(self, epoch: int, epoch_step: int, history, targets):
-        """The step's batch (ids, negatives, corrections) on the device, and its diffusion noise."""
+        """The step's batch (ids, negatives, corrections) on the device, and its diffusion noise.
+        `history`: per-prefix histories or sequence mode's chunks; `targets`: one per sample."""
         config = self.config
         # Dropout's generator, from (seed, step, rank): a resumed run draws what it would have drawn.
         torch.manual_seed(seed_for(config.seed, "dropout", self.state.step, self.ctx.rank))

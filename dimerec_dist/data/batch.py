@@ -7,6 +7,10 @@ Negatives are drawn with replacement, so a large draw repeats ids (popular ones 
 all): the table looks each distinct id up once, and `negative_rows` spreads the rows
 back over the draw, which keeps the softmax the same and the lookup and table update
 smaller.
+
+In sequence mode the history feature carries the chunks (samples.SequenceChunks), each
+read once for all its targets; the targets are items of the chunks, so the target
+feature is empty and the model takes their rows from the chunks' (`queries`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dimerec_dist.data.samples import HistoryBatch
+from dimerec_dist.data.samples import HistoryBatch, SequenceChunks
 
 FEATURES = ("history", "target", "negatives")
 
@@ -26,13 +30,19 @@ FEATURES = ("history", "target", "negatives")
 @dataclass
 class Batch:
     kjt: KeyedJaggedTensor
-    mask: torch.Tensor  # (B, N) True on real history positions
-    target_ids: torch.Tensor  # (B,)
+    mask: torch.Tensor  # (B, N) True on real history positions (sequence mode: (C, S) of the chunks)
+    target_ids: torch.Tensor  # (B,) (sequence mode: (Q,), the item after each query)
     negative_ids: torch.Tensor  # (M,) the draw, repeats included
     negative_rows: torch.Tensor  # (M,) each draw's row among the looked-up distinct negatives
     negative_log_q: torch.Tensor | None  # (M,) log expected count, for logQ correction
     target_log_q: torch.Tensor | None  # (B,)
     in_batch_log_q: torch.Tensor | None = None  # (B,) log expected count of each target among the in-batch negatives
+    queries: torch.Tensor | None = None  # sequence mode: (C, Qc) chunk positions whose next item is a target
+    query_mask: torch.Tensor | None = None  # (C, Qc) True on real queries
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.queries is not None
 
     @property
     def size(self) -> int:
@@ -49,27 +59,33 @@ class Batch:
             move(self.negative_log_q),
             move(self.target_log_q),
             move(self.in_batch_log_q),
+            move(self.queries),
+            move(self.query_mask),
         )
 
 
 def make_batch(
-    history: HistoryBatch,
+    history: HistoryBatch | SequenceChunks,
     targets: np.ndarray,
     negative_ids: np.ndarray,
     log_q: np.ndarray | None = None,
     in_batch_log_q: np.ndarray | None = None,
 ) -> Batch:
-    """`log_q`, `in_batch_log_q`: per item id, log of its expected count among the sampled and the
+    """`history`: per-prefix histories, or sequence mode's chunks; `targets`: one per sample.
+    `log_q`, `in_batch_log_q`: per item id, log of its expected count among the sampled and the
     in-batch negatives (for logQ correction); None leaves the logits uncorrected."""
-    size, width = history.ids.shape
+    sequence = isinstance(history, SequenceChunks)
+    size, width = history.ids.shape  # rows: samples, or chunks
     mask = np.arange(width)[None, :] < history.lengths[:, None]
     history_values = history.ids[mask]  # row-major: each row's items in order
     distinct, negative_rows = np.unique(negative_ids, return_inverse=True)
     negative_lengths = np.zeros(size, np.int64)
     if size:
         negative_lengths[0] = len(distinct)
-    values = np.concatenate([history_values, targets, distinct]).astype(np.int64)
-    lengths = np.concatenate([history.lengths, np.ones(size, np.int64), negative_lengths])
+    looked_up_targets = np.zeros(0, np.int64) if sequence else targets  # a chunk holds its targets' rows
+    values = np.concatenate([history_values, looked_up_targets, distinct]).astype(np.int64)
+    target_lengths = np.full(size, 0 if sequence else 1, np.int64)
+    lengths = np.concatenate([history.lengths, target_lengths, negative_lengths])
     kjt = KeyedJaggedTensor.from_lengths_sync(
         keys=list(FEATURES), values=torch.from_numpy(values), lengths=torch.from_numpy(lengths.astype(np.int32))
     )
@@ -82,6 +98,8 @@ def make_batch(
         negative_log_q=None if log_q is None else torch.from_numpy(log_q[negative_ids].astype(np.float32)),
         target_log_q=None if log_q is None else torch.from_numpy(log_q[targets].astype(np.float32)),
         in_batch_log_q=None if in_batch_log_q is None else torch.from_numpy(in_batch_log_q[targets].astype(np.float32)),
+        queries=torch.from_numpy(history.queries) if sequence else None,
+        query_mask=torch.from_numpy(history.query_mask) if sequence else None,
     )
 
 

@@ -8,7 +8,10 @@ batch is the same for any world size that divides `streams`, every rank runs the
 number of steps, and nothing is read twice.
 
 Reading: a row group is decoded into its users' items and a shuffled list of samples
-(user, position); windows of history are cut only when a batch is built. Decoding runs
+(user, position); windows of history are cut only when a batch is built. In sequence
+mode the shuffle moves runs of `chunk_targets` consecutive targets of one user, kept in
+order, so a batch slice holds runs that become chunks (samples.cut_chunks); the plan
+counts targets as in `all` mode, so steps, streams and resumption are unchanged. Decoding runs
 in this process (`local`) or in Ray tasks (`ray`), with a bounded window of row groups in
 flight per rank. Ray Data is not used: it is not supported inside multi-process torchrun,
 Ray tasks are.
@@ -30,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dimerec_dist.config import DATA_BACKENDS, SAMPLE_MODES
-from dimerec_dist.data.samples import HistoryBatch, flat_lists, window
+from dimerec_dist.data.samples import HistoryBatch, SequenceChunks, cut_chunks, flat_lists, window
 from dimerec_dist.data.schema import DataError, Manifest
 
 
@@ -39,22 +42,31 @@ class RowGroup:
     id: int
     file: str
     index: int
-    samples: int  # training samples with sample_mode=all
+    samples: int  # training samples with sample_mode=all (and sequence: the same targets)
     trainable: int  # users with >= 2 items: samples with sample_mode=random_cut
 
 
 @dataclass
 class Decoded:
-    """One decoded row group: users' items, flat, and its samples in shuffled order."""
+    """One decoded row group: users' items, flat, and its samples in shuffled order; in sequence
+    mode in runs of one user's consecutive targets, run r being samples runs[r]..runs[r + 1]."""
 
     items: np.ndarray
     offsets: np.ndarray
     seqs: np.ndarray
     positions: np.ndarray
+    runs: np.ndarray | None = None
 
 
 def decode_group(
-    file: str, index: int, group_id: int, seed: int, epoch: int, sample_mode: str, num_items: int
+    file: str,
+    index: int,
+    group_id: int,
+    seed: int,
+    epoch: int,
+    sample_mode: str,
+    num_items: int,
+    chunk_targets: int = 0,
 ) -> Decoded:
     """Read one row group and list its samples, shuffled from (seed, epoch, group).
 
@@ -77,7 +89,7 @@ def decode_group(
         )
     lengths = np.diff(offsets)
     rng = np.random.default_rng([seed, epoch, group_id, 0x57])
-    if sample_mode == "all":
+    if sample_mode in ("all", "sequence"):
         per_seq = np.maximum(lengths - 1, 0)
         seqs = np.repeat(np.arange(len(lengths)), per_seq)
         first = np.concatenate([[0], np.cumsum(per_seq)])[:-1]
@@ -85,8 +97,24 @@ def decode_group(
     else:
         seqs = np.flatnonzero(lengths >= 2)
         positions = 1 + (rng.random(len(seqs)) * (lengths[seqs] - 1)).astype(np.int64)
+    if sample_mode == "sequence":
+        runs = np.flatnonzero((positions - 1) % chunk_targets == 0)  # each user's targets, chunk_targets at a time
+        return shuffled_runs(Decoded(items, offsets, seqs, positions, np.append(runs, len(seqs))), rng)
     order = rng.permutation(len(seqs))
     return Decoded(items, offsets, seqs[order], positions[order])
+
+
+def shuffled_runs(decoded: Decoded, rng: np.random.Generator) -> Decoded:
+    """The runs in a shuffled order, each run's samples kept in order."""
+    runs = decoded.runs
+    sizes = np.diff(runs)
+    order = rng.permutation(len(sizes))
+    new_sizes = sizes[order]
+    new_runs = np.concatenate([[0], np.cumsum(new_sizes)])
+    # Sample i of new run k is sample runs[order[k]] + i of the old order.
+    within = np.arange(runs[-1]) - np.repeat(new_runs[:-1], new_sizes)
+    index = np.repeat(runs[:-1][order], new_sizes) + within
+    return Decoded(decoded.items, decoded.offsets, decoded.seqs[index], decoded.positions[index], new_runs)
 
 
 def row_groups(manifest: Manifest) -> list[RowGroup]:
@@ -111,17 +139,33 @@ class DataPlan:
         sample_mode: str,
         num_items: int,
         mix: int = 4,
+        chunk_targets: int = 0,
     ):
         if sample_mode not in SAMPLE_MODES:
             raise ValueError(f"unknown sample mode {sample_mode!r} ({', '.join(SAMPLE_MODES)})")
         if global_batch % streams:
             raise DataError(f"the global batch {global_batch} must be a multiple of data.streams={streams}")
         self.groups, self.streams, self.seed, self.sample_mode = groups, streams, seed, sample_mode
-        self.num_items, self.mix = num_items, mix
+        if sample_mode == "sequence" and chunk_targets < 1:
+            raise ValueError("sequence mode needs chunk_targets >= 1")
+        self.num_items, self.mix, self.chunk_targets = num_items, mix, chunk_targets
         self.per_stream = global_batch // streams
 
+    def decode_arguments(self, group: RowGroup, epoch: int) -> tuple:
+        """decode_group's arguments for one row group (a Ray task's too: plain values only)."""
+        return (
+            group.file,
+            group.index,
+            group.id,
+            self.seed,
+            epoch,
+            self.sample_mode,
+            self.num_items,
+            self.chunk_targets,
+        )
+
     def samples_of(self, group: RowGroup) -> int:
-        return group.samples if self.sample_mode == "all" else group.trainable
+        return group.trainable if self.sample_mode == "random_cut" else group.samples
 
     def assignment(self, epoch: int) -> list[list[RowGroup]]:
         """Row groups of each stream this epoch: shuffled, then dealt to the stream with the fewest samples."""
@@ -149,9 +193,7 @@ class _LocalDecoder:
 
     def result(self, handle: tuple[RowGroup, int]) -> Decoded:
         group, epoch = handle
-        return decode_group(
-            group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode, self.plan.num_items
-        )
+        return decode_group(*self.plan.decode_arguments(group, epoch))
 
 
 class _RayDecoder:
@@ -172,22 +214,24 @@ class _RayDecoder:
         self.task = ray.remote(num_cpus=1)(decode_group)
 
     def submit(self, group: RowGroup, epoch: int) -> Any:  # a Ray ObjectRef
-        return self.task.remote(
-            group.file, group.index, group.id, self.plan.seed, epoch, self.plan.sample_mode, self.plan.num_items
-        )
+        return self.task.remote(*self.plan.decode_arguments(group, epoch))
 
     def result(self, handle: Any) -> Decoded:  # a Ray ObjectRef
         return self.ray.get(handle)
 
 
 def merge_shuffled(parts: list[Decoded], rng: np.random.Generator) -> Decoded:
-    """Several decoded row groups as one, their samples shuffled together."""
+    """Several decoded row groups as one, their samples (in sequence mode: their runs) shuffled together."""
     item_shift = np.cumsum([0] + [len(p.items) for p in parts])
     seq_shift = np.cumsum([0] + [len(p.offsets) - 1 for p in parts])
     items = np.concatenate([p.items for p in parts])
     offsets = np.concatenate([p.offsets[:-1] + shift for p, shift in zip(parts, item_shift)] + [[item_shift[-1]]])
     seqs = np.concatenate([p.seqs + shift for p, shift in zip(parts, seq_shift)])
     positions = np.concatenate([p.positions for p in parts])
+    if parts[0].runs is not None:
+        sample_shift = np.cumsum([0] + [len(p.seqs) for p in parts])
+        runs = np.concatenate([p.runs[:-1] + shift for p, shift in zip(parts, sample_shift)] + [[sample_shift[-1]]])
+        return shuffled_runs(Decoded(items, offsets, seqs, positions, runs), rng)
     order = rng.permutation(len(seqs))
     return Decoded(items, offsets, seqs[order], positions[order])
 
@@ -274,14 +318,19 @@ class TrainStream:
         backend: str = "local",
         window_size: int = 4,
         mix: int = 4,
+        chunk_targets: int = 0,
+        span_limited: bool = False,
     ):
+        """`chunk_targets`, `span_limited`: sequence mode's chunks (samples.cut_chunks)."""
         streams = streams or world_size
         if streams % world_size:
             raise DataError(f"data.streams={streams} must be a multiple of the world size {world_size}")
         if backend not in DATA_BACKENDS:
             raise DataError(f"unknown data backend {backend!r} ({', '.join(DATA_BACKENDS)})")
-        self.plan = DataPlan(row_groups(manifest), streams, global_batch, seed, sample_mode, manifest.num_items, mix)
-        self.max_history = max_history
+        self.plan = DataPlan(
+            row_groups(manifest), streams, global_batch, seed, sample_mode, manifest.num_items, mix, chunk_targets
+        )
+        self.max_history, self.span_limited = max_history, span_limited
         self.owned = list(range(rank, streams, world_size))
         self.window_size = window_size
         decoder_class = _RayDecoder if backend == "ray" else _LocalDecoder
@@ -293,8 +342,10 @@ class TrainStream:
     def steps(self, epoch: int) -> int:
         return self.plan.steps(epoch)
 
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, HistoryBatch, np.ndarray]]:
-        """(step, history, targets) for steps start_step.. of the epoch."""
+    def batches(
+        self, epoch: int, start_step: int = 0
+    ) -> Iterator[tuple[int, HistoryBatch | SequenceChunks, np.ndarray]]:
+        """(step, histories or chunks, targets) for steps start_step.. of the epoch."""
         assignment = self.plan.assignment(epoch)
         per = self.plan.per_stream
         ahead = max(-(-self.window_size // len(self.owned)), self.plan.mix)
@@ -305,7 +356,9 @@ class TrainStream:
             pieces = [piece for cursor in cursors for piece in cursor.take(per)]
             yield (step, *self._cut(pieces))
 
-    def _cut(self, pieces: list) -> tuple[HistoryBatch, np.ndarray]:
+    def _cut(self, pieces: list) -> tuple[HistoryBatch | SequenceChunks, np.ndarray]:
+        if self.plan.sample_mode == "sequence":
+            return self._cut_chunks(pieces)
         ids, lengths, targets = [], [], []
         for items, starts, ends in pieces:
             history = window(items, starts, ends, self.max_history)
@@ -313,3 +366,12 @@ class TrainStream:
             lengths.append(history.lengths)
             targets.append(items[ends])
         return HistoryBatch(np.concatenate(ids), np.concatenate(lengths)), np.concatenate(targets)
+
+    def _cut_chunks(self, pieces: list) -> tuple[SequenceChunks, np.ndarray]:
+        """The slice's targets as chunks: each piece (one decoded chunk's consecutive samples) cut on
+        its own, so a run never crosses pieces."""
+        cut = [
+            cut_chunks(items, starts, ends, self.max_history, self.plan.chunk_targets, self.span_limited)
+            for items, starts, ends in pieces
+        ]
+        return SequenceChunks.concatenate(cut), np.concatenate([items[ends] for items, _, ends in pieces])

@@ -26,6 +26,7 @@ from dimerec_dist.model.diffusion import (
 )
 from dimerec_dist.model.gem import build_gem, hard_readout
 from dimerec_dist.model.losses import reconstruction_loss, sampled_softmax_loss
+from dimerec_dist.model.sequence_windows import QueryWindows
 
 
 @dataclass
@@ -88,6 +89,7 @@ class DimeRec(nn.Module):
             c.num_interests,
             c.max_history,
             hidden_mult=c.gem_hidden_mult,
+            attention_positions=c.attention_positions,
             routing_iterations=c.routing_iterations,
             sasrec_layers=c.sasrec_layers,
             sasrec_heads=c.sasrec_heads,
@@ -134,6 +136,59 @@ class DimeRec(nn.Module):
         target_ids (B,): the next item; negatives (M, d) or (B, M, d) with their ids.
         A loss whose weight is 0 is not computed (reported as 0).
         """
+        return self.losses(
+            self.gem(self._dropped_history(history, mask), mask),
+            target,
+            target_ids,
+            negatives,
+            negative_ids,
+            draw=draw,
+            target_log_q=target_log_q,
+            negative_log_q=negative_log_q,
+            generator=generator,
+            reduction=reduction,
+        )
+
+    def forward_sequence(
+        self,
+        items: Tensor,
+        mask: Tensor,
+        windows: QueryWindows,
+        target: Tensor,
+        target_ids: Tensor,
+        negatives: Tensor,
+        negative_ids: Tensor,
+        **options,
+    ) -> DimeRecLosses:
+        """The three losses for every query of a batch of chunks, in one pass over each chunk.
+
+        items (B, S, d) and mask (B, S): the embedded chunks; `windows`: the queries (Q of them);
+        target (Q, d) and target_ids (Q,): the item after each query. `options` as forward's.
+        Each target is one query of one chunk, so each counts once in the mean."""
+        guidance = self.gem.sequence(self._dropped_history(items, mask), mask, windows)
+        return self.losses(guidance, target, target_ids, negatives, negative_ids, **options)
+
+    def _dropped_history(self, history: Tensor, mask: Tensor) -> Tensor:
+        if self.training and self.config.history_dropout > 0:
+            # Real positions only: the mask draw on padding (most of a short history's slots) is wasted.
+            return history.index_put((mask,), self.history_dropout(history[mask]))
+        return history
+
+    def losses(
+        self,
+        guidance: Tensor,
+        target: Tensor,
+        target_ids: Tensor,
+        negatives: Tensor,
+        negative_ids: Tensor,
+        *,
+        draw: NoiseDraw | None = None,
+        target_log_q: Tensor | None = None,
+        negative_log_q: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+    ) -> DimeRecLosses:
+        """L_gem + lambda L_recon + mu L_ssm from the GEM's interests (B, K, d) for targets (B, d)."""
         c = self.config
         softmax = dict(
             temperature=c.temperature,
@@ -143,10 +198,6 @@ class DimeRec(nn.Module):
             reduction=reduction,
         )
         zero = target.new_zeros(())
-        if self.training and c.history_dropout > 0:
-            # Real positions only: the mask draw on padding (most of a short history's slots) is wasted.
-            history = history.index_put((mask,), self.history_dropout(history[mask]))
-        guidance = self.gem(history, mask)
 
         gem_loss = zero
         if c.gem_weight > 0:

@@ -3,6 +3,12 @@
 Every variant takes the history's item embeddings and a boolean mask (True = a real
 item). Histories are left-aligned: position 0 is the oldest item kept, padding follows
 the last real item. Padded positions never contribute to the guidance.
+
+Each variant also reads a whole chunk of a user's sequence in one pass (`sequence`):
+the interests at every query position q are those the per-prefix forward computes on
+that position's window, chunk[max(0, q - N + 1) .. q] (sequence_windows.py). What is
+per item (ComiRec-SA's attention MLP, ComiRec-DR's maps) runs once per chunk position
+instead of once per window it falls in.
 """
 
 from __future__ import annotations
@@ -10,6 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dimerec_dist.config import ATTENTION_POSITIONS
+from dimerec_dist.model.sequence_windows import QueryWindows
 
 
 def tracing() -> bool:
@@ -54,19 +63,32 @@ class ComiRecSA(nn.Module):
 
     A = softmax_positions(W2 tanh(W1 (H + P))), g = A^T H. The weighted sum uses H
     without the position embedding, as in ComiRec's own code.
+
+    `positions`: "input" adds the recency embedding P to the items before W1 (ComiRec's);
+    "bias" adds a learned bias per recency and head to the scores instead,
+    A = softmax(W2 tanh(W1 H) + b[recency]). With "bias" an item's score does not depend
+    on which window reads it, so a chunk scores each item once; with "input" every
+    (window, item) pair goes through the MLP again.
     """
 
-    def __init__(self, dim: int, num_interests: int, max_history: int, hidden_mult: int = 4):
+    def __init__(self, dim: int, num_interests: int, max_history: int, hidden_mult: int = 4, positions: str = "input"):
         super().__init__()
+        if positions not in ATTENTION_POSITIONS:
+            raise ValueError(f"unknown attention positions {positions!r} ({', '.join(ATTENTION_POSITIONS)})")
         self.num_interests = num_interests
-        self.positions = nn.Embedding(max_history, dim)
+        self.position_mode = positions
+        if positions == "input":
+            self.positions = nn.Embedding(max_history, dim)
+            nn.init.normal_(self.positions.weight, std=0.02)
+        else:
+            self.position_bias = nn.Parameter(torch.zeros(max_history, num_interests))
         self.w1 = nn.Linear(dim, hidden_mult * dim)
         self.w2 = nn.Linear(hidden_mult * dim, num_interests)
-        nn.init.normal_(self.positions.weight, std=0.02)
 
     def attention(self, history: Tensor, mask: Tensor) -> Tensor:
         """(B, N, K) attention weights; zero on padding, each column sums to 1 over positions."""
-        keyed = history + self.positions(recency_positions(mask))
+        recency = recency_positions(mask)
+        keyed = history + self.positions(recency) if self.position_mode == "input" else history
         if tracing():
             scores = self.w2(torch.tanh(self.w1(keyed)))
         else:
@@ -74,11 +96,37 @@ class ComiRecSA(nn.Module):
             # items a user for N = 50) would otherwise spend most of the GEM's time on padding.
             scores = keyed.new_zeros(*mask.shape, self.num_interests)
             scores[mask] = self.w2(torch.tanh(self.w1(keyed[mask])))
+        if self.position_mode == "bias":
+            scores = scores + self.position_bias[recency]
         return masked_softmax(scores, mask.unsqueeze(-1), dim=1)
 
     def forward(self, history: Tensor, mask: Tensor) -> Tensor:
         check_history(history, mask)
         return torch.einsum("bnk,bnd->bkd", self.attention(history, mask), history)
+
+    def sequence(self, items: Tensor, mask: Tensor, windows: QueryWindows) -> Tensor:
+        """(Q, K, d): the interests at every query of the chunks (B, S, d)."""
+        if self.position_mode == "input":
+            return self._sequence_input_positions(items, mask, windows)
+        scores = items.new_zeros(*mask.shape, self.num_interests)
+        scores[mask] = self.w2(torch.tanh(self.w1(items[mask])))  # once per item, whatever reads it
+        band, recency = windows.band(items.shape[1])  # (B, Qc, S)
+        # (B, K, Qc, S): an item's score plus its recency's bias, zero weight outside the window.
+        logits = scores.transpose(1, 2).unsqueeze(2) + self.position_bias[recency].permute(0, 3, 1, 2)
+        weights = masked_softmax(logits, band.unsqueeze(1), dim=-1)
+        return windows.select((weights @ items.unsqueeze(1)).transpose(1, 2))  # (B, Qc, K, d) -> (Q, K, d)
+
+    def _sequence_input_positions(self, items: Tensor, mask: Tensor, windows: QueryWindows) -> Tensor:
+        """ComiRec's input positions: W1 (h + P) = W1 h + W1 P, so W1 h runs once per item and only
+        tanh and W2 run per (window, item) pair."""
+        projected = self.w1.weight.new_zeros(*mask.shape, self.w1.out_features)
+        projected[mask] = F.linear(items[mask], self.w1.weight)
+        index, valid, recency = windows.gather_index(items.shape[1])  # (Q, N) each: row * S + position
+        flat_projected = projected.flatten(0, 1)
+        pre = flat_projected[index] + F.linear(self.positions(recency), self.w1.weight, self.w1.bias)
+        scores = self.w2(torch.tanh(pre))  # (Q, N, K)
+        weights = masked_softmax(scores, valid.unsqueeze(-1), dim=1)
+        return torch.einsum("qnk,qnd->qkd", weights, items.flatten(0, 1)[index])
 
 
 def squash(s: Tensor) -> Tensor:
@@ -115,6 +163,22 @@ class ComiRecDR(nn.Module):
             if not last:
                 logits = logits + torch.einsum("bknd,bkd->bkn", u, interests)
         return interests
+
+    def sequence(self, items: Tensor, mask: Tensor, windows: QueryWindows) -> Tensor:
+        """(Q, K, d): routing over every query's window at once; the maps run once per item."""
+        b, s, d = items.shape
+        predictions = self.maps(items).view(b, s, self.num_interests, d).transpose(1, 2)  # B,K,S,d
+        band, _ = windows.band(s)
+        keep = band.unsqueeze(1).to(items.dtype)  # B,1,Qc,S
+        logits = items.new_zeros(b, self.num_interests, band.shape[1], s)
+        for it in range(self.iterations):
+            last = it == self.iterations - 1
+            u = predictions if last else predictions.detach()
+            coupling = torch.softmax(logits, dim=1) * keep
+            interests = squash(coupling @ u)  # B,K,Qc,d
+            if not last:
+                logits = logits + interests @ u.transpose(-1, -2)
+        return windows.select(interests.transpose(1, 2))
 
 
 def gather_recent(history: Tensor, lengths: Tensor, count: int) -> Tensor:
@@ -172,12 +236,33 @@ class SASRecGEM(nn.Module):
         return out
 
     def encode(self, history: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        # Causal order runs oldest -> newest, so the position code counts from the start.
+        return gather_recent(self.encode_all(history, mask), lengths, self.num_interests)
+
+    def sequence(self, items: Tensor, mask: Tensor, windows: QueryWindows) -> Tensor:
+        """(Q, K, d): one causal pass over each chunk. Exact against the per-prefix forward on the
+        window chunk[0 .. q] (positions count from the chunk's first item), which is every query's
+        window when chunks span at most N history items (sequence_windows.chunk_span)."""
+        n = self.positions.num_embeddings
+        if int(windows.queries.max()) >= n:
+            raise ValueError(f"a SASRec chunk reads more than max_history={n} items before a query")
+        width = min(items.shape[1], n)  # a chunk's item N, if any, is only ever a target
+        hidden = self.encode_all(items[:, :width], mask[:, :width])
+        back = torch.arange(self.num_interests, device=items.device)
+        index = (windows.queries.unsqueeze(-1) - back).clamp(min=0)  # B,Qc,K: the K latest, oldest repeated
+        chosen = torch.gather(
+            hidden.unsqueeze(1).expand(-1, index.shape[1], -1, -1),
+            2,
+            index.unsqueeze(-1).expand(-1, -1, -1, hidden.shape[-1]),
+        )
+        return windows.select(chosen)
+
+    def encode_all(self, history: Tensor, mask: Tensor) -> Tensor:
+        """The transformer's output at every position (B, N, d)."""
         n = history.shape[1]
-        # Causal order runs oldest -> newest, so this position code counts from the start.
         x = self.dropout(history + self.positions.weight[:n].unsqueeze(0)) * mask.unsqueeze(-1)
         causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=history.device), diagonal=1)
-        hidden = self.norm(self.encoder(x, mask=causal, src_key_padding_mask=~mask))
-        return gather_recent(hidden, lengths, self.num_interests)
+        return self.norm(self.encoder(x, mask=causal, src_key_padding_mask=~mask))
 
 
 class MeanPoolGEM(nn.Module):
@@ -194,6 +279,12 @@ class MeanPoolGEM(nn.Module):
         mean = (history * weights).sum(1) / lengths.unsqueeze(-1).to(history.dtype)
         return self.mlp(mean).view(history.shape[0], self.num_interests, history.shape[-1])
 
+    def sequence(self, items: Tensor, mask: Tensor, windows: QueryWindows) -> Tensor:
+        band, _ = windows.band(items.shape[1])
+        weights = band.to(items.dtype)
+        mean = (weights @ items) / weights.sum(-1, keepdim=True).clamp(min=1)  # B,Qc,d
+        return self.mlp(windows.select(mean)).view(-1, self.num_interests, items.shape[-1])
+
 
 class LastKGEM(nn.Module):
     """Rule-based guidance: the embeddings of the K most recent items; no parameters."""
@@ -205,6 +296,13 @@ class LastKGEM(nn.Module):
     def forward(self, history: Tensor, mask: Tensor) -> Tensor:
         return gather_recent(history, check_history(history, mask), self.num_interests)
 
+    def sequence(self, items: Tensor, mask: Tensor, windows: QueryWindows) -> Tensor:
+        back = torch.arange(self.num_interests, device=items.device)
+        # The K latest of each window, its oldest repeated where it holds fewer.
+        index = torch.maximum(windows.queries.unsqueeze(-1) - back, windows.starts.unsqueeze(-1))  # B,Qc,K
+        rows = torch.arange(items.shape[0], device=items.device)[:, None, None]
+        return windows.select(items[rows, index])
+
 
 def build_gem(
     kind: str,
@@ -213,13 +311,14 @@ def build_gem(
     max_history: int,
     *,
     hidden_mult: int = 4,
+    attention_positions: str = "input",
     routing_iterations: int = 3,
     sasrec_layers: int = 2,
     sasrec_heads: int = 2,
     dropout: float = 0.1,
 ) -> nn.Module:
     if kind == "comirec_sa":
-        return ComiRecSA(dim, num_interests, max_history, hidden_mult)
+        return ComiRecSA(dim, num_interests, max_history, hidden_mult, attention_positions)
     if kind == "comirec_dr":
         return ComiRecDR(dim, num_interests, routing_iterations)
     if kind == "sasrec":

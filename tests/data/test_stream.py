@@ -1,4 +1,6 @@
-"""The data plan and the batch stream: coverage, world-size independence, resume, Ray."""
+"""The data plan and the batch stream: coverage, world-size independence, resume, Ray; in the
+per-prefix mode (all) and in sequence mode, whose chunks are compared through the windows
+they give their targets (SequenceChunks.histories)."""
 
 from collections import Counter
 
@@ -6,6 +8,7 @@ import numpy as np
 import pytest
 
 from dimerec_dist.data.prepare import PrepareOptions, prepare
+from dimerec_dist.data.samples import SequenceChunks
 from dimerec_dist.data.schema import DataError, Manifest
 from dimerec_dist.data.stream import DataPlan, TrainStream, decode_group, row_groups
 
@@ -37,10 +40,18 @@ def stream(manifest, world=1, rank=0, streams=2, batch=16, mode="all", backend="
         sample_mode=mode,
         backend=backend,
         window_size=2,
+        chunk_targets=3,
     )
 
 
+MODES = ["all", "sequence"]
+
+
 def as_rows(history, targets):
+    """(window..., target) per sample, whichever mode cut them."""
+    if isinstance(history, SequenceChunks):
+        np.testing.assert_array_equal(history.targets, targets)
+        history = history.histories(5)
     return [tuple(h[:n]) + (t,) for h, n, t in zip(history.ids.tolist(), history.lengths.tolist(), targets.tolist())]
 
 
@@ -66,8 +77,9 @@ def test_plan_balances_streams_and_reshuffles_each_epoch(dataset):
     assert first != second and plan.assignment(0) == first
 
 
-def test_an_epoch_reads_each_sample_at_most_once_and_drops_only_the_ragged_tail(dataset):
-    reader = stream(dataset)
+@pytest.mark.parametrize("mode", MODES)
+def test_an_epoch_reads_each_sample_at_most_once_and_drops_only_the_ragged_tail(dataset, mode):
+    reader = stream(dataset, mode=mode)
     seen = Counter()
     for _, history, targets in reader.batches(0):
         seen.update(as_rows(history, targets))
@@ -76,9 +88,10 @@ def test_an_epoch_reads_each_sample_at_most_once_and_drops_only_the_ragged_tail(
     assert total - sum(seen.values()) < 2 * max(g.samples for g in reader.plan.groups) + 16
 
 
-def test_two_ranks_read_the_global_batches_of_one_rank(dataset):
-    one = list(stream(dataset).batches(0))
-    ranks = [list(stream(dataset, world=2, rank=r).batches(0)) for r in range(2)]
+@pytest.mark.parametrize("mode", MODES)
+def test_two_ranks_read_the_global_batches_of_one_rank(dataset, mode):
+    one = list(stream(dataset, mode=mode).batches(0))
+    ranks = [list(stream(dataset, world=2, rank=r, mode=mode).batches(0)) for r in range(2)]
     assert len(one) == len(ranks[0]) == len(ranks[1])
     for (_, h, t), (_, h0, t0), (_, h1, t1) in zip(one, *ranks):
         assert sorted(as_rows(h, t)) == sorted(as_rows(h0, t0) + as_rows(h1, t1))
@@ -86,19 +99,58 @@ def test_two_ranks_read_the_global_batches_of_one_rank(dataset):
     assert sorted(np.concatenate(rows).tolist()) == list(range(16))
 
 
-def test_resume_from_a_saved_position_repeats_the_uninterrupted_stream(dataset):
-    reader = stream(dataset)
+@pytest.mark.parametrize("mode", MODES)
+def test_resume_from_a_saved_position_repeats_the_uninterrupted_stream(dataset, mode):
+    reader = stream(dataset, mode=mode)
     uninterrupted = [(0, s, as_rows(h, t)) for s, h, t in reader.batches(0)] + [
         (1, s, as_rows(h, t)) for s, h, t in reader.batches(1)
     ]
     stop = len(uninterrupted) - 3  # three steps before the end of epoch 1
     for cut in (5, reader.steps(0) - 1, reader.steps(0), stop):  # mid-epoch, at and across the boundary
         epoch, step = uninterrupted[cut][0], uninterrupted[cut][1]
-        fresh = stream(dataset)  # a new process would build a new reader from the saved (epoch, step)
+        fresh = stream(dataset, mode=mode)  # a new process would build a new reader from the saved (epoch, step)
         resumed = [(epoch, s, as_rows(h, t)) for s, h, t in fresh.batches(epoch, start_step=step)]
         if epoch == 0:
             resumed += [(1, s, as_rows(h, t)) for s, h, t in fresh.batches(1)]
         assert resumed == uninterrupted[cut:], f"resume at epoch {epoch} step {step}"
+
+
+def test_sequence_mode_reads_the_samples_of_per_prefix_mode_in_chunks(dataset):
+    """The same plan (steps, targets per step) and, over an epoch, the same (window, target) samples
+    as per-prefix mode; each step's targets are read in chunks of at most chunk_targets."""
+    per_prefix, sequence = stream(dataset), stream(dataset, mode="sequence")
+    assert per_prefix.steps(0) == sequence.steps(0)
+    everything = Counter()  # samples by content: two users may share a (window, target)
+    for group in per_prefix.plan.groups:
+        decoded = decode_group(group.file, group.index, group.id, 3, 0, "all", dataset.num_items)
+        starts = decoded.offsets[decoded.seqs]
+        everything.update(as_rows(*_windows(decoded.items, starts, starts + decoded.positions)))
+    read = Counter()
+    for _, chunks, targets in sequence.batches(0):
+        assert chunks.query_counts.max() <= 3 and len(targets) == 16
+        read.update(as_rows(chunks, targets))
+    assert all(count <= everything[sample] for sample, count in read.items())
+    assert sum(read.values()) == sequence.steps(0) * 16
+
+
+def _windows(items, starts, ends):
+    from dimerec_dist.data.samples import window
+
+    return window(items, starts, ends, 5), items[ends]
+
+
+def test_sequence_mode_shuffles_runs_of_a_user_and_keeps_each_in_order(dataset):
+    group = row_groups(dataset)[0]
+    decoded = decode_group(group.file, group.index, group.id, 3, 0, "sequence", dataset.num_items, chunk_targets=3)
+    assert decoded.runs[-1] == len(decoded.seqs) == group.samples
+    for first, end in zip(decoded.runs[:-1], decoded.runs[1:]):
+        assert len(set(decoded.seqs[first:end].tolist())) == 1 and 1 <= end - first <= 3
+        assert np.all(np.diff(decoded.positions[first:end]) == 1)
+    assert sorted(zip(decoded.seqs.tolist(), decoded.positions.tolist())) == sorted(
+        (s, p) for s in range(len(decoded.offsets) - 1) for p in range(1, np.diff(decoded.offsets)[s])
+    )
+    order = [int(decoded.seqs[r]) for r in decoded.runs[:-1]]
+    assert order != sorted(order), "runs are shuffled"
 
 
 def test_random_cut_yields_one_sample_per_trainable_user(dataset):
@@ -117,10 +169,11 @@ def test_bad_plans_are_refused(dataset):
         stream(dataset, backend="spark")
 
 
-def test_ray_backend_reads_the_same_batches(dataset):
+@pytest.mark.parametrize("mode", MODES)
+def test_ray_backend_reads_the_same_batches(dataset, mode):
     pytest.importorskip("ray")
-    local = [as_rows(h, t) for _, h, t in stream(dataset).batches(0)]
-    remote = [as_rows(h, t) for _, h, t in stream(dataset, backend="ray").batches(0)]
+    local = [as_rows(h, t) for _, h, t in stream(dataset, mode=mode).batches(0)]
+    remote = [as_rows(h, t) for _, h, t in stream(dataset, mode=mode, backend="ray").batches(0)]
     assert remote == local
 
 
