@@ -12,6 +12,7 @@ negatives from every rank and send their gradients back). Column-wise with row-w
 Adagrad keeps an accumulator per row and column block, so it is compared with one rank
 holding the same blocks; with SGD it is compared with plain row-wise. The SGD runs also train
 with classifier-free guidance, whose per-sample draw must not depend on the world size.
+Sequence mode trains the same on 1 and 2 ranks too (each rank cuts chunks from its slice).
 """
 
 import json
@@ -35,6 +36,8 @@ COLUMN_BLOCKS = ["sharding.type=column_wise", "sharding.column_block=8"]
 IN_BATCH = ["train.in_batch_negatives=true", "train.negative_sampler=popularity"]
 # Classifier-free guidance: each sample's null-guidance draw must not depend on the world size.
 GUIDANCE = ["model.guidance_dropout=0.25", "model.guidance_scale=1"]
+# Sequence mode: chunks cut from each rank's slice, the score-bias positions.
+SEQUENCE = ["data.sample_mode=sequence", "data.chunk_targets=8", "model.attention_positions=bias"]
 RUNS = {  # name: (ranks, overrides)
     "one": (1, []),
     "row_wise": (2, []),
@@ -47,6 +50,8 @@ RUNS = {  # name: (ranks, overrides)
     "one_sgd": (1, [*SGD, *IN_BATCH, *GUIDANCE]),
     "row_wise_sgd": (2, [*SGD, *IN_BATCH, *GUIDANCE]),
     "column_wise_sgd": (2, ["sharding.type=column_wise", *SGD, *IN_BATCH, *GUIDANCE]),
+    "one_sequence": (1, [*SEQUENCE, *SGD, *IN_BATCH]),
+    "row_wise_sequence": (2, [*SEQUENCE, *SGD, *IN_BATCH]),
 }
 PAIRS = [
     ("one", "row_wise"),
@@ -55,6 +60,7 @@ PAIRS = [
     ("one_column_blocks", "column_wise"),
     ("one_sgd", "row_wise_sgd"),
     ("one_sgd", "column_wise_sgd"),
+    ("one_sequence", "row_wise_sequence"),
 ]
 
 

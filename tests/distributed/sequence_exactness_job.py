@@ -1,0 +1,77 @@
+"""A torchrun job for test_sequence_exactness.py: the trainer's sharded model, fed the first
+global batch of a prepared data set in sequence mode and the same targets as per-prefix
+histories, returns per-target losses in both modes, for each GEM variant.
+
+    python -m torch.distributed.run --nproc_per_node=N -m tests.distributed.sequence_exactness_job \
+        DATASET OUT.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dimerec_dist.builders import build_training
+from dimerec_dist.config import load_config
+from dimerec_dist.data.batch import NegativeSampler, make_batch
+from dimerec_dist.data.schema import Manifest
+from dimerec_dist.data.stream import TrainStream
+from dimerec_dist.distributed.process_group import init_distributed, shutdown
+from dimerec_dist.trainer import noise_for_rank
+from tests.distributed.conftest import TINY_JOB
+from tests.distributed.sequence_variants import VARIANTS
+
+LOSSES = ("total", "gem", "recon", "ssm")
+
+
+def per_target_losses(model, batch, draw) -> np.ndarray:
+    with torch.no_grad():
+        losses = model(batch, draw, reduction="none")
+    return torch.stack([getattr(losses, name) for name in LOSSES], dim=1).numpy()
+
+
+def main(dataset: Path, out: Path) -> None:
+    ctx = init_distributed("cpu")
+    manifest = Manifest.load(dataset)
+    results = {}
+    for variant, overrides in VARIANTS.items():
+        config = load_config(None, [*TINY_JOB, "data.sample_mode=sequence", "data.chunk_targets=8", *overrides])
+        parts = build_training(config, manifest.num_items, ctx, run_dir=None)
+        parts.model.eval()
+        stream = TrainStream(
+            manifest,
+            max_history=config.model.max_history,
+            global_batch=config.train.batch_size,
+            streams=config.data.streams,
+            world_size=ctx.world_size,
+            rank=ctx.rank,
+            seed=config.seed,
+            sample_mode="sequence",
+            chunk_targets=config.data.chunk_targets,
+            span_limited=config.model.gem == "sasrec",
+        )
+        _, chunks, targets = next(stream.batches(0))
+        negatives = NegativeSampler("uniform", manifest.num_items, config.train.negatives, seed=config.seed).draw(0, 0)
+        rows = torch.from_numpy(stream.global_rows)
+        draw = noise_for_rank(config, config.train.batch_size, 0, 0, rows, ctx.device)
+        sequence = per_target_losses(parts.model, make_batch(chunks, targets, negatives), draw)
+        windows = per_target_losses(
+            parts.model, make_batch(chunks.histories(config.model.max_history), targets, negatives), draw
+        )
+        gathered = [None] * ctx.world_size
+        dist.all_gather_object(gathered, (sequence.tolist(), windows.tolist(), int(chunks.lengths.sum())))
+        results[variant] = {
+            "sequence": [row for rank in gathered for row in rank[0]],  # global batch order
+            "per_prefix": [row for rank in gathered for row in rank[1]],
+            "chunk_ids": sum(rank[2] for rank in gathered),
+        }
+    if ctx.is_main:
+        out.write_text(json.dumps(results))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
