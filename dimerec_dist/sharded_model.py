@@ -8,6 +8,7 @@ target and negatives through the table, hand the embeddings to DimeRec.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig
 
@@ -77,7 +78,9 @@ class ShardedDimeRec(nn.Module):
             target = windows.select(next_items(history, batch.queries))  # the item after each query
         else:
             target = emb["target"]
-        negatives = emb["negatives"][batch.negative_rows]  # the distinct rows spread back over the draw
+        # The distinct rows spread back over the draw; F.embedding because its backward sums repeats in
+        # a fixed order (indexing adds them with atomics on several CPU threads: not bitwise repeatable).
+        negatives = F.embedding(batch.negative_rows, emb["negatives"])
         negative_ids, negative_log_q = batch.negative_ids, batch.negative_log_q
         if self.in_batch_negatives:
             # Every target of the global batch, from all ranks; a sample's own target is masked as a hit.
