@@ -301,6 +301,8 @@ class TrainingState:
     epoch: int = 0  # the epoch the next step belongs to
     epoch_step: int = 0  # steps done within that epoch (the data plan's position)
     best_score: float = -1.0
+    train_seconds: float = 0.0  # wall-clock time spent in training so far (train.max_minutes)
+    stale_validations: int = 0  # validations in a row that did not beat best_score (train.patience)
 
 
 class CheckpointManager:

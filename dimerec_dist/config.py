@@ -161,6 +161,9 @@ class ModelConfig:
 DATA_SOURCES = ("prepared", "raw", "synthetic")
 RAW_FORMATS = ("movielens", "pairs", "sequences", "events")
 SAMPLE_MODES = ("all", "random_cut", "sequence")
+# Measured (tools/bench_train.py --sequence-modes, max_history 1,000, batch 1,024): 256 targets a chunk
+# train 2.7x faster than 1,000, whose (targets x (targets + N)) band of windows outgrows the caches.
+MAX_DEFAULT_CHUNK_TARGETS = 256
 # How valid/test are held out: the last two items of every user, or ComiRec's held-out users.
 DATA_SPLITS = ("leave-one-out", "user")
 DATA_BACKENDS = ("local", "ray")
@@ -202,8 +205,9 @@ class DataConfig:
     user. The default stays all, the mode every committed result was trained in, until sequence mode's
     quality is measured against it (docs/RESULTS.md)."""
     chunk_targets: int = 0
-    """sample_mode=sequence: the most targets one chunk holds (0: model.max_history). A chunk is read with up to
-    max_history items before its first target, so larger chunks read fewer ids per target."""
+    """sample_mode=sequence: the most targets one chunk holds (0: model.max_history, at most 256). A chunk is read
+    with up to max_history items before its first target, so larger chunks read fewer ids per target; past a
+    few hundred targets its band of windows outgrows the caches (docs/DESIGN.md, "Sequence mode")."""
     streams: int = 0
     """Virtual streams of the data plan (0: the world size). Runs with the same value see the same global
     batches whatever their world size, which must divide it; set it to resume on another world size."""
@@ -244,6 +248,10 @@ class TrainConfig:
     """Passes over the training samples (unless max_steps)."""
     max_steps: int = 0
     """> 0: stop after this many steps, whatever the epochs."""
+    max_minutes: float = 0.0
+    """> 0: stop training once this many minutes have gone into it (steps, validation, checkpoints; counted
+    over restarts), then validate and evaluate as after the last epoch. For comparisons at equal
+    wall-clock time; the step it stops at depends on the machine's speed."""
     dense_lr: float = 1e-3
     """Adam's learning rate for GEM and DAM."""
     weight_decay: float = 0.0
@@ -272,6 +280,9 @@ class TrainConfig:
     """Steps between progress lines and logged scalars."""
     eval_every_epochs: int = 1
     """Validate every this many epochs, keeping the best model (0: only at the end)."""
+    patience: int = 0
+    """> 0: stop once this many validations in a row have not beaten the best (early stopping), then
+    evaluate the best model as after the last epoch."""
     checkpoint_every: int = 0
     """Steps between training checkpoints (0: only at epoch ends, which always save one)."""
     keep_checkpoints: int = 2
@@ -289,15 +300,19 @@ class TrainConfig:
     def validate(self) -> None:
         for key in ("batch_size", "epochs", "negatives", "log_every"):
             _at_least(f"train.{key}", getattr(self, key), 1)
-        for key in ("max_steps", "warmup_steps", "eval_every_epochs", "threads", "checkpoint_every"):
+        for key in ("max_steps", "warmup_steps", "eval_every_epochs", "threads", "checkpoint_every", "patience"):
             _at_least(f"train.{key}", getattr(self, key), 0)
         for key in ("dense_lr", "sparse_lr", "embedding_init"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be > 0")
-        for key in ("weight_decay", "grad_clip", "popularity_alpha"):
+        for key in ("weight_decay", "grad_clip", "popularity_alpha", "max_minutes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 0")
         _choice("train.sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS)
+        if self.patience and not self.eval_every_epochs:
+            raise ConfigError(
+                f"train.patience={self.patience} counts validations, and train.eval_every_epochs=0 runs none"
+            )
         _choice("train.negative_sampler", self.negative_sampler, NEGATIVE_SAMPLERS)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _at_least("train.keep_checkpoints", self.keep_checkpoints, 1)
@@ -380,6 +395,10 @@ class JobConfig:
         """Settings that must fit the data set's catalog (known once it is loaded)."""
         if max(self.eval.ks) > num_items:
             raise ConfigError(f"eval.ks={self.eval.ks} asks for more items than {where}'s catalog of {num_items}")
+
+    def chunk_targets(self) -> int:
+        """data.chunk_targets as resolved: 0 means max_history, at most 256."""
+        return self.data.chunk_targets or min(self.model.max_history, MAX_DEFAULT_CHUNK_TARGETS)
 
     def query_mode(self) -> str:
         if self.eval.query != "auto":

@@ -67,6 +67,7 @@ class StepResult:
     losses: dict[str, float]  # global means: loss/total, loss/gem, loss/recon, loss/ssm
     grad_norm: float
     stop_requested: bool  # some rank was signalled: every rank learns it here, at the same step
+    out_of_time: bool = False  # some rank's clock passed train.max_minutes: all stop at this step
 
 
 class Trainer:
@@ -149,7 +150,7 @@ class Trainer:
             backend=config.data.backend,
             window_size=config.data.window,
             mix=config.data.mix,
-            chunk_targets=config.data.chunk_targets or config.model.max_history,
+            chunk_targets=config.chunk_targets(),
             span_limited=config.model.gem == "sasrec",  # SASRec reads a chunk from its first item
         )
         self.rank_rows = torch.from_numpy(self.stream.global_rows)
@@ -180,8 +181,9 @@ class Trainer:
         draw = noise_for_rank(config, config.train.batch_size, epoch, epoch_step, self.rank_rows, self.ctx.device)
         return batch, draw
 
-    def train_step(self, batch, draw: NoiseDraw, stop_requested: bool = False) -> StepResult:
-        """Forward, backward, optimizer steps and the schedule; the global mean losses."""
+    def train_step(self, batch, draw: NoiseDraw, stop_requested: bool = False, out_of_time: bool = False) -> StepResult:
+        """Forward, backward, optimizer steps and the schedule; the global mean losses, and whether
+        any rank asked to stop or ran out of time."""
         parts = self.parts
         losses = parts.model(batch, draw)
         parts.optimizer.zero_grad(set_to_none=True)
@@ -192,8 +194,8 @@ class Trainer:
             parts.table_optimizer.step()
             parts.table_optimizer.zero_grad(set_to_none=True)
         parts.schedule.step()
-        values, stop = reduce_losses(losses, stop_requested)
-        return StepResult(values, float(grad_norm), stop)
+        values, stop, out_of_time = reduce_losses(losses, stop_requested, out_of_time)
+        return StepResult(values, float(grad_norm), stop, out_of_time)
 
     # ------------------------------------------------------------------ the loop
 
@@ -217,8 +219,13 @@ class Trainer:
         )
         progress = Progress(total_steps, config.train.batch_size, start_step=state.step)
         stop = StopRequest()
+        budget = config.train.max_minutes * 60
+        started = time.monotonic() - state.train_seconds  # the budget counts what earlier runs spent
+        out_of_time = bool(budget) and state.train_seconds >= budget  # a finished budget: straight to the end
         self.parts.model.train()
         for epoch in range(state.epoch, len(self.epoch_steps)):
+            if out_of_time or self._patience_spent():
+                break
             first = state.epoch_step if epoch == state.epoch else 0
             for epoch_step, history, targets in self.stream.batches(epoch, start_step=first):
                 if epoch_step >= self.epoch_steps[epoch]:
@@ -226,7 +233,10 @@ class Trainer:
                 for hook in self.before_step:
                     hook(self)
                 batch, draw = self.step_inputs(epoch, epoch_step, history, targets)
-                result = self.train_step(batch, draw, stop.requested)
+                result = self.train_step(
+                    batch, draw, stop.requested, out_of_time=bool(budget) and time.monotonic() - started > budget
+                )
+                state.train_seconds = time.monotonic() - started
                 state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
                 if not all(math.isfinite(v) for v in result.losses.values()):
                     raise FloatingPointError(f"non-finite loss at step {state.step}: {result.losses}")
@@ -240,15 +250,40 @@ class Trainer:
                     )
                     self.metrics.close()
                     return {"preempted": True, "step": state.step}
+                if result.out_of_time:
+                    out_of_time = True
+                    log.info(
+                        "train.max_minutes=%g spent at step %d (epoch %d, step %d of %d): validating and finishing",
+                        config.train.max_minutes,
+                        state.step,
+                        epoch,
+                        state.epoch_step,
+                        self.epoch_steps[epoch],
+                    )
+                    break
                 if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
                     self.save_checkpoint()
-            state.epoch, state.epoch_step = epoch + 1, 0
-            last_epoch = epoch == len(self.epoch_steps) - 1
+            if not out_of_time:
+                state.epoch, state.epoch_step = epoch + 1, 0
+            last_epoch = epoch == len(self.epoch_steps) - 1 or out_of_time
             if config.train.eval_every_epochs and ((epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch):
                 self.validate(epoch)
+            state.train_seconds = time.monotonic() - started
             self.save_checkpoint()  # every epoch end (and every checkpoint_every steps): what resume=auto picks up
+            if self._patience_spent():
+                log.info(
+                    "early stop after epoch %d: %d validations without a better %s (train.patience=%d)",
+                    epoch,
+                    state.stale_validations,
+                    selection_key(config),
+                    config.train.patience,
+                )
         self.checkpoints.wait()
         return self._finish()
+
+    def _patience_spent(self) -> bool:
+        patience = self.config.train.patience
+        return bool(patience) and self.state.stale_validations >= patience
 
     def _log_step(self, progress: Progress, epoch: int, result: StepResult) -> None:
         step, config = self.state.step, self.config
@@ -275,8 +310,9 @@ class Trainer:
         self.metrics.scalars(self.state.step, {f"valid/{k}": v for k, v in scores.items()})
         log.info("epoch %d valid %s", epoch, format_scores(scores))
         key = selection_key(self.config)
+        self.state.stale_validations += 1
         if scores[key] > self.state.best_score:
-            self.state.best_score = scores[key]
+            self.state.best_score, self.state.stale_validations = scores[key], 0
             save_model(
                 model,
                 self.run_dir / "model",
@@ -420,16 +456,18 @@ def noise_for_rank(
     return draw.rows(rows, device)
 
 
-def reduce_losses(losses, stop_requested: bool) -> tuple[dict[str, float], bool]:
+def reduce_losses(losses, stop_requested: bool, out_of_time: bool = False) -> tuple[dict[str, float], bool, bool]:
     """Global mean losses (the mean of the ranks' means: every rank holds as many samples), and
-    whether any rank was asked to stop, in one all-reduce on the losses' own device (the GPU's
-    under NCCL)."""
-    stop = torch.tensor(float(stop_requested), device=losses.total.device)
-    parts = torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(), losses.ssm.detach(), stop])
+    whether any rank was asked to stop or ran out of time, in one all-reduce on the losses' own
+    device (the GPU's under NCCL)."""
+    flags = torch.tensor([float(stop_requested), float(out_of_time)], device=losses.total.device)
+    parts = torch.cat(
+        [torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(), losses.ssm.detach()]), flags]
+    )
     dist.all_reduce(parts)
     values = parts.tolist()
     means = [value / dist.get_world_size() for value in values[:4]]
-    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), means)), values[4] > 0
+    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), means)), values[4] > 0, values[5] > 0
 
 
 def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:

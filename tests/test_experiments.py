@@ -507,3 +507,21 @@ def test_a_record_names_the_commit_and_whether_code_outside_docs_changed(tmp_pat
     assert code_version(tmp_path) == {"commit": head, "dirty": False}
     (tmp_path / "train.py").write_text("code changed\n")
     assert code_version(tmp_path) == {"commit": head, "dirty": True}
+
+
+def test_a_method_override_of_one_data_set_reaches_that_method_there_only(tmp_path):
+    """The equal wall-clock grid gives the sequence method each data set's own time budget."""
+    grid = experiment_grid.load_grid(REPO / "configs" / "experiments" / "sequence.yaml")
+    asked = {
+        (dataset, method): experiment_grid.asked_job(grid, tmp_path, dataset, method, 0).train.max_minutes
+        for dataset in grid["datasets"]
+        for method in grid["methods"]
+    }
+    assert asked[("ml100k", "dimerec_sequence")] == 10.0 and asked[("games", "dimerec_sequence")] == 19.8
+    assert asked[("ml100k", "dimerec")] == asked[("games", "dimerec")] == 0.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (REPO / "configs" / "experiments" / "sequence.yaml").read_text().replace("{dimerec_sequence:", "{dimerec_seq:")
+    )
+    with pytest.raises(experiment_grid.GridError, match="method_overrides for unknown method"):
+        experiment_grid.load_grid(bad)

@@ -17,6 +17,15 @@ in memory: histories of uniform length 1..max_history and ids uniform over the c
 depends only on (seed, s), so every cell trains on the same batches; the per-step losses
 are reported, and equal across layouts.
 
+Sequence mode against per-prefix mode (`--sequence-modes`): one rank, histories of
+--histories items (default 50, 200, 1,000), a synthetic log of users with 4 x max_history
+items each whose every position is a target, read in order. Each step trains the same
+targets in three cells: per-prefix with ComiRec-SA's input positions (the default model),
+per-prefix with score-bias positions, and sequence mode with score-bias positions (the same
+model as the second, which it computes exactly: tests/model/test_sequence_mode.py).
+Reported: targets/s and the item ids the table looks up per target (history and target, or
+chunk; the step's shared negatives are the same in every cell and not counted).
+
 Reported per cell: samples/s (global) over the timed steps after warm-up, peak RSS of
 each rank (and on a GPU the peak of its allocated device memory), the table's measured bytes
 per rank. On a GPU the ranks use NCCL and the fused kernels are FBGEMM's CUDA ones; the
@@ -44,6 +53,11 @@ sys.path.insert(0, str(REPO))
 
 LAYOUTS = ("row_wise", "table_wise", "column_wise", "data_parallel", "replicated")
 MODEL = ["model.embedding_dim=64", "model.max_history=50", "model.num_interests=4"]
+SEQUENCE_CELLS = (  # (mode, ComiRec-SA positions)
+    ("per_prefix", "input"),
+    ("per_prefix", "bias"),
+    ("sequence", "bias"),
+)
 
 
 # --------------------------------------------------------------------------- one cell (a torchrun job)
@@ -60,6 +74,29 @@ def global_batch_ids(seed: int, step: int, batch: int, max_history: int, num_ite
     ids = rng.integers(1, num_items + 1, (batch, max_history))
     ids[np.arange(max_history)[None, :] >= lengths[:, None]] = 0
     return HistoryBatch(ids=ids, lengths=lengths), rng.integers(1, num_items + 1, batch)
+
+
+def log_chunks(seed: int, step: int, batch: int, rows: slice, max_history: int, num_items: int, chunk_targets: int):
+    """The step's targets in a log of users with 4 x max_history items each (ids uniform, from
+    (seed, user)), every position a target, read user after user: this rank's rows of the global
+    batch as sequence-mode chunks (their `histories` are the per-prefix windows of the same targets)."""
+    import numpy as np
+
+    from dimerec_dist.data.samples import cut_chunks
+
+    per_user = 4 * max_history  # targets of a user: positions 1 .. 4N
+    index = step * batch + np.arange(batch)[rows]
+    users = index // per_user
+    first_user = int(users[0])
+    flat = np.concatenate(
+        [
+            np.random.default_rng([seed, u]).integers(1, num_items + 1, per_user + 1)
+            for u in range(first_user, users[-1] + 1)
+        ]
+    )
+    starts = (users - first_user) * (per_user + 1)
+    ends = starts + index % per_user + 1
+    return cut_chunks(flat, starts, ends, max_history, chunk_targets), flat[ends]
 
 
 def build_replicated(config, num_items: int, ctx):
@@ -100,8 +137,16 @@ def run_cell(args) -> None:
     ctx = init_distributed(args.device)
     torch.set_num_threads(args.threads)
     layout = "row_wise" if args.layout == "replicated" else args.layout
+    model = MODEL
+    if args.mode:
+        model = [
+            *MODEL,
+            f"model.max_history={args.history}",
+            f"model.attention_positions={args.positions}",
+            f"data.chunk_targets={args.chunk_targets}",
+        ]
     config = load_config(
-        None, [*MODEL, f"train.batch_size={args.batch}", f"train.negatives={args.negatives}", f"sharding.type={layout}"]
+        None, [*model, f"train.batch_size={args.batch}", f"train.negatives={args.negatives}", f"sharding.type={layout}"]
     )
     started = time.time()
     if args.layout == "replicated":
@@ -114,7 +159,7 @@ def run_cell(args) -> None:
     sampler = NegativeSampler("uniform", args.items, config.train.negatives, seed=config.seed)
     per_rank = args.batch // ctx.world_size
     rows = torch.arange(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
-    losses_by_step, timed_from, profiler = [], None, None
+    losses_by_step, timed_from, profiler, ids_looked_up = [], None, None, 0
     synchronize = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
@@ -124,10 +169,18 @@ def run_cell(args) -> None:
             if args.profile:
                 profiler = torch.profiler.profile()
                 profiler.__enter__()
-        history, targets = global_batch_ids(config.seed, step, args.batch, config.model.max_history, args.items)
         local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
-        history.ids, history.lengths = history.ids[local], history.lengths[local]
-        batch = make_batch(history, targets[local], sampler.draw(0, step)).to(ctx.device)
+        if args.mode:
+            chunks, targets = log_chunks(
+                config.seed, step, args.batch, local, args.history, args.items, config.chunk_targets()
+            )
+            history = chunks if args.mode == "sequence" else chunks.histories(args.history)
+            # What the table looks up besides the negatives: the chunks, or each window and its target.
+            ids_looked_up += int(history.lengths.sum()) + (0 if args.mode == "sequence" else len(targets))
+        else:
+            history, targets = global_batch_ids(config.seed, step, args.batch, config.model.max_history, args.items)
+            history.ids, history.lengths, targets = history.ids[local], history.lengths[local], targets[local]
+        batch = make_batch(history, targets, sampler.draw(0, step)).to(ctx.device)
         draw = noise_for_rank(config, args.batch, 0, step, rows, ctx.device)
         losses_by_step.append(trainer.train_step(batch, draw).losses["loss/total"])
     synchronize()
@@ -159,6 +212,13 @@ def run_cell(args) -> None:
             "peak_device_bytes": [m[2] for m in measured],
             "losses": losses_by_step,
         }
+        if args.mode:
+            result.update(
+                mode=args.mode,
+                history=args.history,
+                positions=args.positions,
+                ids_per_target=ids_looked_up / ((args.warmup + args.steps) * per_rank),
+            )
         Path(args.result).write_text(json.dumps(result, indent=1))
     shutdown()
 
@@ -238,7 +298,6 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
         for layout in args.layouts
         if not (world == 1 and layout in ("table_wise", "column_wise"))
     ]
-    cores = args.cores or os.cpu_count()
     # Repeats run the whole grid again (A B A B, not A A B B), so slow drift of a noisy machine
     # hits every cell alike; the median rate is reported.
     cells = cells * args.repeats
@@ -257,42 +316,7 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
             )
             continue
         result_file = Path(args.out) / f"cell-{device}-{layout}-w{world}-{items}.json"
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={world}",
-            str(Path(__file__).resolve()),
-            "--cell",
-            "--device",
-            device,
-            "--layout",
-            layout,
-            "--items",
-            str(items),
-            "--batch",
-            str(args.batch),
-            "--negatives",
-            str(args.negatives),
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-            *(["--profile"] if args.profile else []),
-            "--threads",
-            str(max(1, cores // world)),
-            "--result",
-            str(result_file),
-        ]
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(max(1, cores // world)),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+        result_file = run_cell_job(args, world, ["--device", device, "--layout", layout], items, result_file)
         result = json.loads(result_file.read_text())
         earlier = next((r for r in results if cell_key(r) == key), None)
         if earlier is None:
@@ -315,6 +339,142 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
             flush=True,
         )
     return results
+
+
+def run_cell_job(args, world: int, cell_args: list[str], items: int, result_file: Path) -> Path:
+    """One cell as its own torchrun job, the machine's cores split over its ranks; its result file."""
+    cores = args.cores or os.cpu_count()
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={world}",
+        str(Path(__file__).resolve()),
+        "--cell",
+        *cell_args,
+        "--items",
+        str(items),
+        "--batch",
+        str(args.batch),
+        "--negatives",
+        str(args.negatives),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        *(["--profile"] if args.profile else []),
+        "--threads",
+        str(max(1, cores // world)),
+        "--result",
+        str(result_file),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(max(1, cores // world)),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+    return result_file
+
+
+def run_sequence_grid(args) -> list[dict]:
+    """Per-prefix against sequence mode at each history length, one rank, cells interleaved per
+    repeat (A B C A B C); the median rate is reported, the losses of a repeat must not move."""
+    cells = [
+        (batch, history, mode, positions)
+        for batch in args.sequence_batches
+        for history in args.histories
+        for mode, positions in SEQUENCE_CELLS
+    ]
+    items = args.catalogs[0]
+    results: dict[tuple, dict] = {}
+    started, total = time.time(), len(cells) * args.repeats
+    for index, (batch, history, mode, positions) in enumerate(cells * args.repeats):
+        result_file = Path(args.out) / f"sequence-{mode}-{positions}-h{history}-b{batch}.json"
+        cell_args = ["--layout", "row_wise", "--mode", mode, "--positions", positions, "--history", str(history)]
+        cell_args += ["--chunk-targets", str(args.chunk_targets)]
+        args.batch = batch
+        result = json.loads(run_cell_job(args, 1, cell_args, items, result_file).read_text())
+        result["targets_per_s"] = result["samples_per_s"]
+        earlier = results.setdefault((batch, history, mode, positions), {**result, "targets_per_s_runs": []})
+        earlier["targets_per_s_runs"].append(result["targets_per_s"])
+        earlier["targets_per_s"] = statistics.median(earlier["targets_per_s_runs"])
+        if result["losses"] != earlier["losses"]:
+            raise RuntimeError(f"{mode} {positions} history {history} batch {batch}: a repeat trained to other losses")
+        spent = time.time() - started
+        print(
+            f"[{index + 1}/{total}] batch {batch}, history {history}, {mode} ({positions} positions): "
+            f"{result['targets_per_s']:,.0f} targets/s, {result['ids_per_target']:.1f} ids/target | "
+            f"{spent:.0f}s elapsed, ETA ~{spent / (index + 1) * (total - index - 1):.0f}s",
+            flush=True,
+        )
+    return list(results.values())
+
+
+def write_sequence_report(results: list[dict], out: Path, machine: str) -> None:
+    cell = {(r["batch"], r["history"], r["mode"], r["positions"]): r for r in results}
+    rows = [
+        "| batch (targets) | history | mode | ComiRec-SA positions | targets/s | ids looked up per target "
+        "| targets/s against per-prefix, same model | against per-prefix, input positions |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (batch, history, mode, positions), r in sorted(cell.items()):
+        same = cell[(batch, history, "per_prefix", positions)]
+        default = cell[(batch, history, "per_prefix", "input")]
+        rows.append(
+            f"| {batch:,} | {history:,} | {mode} | {positions} | {r['targets_per_s']:,.0f} | "
+            f"{r['ids_per_target']:.1f} | "
+            f"x{r['targets_per_s'] / same['targets_per_s']:.1f} | "
+            f"x{r['targets_per_s'] / default['targets_per_s']:.1f} |"
+        )
+    r = results[0]
+    text = "\n".join(
+        [
+            f"Machine: {machine}; one rank, {r['items']:,} items, d 64, K 4, {r['negatives']:,} shared negatives, "
+            f"{r['timed_steps']} timed steps, median of "
+            f"{len(r['targets_per_s_runs'])} runs",
+            "",
+            *rows,
+        ]
+    )
+    (out / "sequence.md").write_text(text + "\n")
+    (out / "sequence.json").write_text(json.dumps(results, indent=1))
+    print(text)
+    plot_sequence(results, out)
+
+
+def plot_sequence(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for batch in sorted({r["batch"] for r in results}):
+        for mode, positions in SEQUENCE_CELLS:
+            cells = sorted(
+                (r for r in results if (r["batch"], r["mode"], r["positions"]) == (batch, mode, positions)),
+                key=lambda r: r["history"],
+            )
+            ax.plot(
+                [r["history"] for r in cells],
+                [r["targets_per_s"] for r in cells],
+                marker="o",
+                linestyle="-" if mode == "sequence" else "--",
+                label=f"{mode.replace('_', '-')}, {positions} positions, batch {batch:,}",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("max_history (items a target's window reads)")
+    ax.set_ylabel("targets/s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "bench_sequence_throughput.png", dpi=120)
+    plt.close(fig)
 
 
 def held_bytes(r: dict) -> int:
@@ -472,6 +632,15 @@ def main() -> None:
     )
     parser.add_argument("--cores", type=int, default=0, help="cores shared by a cell's ranks (0: all)")
     parser.add_argument(
+        "--sequence-modes",
+        action="store_true",
+        help="per-prefix against sequence mode at each of --histories (one rank, the first of --catalogs)",
+    )
+    parser.add_argument("--histories", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument(
+        "--sequence-batches", type=int, nargs="+", default=[256, 1024], help="global batches (targets) of that grid"
+    )
+    parser.add_argument(
         "--machine", default=f"{os.cpu_count()} CPU cores, {available_bytes() / 2**30:.0f} GiB available"
     )
     # One cell, run by torchrun:
@@ -481,12 +650,21 @@ def main() -> None:
     parser.add_argument("--items", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=("per_prefix", "sequence"), help=argparse.SUPPRESS)
+    parser.add_argument("--positions", choices=("input", "bias"), default="input", help=argparse.SUPPRESS)
+    parser.add_argument("--history", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--chunk-targets", type=int, default=0, help="sequence cells: targets per chunk (0: the trainer's default)"
+    )
     args = parser.parse_args()
     if args.cell:
         run_cell(args)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.sequence_modes:
+        write_sequence_report(run_sequence_grid(args), out, args.machine)
+        return
     gpus = visible_gpus() if "cuda" in args.devices else []
     machine = args.machine
     if "cuda" in args.devices:

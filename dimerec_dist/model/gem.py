@@ -97,7 +97,9 @@ class ComiRecSA(nn.Module):
             scores = keyed.new_zeros(*mask.shape, self.num_interests)
             scores[mask] = self.w2(torch.tanh(self.w1(keyed[mask])))
         if self.position_mode == "bias":
-            scores = scores + self.position_bias[recency]
+            # F.embedding, not position_bias[recency]: indexing's backward adds with atomics on
+            # several CPU threads, in no fixed order, and resume must be bitwise.
+            scores = scores + F.embedding(recency, self.position_bias)
         return masked_softmax(scores, mask.unsqueeze(-1), dim=1)
 
     def forward(self, history: Tensor, mask: Tensor) -> Tensor:
@@ -112,7 +114,12 @@ class ComiRecSA(nn.Module):
         scores[mask] = self.w2(torch.tanh(self.w1(items[mask])))  # once per item, whatever reads it
         band, recency = windows.band(items.shape[1])  # (B, Qc, S)
         # (B, K, Qc, S): an item's score plus its recency's bias, zero weight outside the window.
-        logits = scores.transpose(1, 2).unsqueeze(2) + self.position_bias[recency].permute(0, 3, 1, 2)
+        b, queries, length = band.shape
+        # Each (query, item) pair's bias, b[recency]: a gather from the bias broadcast over the queries,
+        # whose backward sums per query row, in order (F.embedding's sorts ~S x Qc indices: slow here).
+        bias = self.position_bias.T[None, :, None, :].expand(b, -1, queries, -1)  # B,K,Qc,N
+        pair_bias = torch.gather(bias, 3, recency.unsqueeze(1).expand(-1, self.num_interests, -1, -1))
+        logits = scores.transpose(1, 2).unsqueeze(2) + pair_bias
         weights = masked_softmax(logits, band.unsqueeze(1), dim=-1)
         return windows.select((weights @ items.unsqueeze(1)).transpose(1, 2))  # (B, Qc, K, d) -> (Q, K, d)
 
@@ -122,11 +129,12 @@ class ComiRecSA(nn.Module):
         projected = self.w1.weight.new_zeros(*mask.shape, self.w1.out_features)
         projected[mask] = F.linear(items[mask], self.w1.weight)
         index, valid, recency = windows.gather_index(items.shape[1])  # (Q, N) each: row * S + position
-        flat_projected = projected.flatten(0, 1)
-        pre = flat_projected[index] + F.linear(self.positions(recency), self.w1.weight, self.w1.bias)
+        pre = F.embedding(index, projected.flatten(0, 1)) + F.linear(
+            self.positions(recency), self.w1.weight, self.w1.bias
+        )
         scores = self.w2(torch.tanh(pre))  # (Q, N, K)
         weights = masked_softmax(scores, valid.unsqueeze(-1), dim=1)
-        return torch.einsum("qnk,qnd->qkd", weights, items.flatten(0, 1)[index])
+        return torch.einsum("qnk,qnd->qkd", weights, F.embedding(index, items.flatten(0, 1)))
 
 
 def squash(s: Tensor) -> Tensor:
@@ -301,7 +309,7 @@ class LastKGEM(nn.Module):
         # The K latest of each window, its oldest repeated where it holds fewer.
         index = torch.maximum(windows.queries.unsqueeze(-1) - back, windows.starts.unsqueeze(-1))  # B,Qc,K
         rows = torch.arange(items.shape[0], device=items.device)[:, None, None]
-        return windows.select(items[rows, index])
+        return windows.select(F.embedding(rows * items.shape[1] + index, items.flatten(0, 1)))
 
 
 def build_gem(

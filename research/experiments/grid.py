@@ -56,6 +56,11 @@ def load_grid(path: Path) -> dict:
     for name, spec in grid["datasets"].items():
         if not isinstance(spec, dict) or "config" not in spec:
             raise GridError(f"{path}: dataset {name!r} needs a 'config' (a job YAML)")
+        unknown_methods = set(spec.get("method_overrides", {})) - set(grid["methods"])
+        if unknown_methods:
+            raise GridError(
+                f"{path}: dataset {name!r}: method_overrides for unknown method(s) {', '.join(sorted(unknown_methods))}"
+            )
     for name, spec in grid["methods"].items():
         if isinstance(spec, dict) and (
             set(spec) - {"from", "eval"}
@@ -121,6 +126,8 @@ def training_overrides(grid: dict, out: Path, dataset: str, method: str, seed: i
         *grid["common"],
         *grid["datasets"][dataset].get("overrides", []),
         *grid["methods"][method],
+        # One method's settings on one dataset (a time budget equal to another method's time there).
+        *grid["datasets"][dataset].get("method_overrides", {}).get(method, []),
         f"seed={seed}",
         f"data.path={data}",
     ]

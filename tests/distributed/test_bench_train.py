@@ -90,3 +90,38 @@ def test_gpu_cells_run_where_there_is_a_gpu_and_are_reported_not_started_elsewhe
     assert cells[("row_wise", 1)]["losses"] == pytest.approx(reference["losses"], rel=1e-4)
     assert max(cells[("row_wise", 1)]["peak_device_bytes"]) > 0
     assert "NCCL has no sparse all-reduce" in cells[("replicated", 1)]["skipped"]
+
+
+def test_the_sequence_grid_trains_the_same_model_to_the_same_losses_in_both_modes(tmp_path):
+    """--sequence-modes: per-prefix and sequence mode on the same targets and weights (score-bias
+    positions) lose the same at every step, and sequence mode looks up fewer ids per target."""
+    command = [
+        sys.executable,
+        "tools/bench_train.py",
+        "--out",
+        str(tmp_path),
+        "--sequence-modes",
+        "--histories",
+        "12",
+        "--sequence-batches",
+        "32",
+        "--catalogs",
+        "300",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    cells = {(r["mode"], r["positions"]): r for r in json.loads((tmp_path / "sequence.json").read_text())}
+    assert set(cells) == {("per_prefix", "input"), ("per_prefix", "bias"), ("sequence", "bias")}
+    per_prefix, sequence = cells[("per_prefix", "bias")], cells[("sequence", "bias")]
+    assert len(sequence["losses"]) == 4
+    assert sequence["losses"] == pytest.approx(per_prefix["losses"], rel=1e-5)
+    assert sequence["ids_per_target"] < per_prefix["ids_per_target"] / 3
+    assert len(sequence["targets_per_s_runs"]) == 2
+    assert "| 32 | 12 | sequence | bias |" in (tmp_path / "sequence.md").read_text()
+    assert (tmp_path / "bench_sequence_throughput.png").stat().st_size > 0
