@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dimerec_dist.builders import TrainingParts, build_training, check_protocol
+from dimerec_dist.builders import TrainingParts, build_train_stream, build_training, check_protocol
 from dimerec_dist.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -138,21 +138,7 @@ class Trainer:
                 f"train.batch_size={config.train.batch_size} must divide evenly over {ctx.world_size} ranks"
             )
         self.manifest = manifest
-        self.stream = TrainStream(
-            manifest,
-            max_history=config.model.max_history,
-            global_batch=config.train.batch_size,
-            streams=config.data.streams,
-            world_size=ctx.world_size,
-            rank=ctx.rank,
-            seed=config.seed,
-            sample_mode=config.data.sample_mode,
-            backend=config.data.backend,
-            window_size=config.data.window,
-            mix=config.data.mix,
-            chunk_targets=config.chunk_targets(),
-            span_limited=config.model.gem == "sasrec",  # SASRec reads a chunk from its first item
-        )
+        self.stream = build_train_stream(config, manifest, ctx)
         self.rank_rows = torch.from_numpy(self.stream.global_rows)
         self.valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
         self.test = EvaluationUsers(read_split(manifest, "test"), config.model.max_history)

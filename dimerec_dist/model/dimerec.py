@@ -123,31 +123,17 @@ class DimeRec(nn.Module):
         target_ids: Tensor,
         negatives: Tensor,
         negative_ids: Tensor,
-        *,
-        draw: NoiseDraw | None = None,
-        target_log_q: Tensor | None = None,
-        negative_log_q: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        reduction: str = "mean",
+        **options,
     ) -> DimeRecLosses:
         """The three losses for one batch.
 
         history (B, N, d) and mask (B, N): the embedded history; target (B, d) and
         target_ids (B,): the next item; negatives (M, d) or (B, M, d) with their ids.
+        `options`: `losses`' keywords (the noise draw, logQ corrections, reduction).
         A loss whose weight is 0 is not computed (reported as 0).
         """
-        return self.losses(
-            self.gem(self._dropped_history(history, mask), mask),
-            target,
-            target_ids,
-            negatives,
-            negative_ids,
-            draw=draw,
-            target_log_q=target_log_q,
-            negative_log_q=negative_log_q,
-            generator=generator,
-            reduction=reduction,
-        )
+        guidance = self.gem(self._dropped_history(history, mask), mask)
+        return self.losses(guidance, target, target_ids, negatives, negative_ids, **options)
 
     def forward_sequence(
         self,

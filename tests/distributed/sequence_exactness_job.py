@@ -14,11 +14,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dimerec_dist.builders import build_training
+from dimerec_dist.builders import build_train_stream, build_training
 from dimerec_dist.config import load_config
 from dimerec_dist.data.batch import NegativeSampler, make_batch
 from dimerec_dist.data.schema import Manifest
-from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.distributed.process_group import init_distributed, shutdown
 from dimerec_dist.trainer import noise_for_rank
 from tests.distributed.conftest import TINY_JOB
@@ -41,18 +40,7 @@ def main(dataset: Path, out: Path) -> None:
         config = load_config(None, [*TINY_JOB, "data.sample_mode=sequence", "data.chunk_targets=8", *overrides])
         parts = build_training(config, manifest.num_items, ctx, run_dir=None)
         parts.model.eval()
-        stream = TrainStream(
-            manifest,
-            max_history=config.model.max_history,
-            global_batch=config.train.batch_size,
-            streams=config.data.streams,
-            world_size=ctx.world_size,
-            rank=ctx.rank,
-            seed=config.seed,
-            sample_mode="sequence",
-            chunk_targets=config.data.chunk_targets,
-            span_limited=config.model.gem == "sasrec",
-        )
+        stream = build_train_stream(config, manifest, ctx)
         _, chunks, targets = next(stream.batches(0))
         negatives = NegativeSampler("uniform", manifest.num_items, config.train.negatives, seed=config.seed).draw(0, 0)
         rows = torch.from_numpy(stream.global_rows)
