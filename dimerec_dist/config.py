@@ -292,6 +292,12 @@ class TrainConfig:
     resume: str = "auto"
     """auto: the newest checkpoint in run_dir/checkpoints that verifies; none; or a checkpoint's path
     (continues it even with other settings, logged)."""
+    pipeline: bool = True
+    """Run the step on TorchRec's train pipeline: the next batches' copy to the device and id
+    all-to-all overlap this step's compute (the same losses as the plain step; false: plain)."""
+    precision: str = "fp32"
+    """fp32, or bf16: GEM, DAM and the logits under bf16 autocast, the losses summed in fp32 (TF32
+    matmuls on GPU either way)."""
     threads: int = 0
     """torch intra-op threads per rank (0: torch's default)."""
     device: str = "auto"
@@ -315,6 +321,7 @@ class TrainConfig:
             )
         _choice("train.negative_sampler", self.negative_sampler, NEGATIVE_SAMPLERS)
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("train.precision", self.precision, ("fp32", "bf16"))
         _at_least("train.keep_checkpoints", self.keep_checkpoints, 1)
 
 
@@ -547,6 +554,7 @@ NOT_LEARNED = {
     ("train", "checkpoint_async"),
     ("train", "resume"),
     ("train", "threads"),
+    ("train", "pipeline"),
     ("train", "device"),
     ("eval", "batch_size"),
     ("sharding", "type"),

@@ -31,6 +31,11 @@ def padded_history(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return dense.view(b, n, -1)
 
 
+def rows_by_feature(looked_up) -> dict[str, torch.Tensor]:
+    """The table's output (a JaggedTensor per feature) as (ids of the feature, d) rows."""
+    return {name: looked_up[name].values() for name in FEATURES}
+
+
 def next_items(chunks: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """(C, Qc, d): the embedding of the item after each query position of the chunks (C, S, d)."""
     index = (queries + 1).clamp(max=chunks.shape[1] - 1)  # padded queries (0) stay in range
@@ -65,36 +70,16 @@ class ShardedDimeRec(nn.Module):
         self.dimerec = DimeRec(config)
 
     def embed(self, batch: Batch) -> dict[str, torch.Tensor]:
-        looked_up = self.item_table(batch.kjt)
-        return {name: looked_up[name].values() for name in FEATURES}
+        return rows_by_feature(self.item_table(batch.kjt))
 
-    def forward(self, batch: Batch, draw: NoiseDraw, reduction: str = "mean") -> DimeRecLosses:
+    def forward(self, batch: Batch, draw: NoiseDraw | None = None, reduction: str = "mean") -> DimeRecLosses:
         """Losses averaged over this rank's samples (see distributed/sharding.py on gradient scaling);
-        `reduction="none"`: per target, in the batch's order."""
-        emb = self.embed(batch)
-        history = padded_history(emb["history"], batch.mask)
-        if batch.is_sequence:
-            windows = QueryWindows(batch.queries, batch.query_mask, self.dimerec.config.max_history)
-            target = windows.select(next_items(history, batch.queries))  # the item after each query
-        else:
-            target = emb["target"]
-        # The distinct rows spread back over the draw; F.embedding because its backward sums repeats in
-        # a fixed order (indexing adds them with atomics on several CPU threads: not bitwise repeatable).
-        negatives = F.embedding(batch.negative_rows, emb["negatives"])
-        negative_ids, negative_log_q = batch.negative_ids, batch.negative_log_q
-        if self.in_batch_negatives:
-            # Every target of the global batch, from all ranks; a sample's own target is masked as a hit.
-            # Gradients reach the rank that looked each target up (distributed.collectives.all_gather_with_gradient).
-            negatives = torch.cat([negatives, all_gather_with_gradient(target)])
-            negative_ids = torch.cat([negative_ids, all_gather_cat(batch.target_ids)])
-            if negative_log_q is not None:
-                negative_log_q = torch.cat([negative_log_q, all_gather_cat(batch.in_batch_log_q)])
-        options = dict(draw=draw, target_log_q=batch.target_log_q, negative_log_q=negative_log_q, reduction=reduction)
-        if batch.is_sequence:
-            return self.dimerec.forward_sequence(
-                history, batch.mask, windows, target, batch.target_ids, negatives, negative_ids, **options
-            )
-        return self.dimerec(history, batch.mask, target, batch.target_ids, negatives, negative_ids, **options)
+        `reduction="none"`: per target, in the batch's order. `draw`: the batch's own unless given.
+
+        Shaped for TorchRec's train pipeline, which traces this method to find the table's input:
+        the table reads a field of the batch, and everything after it is one call the tracer does
+        not enter (losses_from_lookup, fx-wrapped)."""
+        return losses_from_lookup(self, batch, self.item_table(batch.kjt), draw, reduction)
 
     @torch.no_grad()
     def queries(
@@ -109,3 +94,35 @@ class ShardedDimeRec(nn.Module):
         or both (Q = 1 + K; an item scores its best match, see evaluate.score_block)."""
         history = padded_history(self.embed(batch)["history"], batch.mask)
         return self.dimerec.queries(history, batch.mask, mode, steps=steps, generator=generator, start=start)
+
+
+@torch.fx.wrap  # one node in TorchRec's trace of ShardedDimeRec.forward: the tracer does not enter it
+def losses_from_lookup(
+    model: ShardedDimeRec, batch: Batch, looked_up, draw: NoiseDraw | None, reduction: str
+) -> DimeRecLosses:
+    """DimeRec's losses, given the table's rows for the batch's ids (`looked_up`, per feature)."""
+    draw = batch.draw if draw is None else draw
+    emb = rows_by_feature(looked_up)
+    history = padded_history(emb["history"], batch.mask)
+    if batch.is_sequence:
+        windows = QueryWindows(batch.queries, batch.query_mask, model.dimerec.config.max_history)
+        target = windows.select(next_items(history, batch.queries))  # the item after each query
+    else:
+        target = emb["target"]
+    # The distinct rows spread back over the draw; F.embedding because its backward sums repeats in
+    # a fixed order (indexing adds them with atomics on several CPU threads: not bitwise repeatable).
+    negatives = F.embedding(batch.negative_rows, emb["negatives"])
+    negative_ids, negative_log_q = batch.negative_ids, batch.negative_log_q
+    if model.in_batch_negatives:
+        # Every target of the global batch, from all ranks; a sample's own target is masked as a hit.
+        # Gradients reach the rank that looked each target up (distributed.collectives.all_gather_with_gradient).
+        negatives = torch.cat([negatives, all_gather_with_gradient(target)])
+        negative_ids = torch.cat([negative_ids, all_gather_cat(batch.target_ids)])
+        if negative_log_q is not None:
+            negative_log_q = torch.cat([negative_log_q, all_gather_cat(batch.in_batch_log_q)])
+    options = dict(draw=draw, target_log_q=batch.target_log_q, negative_log_q=negative_log_q, reduction=reduction)
+    if batch.is_sequence:
+        return model.dimerec.forward_sequence(
+            history, batch.mask, windows, target, batch.target_ids, negatives, negative_ids, **options
+        )
+    return model.dimerec(history, batch.mask, target, batch.target_ids, negatives, negative_ids, **options)

@@ -3,10 +3,13 @@
     trainer = Trainer(config, run_dir)   # data, sharded model, optimizers, checkpoints, resume
     trainer.train()                       # epochs of train_step, validation, checkpoints, final metrics
 
-One step, top to bottom (`train_step`): the plan gives this rank its slice of the global
-batch; the batch's ids go through the sharded table (history, target, shared negatives);
-DimeRec returns L_gem + lambda L_recon + mu L_ssm; backward updates the table in place
-(fused optimizer) and the dense Adam steps GEM and DAM. Benchmarks time this very method.
+One step, top to bottom: the plan gives this rank its slice of the global batch, made on a
+background thread (`step_batches`, data/prefetch.py); its ids go through the sharded table
+(history, target, shared negatives); DimeRec returns L_gem + lambda L_recon + mu L_ssm;
+backward updates the table in place (fused optimizer) and the dense Adam steps GEM and
+DAM (train_step.py: plain, or on TorchRec's train pipeline). Nothing is read back from
+the device until every train.log_every steps, where the losses, the non-finite check and
+the stop requests are settled in one all-reduce. Benchmarks time this very step.
 
 What training needs to continue exactly after a stop is `state_dict()` (where training
 stands) plus the model and optimizers, all written by checkpoint.py; every random draw
@@ -26,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 
 from dimerec_dist.builders import TrainingParts, build_train_stream, build_training, check_protocol
@@ -44,7 +46,8 @@ from dimerec_dist.checkpoint import (
 )
 from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
-from dimerec_dist.data.batch import NegativeSampler, make_batch
+from dimerec_dist.data.batch import Batch, NegativeSampler, make_batch
+from dimerec_dist.data.prefetch import Prefetcher
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import ensure_dataset
@@ -55,8 +58,9 @@ from dimerec_dist.diversity import item_categories
 from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
 from dimerec_dist.model import NoiseDraw
 from dimerec_dist.output_dir import OutputError, writable_dir
-from dimerec_dist.random_streams import generator, seed_for
+from dimerec_dist.random_streams import generator
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
+from dimerec_dist.train_step import LossWindow, StepRunner, build_step_runner
 
 log = logging.getLogger("dimerec.train")
 StepHook = Callable[["Trainer"], None]
@@ -64,8 +68,10 @@ StepHook = Callable[["Trainer"], None]
 
 @dataclass
 class StepResult:
-    losses: dict[str, float]  # global means: loss/total, loss/gem, loss/recon, loss/ssm
-    grad_norm: float
+    """What the host learns at a read of the device (every train.log_every steps)."""
+
+    losses: dict[str, float]  # global means over the steps since the last read: loss/total, loss/gem, ...
+    grad_norm: float  # the last step's
     stop_requested: bool  # some rank was signalled: every rank learns it here, at the same step
     out_of_time: bool = False  # some rank's clock passed train.max_minutes: all stop at this step
 
@@ -91,6 +97,7 @@ class Trainer:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         self._build_data()
         self.parts: TrainingParts = build_training(config, self.manifest.num_items, self.ctx, run_dir)
+        self.steps: StepRunner = build_step_runner(self.parts, config, self.ctx)
         self.metrics = MetricsLogger(run_dir, self.ctx.is_main)
         if self.stream.steps(0) == 0:
             raise DataError(
@@ -107,6 +114,7 @@ class Trainer:
         (the training benchmark): no data set, run directory or checkpoints."""
         trainer = cls.__new__(cls)
         trainer.config, trainer.parts, trainer.ctx = config, parts, ctx
+        trainer.steps = build_step_runner(parts, config, ctx)
         return trainer
 
     # ------------------------------------------------------------------ building
@@ -155,33 +163,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
-    def step_inputs(self, epoch: int, epoch_step: int, history, targets):
-        """The step's batch (ids, negatives, corrections) on the device, and its diffusion noise.
-        `history`: per-prefix histories or sequence mode's chunks; `targets`: one per sample."""
-        config = self.config
-        # Dropout's generator, from (seed, step, rank): a resumed run draws what it would have drawn.
-        torch.manual_seed(seed_for(config.seed, "dropout", self.state.step, self.ctx.rank))
-        batch = make_batch(history, targets, self.sampler.draw(epoch, epoch_step), self.log_q, self.in_batch_log_q).to(
-            self.ctx.device
-        )
-        draw = noise_for_rank(config, config.train.batch_size, epoch, epoch_step, self.rank_rows, self.ctx.device)
-        return batch, draw
+    def step_batches(self, epoch: int, start_step: int) -> Prefetcher[Batch]:
+        """This rank's batches of the epoch's planned steps from `start_step` on, each with its
+        negatives, logQ corrections and diffusion noise, made on a background thread (page-locked
+        for the copy to a GPU)."""
+        config, ctx = self.config, self.ctx
+        pin = ctx.device.type == "cuda"
 
-    def train_step(self, batch, draw: NoiseDraw, stop_requested: bool = False, out_of_time: bool = False) -> StepResult:
-        """Forward, backward, optimizer steps and the schedule; the global mean losses, and whether
-        any rank asked to stop or ran out of time."""
-        parts = self.parts
-        losses = parts.model(batch, draw)
-        parts.optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()  # a sharded table's rows are updated here, by the fused optimizer
-        grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, self.config.train.grad_clip or float("inf"))
-        parts.optimizer.step()
-        if parts.table_optimizer is not None:
-            parts.table_optimizer.step()
-            parts.table_optimizer.zero_grad(set_to_none=True)
-        parts.schedule.step()
-        values, stop, out_of_time = reduce_losses(losses, stop_requested, out_of_time)
-        return StepResult(values, float(grad_norm), stop, out_of_time)
+        def batches():
+            for epoch_step, history, targets in self.stream.batches(epoch, start_step=start_step):
+                if epoch_step >= self.epoch_steps[epoch]:
+                    return
+                batch = make_batch(
+                    history, targets, self.sampler.draw(epoch, epoch_step), self.log_q, self.in_batch_log_q
+                )
+                draw = noise_for_rank(config, config.train.batch_size, epoch, epoch_step, self.rank_rows, "cpu")
+                batch.draw = draw
+                yield batch.pin_memory() if pin else batch
+
+        return Prefetcher(batches(), depth=2, name=f"epoch-{epoch}")
+
+    def read_device(self, window: LossWindow, stop_requested: bool, out_of_time: bool) -> StepResult:
+        """The losses since the last read, the last gradient norm, and every rank's stop flags."""
+        losses, stop, out_of_time = window.read(stop_requested, out_of_time)
+        grad_norm = self.steps.optimizer.grad_norm
+        return StepResult(losses, float("nan") if grad_norm is None else float(grad_norm), stop, out_of_time)
 
     # ------------------------------------------------------------------ the loop
 
@@ -209,46 +215,56 @@ class Trainer:
         started = time.monotonic() - state.train_seconds  # the budget counts what earlier runs spent
         out_of_time = bool(budget) and state.train_seconds >= budget  # a finished budget: straight to the end
         self.parts.model.train()
+        window = LossWindow(self.ctx.device)
         for epoch in range(state.epoch, len(self.epoch_steps)):
             if out_of_time or self._patience_spent():
                 break
             first = state.epoch_step if epoch == state.epoch else 0
-            for epoch_step, history, targets in self.stream.batches(epoch, start_step=first):
-                if epoch_step >= self.epoch_steps[epoch]:
-                    break
-                for hook in self.before_step:
-                    hook(self)
-                batch, draw = self.step_inputs(epoch, epoch_step, history, targets)
-                result = self.train_step(
-                    batch, draw, stop.requested, out_of_time=bool(budget) and time.monotonic() - started > budget
-                )
-                state.train_seconds = time.monotonic() - started
-                state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
-                if not all(math.isfinite(v) for v in result.losses.values()):
-                    raise FloatingPointError(f"non-finite loss at step {state.step}: {result.losses}")
-                if state.step % config.train.log_every == 0 or state.step == total_steps:
-                    self._log_step(progress, epoch, result)
-                if result.stop_requested:
-                    self.save_checkpoint()
-                    self.checkpoints.wait()
-                    log.warning(
-                        "stopped by a signal at step %d; the checkpoint is saved, resume=auto continues", state.step
+            with self.step_batches(epoch, first) as batches:
+                for epoch_step in range(first, self.epoch_steps[epoch]):
+                    for hook in self.before_step:
+                        hook(self)
+                    window.add(self.steps.progress(batches, state.step))
+                    state.train_seconds = time.monotonic() - started
+                    state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
+                    logged = state.step % config.train.log_every == 0 or state.step == total_steps
+                    if not logged and epoch_step + 1 < self.epoch_steps[epoch]:
+                        continue  # the device runs on: the host reads it at log steps and epoch ends
+                    result = self.read_device(
+                        window, stop.requested, out_of_time=bool(budget) and state.train_seconds > budget
                     )
-                    self.metrics.close()
-                    return {"preempted": True, "step": state.step}
-                if result.out_of_time:
-                    out_of_time = True
-                    log.info(
-                        "train.max_minutes=%g spent at step %d (epoch %d, step %d of %d): validating and finishing",
-                        config.train.max_minutes,
-                        state.step,
-                        epoch,
-                        state.epoch_step,
-                        self.epoch_steps[epoch],
-                    )
-                    break
-                if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    if not all(math.isfinite(v) for v in result.losses.values()):
+                        first_step = state.step - window.steps + 1
+                        raise FloatingPointError(
+                            f"non-finite loss in steps {first_step}..{state.step}: {result.losses}"
+                        )
+                    if logged:
+                        self._log_step(progress, epoch, result)
+                        window.reset()
+                    if result.stop_requested:
+                        self.steps.end()
+                        self.save_checkpoint()
+                        self.checkpoints.wait()
+                        log.warning(
+                            "stopped by a signal at step %d; the checkpoint is saved, resume=auto continues",
+                            state.step,
+                        )
+                        self.metrics.close()
+                        return {"preempted": True, "step": state.step}
+                    if result.out_of_time:
+                        out_of_time = True
+                        log.info(
+                            "train.max_minutes=%g spent at step %d (epoch %d, step %d of %d): validating and finishing",
+                            config.train.max_minutes,
+                            state.step,
+                            epoch,
+                            state.epoch_step,
+                            self.epoch_steps[epoch],
+                        )
+                        break
+                    if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
+                        self.save_checkpoint()
+            self.steps.end()
             if not out_of_time:
                 state.epoch, state.epoch_step = epoch + 1, 0
             last_epoch = epoch == len(self.epoch_steps) - 1 or out_of_time
@@ -440,20 +456,6 @@ def noise_for_rank(
         guidance_dropout=config.model.guidance_dropout,
     )
     return draw.rows(rows, device)
-
-
-def reduce_losses(losses, stop_requested: bool, out_of_time: bool = False) -> tuple[dict[str, float], bool, bool]:
-    """Global mean losses (the mean of the ranks' means: every rank holds as many samples), and
-    whether any rank was asked to stop or ran out of time, in one all-reduce on the losses' own
-    device (the GPU's under NCCL)."""
-    flags = torch.tensor([float(stop_requested), float(out_of_time)], device=losses.total.device)
-    parts = torch.cat(
-        [torch.stack([losses.total.detach(), losses.gem.detach(), losses.recon.detach(), losses.ssm.detach()]), flags]
-    )
-    dist.all_reduce(parts)
-    values = parts.tolist()
-    means = [value / dist.get_world_size() for value in values[:4]]
-    return dict(zip(("loss/total", "loss/gem", "loss/recon", "loss/ssm"), means)), values[4] > 0, values[5] > 0
 
 
 def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:

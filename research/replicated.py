@@ -29,8 +29,9 @@ class ReplicatedDimeRec(nn.Module):
         )
         self.dimerec = DimeRec(config)
 
-    def forward(self, batch: Batch, draw: NoiseDraw) -> DimeRecLosses:
-        """Losses averaged over this rank's samples; DDP averages the gradients over ranks."""
+    def forward(self, batch: Batch, draw: NoiseDraw | None = None) -> DimeRecLosses:
+        """Losses averaged over this rank's samples; DDP averages the gradients over ranks.
+        `draw`: the batch's own unless given."""
         history = self.item_table(batch.kjt["history"].values())
         return self.dimerec(
             padded_history(history, batch.mask),
@@ -39,7 +40,7 @@ class ReplicatedDimeRec(nn.Module):
             batch.target_ids,
             self.item_table(batch.negative_ids),
             batch.negative_ids,
-            draw=draw,
+            draw=batch.draw if draw is None else draw,
             target_log_q=batch.target_log_q,
             negative_log_q=batch.negative_log_q,
         )

@@ -53,6 +53,8 @@ sys.path.insert(0, str(REPO))
 
 LAYOUTS = ("row_wise", "table_wise", "column_wise", "data_parallel", "replicated")
 MODEL = ["model.embedding_dim=64", "model.max_history=50", "model.num_interests=4"]
+STEP_KINDS = ("plain", "pipelined")
+PRECISIONS = ("fp32", "bf16")
 SEQUENCE_CELLS = (  # (mode, ComiRec-SA positions)
     ("per_prefix", "input"),
     ("per_prefix", "bias"),
@@ -99,6 +101,23 @@ def log_chunks(seed: int, step: int, batch: int, rows: slice, max_history: int, 
     return cut_chunks(flat, starts, ends, max_history, chunk_targets), flat[ends]
 
 
+class TimedIterator:
+    """An iterator that adds up the time its consumer spends waiting in next()."""
+
+    def __init__(self, items):
+        self.items, self.seconds = items, 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        started = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
 def build_replicated(config, num_items: int, ctx):
     import torch
 
@@ -129,9 +148,11 @@ def run_cell(args) -> None:
     from dimerec_dist.builders import build_training
     from dimerec_dist.config import load_config
     from dimerec_dist.data.batch import NegativeSampler, make_batch
+    from dimerec_dist.data.prefetch import Prefetcher
     from dimerec_dist.distributed.process_group import init_distributed, shutdown
     from dimerec_dist.sharded_model import TABLE_STATE_KEY
     from dimerec_dist.table_shards import local_row_shards, local_table_bytes
+    from dimerec_dist.train_step import LossWindow
     from dimerec_dist.trainer import Trainer, noise_for_rank
 
     ctx = init_distributed(args.device)
@@ -146,11 +167,20 @@ def run_cell(args) -> None:
             f"data.chunk_targets={args.chunk_targets}",
         ]
     config = load_config(
-        None, [*model, f"train.batch_size={args.batch}", f"train.negatives={args.negatives}", f"sharding.type={layout}"]
+        None,
+        [
+            *model,
+            f"train.batch_size={args.batch}",
+            f"train.negatives={args.negatives}",
+            f"sharding.type={layout}",
+            f"train.pipeline={str(args.step == 'pipelined').lower()}",
+            f"train.precision={args.precision}",
+        ],
     )
     started = time.time()
     if args.layout == "replicated":
         parts, table_bytes = build_replicated(config, args.items, ctx)
+        config.train.pipeline = False  # no TorchRec table to pipeline
     else:
         parts = build_training(config, args.items, ctx, run_dir=None)
         table_bytes = local_table_bytes(parts.model, local_row_shards(parts.model, TABLE_STATE_KEY))
@@ -159,33 +189,60 @@ def run_cell(args) -> None:
     sampler = NegativeSampler("uniform", args.items, config.train.negatives, seed=config.seed)
     per_rank = args.batch // ctx.world_size
     rows = torch.arange(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
-    losses_by_step, timed_from, profiler, ids_looked_up = [], None, None, 0
+    ids_looked_up = [0]
+    total_steps = args.warmup + args.steps
+
+    def batches():
+        for step in range(total_steps):
+            local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+            if args.mode:
+                chunks, targets = log_chunks(
+                    config.seed, step, args.batch, local, args.history, args.items, config.chunk_targets()
+                )
+                history = chunks if args.mode == "sequence" else chunks.histories(args.history)
+                # What the table looks up besides the negatives: the chunks, or each window and its target.
+                ids_looked_up[0] += int(history.lengths.sum()) + (0 if args.mode == "sequence" else len(targets))
+            else:
+                history, targets = global_batch_ids(config.seed, step, args.batch, config.model.max_history, args.items)
+                history.ids, history.lengths, targets = history.ids[local], history.lengths[local], targets[local]
+            batch = make_batch(history, targets, sampler.draw(0, step))
+            batch.draw = noise_for_rank(config, args.batch, 0, step, rows, "cpu")
+            yield batch.pin_memory() if ctx.device.type == "cuda" else batch
+
+    # plain: the step as it was before the pipeline - batches made on the training thread, the losses
+    # read back every step; pipelined: as the trainer runs it now (Prefetcher, TorchRec's pipeline, one
+    # read of the device per train.log_every steps, here once at the end).
+    pipelined = args.step == "pipelined"
+    source = TimedIterator(Prefetcher(batches()) if pipelined else batches())
+    window, step_losses, read_seconds = LossWindow(ctx.device), [], 0.0
+    timed_from, profiler = None, None
     synchronize = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
-    for step in range(args.warmup + args.steps):
+    for step in range(total_steps):
         if step == args.warmup:
             synchronize()  # kernels are asynchronous: the warm-up's must not land in the timed window
             dist.barrier()
-            timed_from = time.time()
+            timed_from, source.seconds, read_seconds = time.time(), 0.0, 0.0
             if args.profile:
                 profiler = torch.profiler.profile()
                 profiler.__enter__()
-        local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
-        if args.mode:
-            chunks, targets = log_chunks(
-                config.seed, step, args.batch, local, args.history, args.items, config.chunk_targets()
-            )
-            history = chunks if args.mode == "sequence" else chunks.histories(args.history)
-            # What the table looks up besides the negatives: the chunks, or each window and its target.
-            ids_looked_up += int(history.lengths.sum()) + (0 if args.mode == "sequence" else len(targets))
-        else:
-            history, targets = global_batch_ids(config.seed, step, args.batch, config.model.max_history, args.items)
-            history.ids, history.lengths, targets = history.ids[local], history.lengths[local], targets[local]
-        batch = make_batch(history, targets, sampler.draw(0, step)).to(ctx.device)
-        draw = noise_for_rank(config, args.batch, 0, step, rows, ctx.device)
-        losses_by_step.append(trainer.train_step(batch, draw).losses["loss/total"])
+        losses = trainer.steps.progress(source, step)
+        step_losses.append(losses.total.detach())
+        window.add(losses)
+        if not pipelined:
+            read_started = time.perf_counter()
+            window.read(False, False)
+            window.reset()
+            read_seconds += time.perf_counter() - read_started
+    window.read(False, False)
     synchronize()
     dist.barrier()
     elapsed = time.time() - timed_from
+    trainer.steps.end()
+    if pipelined:
+        source.items.close()
+    global_losses = torch.stack(step_losses).float()  # each rank's mean loss per step: read once, at the end
+    dist.all_reduce(global_losses)
+    losses_by_step = (global_losses / ctx.world_size).cpu().tolist()
     if profiler is not None:  # where a step's time goes (timed steps only): the top operators of rank 0
         profiler.__exit__(None, None, None)
         if ctx.is_main:
@@ -211,13 +268,20 @@ def run_cell(args) -> None:
             "table_bytes": [m[1] for m in measured],
             "peak_device_bytes": [m[2] for m in measured],
             "losses": losses_by_step,
+            "step": args.step,
+            "precision": args.precision,
+            # Host time of the training thread per timed step: all of it, in waiting for or making
+            # batches, and in reading the losses back.
+            "ms_per_step": 1000 * elapsed / args.steps,
+            "data_ms_per_step": 1000 * source.seconds / args.steps,
+            "read_ms_per_step": 1000 * read_seconds / args.steps,
         }
         if args.mode:
             result.update(
                 mode=args.mode,
                 history=args.history,
                 positions=args.positions,
-                ids_per_target=ids_looked_up / ((args.warmup + args.steps) * per_rank),
+                ids_per_target=ids_looked_up[0] / (total_steps * per_rank),
             )
         Path(args.result).write_text(json.dumps(result, indent=1))
     shutdown()
@@ -412,6 +476,84 @@ def run_sequence_grid(args) -> list[dict]:
             flush=True,
         )
     return list(results.values())
+
+
+def run_step_grid(args) -> list[dict]:
+    """The plain step against the pipelined one at each precision, row-wise, cells interleaved per
+    repeat; the median rate is reported. On CPU both kinds must train to the same losses."""
+    cells = [
+        (device, items, batch, world, precision, step)
+        for device in args.devices
+        for items in args.catalogs
+        for batch in args.batches or [args.batch]
+        for world in args.worlds
+        for precision in args.precisions
+        for step in STEP_KINDS
+    ]
+    results: dict[tuple, dict] = {}
+    started, total = time.time(), len(cells) * args.repeats
+    for index, key in enumerate(cells * args.repeats):
+        device, items, batch, world, precision, step = key
+        result_file = Path(args.out) / f"step-{device}-{items}-b{batch}-w{world}-{precision}-{step}.json"
+        args.batch = batch
+        cell_args = ["--device", device, "--layout", "row_wise", "--step", step, "--precision", precision]
+        result = json.loads(run_cell_job(args, world, cell_args, items, result_file).read_text())
+        earlier = results.setdefault(key, {**result, "samples_per_s_runs": []})
+        earlier["samples_per_s_runs"].append(result["samples_per_s"])
+        earlier["samples_per_s"] = statistics.median(earlier["samples_per_s_runs"])
+        spent = time.time() - started
+        print(
+            f"[{index + 1}/{total}] {device} {items:,} items batch {batch} world {world} {precision} {step}: "
+            f"{result['samples_per_s']:,.0f} samples/s, {result['ms_per_step']:.1f} ms/step "
+            f"(data {result['data_ms_per_step']:.1f}, read-back {result['read_ms_per_step']:.1f}) | "
+            f"{spent:.0f}s elapsed, ETA ~{spent / (index + 1) * (total - index - 1):.0f}s",
+            flush=True,
+        )
+    for (device, items, batch, world, precision, step), r in results.items():
+        plain = results[device, items, batch, world, precision, "plain"]
+        r["max_relative_loss_difference_to_plain"] = max(
+            abs(a - b) / abs(a) for a, b in zip(plain["losses"], r["losses"])
+        )
+        fp32 = results.get((device, items, batch, world, "fp32", step))
+        if fp32 is not None:
+            r["max_relative_loss_difference_to_fp32"] = max(
+                abs(a - b) / abs(a) for a, b in zip(fp32["losses"], r["losses"])
+            )
+    return list(results.values())
+
+
+def write_step_report(results: list[dict], out: Path, machine: str) -> None:
+    rows = [
+        "| device | items | batch | world | precision | step | samples/s | ms per step | of which waiting for "
+        "or making batches | of which reading losses back | losses against plain (max rel.) "
+        "| against fp32 (max rel.) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cell = {(r["device"], r["items"], r["batch"], r["world"], r["precision"], r["step"]): r for r in results}
+    ratios = []
+    for key, r in cell.items():
+        rows.append(
+            f"| {r['device']} | {r['items']:,} | {r['batch']:,} | {r['world']} | {r['precision']} | {r['step']} "
+            f"| {r['samples_per_s']:,.0f} | {r['ms_per_step']:.2f} | {r['data_ms_per_step']:.2f} "
+            f"| {r['read_ms_per_step']:.2f} | {r['max_relative_loss_difference_to_plain']:.1e} "
+            f"| {r.get('max_relative_loss_difference_to_fp32', 0):.1e} |"
+        )
+        if key[-1] == "pipelined":
+            plain = cell[(*key[:-1], "plain")]
+            ratios.append(
+                f"pipelined / plain, {key[0]}, {key[1]:,} items, batch {key[2]:,}, world {key[3]}, {key[4]}: "
+                f"samples/s x{r['samples_per_s'] / plain['samples_per_s']:.2f}"
+            )
+        if key[-2] == "bf16" and (*key[:-2], "fp32", key[-1]) in cell:
+            fp32 = cell[(*key[:-2], "fp32", key[-1])]
+            ratios.append(
+                f"bf16 / fp32, {key[0]}, {key[1]:,} items, batch {key[2]:,}, world {key[3]}, {key[5]}: "
+                f"samples/s x{r['samples_per_s'] / fp32['samples_per_s']:.2f}"
+            )
+    text = "\n".join([f"Machine: {machine}", "", *rows, "", *[f"- {line}" for line in ratios]])
+    (out / "steps.md").write_text(text + "\n")
+    (out / "steps.json").write_text(json.dumps(results, indent=1))
+    print(text)
 
 
 def write_sequence_report(results: list[dict], out: Path, machine: str) -> None:
@@ -641,6 +783,16 @@ def main() -> None:
         "--sequence-batches", type=int, nargs="+", default=[256, 1024], help="global batches (targets) of that grid"
     )
     parser.add_argument(
+        "--compare-steps",
+        action="store_true",
+        help="the plain step against the pipelined one (and --precisions), row-wise, at each of --worlds, "
+        "--catalogs, --batches and --devices, with host time per step",
+    )
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"])
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=[], help="global batches of that grid (default --batch)"
+    )
+    parser.add_argument(
         "--machine", default=f"{os.cpu_count()} CPU cores, {available_bytes() / 2**30:.0f} GiB available"
     )
     # One cell, run by torchrun:
@@ -656,6 +808,8 @@ def main() -> None:
     parser.add_argument(
         "--chunk-targets", type=int, default=0, help="sequence cells: targets per chunk (0: the trainer's default)"
     )
+    parser.add_argument("--step", choices=STEP_KINDS, default="pipelined", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
         run_cell(args)
@@ -669,6 +823,9 @@ def main() -> None:
     machine = args.machine
     if "cuda" in args.devices:
         machine += "; " + (", ".join(f"{name} ({memory / 2**30:.0f} GiB)" for name, memory in gpus) or "no GPU visible")
+    if args.compare_steps:
+        write_step_report(run_step_grid(args), out, machine)
+        return
     write_report(run_grid(args, gpus), out, machine)
 
 

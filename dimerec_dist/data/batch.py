@@ -11,24 +11,31 @@ smaller.
 In sequence mode the history feature carries the chunks (samples.SequenceChunks), each
 read once for all its targets; the targets are items of the chunks, so the target
 feature is empty and the model takes their rows from the chunks' (`queries`).
+
+A Batch is TorchRec's Pipelineable (to, record_stream): the train pipeline copies it to the
+device and starts its id all-to-all while the step before it trains. It carries the step's
+diffusion noise for its samples (`draw`), so one object is all a step needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
 
 from dimerec_dist.data.samples import HistoryBatch, SequenceChunks
+from dimerec_dist.model.dimerec import NoiseDraw
 
 FEATURES = ("history", "target", "negatives")
 
 
 @dataclass
-class Batch:
+class Batch(Pipelineable):
     kjt: KeyedJaggedTensor
     mask: torch.Tensor  # (B, N) True on real history positions (sequence mode: (C, S) of the chunks)
     target_ids: torch.Tensor  # (B,) (sequence mode: (Q,), the item after each query)
@@ -40,6 +47,8 @@ class Batch:
     queries: torch.Tensor | None = None  # sequence mode: (C, Qc) chunk positions whose next item is a target
     query_mask: torch.Tensor | None = None  # (C, Qc) True on real queries
 
+    draw: NoiseDraw | None = None  # the step's diffusion noise for these samples (training only)
+
     @property
     def is_sequence(self) -> bool:
         return self.queries is not None
@@ -48,20 +57,28 @@ class Batch:
     def size(self) -> int:
         return int(self.target_ids.shape[0])
 
-    def to(self, device: torch.device) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(
-            self.kjt.to(device),
-            move(self.mask),
-            move(self.target_ids),
-            move(self.negative_ids),
-            move(self.negative_rows),
-            move(self.negative_log_q),
-            move(self.target_log_q),
-            move(self.in_batch_log_q),
-            move(self.queries),
-            move(self.query_mask),
-        )
+    def _tensors(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("kjt", "draw")}
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        moved = {k: None if t is None else t.to(device, non_blocking=non_blocking) for k, t in self._tensors().items()}
+        draw = None if self.draw is None else self.draw.to(device, non_blocking=non_blocking)
+        return Batch(kjt=self.kjt.to(device, non_blocking=non_blocking), draw=draw, **moved)
+
+    def pin_memory(self) -> Batch:
+        """Page-locked host copies, so the copy to a GPU runs asynchronously (GPU machines only)."""
+        pinned = {k: None if t is None else t.pin_memory() for k, t in self._tensors().items()}
+        draw = None if self.draw is None else self.draw.pin_memory()
+        return Batch(kjt=self.kjt.pin_memory(), draw=draw, **pinned)
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        """Tell the caching allocator the batch is used on `stream` (TorchRec's copy stream)."""
+        self.kjt.record_stream(stream)
+        for t in self._tensors().values():
+            if t is not None:
+                t.record_stream(stream)
+        if self.draw is not None:
+            self.draw.record_stream(stream)
 
 
 def make_batch(

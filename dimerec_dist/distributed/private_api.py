@@ -16,7 +16,15 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 
 CHECKED_AGAINST = {"torch": "2.13.0", "torchrec": "1.8.0", "fbgemm_gpu": "1.8.0"}
-__all__ = ["CHECKED_AGAINST", "ShardedTensor", "chosen_sharding_options", "cpu_copy", "is_sharded", "sharded_lookups"]
+__all__ = [
+    "CHECKED_AGAINST",
+    "ShardedTensor",
+    "chosen_sharding_options",
+    "cpu_copy",
+    "is_sharded",
+    "pipelined_modules",
+    "sharded_lookups",
+]
 
 
 def chosen_sharding_options(planner) -> list:
@@ -31,6 +39,13 @@ def sharded_lookups(model: nn.Module) -> list[nn.Module]:
     plain list (`_lookups`), out of `modules()`' reach, and the CPU data-parallel lookup must
     be replaced there (distributed/sharding.py says why)."""
     return [lookup for owner in model.modules() for lookup in getattr(owner, "_lookups", [])]
+
+
+def pipelined_modules(pipeline) -> list[nn.Module]:
+    """The sharded modules whose input all-to-all a TrainPipelineSparseDist runs ahead. Where the
+    trace of the model finds none, the pipeline quietly runs them in the forward instead (no
+    overlap, no error); this list is the only way to tell."""
+    return list(pipeline._pipelined_modules)
 
 
 def cpu_copy(state: ShardedTensor) -> ShardedTensor:

@@ -73,8 +73,20 @@ class NoiseDraw:
 
     def rows(self, rows: Tensor, device: torch.device | str) -> NoiseDraw:
         """This rank's slice of a draw made for the global batch."""
-        unguided = None if self.unguided is None else self.unguided[rows].to(device)
-        return NoiseDraw(self.t[rows].to(device), self.noise[rows].to(device), unguided)
+        unguided = None if self.unguided is None else self.unguided[rows]
+        return NoiseDraw(self.t[rows], self.noise[rows], unguided).to(device)
+
+    def _map(self, fn) -> NoiseDraw:
+        return NoiseDraw(fn(self.t), fn(self.noise), None if self.unguided is None else fn(self.unguided))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> NoiseDraw:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> NoiseDraw:
+        return self._map(Tensor.pin_memory)
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        self._map(lambda t: t.record_stream(stream) or t)
 
 
 class DimeRec(nn.Module):

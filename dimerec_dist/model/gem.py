@@ -52,6 +52,14 @@ def recency_positions(mask: Tensor) -> Tensor:
     return (lengths - 1 - index).clamp(min=0)
 
 
+def scatter_masked(mask: Tensor, values: Tensor) -> Tensor:
+    """(*mask.shape, ...): `values` (one row per True of `mask`) at their positions, zeros elsewhere,
+    in the values' dtype (bf16 under autocast)."""
+    out = values.new_zeros(*mask.shape, *values.shape[1:])
+    out[mask] = values
+    return out
+
+
 def masked_softmax(scores: Tensor, mask: Tensor, dim: int) -> Tensor:
     """Softmax over `dim` where masked-out entries get exactly zero weight."""
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -94,8 +102,7 @@ class ComiRecSA(nn.Module):
         else:
             # The MLP on real positions only: short histories padded to N (Beauty has about 9
             # items a user for N = 50) would otherwise spend most of the GEM's time on padding.
-            scores = keyed.new_zeros(*mask.shape, self.num_interests)
-            scores[mask] = self.w2(torch.tanh(self.w1(keyed[mask])))
+            scores = scatter_masked(mask, self.w2(torch.tanh(self.w1(keyed[mask]))))
         if self.position_mode == "bias":
             # F.embedding, not position_bias[recency]: indexing's backward adds with atomics on
             # several CPU threads, in no fixed order, and resume must be bitwise.
@@ -110,8 +117,7 @@ class ComiRecSA(nn.Module):
         """(Q, K, d): the interests at every query of the chunks (B, S, d)."""
         if self.position_mode == "input":
             return self._sequence_input_positions(items, mask, windows)
-        scores = items.new_zeros(*mask.shape, self.num_interests)
-        scores[mask] = self.w2(torch.tanh(self.w1(items[mask])))  # once per item, whatever reads it
+        scores = scatter_masked(mask, self.w2(torch.tanh(self.w1(items[mask]))))  # once per item, whatever reads it
         band, recency = windows.band(items.shape[1])  # (B, Qc, S)
         # (B, K, Qc, S): an item's score plus its recency's bias, zero weight outside the window.
         b, queries, length = band.shape
@@ -126,8 +132,7 @@ class ComiRecSA(nn.Module):
     def _sequence_input_positions(self, items: Tensor, mask: Tensor, windows: QueryWindows) -> Tensor:
         """ComiRec's input positions: W1 (h + P) = W1 h + W1 P, so W1 h runs once per item and only
         tanh and W2 run per (window, item) pair."""
-        projected = self.w1.weight.new_zeros(*mask.shape, self.w1.out_features)
-        projected[mask] = F.linear(items[mask], self.w1.weight)
+        projected = scatter_masked(mask, F.linear(items[mask], self.w1.weight))
         index, valid, recency = windows.gather_index(items.shape[1])  # (Q, N) each: row * S + position
         pre = F.embedding(index, projected.flatten(0, 1)) + F.linear(
             self.positions(recency), self.w1.weight, self.w1.bias
@@ -233,13 +238,16 @@ class SASRecGEM(nn.Module):
         # Histories grouped by length, each group cut to its longest: a history's outputs depend
         # on its own items only (causal, padding masked), and a batch of mostly short histories
         # padded to N would spend most of the attention and feed-forward work on padding.
-        out = history.new_empty(history.shape[0], self.num_interests, history.shape[-1])
+        out = None  # made at the first group, in its dtype (bf16 under autocast)
         shorter, width = 0, BUCKET_WIDTH
         while shorter < n:
             width = min(width, n)
             rows = ((lengths > shorter) & (lengths <= width)).nonzero().squeeze(1)
             if rows.numel():
-                out[rows] = self.encode(history[rows, :width], mask[rows, :width], lengths[rows])
+                encoded = self.encode(history[rows, :width], mask[rows, :width], lengths[rows])
+                if out is None:
+                    out = encoded.new_empty(history.shape[0], *encoded.shape[1:])
+                out[rows] = encoded
             shorter, width = width, 2 * width
         return out
 

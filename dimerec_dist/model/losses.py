@@ -41,7 +41,8 @@ def sampled_softmax_loss(
     A negative whose id equals the sample's target (an accidental hit) is masked out.
     With log-probabilities of being sampled, logQ correction subtracts them from the
     logits (Yi et al. 2019), which removes the popularity bias of non-uniform sampling.
-    `cosine` scores unit vectors; `temperature` divides every logit.
+    `cosine` scores unit vectors; `temperature` divides every logit. The scores may be bf16
+    (autocast); the softmax and everything after it is fp32.
     """
     if cosine:
         query, target = F.normalize(query, dim=-1), F.normalize(target, dim=-1)
@@ -55,8 +56,8 @@ def sampled_softmax_loss(
         hits = target_ids.unsqueeze(1) == negative_ids
     else:
         raise ValueError(f"negatives must be (M, d) or (B, M, d), got {tuple(negatives.shape)}")
-    positive = positive / temperature
-    negative = negative / temperature
+    positive = positive.float() / temperature
+    negative = negative.float() / temperature
     if target_log_q is not None:
         positive = positive - target_log_q.unsqueeze(1)
     if negative_log_q is not None:
@@ -67,5 +68,5 @@ def sampled_softmax_loss(
 
 
 def reconstruction_loss(x0: Tensor, x0_hat: Tensor, reduction: str = "mean") -> Tensor:
-    """L_recon = ||x0 - x0_hat||^2, summed over the embedding dimension."""
-    return _reduce(((x0 - x0_hat) ** 2).sum(-1), reduction)
+    """L_recon = ||x0 - x0_hat||^2, summed over the embedding dimension (in fp32 under autocast)."""
+    return _reduce(((x0.float() - x0_hat.float()) ** 2).sum(-1), reduction)

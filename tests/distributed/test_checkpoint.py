@@ -84,8 +84,8 @@ def test_sigkill_of_one_rank_restarts_resumes_and_ends_like_the_uninterrupted_ru
     assert final == reference
 
 
-def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrupted, tiny_dataset, tmp_path):
-    run_dir = tmp_path / "preempted"
+def preempt(run_dir, dataset, *extra) -> Path:
+    """Start a 2-rank run, SIGTERM its agent once 5 steps are logged; the checkpoint it saved."""
     command = [
         sys.executable,
         "-m",
@@ -97,17 +97,24 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrup
         "0.2",
         "--run-dir",
         str(run_dir),
-        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+        *job(dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10", *extra),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and len(losses_by_step(run_dir) if (run_dir / "metrics.jsonl").exists() else {}) < 5:
+    while time.time() < deadline and len(losses_by_step(run_dir) if (run_dir / "metrics.jsonl").exists() else {}) < 2:
         time.sleep(0.2)
     agent.send_signal(signal.SIGTERM)
-    agent.communicate(timeout=120)
+    _, stderr = agent.communicate(timeout=120)
+    assert agent.returncode != 0 and "stopped by a signal" in stderr, stderr[-3000:]
     saved = CheckpointManager(run_dir / "checkpoints").latest()
-    assert saved is not None and 5 <= int(saved.name.split("-")[1]) < STEPS, saved
+    assert saved is not None and 2 <= int(saved.name.split("-")[1]) < STEPS, saved
+    return saved
+
+
+def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrupted, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "preempted"
+    preempt(run_dir, tiny_dataset)
     torchrun(
         2,
         "dimerec_dist.train",
@@ -116,6 +123,31 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrup
         *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
     )
     assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
+
+
+def test_a_stop_is_honoured_at_the_next_read_of_the_device_and_saves_there(uninterrupted, tiny_dataset, tmp_path):
+    """Steps run without reading the device back; the stop flags travel with the losses every
+    train.log_every steps, so a SIGTERM stops the run at the next multiple of log_every."""
+    run_dir = tmp_path / "preempted"
+    saved = preempt(run_dir, tiny_dataset, "train.log_every=4")
+    assert int(saved.name.split("-")[1]) % 4 == 0, saved
+    logged = sorted(losses_by_step(run_dir))
+    assert logged and all(step % 4 == 0 for step in logged), logged
+    torchrun(
+        2,
+        "dimerec_dist.train",
+        "--run-dir",
+        str(run_dir),
+        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10", "train.log_every=4"),
+    )
+    # Each logged loss is the mean of the 4 steps before it: the uninterrupted run's, step by step.
+    every_step = losses_by_step(uninterrupted)
+    for step, loss in losses_by_step(run_dir).items():
+        assert loss == pytest.approx(sum(every_step[s] for s in range(step - 3, step + 1)) / 4, rel=1e-9), step
+    final = json.loads((run_dir / "final.json").read_text())
+    reference = json.loads((uninterrupted / "final.json").read_text())
+    final.pop("latency"), reference.pop("latency")
+    assert final == reference
 
 
 def table_and_momentum(checkpoint, tmp_path, name):
