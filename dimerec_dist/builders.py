@@ -21,6 +21,7 @@ from dimerec_dist.data.schema import Manifest
 from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.distributed.process_group import DistContext
 from dimerec_dist.distributed.sharding import plan_sharding, shard_model
+from dimerec_dist.distributed.topology import Cluster, this_cluster
 from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
 from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes
 
@@ -39,12 +40,12 @@ class TrainingParts:
     table_optimizer: torch.optim.Optimizer | None  # only for a data-parallel table (else fused into backward)
 
 
-def sparse_optimizer(config: JobConfig, ctx: DistContext) -> tuple[type, dict]:
-    """The optimizer TorchRec fuses into the table's backward pass."""
+def sparse_optimizer(config: JobConfig, device_type: str) -> tuple[type, dict]:
+    """The optimizer TorchRec fuses into the table's backward pass on `device_type` (cuda, cpu)."""
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     kind, lr = config.train.sparse_optimizer, config.train.sparse_lr
-    if kind == "adam" and ctx.device.type != "cuda":
+    if kind == "adam" and device_type != "cuda":
         raise ConfigError("train.sparse_optimizer=adam is fused only on GPU; use rowwise_adagrad or sgd on CPU")
     return {
         "rowwise_adagrad": (RowWiseAdagrad, {"lr": lr, "eps": 1e-8}),
@@ -53,17 +54,47 @@ def sparse_optimizer(config: JobConfig, ctx: DistContext) -> tuple[type, dict]:
     }[kind]
 
 
-def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Path | None):
-    """The sharded model: plan, shard, then a deterministic table init that any world size repeats."""
+def ids_per_sample(config: JobConfig, batch_per_rank: int) -> list[float]:
+    """What each feature of the table reads per sample, for the planner's estimates: a history
+    (at most max_history ids), the target, and the step's shared negatives spread over the batch."""
+    return [float(config.model.max_history), 1.0, config.train.negatives / max(1, batch_per_rank)]
+
+
+def plan_table(module: ShardedDimeRec, config: JobConfig, cluster: Cluster, group=None):
+    """TorchRec's plan for the item table of `module` on `cluster` (distributed.sharding.plan_sharding)."""
+    batch_per_rank = max(1, config.train.batch_size // cluster.world_size)
+    return plan_sharding(
+        module,
+        TABLE_NAME,
+        config.sharding.type,
+        cluster,
+        column_block=config.sharding.column_block,
+        kernel=config.sharding.kernel,
+        cache_load_factor=config.sharding.cache_load_factor,
+        batch_per_rank=batch_per_rank,
+        ids_per_sample=ids_per_sample(config, batch_per_rank),
+        group=group,
+    )
+
+
+def table_module(config: JobConfig, num_items: int, device_type: str) -> ShardedDimeRec:
+    """The unsharded model, its table on the meta device with its fused optimizer attached."""
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
     torch.manual_seed(config.seed)  # dense weights: identical on every rank and every world size
     module = ShardedDimeRec(config.model, num_items, in_batch_negatives=config.train.in_batch_negatives)
-    optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
+    optimizer_class, optimizer_args = sparse_optimizer(config, device_type)
     apply_optimizer_in_backward(optimizer_class, module.item_table.parameters(), optimizer_args)
-    plan, sharders, estimate = plan_sharding(
-        module, TABLE_NAME, config.sharding.type, ctx, config.sharding.column_block
-    )
+    return module
+
+
+def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Path | None):
+    """The sharded model: plan, shard, then a deterministic table init that any world size repeats."""
+    if ctx.device.type != "cuda" and config.sharding.kernel not in ("auto", "fused"):
+        raise ConfigError(f"sharding.kernel={config.sharding.kernel} needs a GPU; on CPU use auto or fused")
+    module = table_module(config, num_items, ctx.device.type)
+    cluster = this_cluster(ctx.world_size, ctx.device, config.sharding)
+    plan, sharders, estimate = plan_table(module, config, cluster, group=dist.GroupMember.WORLD)
     model = shard_model(module, plan, sharders, ctx, find_unused_parameters=not config.model.trains_dam)
     shards = local_row_shards(model, TABLE_STATE_KEY)
     init_table_deterministically(shards, config.model.embedding_dim, config.seed, config.train.embedding_init)
@@ -72,10 +103,13 @@ def build_model(config: JobConfig, num_items: int, ctx: DistContext, run_dir: Pa
     if ctx.is_main:
         lines = [
             f"rank {r}: {_pieces(pieces)}, table + optimizer state {_size(measured)} measured, "
-            f"planner estimate {_size(estimate.get(r, 0))}"
+            f"planner estimate {_estimate(estimate.get(r), ctx.device.type)}"
             for r, (pieces, measured) in enumerate(held)
         ]
-        summary = f"{plan}\n\nmemory per rank ({config.sharding.type}, {ctx.world_size} ranks):\n" + "\n".join(lines)
+        summary = (
+            f"{plan}\n\nplanned for {cluster.describe()}\n"
+            f"memory per rank ({config.sharding.type}, {ctx.world_size} ranks):\n" + "\n".join(lines)
+        )
         log.info("sharding plan:\n%s", summary)
         if run_dir is not None:
             (run_dir / "sharding_plan.txt").write_text(summary + "\n")
@@ -88,7 +122,7 @@ def replicated_table_optimizer(model, config: JobConfig, ctx: DistContext) -> to
     the configured sparse optimizer steps it after backward, like the dense one."""
     if config.sharding.type != "data_parallel":
         return None
-    optimizer_class, optimizer_args = sparse_optimizer(config, ctx)
+    optimizer_class, optimizer_args = sparse_optimizer(config, ctx.device.type)
     table = [p for name, p in model.named_parameters() if name.endswith(TABLE_STATE_KEY)]
     if len(table) != 1:
         raise RuntimeError(f"expected the data-parallel table among the parameters, found {len(table)}")
@@ -138,6 +172,15 @@ def check_protocol(config: JobConfig, manifest: Manifest) -> None:
             f"{manifest.root} was prepared with the {manifest.protocol} split, the job asks for "
             f"data.split={config.data.split}; set data.split={manifest.protocol} or prepare it again"
         )
+
+
+def _estimate(estimate, device_type: str) -> str:
+    """The planner's bytes for a rank: device memory on GPU (and host memory where it puts rows there)."""
+    if estimate is None:
+        return _size(0)
+    if device_type != "cuda":
+        return _size(estimate.host_bytes)
+    return _size(estimate.hbm_bytes) + (f" HBM + {_size(estimate.host_bytes)} host" if estimate.host_bytes else "")
 
 
 def _pieces(shapes: list[tuple[int, int]]) -> str:

@@ -35,6 +35,9 @@ class ModelConfig:
 
     embedding_dim: int = 64
     """d: the width of item embeddings, interests and the generated interest."""
+    table_dtype: str = "fp32"
+    """The item table's storage: fp32, or fp16 (half the memory; rows are read as fp32, and FBGEMM's
+    fused optimizer updates them in place)."""
     max_history: int = 50
     """How many of a user's latest items the GEM reads (older ones are dropped)."""
     gem: str = "comirec_sa"
@@ -109,6 +112,7 @@ class ModelConfig:
         _choice("model.grw_noise_scale", self.grw_noise_scale, GRW_NOISE_SCALES)
         _choice("model.reverse_noise_std", self.reverse_noise_std, REVERSE_NOISE_STDS)
         _choice("model.attention_positions", self.attention_positions, ATTENTION_POSITIONS)
+        _choice("model.table_dtype", self.table_dtype, TABLE_DTYPES)
         for key in (
             "embedding_dim",
             "max_history",
@@ -169,7 +173,13 @@ DATA_SPLITS = ("leave-one-out", "user")
 DATA_BACKENDS = ("local", "ray")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "sgd", "adam")
+TABLE_DTYPES = ("fp32", "fp16")
 SHARDING = ("row_wise", "table_wise", "column_wise", "data_parallel")
+# Where the table's rows live and how they are looked up (TorchRec's compute kernels): fused (in the
+# device's memory, optimizer fused into backward), fused_uvm (in host memory, read over PCIe by the
+# GPU), fused_uvm_caching (host memory with the hot rows cached in HBM: a table larger than the GPUs'
+# memory), or auto (the planner's choice among those).
+KERNELS = ("auto", "fused", "fused_uvm", "fused_uvm_caching")
 QUERY_MODES = ("auto", "dam", "gem", "dam+gem")
 
 
@@ -334,11 +344,31 @@ class ShardingConfig:
     column_block: int = 0
     """column_wise: columns per block, a multiple of 4 (0: embedding_dim / world size). Row-wise Adagrad
     keeps one accumulator per row per block, so the width is part of the optimizer state."""
+    kernel: str = "auto"
+    """Where the table's rows live (TorchRec's compute kernel): fused (device memory), fused_uvm (host
+    memory, read by the GPU), fused_uvm_caching (host memory, hot rows cached in HBM: for a table larger
+    than the GPUs' memory), or auto (the planner picks what fits). CPU: auto or fused."""
+    cache_load_factor: float = 0.2
+    """fused_uvm_caching: the share of the table's rows the HBM cache holds (0 < x <= 1)."""
+    hbm_gb: float = 0.0
+    """HBM per GPU the planner may use, in GB (0: the GPU's own)."""
+    host_memory_gb: float = 0.0
+    """Host memory per rank the planner may use, in GB (0: the node's memory / ranks on the node)."""
+    intra_host_gbps: float = 0.0
+    """Bandwidth between the GPUs of a node, GB/s, for the planner's estimate (0: TorchRec's default)."""
+    inter_host_gbps: float = 0.0
+    """Bandwidth between nodes per GPU, GB/s, for the planner's estimate (0: TorchRec's default)."""
 
     def validate(self) -> None:
         _choice("sharding.type", self.type, SHARDING)
         if self.column_block < 0 or self.column_block % 4:
             raise ConfigError(f"sharding.column_block={self.column_block} must be 0 or a positive multiple of 4")
+        _choice("sharding.kernel", self.kernel, KERNELS)
+        if not 0 < self.cache_load_factor <= 1:
+            raise ConfigError(f"sharding.cache_load_factor={self.cache_load_factor} must be in (0, 1]")
+        for key in ("hbm_gb", "host_memory_gb", "intra_host_gbps", "inter_host_gbps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"sharding.{key}={getattr(self, key)} must be >= 0")
 
 
 @dataclass
@@ -559,6 +589,12 @@ NOT_LEARNED = {
     ("eval", "batch_size"),
     ("sharding", "type"),
     ("sharding", "column_block"),
+    ("sharding", "kernel"),
+    ("sharding", "cache_load_factor"),
+    ("sharding", "hbm_gb"),
+    ("sharding", "host_memory_gb"),
+    ("sharding", "intra_host_gbps"),
+    ("sharding", "inter_host_gbps"),
 }
 
 

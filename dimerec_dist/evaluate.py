@@ -30,7 +30,9 @@ ROW_CHUNK = 1 << 14
 
 
 def score_block(queries: torch.Tensor, rows: torch.Tensor, cosine: bool) -> torch.Tensor:
-    """(U, Q, d) queries against (R, d) rows -> (U, R): the best of each user's Q queries."""
+    """(U, Q, d) queries against (R, d) rows -> (U, R): the best of each user's Q queries.
+    Rows stored in fp16 (model.table_dtype) are scored in the queries' fp32."""
+    rows = rows.to(queries.dtype)
     if cosine:
         queries, rows = F.normalize(queries, dim=-1), F.normalize(rows, dim=-1)
     return torch.einsum("uqd,rd->uqr", queries, rows).amax(dim=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec import EmbeddingCollection, EmbeddingConfig
+from torchrec import DataType, EmbeddingCollection, EmbeddingConfig
 
 from dimerec_dist.config import ModelConfig
 from dimerec_dist.data.batch import FEATURES, Batch
@@ -63,6 +63,7 @@ class ShardedDimeRec(nn.Module):
                     embedding_dim=config.embedding_dim,
                     num_embeddings=num_items + 1,
                     feature_names=list(FEATURES),
+                    data_type=DataType.FP16 if config.table_dtype == "fp16" else DataType.FP32,
                 )
             ],
             device=device,

@@ -1,55 +1,91 @@
-"""Sizing on paper: a 10^9-item table on 8 to 256 GPUs.
+"""Sizing a 10^9-item table on 8 to 256 GPUs: TorchRec's planner (dimerec-plan) beside the hand arithmetic.
 
-    python tools/sizing.py [--items 1e9] [--dims 64 128] [--hbm-gb 80] [--batch-per-gpu 256]
+    python tools/sizing.py                                  # writes the tables of docs/SIZING.md
+    python tools/sizing.py --items 3e8 --dims 64 --hbm-gb 141 --gpus 8 16
 
-Per row: fp32 weights (4 d bytes) plus row-wise Adagrad's one fp32 accumulator (4 bytes).
-Row-wise sharding splits rows evenly, so each GPU holds 1/N of the table. Per step and
-GPU, the lookups are its samples' histories and targets plus the step's shared
-negatives; with row-wise sharding a fraction (N-1)/N of them live on other GPUs, so the
-all-to-all moves that share of the ids (8 bytes) forward, the embeddings (4 d bytes)
-forward and their gradients (4 d bytes) backward. Prints a Markdown table.
+For each embedding width and cluster (nodes of 8 GPUs), the planner plans the job's table
+as dimerec-train would on that cluster (dimerec_dist/plan_cli.py: the job's model on the
+meta device, the topology from the sizes given), once with the kernel it picks (auto) and,
+where the table does not fit the GPUs' memory, with UVM caching. Beside it, the arithmetic
+the planner replaces: per row, fp32 weights (4 d bytes) plus row-wise Adagrad's one fp32
+accumulator (4 bytes), spread evenly over the GPUs; and the all-to-all per GPU and step for
+row-wise sharding: the share (N-1)/N of the lookups that live on other GPUs moves its ids
+(8 bytes) forward, its rows (4 d bytes) forward and their gradients (4 d bytes) backward.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from dimerec_dist.config import ConfigError
+    from dimerec_dist.distributed.topology import GB
+    from dimerec_dist.plan_cli import parser as plan_parser
+    from dimerec_dist.plan_cli import plan_cluster
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=float, default=1e9)
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
-    parser.add_argument("--hbm-gb", type=float, default=80.0, help="memory per GPU (H100: 80)")
-    parser.add_argument("--table-share", type=float, default=0.7, help="share of HBM the table may use")
-    parser.add_argument("--batch-per-gpu", type=int, default=256)
-    parser.add_argument("--history", type=int, default=50, help="mean history length per sample")
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--hbm-gb", type=float, default=80.0, help="memory per GPU (H100: 80, H200: 141)")
+    parser.add_argument("--host-memory-gb", type=float, default=2000.0, help="host memory per node")
+    parser.add_argument("--batch-per-gpu", type=int, default=4096)
+    parser.add_argument("--history", type=int, default=50, help="model.max_history")
     parser.add_argument("--negatives", type=int, default=1024)
+    parser.add_argument("--cache-load-factor", type=float, default=0.2)
     args = parser.parse_args()
+    items = int(args.items)
     lookups = args.batch_per_gpu * (args.history + 1) + args.negatives
     print(
-        f"{args.items:.0e} items; {lookups:,} lookups per GPU per step (batch {args.batch_per_gpu} x "
-        f"(history {args.history} + target) + {args.negatives} negatives); table may use "
-        f"{args.table_share:.0%} of {args.hbm_gb:.0f} GB.\n"
+        f"{items:,} items, row-wise, row-wise Adagrad, fp32; nodes of {args.gpus_per_node} GPUs with "
+        f"{args.hbm_gb:.0f} GB of HBM each and {args.host_memory_gb:,.0f} GB of host memory; {args.batch_per_gpu:,} "
+        f"samples per GPU (history {args.history}, {args.negatives:,} shared negatives: {lookups:,} lookups per GPU "
+        f"per step). Planner: TorchRec's, leaving 15% of each memory to the rest of the job.\n"
     )
     print(
-        "| d | bytes/row (fp32 + row-wise Adagrad) | whole table | GPUs | table per GPU | fits | "
-        "all-to-all per GPU per step (fwd ids + fwd emb + bwd grads) |"
+        "| d | GPUs | by hand: table per GPU | all-to-all per GPU per step | planner: kernel | HBM per GPU "
+        "| host per GPU | planner's embedding time per step |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for d in args.dims:
-        row_bytes = 4 * d + 4
-        table = args.items * row_bytes
+    print("|---|---|---|---|---|---|---|---|")
+    for dim in args.dims:
         for gpus in args.gpus:
-            per_gpu = table / gpus
+            nodes = max(1, gpus // args.gpus_per_node)
+            per_node = min(gpus, args.gpus_per_node)
             remote = lookups * (gpus - 1) / gpus
-            wire = remote * (8 + 4 * d + 4 * d)
-            fits = "yes" if per_gpu <= args.hbm_gb * 1e9 * args.table_share else "no"
-            print(
-                f"| {d} | {row_bytes} | {table / 1e9:,.0f} GB | {gpus} | {per_gpu / 1e9:,.1f} GB | {fits} | "
-                f"{wire / 1e6:.1f} MB |"
-            )
+            all_to_all = remote * (8 + 4 * dim + 4 * dim)
+            by_hand = (items + 1) * (4 * dim + 4) / gpus
+            for kernel in ("auto", "fused_uvm_caching"):
+                plan_args = plan_parser().parse_args(
+                    [
+                        *("--nodes", str(nodes), "--gpus-per-node", str(per_node)),
+                        *("--hbm-gb", str(args.hbm_gb), "--host-memory-gb", str(args.host_memory_gb)),
+                        *("--items", str(items), "--dim", str(dim), "--optimizer", "rowwise_adagrad"),
+                        *("--kernel", kernel, "--cache-load-factor", str(args.cache_load_factor)),
+                        *("--batch-size", str(args.batch_per_gpu * gpus)),
+                        f"model.max_history={args.history}",
+                        f"train.negatives={args.negatives}",
+                    ]
+                )
+                hand = f"| {dim} | {gpus} | {by_hand / GB:,.1f} GB | {all_to_all / 1e6:.1f} MB |"
+                try:
+                    planned = plan_cluster(plan_args)
+                except ConfigError:
+                    print(f"{hand} {kernel}: no plan fits | | | |")
+                    continue
+                estimate = planned.estimate.values()
+                hbm, host = max(e.hbm_bytes for e in estimate) / GB, max(e.host_bytes for e in estimate) / GB
+                perf = max(e.perf_ms for e in estimate)
+                print(f"{hand} {', '.join(planned.kernels)} | {hbm:,.1f} GB | {host:,.1f} GB | {perf:.1f} ms |")
+                if "fused_uvm_caching" in planned.kernels or kernel == "fused_uvm_caching":
+                    break
+                if by_hand < 0.5 * args.hbm_gb * GB:
+                    break  # fits well in HBM: the caching plan adds nothing to read
     return 0
 
 

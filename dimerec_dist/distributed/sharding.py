@@ -16,6 +16,7 @@ with SGD, which, unlike Adagrad, would show a wrong scale).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -23,24 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import ParameterConstraints
-from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.distributed.types import CacheParams, ShardingPlan, ShardingType
 
+from dimerec_dist.config import KERNELS
 from dimerec_dist.distributed.private_api import chosen_sharding_options, sharded_lookups
 from dimerec_dist.distributed.process_group import DistContext
-from dimerec_dist.library_noise import drop_log_message, drop_warning
+from dimerec_dist.distributed.topology import Cluster
+from dimerec_dist.library_noise import drop_warning
 
 # TorchRec's own DDP wrapper passes broadcast_buffers=False, which torch deprecates: not ours to change.
 drop_warning("`broadcast_buffers` is deprecated")
-# The planner's default storage reservation, and its dense-size estimate on an unmaterialised (meta)
-# model, are what TorchRec 1.8 does unasked; issue #41 gives the planner the machine's real sizes.
-drop_warning("HeuristicalStorageReservation is known to cause issues")
-drop_log_message(
-    "torchrec.distributed.planner.storage_reservations",
-    "There is a known issue with TorchRec's dense tensor size calculation",
-)
-drop_log_message("torchrec.distributed.planner.types", "The topology was constructed directly")
 
 SHARDING_TYPES = {
     "row_wise": ShardingType.ROW_WISE.value,
@@ -48,33 +44,74 @@ SHARDING_TYPES = {
     "column_wise": ShardingType.COLUMN_WISE.value,
     "data_parallel": ShardingType.DATA_PARALLEL.value,
 }
+# Memory the planner leaves to everything that is not the table (dense model, activations, buffers):
+# TorchRec's default margin, without its heuristic dense-size estimate, which is wrong on a meta model.
+RESERVED_FRACTION = 0.15
+
+
+@dataclass
+class ShardingEstimate:
+    """The planner's estimate for one rank: bytes in device and host memory, and its step time."""
+
+    hbm_bytes: int = 0
+    host_bytes: int = 0
+    perf_ms: float = 0.0
 
 
 def plan_sharding(
-    module: nn.Module, table_name: str, sharding_type: str, ctx: DistContext, column_block: int = 0
-) -> tuple[ShardingPlan, list, dict[int, int]]:
-    """The planner's plan for the table, its sharders, and (on rank 0) its memory estimate
-    per rank in bytes (device memory on GPU, host memory on CPU)."""
+    module: nn.Module,
+    table_name: str,
+    sharding_type: str,
+    cluster: Cluster,
+    *,
+    column_block: int = 0,
+    kernel: str = "auto",
+    cache_load_factor: float = 0.2,
+    batch_per_rank: int | None = None,
+    ids_per_sample: list[float] | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> tuple[ShardingPlan, list, dict[int, ShardingEstimate]]:
+    """The planner's plan for the table on `cluster`, its sharders, and its estimate per rank.
+    `ids_per_sample`: mean ids each feature of the table reads per sample (the planner's pooling
+    factors). With `group`, every rank of it plans and rank 0's plan is used (collective_plan);
+    without, it plans for a cluster that need not exist (dimerec-plan)."""
     if sharding_type not in SHARDING_TYPES:
         raise ValueError(f"unknown sharding type {sharding_type!r} ({', '.join(SHARDING_TYPES)})")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown compute kernel {kernel!r} ({', '.join(KERNELS)})")
     sharders = [EmbeddingCollectionSharder()]  # the optimizer comes from apply_optimizer_in_backward
-    topology = Topology(world_size=ctx.world_size, compute_device=ctx.device.type)
     # Column-wise: TorchRec's default column block is as wide as the table for d <= 128, which would put
     # the whole table on one rank; by default one block per rank spreads it (a multiple of 4 wide).
     min_partition = None
     if sharding_type == "column_wise":
-        min_partition = resolved_column_block(column_block, _table_dim(module, table_name), ctx.world_size)
-    constraints = {
-        table_name: ParameterConstraints(sharding_types=[SHARDING_TYPES[sharding_type]], min_partition=min_partition)
-    }
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-    plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
-    estimate: dict[int, int] = {}
+        min_partition = resolved_column_block(column_block, _table_dim(module, table_name), cluster.world_size)
+    constraint = ParameterConstraints(
+        sharding_types=[SHARDING_TYPES[sharding_type]],
+        min_partition=min_partition,
+        compute_kernels=None if kernel == "auto" else [kernel],
+        cache_params=CacheParams(load_factor=cache_load_factor) if kernel in ("auto", "fused_uvm_caching") else None,
+    )
+    if ids_per_sample is not None:
+        constraint.pooling_factors = list(ids_per_sample)
+    planner = EmbeddingShardingPlanner(
+        topology=cluster.topology(),
+        batch_size=batch_per_rank,
+        constraints={table_name: constraint},
+        storage_reservation=FixedPercentageStorageReservation(RESERVED_FRACTION),
+        debug=False,
+    )
+    plan = planner.plan(module, sharders) if group is None else planner.collective_plan(module, sharders, group)
+    estimate: dict[int, ShardingEstimate] = {}
     for option in chosen_sharding_options(planner):
         for shard in option.shards:
-            if shard.rank is not None and shard.storage is not None:
-                used = shard.storage.hbm if ctx.device.type == "cuda" else shard.storage.ddr
-                estimate[shard.rank] = estimate.get(shard.rank, 0) + int(used)
+            if shard.rank is None:
+                continue
+            rank = estimate.setdefault(shard.rank, ShardingEstimate())
+            if shard.storage is not None:
+                rank.hbm_bytes += int(shard.storage.hbm)
+                rank.host_bytes += int(shard.storage.ddr)
+            if shard.perf is not None:
+                rank.perf_ms += float(shard.perf.total)
     return plan, sharders, estimate
 
 

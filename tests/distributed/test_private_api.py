@@ -11,6 +11,7 @@ from dimerec_dist.config import load_config
 from dimerec_dist.distributed import private_api
 from dimerec_dist.distributed.process_group import init_distributed, shutdown
 from dimerec_dist.distributed.sharding import plan_sharding
+from dimerec_dist.distributed.topology import Cluster
 from dimerec_dist.sharded_model import TABLE_NAME, ShardedDimeRec
 
 
@@ -46,13 +47,14 @@ def test_the_planner_keeps_its_chosen_options_with_storage_estimates(one_rank):
 
     config = load_config(None, ["model.embedding_dim=16"])
     module = ShardedDimeRec(config.model, 100)
-    planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"))
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu", created_by_factory=True))
     planner.collective_plan(module, [EmbeddingCollectionSharder()], torch.distributed.GroupMember.WORLD)
     assert hasattr(planner, "_best_plan"), "EmbeddingShardingPlanner._best_plan is gone"
     options = private_api.chosen_sharding_options(planner)
     assert options and all(shard.storage is not None for option in options for shard in option.shards)
-    _, _, estimate = plan_sharding(module, TABLE_NAME, "row_wise", one_rank)
-    assert estimate.get(0, 0) > 0
+    cluster = Cluster(world_size=1, local_world_size=1, compute_device="cpu", hbm_bytes=0, host_bytes=10**10)
+    _, _, estimate = plan_sharding(module, TABLE_NAME, "row_wise", cluster)
+    assert estimate[0].host_bytes > 0 and estimate[0].perf_ms > 0
 
 
 def test_sharded_modules_keep_their_lookups_and_sharded_tensors_copy_to_cpu(one_rank):

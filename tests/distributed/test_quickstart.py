@@ -33,7 +33,7 @@ def test_quickstart_learns_far_beyond_popularity_and_recovers_planted_interests(
         for line in done.stderr.splitlines()
         if line.strip()
         and " dimerec." not in line
-        and not line.startswith(("module:", "param ", "----- ", "item ", "memory per rank", "rank "))
+        and not line.startswith(("module:", "param ", "----- ", "item ", "planned for ", "memory per rank", "rank "))
     ]
     assert foreign == [], "\n".join(foreign[:10])
     final = json.loads((run_dir / "final.json").read_text())
