@@ -63,6 +63,8 @@ class StepRunner:
         self.model, self.ctx, self.seed = parts.model, ctx, config.seed
         self.optimizer = StepOptimizer(parts, config.train.grad_clip)
         self.autocast = precision_context(config.train.precision, ctx.device)
+        if ctx.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matmuls that remain
         self.step = 0  # the global step `progress` runs next (its dropout draws depend on it)
         self._last: DimeRecLosses | None = None
 

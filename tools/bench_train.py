@@ -101,6 +101,22 @@ def log_chunks(seed: int, step: int, batch: int, rows: slice, max_history: int, 
     return cut_chunks(flat, starts, ends, max_history, chunk_targets), flat[ends]
 
 
+def profile_summary(profiler, elapsed_s: float, steps: int, device_type: str) -> dict[str, float]:
+    """Per timed step, from a torch.profiler run: wall time, CPU time in operators (all host threads,
+    self time, so nothing counted twice) and, on a GPU, the kernels' time and the share of the wall
+    time the device had no kernel (an upper bound of its idle time where streams overlap)."""
+    events = profiler.key_averages()
+    summary = {
+        "wall_ms_per_step": 1000 * elapsed_s / steps,
+        "host_op_ms_per_step": sum(e.self_cpu_time_total for e in events) / 1000 / steps,
+    }
+    if device_type == "cuda":
+        device_ms = sum(e.self_device_time_total for e in events) / 1000 / steps
+        summary["device_kernel_ms_per_step"] = device_ms
+        summary["device_idle_share"] = max(0.0, 1 - device_ms / summary["wall_ms_per_step"])
+    return summary
+
+
 class TimedIterator:
     """An iterator that adds up the time its consumer spends waiting in next()."""
 
@@ -223,7 +239,10 @@ def run_cell(args) -> None:
             dist.barrier()
             timed_from, source.seconds, read_seconds = time.time(), 0.0, 0.0
             if args.profile:
-                profiler = torch.profiler.profile()
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if ctx.device.type == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                profiler = torch.profiler.profile(activities=activities)
                 profiler.__enter__()
         losses = trainer.steps.progress(source, step)
         step_losses.append(losses.total.detach())
@@ -243,11 +262,15 @@ def run_cell(args) -> None:
     global_losses = torch.stack(step_losses).float()  # each rank's mean loss per step: read once, at the end
     dist.all_reduce(global_losses)
     losses_by_step = (global_losses / ctx.world_size).cpu().tolist()
+    profile = None
     if profiler is not None:  # where a step's time goes (timed steps only): the top operators of rank 0
         profiler.__exit__(None, None, None)
+        profile = profile_summary(profiler, elapsed, args.steps, ctx.device.type)
         if ctx.is_main:
-            table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
-            Path(args.result).with_suffix(".profile.txt").write_text(table)
+            sort_by = "self_device_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
+            table = profiler.key_averages().table(sort_by=sort_by, row_limit=20, max_name_column_width=60)
+            summary = "\n".join(f"{key}: {value:.3f}" for key, value in profile.items())
+            Path(args.result).with_suffix(".profile.txt").write_text(summary + "\n\n" + table)
     measured = [None] * ctx.world_size
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak_device = torch.cuda.max_memory_allocated() if ctx.device.type == "cuda" else 0
@@ -275,6 +298,7 @@ def run_cell(args) -> None:
             "ms_per_step": 1000 * elapsed / args.steps,
             "data_ms_per_step": 1000 * source.seconds / args.steps,
             "read_ms_per_step": 1000 * read_seconds / args.steps,
+            "profile": profile,
         }
         if args.mode:
             result.update(
