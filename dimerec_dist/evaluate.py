@@ -29,13 +29,33 @@ log = logging.getLogger("dimerec.eval")
 ROW_CHUNK = 1 << 14
 
 
-def score_block(queries: torch.Tensor, rows: torch.Tensor, cosine: bool) -> torch.Tensor:
+def score_block(
+    queries: torch.Tensor, rows: torch.Tensor, cosine: bool, row_scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """(U, Q, d) queries against (R, d) rows -> (U, R): the best of each user's Q queries.
-    Rows stored in fp16 (model.table_dtype) are scored in the queries' fp32."""
-    rows = rows.to(queries.dtype)
+
+    One matrix product reading each row once; each row's score is then multiplied by its scale:
+    for cosine, 1 / ||row|| (row_scales; computed here unless given, as serving gives it once for
+    the whole table), so no normalised copy of the rows is made. Rows stored in fp16 or int8 are
+    scored in the queries' fp32. Evaluation and serving both score with this function, which is
+    what keeps their top-k identical."""
     if cosine:
-        queries, rows = F.normalize(queries, dim=-1), F.normalize(rows, dim=-1)
-    return torch.einsum("uqd,rd->uqr", queries, rows).amax(dim=1)
+        queries = F.normalize(queries, dim=-1)
+        if row_scale is None:
+            row_scale = row_scales(rows, cosine)
+    users, per_user, dim = queries.shape
+    scores = torch.mm(queries.reshape(-1, dim), rows.to(queries.dtype).T)
+    if row_scale is not None:
+        scores = scores * row_scale
+    return scores.view(users, per_user, -1).amax(dim=1)
+
+
+def row_scales(rows: torch.Tensor, cosine: bool) -> torch.Tensor | None:
+    """What score_block multiplies each row's score by: 1 / ||row|| for cosine scores (as
+    F.normalize, with its floor on the norm), nothing for inner products."""
+    if not cosine:
+        return None
+    return 1.0 / torch.linalg.vector_norm(rows.float(), dim=-1).clamp_min(1e-12)
 
 
 def mask_rows(scores: torch.Tensor, first_row: int, seen: torch.Tensor | None) -> torch.Tensor:

@@ -10,6 +10,10 @@ test users (or random histories from the bundle's vocabulary without --data) unt
 --requests answers or --seconds pass, whichever comes first. Client and server share the
 machine's cores, as on a one-box deployment. "open" is the time to open the bundle as the
 server does (memory maps, no reads); "start" is the server process's start to listening.
+Exact search reads the whole table per query batch: the tool measures this machine's memory
+bandwidth with a plain copy (numpy, STREAM's convention: bytes read plus bytes written) and
+reports the bytes an exact query scans and the time that scan takes at that bandwidth, beside
+the measured p50.
 `--max-batch 1` turns the server's micro-batching off. Writes results.json, results.md and a plot.
 """
 
@@ -44,6 +48,18 @@ def histories_from(bundle_dir: Path, data: str | None, count: int, seed: int = 0
         return [bundle.raw_ids(users.items[users.offsets[r] : users.offsets[r + 1]]) for r in rows]
     rng = np.random.default_rng(seed)
     return [bundle.raw_ids(rng.integers(1, bundle.num_items + 1, rng.integers(5, 51))) for _ in range(count)]
+
+
+def copy_bandwidth(size: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Bytes per second of a plain copy of `size` bytes (read + written), the best of `repeats`."""
+    source = np.ones(size // 8, np.float64)
+    target = np.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size / best
 
 
 def start_server(bundle: Path, threads: int, max_batch: int) -> tuple[subprocess.Popen, int, float]:
@@ -136,6 +152,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     from dimerec_dist.serving.bundle import Bundle
+    from dimerec_dist.serving.exact_search import ExactSearch
+
+    bandwidth = copy_bandwidth()
+    print(f"memory bandwidth (plain copy): {bandwidth / 1e9:.1f} GB/s", flush=True)
 
     for bundle in args.bundles:
         manifest = json.loads((bundle / "bundle.json").read_text())
@@ -145,6 +165,9 @@ def main() -> None:
         verifying = time.time()
         Bundle(bundle)  # open and verify every checksum: what dimerec-serve does by default
         verify_s = time.time() - verifying
+        opened_bundle = Bundle(bundle, verify=False)
+        scan_bytes = ExactSearch(opened_bundle.parts, opened_bundle.cosine).table_bytes
+        scan_ms = 1000 * scan_bytes / bandwidth
         histories = histories_from(bundle, args.data, 2000)
         server, port, start_s = start_server(bundle, args.threads, args.max_batch)
         try:
@@ -160,12 +183,16 @@ def main() -> None:
                     verify_s=round(verify_s, 3),
                     start_s=round(start_s, 2),
                     max_batch=args.max_batch,
+                    scan_bytes=scan_bytes,
+                    scan_ms=round(scan_ms, 2),
+                    bandwidth_gb_s=round(bandwidth / 1e9, 2),
                 )
                 results.append(result)
                 print(
                     f"{bundle} ({manifest['dtype']}, {manifest['steps']} step(s)) concurrency {level}: "
                     f"{result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-                    f"{result['errors']} errors",
+                    f"{result['errors']} errors; an exact scan of {scan_bytes / 2**20:,.0f} MiB: {scan_ms:.1f} ms "
+                    f"at {bandwidth / 1e9:.1f} GB/s",
                     flush=True,
                 )
         finally:
@@ -174,13 +201,14 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     rows = [
         "| bundle | items | dtype | steps | open (s) | verify (s) | start (s) | concurrency | requests | req/s "
-        "| p50 (ms) | p99 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| p50 (ms) | p99 (ms) | scanned per exact query (MiB) | scan at memory bandwidth (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows += [
         f"| {Path(r['bundle']).name} | {r['items']:,} | {r['dtype']} | {r['steps']} | {r['open_s']} | "
         f"{r['verify_s']} | {r['start_s']} | "
-        f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} |"
+        f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
+        f"{r['scan_bytes'] / 2**20:,.0f} | {r['scan_ms']} |"
         for r in results
     ]
     (args.out / "results.md").write_text("\n".join(rows) + "\n")

@@ -1,14 +1,13 @@
 """Recommendations from a bundle: raw item ids in, raw item ids and scores out.
 
-Exact search scores every row of the memory-mapped table with the evaluation's own
-functions (evaluate.local_topk and score_block: same chunking, masking and tie-break by
-the smaller id), so its top-k equals dimerec-eval's for the same history and x_T.
+Exact search scores every row of the memory-mapped table in large blocks (exact_search.py)
+with the evaluation's own scoring, masking and tie-break by the smaller id, so its top-k
+equals dimerec-eval's for the same history and x_T.
 Approximate search asks the bundle's faiss index for more than k and drops seen items.
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
 from dataclasses import dataclass, field
 
@@ -17,10 +16,10 @@ import torch
 import yaml
 
 from dimerec_dist.data.samples import window
-from dimerec_dist.evaluate import local_topk, popularity_scores, score_block, user_starts
-from dimerec_dist.serving.bundle import Bundle, BundleError, TablePart
+from dimerec_dist.evaluate import popularity_scores, user_starts
+from dimerec_dist.serving.bundle import Bundle, BundleError
+from dimerec_dist.serving.exact_search import ExactSearch
 from dimerec_dist.serving.tower import history_start, load_tower
-from dimerec_dist.table_shards import RowShard
 
 
 class RequestError(ValueError):
@@ -56,6 +55,7 @@ class Recommender:
         config = yaml.safe_load(bundle.path(bundle.manifest["config"]).read_text())
         self.seed = int(config.get("seed", 0))
         self.max_history = bundle.manifest["max_history"]
+        self.exact = ExactSearch(bundle.parts, bundle.cosine)
         self.index = None
         if bundle.manifest.get("index"):
             import faiss
@@ -136,27 +136,8 @@ class Recommender:
         padded = np.zeros((len(seen), width), np.int64)
         for r, items in enumerate(seen):
             padded[r, : len(items)] = items
-        parts = self.bundle.parts
-        shards = [RowShard(part.first, 0, _as_tensor(part)) for part in parts]
-        values, ids = local_topk(shards, k, torch.from_numpy(padded), self._scorer(queries))
+        values, ids = self.exact.topk(queries, torch.from_numpy(padded), k)
         return ids.numpy(), values.numpy()
-
-    def _scorer(self, queries: torch.Tensor):
-        """score(rows, first) for evaluate.local_topk: rows [first, first + len) of some part, as
-        stored (float32, float16, or int8 with that part's per-row scales)."""
-        cosine, parts = self.bundle.cosine, self.bundle.parts
-        firsts = [part.first for part in parts]
-        scales = [None if part.scale is None else torch.from_numpy(np.asarray(part.scale)) for part in parts]
-
-        def score(rows: torch.Tensor, first: int) -> torch.Tensor:
-            index = bisect.bisect_right(firsts, first) - 1
-            rows = rows.float()  # a no-op for float32 parts
-            if scales[index] is not None:
-                local = first - firsts[index]
-                rows = rows * scales[index][local : local + rows.shape[0], None]
-            return score_block(queries, rows, cosine)
-
-        return score
 
     def _approximate(self, queries: torch.Tensor, seen: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         vectors = queries.reshape(-1, queries.shape[-1])  # (B * Q, d)
@@ -192,12 +173,3 @@ class Recommender:
         return Recommendation(
             self.bundle.raw_ids(top), np.asarray(self.bundle.popularity)[top].astype(float).tolist(), warnings
         )
-
-
-def _as_tensor(part: TablePart) -> torch.Tensor:
-    """The part's rows as a tensor sharing the memory map (no copy; read-only use)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we never write to it
-        return torch.from_numpy(part.rows)
