@@ -32,12 +32,12 @@ import torch.distributed as dist
 from dimerec_dist.checkpoint import CheckpointError
 from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
-from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
 from dimerec_dist.output_dir import OutputError, begin, check_target, publish, staging_path
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
+from dimerec_dist.serving.index_tuning import measure_index, tune_index
 from dimerec_dist.serving.tower import UserTower, export_tower
 from dimerec_dist.table_shards import scoring_shards
 
@@ -144,35 +144,6 @@ def build_index(staging: Path, dim: int, cosine: bool, kind: str, nprobe: int) -
     return {"file": "index.faiss", "kind": kind, "params": params, "build_s": round(time.time() - started, 2)}
 
 
-def measure_index(staging: Path, users: EvaluationUsers, limit: int = 1000) -> dict:
-    """recall@50 of the index against exact search, and the time per query of each, on test users."""
-    from dimerec_dist.serving.bundle import Bundle
-    from dimerec_dist.serving.recommender import Recommender, Request
-
-    bundle = Bundle(staging, verify=False)  # written by this job a moment ago; the server verifies it
-    recommender = Recommender(bundle)
-    count = min(limit, len(users))
-    histories, _, _ = users.batch(np.arange(count))
-    requests = [
-        Request(history=bundle.raw_ids(row[:length]), k=50, user=int(user))
-        for row, length, user in zip(histories.ids, histories.lengths, users.users[:count])
-    ]
-    timings, answers = {}, {}
-    for exact in (True, False):
-        started = time.time()
-        answers[exact] = [
-            r.items for r in recommender.recommend([Request(**{**q.__dict__, "exact": exact}) for q in requests])
-        ]
-        timings[exact] = (time.time() - started) / max(count, 1)
-    recall = float(np.mean([len(set(a) & set(e)) / max(len(e), 1) for a, e in zip(answers[False], answers[True])]))
-    return {
-        "recall@50": round(recall, 4),
-        "queries": count,
-        "exact_ms_per_query": round(1e3 * timings[True], 3),
-        "index_ms_per_query": round(1e3 * timings[False], 3),
-    }
-
-
 def export(
     run_dir: Path,
     out: Path,
@@ -182,11 +153,16 @@ def export(
     nprobe: int,
     overrides: list[str],
     overwrite: bool = False,
+    recall: float | None = None,
 ) -> dict:
+    """`recall`: the index's search setting is the cheapest that reaches this recall@50 on the
+    validation users (serving/index_tuning.py); None keeps --nprobe and HNSW's efSearch 128."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if index not in INDEX_KINDS:
         raise ConfigError(f"--index {index!r} is not one of {', '.join(INDEX_KINDS)}")
+    if recall is not None and (index == "none" or not 0 < recall <= 1):
+        raise ConfigError(f"--recall {recall} needs an --index and a value in (0, 1]")
     check_target(out, overwrite, "a serving bundle")
     loaded = load_run(run_dir, overrides)
     config, ctx = loaded.config, loaded.ctx
@@ -242,6 +218,16 @@ def export(
         if index != "none":
             manifest["index"] = build_index(staging, dim, config.model.cosine_logits, index, nprobe)
             _write_manifest(staging, manifest)
+            if recall is not None:
+                tuned = tune_index(staging, index, loaded.users("valid"), recall)
+                manifest["index"]["params"].update(tuned.pop("params"))
+                manifest["index"].update(tuned)
+                log.info(
+                    "index %s: %s chosen for recall@50 >= %g on validation users",
+                    index,
+                    manifest["index"]["params"],
+                    recall,
+                )
             manifest["index"].update(measure_index(staging, loaded.users("test")))
             log.info(
                 "index %s: recall@50 %.4f against exact search (%d test users), %.2f ms/query vs exact %.2f",
@@ -273,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help=f"item table storage: {', '.join(DTYPES)}")
     parser.add_argument("--index", default="none", help=f"approximate index: {', '.join(INDEX_KINDS)} (needs faiss)")
     parser.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")
+    parser.add_argument(
+        "--recall",
+        type=float,
+        default=None,
+        help="pick the index's search setting (HNSW efSearch, IVF nprobe) as the cheapest reaching this "
+        "recall@50 against exact search on the validation users, e.g. 0.95",
+    )
     parser.add_argument("--steps", type=int, default=None, help="reverse steps of the tower (default: the config's)")
     parser.add_argument(
         "--overwrite",
@@ -284,7 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         "dimerec-export",
         lambda: export(
-            args.run_dir, args.out, args.dtype, args.index, args.steps, args.nprobe, args.overrides, args.overwrite
+            args.run_dir,
+            args.out,
+            args.dtype,
+            args.index,
+            args.steps,
+            args.nprobe,
+            args.overrides,
+            args.overwrite,
+            recall=args.recall,
         ),
         (ConfigError, DataError, CheckpointError, BundleError, OutputError),
     )

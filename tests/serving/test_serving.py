@@ -332,3 +332,37 @@ def test_export_overwrite_replaces_the_bundle_whole(trained, tmp_path):
     assert json.loads((out / "bundle.json").read_text())["dtype"] == "float32"
     assert not (out / "stray.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     Bundle(out)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_export_picks_the_cheapest_search_setting_that_reaches_the_asked_recall(trained, kind):
+    """--recall: tried from cheap to costly on the validation users; the first that reaches the target
+    is written into the index, and the manifest reports recall and latency measured on the test users."""
+    pytest.importorskip("faiss")
+    root, run_dir = trained
+    out = root / f"recall-{kind}"
+    run(
+        "dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--index", kind, "--recall", "0.97"
+    )
+    index = json.loads((out / "bundle.json").read_text())["index"]
+    setting = "efSearch" if kind == "hnsw" else "nprobe"
+    tried = index["tuned_on_valid"]
+    assert index["target_recall@50"] == 0.97 and tried[-1]["recall@50"] >= 0.97
+    assert all(t["recall@50"] < 0.97 for t in tried[:-1]), "the cheapest setting that reaches the target"
+    assert [t[setting] for t in tried] == sorted(t[setting] for t in tried)
+    assert index["params"][setting] == tried[-1][setting]
+    assert index["recall@50"] >= 0.9 and index["index_ms_per_query"] > 0 and index["queries"] > 0
+    import faiss
+
+    written = faiss.read_index(str(out / "index.faiss"))
+    chosen = written.hnsw.efSearch if kind == "hnsw" else faiss.extract_index_ivf(written).nprobe
+    assert chosen == index["params"][setting], "the server searches with the chosen setting"
+
+
+def test_a_recall_without_an_index_or_out_of_range_is_refused(trained, tmp_path):
+    _, run_dir = trained
+    for extra in (["--recall", "0.9"], ["--index", "hnsw", "--recall", "1.5"]):
+        done = run(
+            "dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(tmp_path / "b"), *extra, check=False
+        )
+        assert done.returncode == 2 and "--recall" in done.stderr and not (tmp_path / "b").exists()
