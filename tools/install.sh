@@ -19,7 +19,8 @@ TORCHREC_NEEDS=(tensordict "torchmetrics==1.0.3" tqdm pyre-extensions)
 PROJECT_NEEDS=(
   "numpy>=1.26"
   "pyarrow>=15"
-  "ray==2.60.0"
+  "ray[serve]==2.60.0"
+  "prometheus_client>=0.20"
   "tensorboard>=2.16"
   "pyyaml>=6"
   "matplotlib>=3.8"

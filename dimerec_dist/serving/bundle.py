@@ -120,16 +120,24 @@ class Bundle:
         except ValueError as exc:
             raise BundleError(f"{path}: not a readable .npy file ({exc})") from exc
 
-    def verify(self) -> None:
+    def verify(self, only: set[str] | None = None) -> None:
         """Every file's SHA-256 against the manifest, and the manifest's own digest (reads the
-        whole bundle, several files at once)."""
+        whole bundle, several files at once); `only`: just these files (a shard's parts)."""
         seal = seal_problem(self.manifest, SEAL_KEY, self.root / MANIFEST)
-        problems = ([seal] if seal else []) + mismatches(self.root, self.manifest.get("checksums") or {})
+        checksums = self.manifest.get("checksums") or {}
+        if only is not None:
+            checksums = {name: digest for name, digest in checksums.items() if name in only}
+        problems = ([seal] if seal else []) + mismatches(self.root, checksums)
         if not self.manifest.get("checksums"):
             problems.append(f"{self.root / MANIFEST} lists no checksums")
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise BundleError(f"{problems[0]}{more}; export the bundle again, or serve with --no-verify at your risk")
+
+    def part_files(self, indices: list[int]) -> set[str]:
+        """The files holding the parts at `indices` (in first-row order), with their scales."""
+        ordered = sorted(self.manifest["parts"], key=lambda p: p["first"])
+        return {name for i in indices for name in (ordered[i]["file"], ordered[i].get("scale_file")) if name}
 
     @property
     def cosine(self) -> bool:

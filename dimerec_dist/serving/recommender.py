@@ -43,7 +43,10 @@ class Recommendation:
 
 
 class Recommender:
-    def __init__(self, bundle: Bundle):
+    """`exact`: what scores the whole table (topk(queries, seen, k) as ExactSearch's); by default the
+    bundle's own parts in this process, in the sharded service the shard deployments (service.py)."""
+
+    def __init__(self, bundle: Bundle, exact=None):
         self.bundle = bundle
         tower = bundle.path(bundle.manifest["tower"])
         try:
@@ -55,7 +58,7 @@ class Recommender:
         config = yaml.safe_load(bundle.path(bundle.manifest["config"]).read_text())
         self.seed = int(config.get("seed", 0))
         self.max_history = bundle.manifest["max_history"]
-        self.exact = ExactSearch(bundle.parts, bundle.cosine)
+        self.exact = exact if exact is not None else ExactSearch(bundle.parts, bundle.cosine)
         self.index = None
         if bundle.manifest.get("index"):
             import faiss

@@ -4,51 +4,15 @@ dimerec-eval's for the same users, and clear answers to bad requests and bad bun
 import json
 import shutil
 import subprocess
-import sys
 import threading
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 
-from dimerec_dist.data.samples import EvaluationUsers
-from dimerec_dist.data.schema import Manifest, read_split
 from dimerec_dist.serving.bundle import Bundle, BundleError
 from dimerec_dist.serving.server import make_server
-from tests.distributed.conftest import REPO, TINY_JOB, command_error, error_line, torchrun
-
-
-def run(module, *args, check=True):
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-    if check:
-        assert done.returncode == 0, done.stderr[-4000:]
-    return done
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    run_dir = root / "run"
-    run(
-        "dimerec_dist.train",
-        "--run-dir",
-        str(run_dir),
-        "data.source=prepared",
-        f"data.path={tiny_dataset}",
-        "train.max_steps=30",
-        "train.eval_every_epochs=0",
-        *TINY_JOB,
-    )
-    run("dimerec_dist.eval_cli", "--run-dir", str(run_dir), "--topk-out", str(root / "eval_topk.npz"))
-    return root, run_dir
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(trained):
-    root, run_dir = trained
-    torchrun(2, "dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(root / "bundle"))
-    return root / "bundle"
+from tests.distributed.conftest import command_error, error_line
+from tests.serving.conftest import call, dimerec_eval_top50, exact_top50_of_every_test_user, run
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +25,6 @@ def server(bundle_dir):
     httpd.server_close()
 
 
-def call(url, path, body=None, raw=None):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(
-        url + path, data=data, method="GET" if data is None else "POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_two_ranks_write_one_part_each_and_nothing_whole(bundle_dir):
     manifest = json.loads((bundle_dir / "bundle.json").read_text())
     assert manifest["source"]["exported_by_ranks"] == 2
@@ -82,27 +34,7 @@ def test_two_ranks_write_one_part_each_and_nothing_whole(bundle_dir):
 
 
 def test_the_servers_exact_top50_equals_dimerec_eval_for_every_test_user(trained, bundle_dir, server, tiny_dataset):
-    root, _ = trained
-    reference = np.load(root / "eval_topk.npz")
-    users = EvaluationUsers(read_split(Manifest.load(tiny_dataset), "test"), max_history=20)
-    bundle = Bundle(bundle_dir)
-    assert np.array_equal(users.users, reference["users"])
-    requests = [
-        {
-            "history": bundle.raw_ids(users.items[users.offsets[r] : users.offsets[r + 1]]),
-            "k": 50,
-            "user": int(users.users[r]),
-            "exact": True,
-        }
-        for r in range(len(users))
-    ]
-    answers = []
-    for start in range(0, len(requests), 100):
-        status, body = call(server, "/recommend/batch", {"requests": requests[start : start + 100]})
-        assert status == 200, body
-        answers += [result["items"] for result in body["results"]]
-    expected = [bundle.raw_ids(row) for row in reference["topk"]]
-    assert answers == expected
+    assert exact_top50_of_every_test_user(server, bundle_dir, tiny_dataset) == dimerec_eval_top50(trained, bundle_dir)
 
 
 def test_health_names_the_bundle(server):

@@ -1,0 +1,168 @@
+"""The sharded retrieval service on Ray Serve: a catalog spread over shard deployments.
+
+    app = build_app(Path("bundles/big"), shards=4, replicas=2)
+    serve.run(app)                     # dimerec-serve BUNDLE --shards 4 --replicas 2 does this
+
+A shard deployment (`TableShard`) maps a contiguous range of the table's rows (slices of the
+bundle's memory-mapped parts, whatever the number of parts the export wrote), verifies the
+checksums of the parts it maps, and answers the exact top-k of its rows with their scores
+(ExactSearch).
+The ingress (`Ingress`) holds what every request needs once (the vocabulary, the user tower,
+the popularity fallback, the approximate index if any), runs the tower once per batch of
+requests (Ray Serve's own batching), sends the batch's queries to every shard at once and
+merges their answers with the evaluation's tie-break, so the top-k equals the single-process
+server's and dimerec-eval's. `--replicas` runs each shard several times; Ray Serve spreads
+requests over a shard's replicas.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route methods' annotations as objects to
+# know which parameter is the HTTP request, and Ray Serve's ingress wrapper hides the module's names.
+import asyncio
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from dimerec_dist.evaluate import merge_topk
+from dimerec_dist.serving.bundle import Bundle, TablePart
+from dimerec_dist.serving.exact_search import ExactSearch
+from dimerec_dist.serving.recommender import Recommendation, Recommender, Request, RequestError
+from dimerec_dist.serving.server import MAX_BATCH, answer, parse_body, parse_request
+
+api = FastAPI(title="dimerec-serve", description="Recommendations from a DimeRec bundle, sharded over Ray Serve.")
+
+
+def shard_rows(num_rows: int, shards: int) -> list[tuple[int, int]]:
+    """Rows [first, last) of each of `shards` shards: contiguous, of equal size within one row."""
+    if not 1 <= shards <= num_rows:
+        raise ValueError(f"--shards {shards} must lie in 1..{num_rows} (the table's rows)")
+    bounds = [num_rows * s // shards for s in range(shards + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def parts_within(bundle: Bundle, first: int, last: int) -> tuple[list[TablePart], list[int]]:
+    """Rows [first, last) of the table as slices of the bundle's mapped parts, and which parts they cut."""
+    pieces, indices = [], []
+    for index, part in enumerate(bundle.parts):
+        start, stop = max(first, part.first), min(last, part.last)
+        if start < stop:
+            local = slice(start - part.first, stop - part.first)
+            scale = None if part.scale is None else part.scale[local]
+            pieces.append(TablePart(start, stop, part.rows[local], scale))
+            indices.append(index)
+    return pieces, indices
+
+
+# Ray's CPU accounting is logical; a shard is bounded by its memory and its torch threads (set below),
+# so deployments reserve none, and a 2-core machine can still run an ingress and several shards.
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class TableShard:
+    """Rows [first, last) of the bundle's table: their exact top-k, with scores."""
+
+    def __init__(self, bundle_dir: str, first: int, last: int, verify: bool = True, threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        bundle = Bundle(bundle_dir, verify=False)
+        self.parts, indices = parts_within(bundle, first, last)
+        if verify:
+            bundle.verify(only=bundle.part_files(indices))  # a shard reads the parts it maps, no others
+        self.search = ExactSearch(self.parts, bundle.cosine)
+
+    def topk(self, queries: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        values, ids = self.search.topk(torch.from_numpy(queries), torch.from_numpy(seen), k)
+        return values.numpy(), ids.numpy()
+
+    def rows(self) -> tuple[int, int]:
+        """[first, last) of the rows it holds: answered once the parts are loaded and verified."""
+        return self.parts[0].first, self.parts[-1].last
+
+
+class ShardedSearch:
+    """ExactSearch's topk over the shard deployments: every shard at once, answers merged."""
+
+    def __init__(self, shards: list):
+        self.shards = shards
+
+    def topk(self, queries: torch.Tensor, seen: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pending = [shard.topk.remote(queries.numpy(), seen.numpy(), k) for shard in self.shards]
+        answers = [response.result() for response in pending]
+        values = torch.from_numpy(np.concatenate([values for values, _ in answers], axis=1))
+        ids = torch.from_numpy(np.concatenate([ids for _, ids in answers], axis=1))
+        return merge_topk(values, ids, k)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, bundle_dir: str, shards: list, verify: bool = True):
+        bundle = Bundle(bundle_dir, verify=False)
+        if verify:
+            part_files = bundle.part_files(list(range(len(bundle.parts))))
+            bundle.verify(only=set(bundle.manifest.get("checksums") or {}) - part_files)
+        self.shards = shards
+        self.recommender = Recommender(bundle, exact=ShardedSearch(shards))
+        self.num_items = bundle.num_items
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+    async def _recommend(self, batches: list[list[Request]]) -> list[list[Recommendation]]:
+        """Concurrent HTTP requests' queries scored together: one tower pass and one fan-out."""
+        flat = [request for batch in batches for request in batch]
+        results = await asyncio.to_thread(self.recommender.recommend, flat)
+        out, start = [], 0
+        for batch in batches:
+            out.append(results[start : start + len(batch)])
+            start += len(batch)
+        return out
+
+    async def _answer(self, requests: list[Request]) -> list[Recommendation]:
+        for request in requests:
+            self.recommender.check(request)  # a request the bundle cannot answer fails alone
+        return await self._recommend(requests)
+
+    @api.post("/recommend")
+    async def recommend(self, http: HTTPRequest):
+        try:
+            request = parse_request(parse_body(await http.body()), "request", self.num_items)
+            (result,) = await self._answer([request])
+        except RequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return answer(result)
+
+    @api.post("/recommend/batch")
+    async def recommend_batch(self, http: HTTPRequest):
+        try:
+            body = parse_body(await http.body())
+            if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
+                raise RequestError('batch: expected {"requests": [...]}')
+            if not 1 <= len(body["requests"]) <= MAX_BATCH:
+                raise RequestError(f"batch: 1..{MAX_BATCH} requests, got {len(body['requests'])}")
+            requests = [parse_request(r, f"requests[{i}]", self.num_items) for i, r in enumerate(body["requests"])]
+            results = await self._answer(requests)
+        except RequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return {"results": [answer(r) for r in results]}
+
+    @api.get("/health/ready")
+    async def ready(self):
+        """Ready once every shard has loaded and verified its parts (each answers where its rows lie)."""
+        try:
+            rows = await asyncio.wait_for(asyncio.gather(*[shard.rows.remote() for shard in self.shards]), 10)
+        except Exception as exc:  # a shard still starting, or gone: not ready, and why
+            return JSONResponse({"ready": False, "error": f"{type(exc).__name__}: {exc}"[:300]}, status_code=503)
+        return {"ready": True, "shards": [list(r) for r in rows]}
+
+
+def build_app(bundle_dir: Path, shards: int = 1, replicas: int = 1, verify: bool = True):
+    """The Ray Serve application: `shards` shard deployments of `replicas` each, behind the ingress."""
+    bundle = Bundle(bundle_dir, verify=False)
+    threads = max(1, (os.cpu_count() or 1) // (shards * replicas))  # this machine's cores over the replicas
+    handles = [
+        TableShard.options(name=f"shard-{i}", num_replicas=replicas).bind(str(bundle_dir), first, last, verify, threads)
+        for i, (first, last) in enumerate(shard_rows(bundle.num_items + 1, shards))
+    ]
+    return Ingress.bind(str(bundle_dir), handles, verify)
