@@ -18,14 +18,17 @@ requests over a shard's replicas.
 # No `from __future__ import annotations`: FastAPI reads the route methods' annotations as objects to
 # know which parameter is the HTTP request, and Ray Serve's ingress wrapper hides the module's names.
 import asyncio
+import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
 
 from dimerec_dist.evaluate import merge_topk
@@ -34,6 +37,7 @@ from dimerec_dist.serving.exact_search import ExactSearch
 from dimerec_dist.serving.recommender import Recommendation, Recommender, Request, RequestError
 from dimerec_dist.serving.server import MAX_BATCH, answer, parse_body, parse_request
 
+log = logging.getLogger("dimerec.serve")
 api = FastAPI(title="dimerec-serve", description="Recommendations from a DimeRec bundle, sharded over Ray Serve.")
 
 
@@ -73,26 +77,57 @@ class TableShard:
             bundle.verify(only=bundle.part_files(indices))  # a shard reads the parts it maps, no others
         self.search = ExactSearch(self.parts, bundle.cosine)
 
-    def topk(self, queries: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def topk(self, queries: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(values, ids) of its rows' top-k, and the seconds the search took here."""
+        started = time.perf_counter()
         values, ids = self.search.topk(torch.from_numpy(queries), torch.from_numpy(seen), k)
-        return values.numpy(), ids.numpy()
+        return values.numpy(), ids.numpy(), time.perf_counter() - started
 
     def rows(self) -> tuple[int, int]:
         """[first, last) of the rows it holds: answered once the parts are loaded and verified."""
         return self.parts[0].first, self.parts[-1].last
 
 
+class ServiceMetrics:
+    """What /metrics shows, in Prometheus' text format: requests and errors by endpoint and code,
+    latency overall and per shard, the sizes of the batches scored together."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "dimerec_requests", "HTTP requests answered", ["endpoint", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "dimerec_request_seconds", "Time to answer a request", ["endpoint"], registry=self.registry
+        )
+        self.shard_latency = Histogram(
+            "dimerec_shard_seconds", "A shard's search time for a batch's top-k", ["shard"], registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "dimerec_batch_size",
+            "Requests scored together in one pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=self.registry,
+        )
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
 class ShardedSearch:
     """ExactSearch's topk over the shard deployments: every shard at once, answers merged."""
 
-    def __init__(self, shards: list):
-        self.shards = shards
+    def __init__(self, shards: list, metrics: ServiceMetrics | None = None):
+        self.shards, self.metrics = shards, metrics
 
     def topk(self, queries: torch.Tensor, seen: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         pending = [shard.topk.remote(queries.numpy(), seen.numpy(), k) for shard in self.shards]
         answers = [response.result() for response in pending]
-        values = torch.from_numpy(np.concatenate([values for values, _ in answers], axis=1))
-        ids = torch.from_numpy(np.concatenate([ids for _, ids in answers], axis=1))
+        if self.metrics is not None:
+            for index, (_, _, seconds) in enumerate(answers):
+                self.metrics.shard_latency.labels(str(index)).observe(seconds)
+        values = torch.from_numpy(np.concatenate([values for values, _, _ in answers], axis=1))
+        ids = torch.from_numpy(np.concatenate([ids for _, ids, _ in answers], axis=1))
         return merge_topk(values, ids, k)
 
 
@@ -104,14 +139,26 @@ class Ingress:
         if verify:
             part_files = bundle.part_files(list(range(len(bundle.parts))))
             bundle.verify(only=set(bundle.manifest.get("checksums") or {}) - part_files)
-        self.shards = shards
-        self.recommender = Recommender(bundle, exact=ShardedSearch(shards))
+        self.shards, self.metrics = shards, ServiceMetrics()
+        self.recommender = Recommender(bundle, exact=ShardedSearch(shards, self.metrics))
         self.num_items = bundle.num_items
+        m = bundle.manifest
+        self.health = {
+            "status": "ok",
+            "items": bundle.num_items,
+            "dim": bundle.dim,
+            "dtype": m["dtype"],
+            "steps": m["steps"],
+            "query_mode": m["query_mode"],
+            "index": (m["index"] or {}).get("kind"),
+            "shards": len(shards),
+        }
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _recommend(self, batches: list[list[Request]]) -> list[list[Recommendation]]:
         """Concurrent HTTP requests' queries scored together: one tower pass and one fan-out."""
         flat = [request for batch in batches for request in batch]
+        self.metrics.batch_size.observe(len(flat))
         results = await asyncio.to_thread(self.recommender.recommend, flat)
         out, start = [], 0
         for batch in batches:
@@ -126,26 +173,48 @@ class Ingress:
 
     @api.post("/recommend")
     async def recommend(self, http: HTTPRequest):
-        try:
-            request = parse_request(parse_body(await http.body()), "request", self.num_items)
-            (result,) = await self._answer([request])
-        except RequestError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return answer(result)
+        return await self._measured("/recommend", self._one, http)
 
     @api.post("/recommend/batch")
     async def recommend_batch(self, http: HTTPRequest):
+        return await self._measured("/recommend/batch", self._batch, http)
+
+    async def _measured(self, endpoint: str, handler, http: HTTPRequest):
+        started = time.perf_counter()
         try:
-            body = parse_body(await http.body())
-            if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
-                raise RequestError('batch: expected {"requests": [...]}')
-            if not 1 <= len(body["requests"]) <= MAX_BATCH:
-                raise RequestError(f"batch: 1..{MAX_BATCH} requests, got {len(body['requests'])}")
-            requests = [parse_request(r, f"requests[{i}]", self.num_items) for i, r in enumerate(body["requests"])]
-            results = await self._answer(requests)
+            response = await handler(await http.body())
         except RequestError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return {"results": [answer(r) for r in results]}
+            response = JSONResponse({"error": str(exc)}, status_code=400)
+        except Exception as exc:  # a bug of ours: the client gets an answer, the log the traceback
+            log.exception("request failed")
+            response = JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+        self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    async def _one(self, raw: bytes) -> JSONResponse:
+        request = parse_request(parse_body(raw), "request", self.num_items)
+        (result,) = await self._answer([request])
+        return JSONResponse(answer(result))
+
+    async def _batch(self, raw: bytes) -> JSONResponse:
+        body = parse_body(raw)
+        if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
+            raise RequestError('batch: expected {"requests": [...]}')
+        if not 1 <= len(body["requests"]) <= MAX_BATCH:
+            raise RequestError(f"batch: 1..{MAX_BATCH} requests, got {len(body['requests'])}")
+        requests = [parse_request(r, f"requests[{i}]", self.num_items) for i, r in enumerate(body["requests"])]
+        results = await self._answer(requests)
+        return JSONResponse({"results": [answer(r) for r in results]})
+
+    @api.get("/health")
+    async def live(self):
+        """Liveness: the ingress answers (the shards may still be loading; see /health/ready)."""
+        return self.health
+
+    @api.get("/metrics")
+    async def metrics_text(self):
+        return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/health/ready")
     async def ready(self):

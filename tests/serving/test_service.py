@@ -44,3 +44,48 @@ def test_bad_requests_get_the_single_servers_400s(service):
     assert status == 400 and "'k' must be an integer" in body["error"]
     status, body = call(service, "/recommend/batch", {"requests": []})
     assert status == 400 and "1..1024 requests" in body["error"]
+
+
+def test_metrics_parse_as_prometheus_text_and_count_what_was_asked(service):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    before = _samples(service)
+    call(service, "/recommend", {"history": ["1", "2"], "k": 5})
+    call(service, "/recommend", {"history": "not a list"})
+    after = _samples(service)
+    ok = ("dimerec_requests_total", (("code", "200"), ("endpoint", "/recommend")))
+    bad = ("dimerec_requests_total", (("code", "400"), ("endpoint", "/recommend")))
+    assert after[ok] == before.get(ok, 0) + 1 and after[bad] == before.get(bad, 0) + 1
+    for shard in ("0", "1"):
+        assert after[("dimerec_shard_seconds_count", (("shard", shard),))] > 0
+    assert after[("dimerec_batch_size_count", ())] > 0
+    assert after[("dimerec_request_seconds_count", (("endpoint", "/recommend"),))] >= 2
+    names = {family.name for family in text_string_to_metric_families(_text(service))}
+    assert {"dimerec_requests", "dimerec_request_seconds", "dimerec_shard_seconds", "dimerec_batch_size"} <= names
+
+
+def test_liveness_and_the_openapi_schema(service):
+    status, body = call(service, "/health")
+    assert status == 200 and body["status"] == "ok" and body["shards"] == 2 and body["items"] == 300
+    status, schema = call(service, "/openapi.json")
+    assert status == 200 and {"/recommend", "/recommend/batch", "/health", "/health/ready", "/metrics"} <= set(
+        schema["paths"]
+    )
+
+
+def _text(url) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return response.read().decode()
+
+
+def _samples(url) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(_text(url))
+        for sample in family.samples
+    }
