@@ -15,7 +15,6 @@ A malformed request gets a 4xx with {"error": "..."} naming what is wrong.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import socket
@@ -213,26 +212,14 @@ def make_server(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dimerec-serve", description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="skip checking every file's checksum at start (logged; default: verify)",
-    )
-    parser.add_argument("--max-batch", type=int, default=64, help="requests scored together (micro-batching)")
-    parser.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=0.0,
-        help="how long a batch waits for company (0: takes what queued while busy)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    """`python -m dimerec_dist.serving.server BUNDLE ...`: the same as `dimerec-serve --single-process`."""
+    from dimerec_dist.serving.serve_cli import main as serve_main
+
+    return serve_main([*(argv if argv is not None else sys.argv[1:]), "--single-process"])
+
+
+def serve_single_process(args) -> int:
+    """This process serves the bundle (dimerec-serve --single-process), until Ctrl-C."""
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -89,3 +89,42 @@ def _samples(url) -> dict:
         for family in text_string_to_metric_families(_text(url))
         for sample in family.samples
     }
+
+
+def test_dimerec_serve_starts_the_sharded_service_and_stops_cleanly_on_sigterm(bundle_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.distributed.conftest import REPO
+
+    command = [sys.executable, "-m", "dimerec_dist.serving.serve_cli", str(bundle_dir), "--shards", "2", "--port", "0"]
+    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line + server.stderr.read()[-3000:]
+        url = line.split()[-1]
+        status, body = call(url, "/health/ready")
+        assert status == 200 and body["shards"] == [[0, 150], [150, 301]]
+        status, body = call(url, "/recommend", {"history": ["1"], "k": 3})
+        assert status == 200 and len(body["items"]) == 3
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=120) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_dimerec_serve_refuses_a_damaged_bundle_in_one_line_before_starting_ray(bundle_dir, tmp_path):
+    import shutil
+
+    from tests.distributed.conftest import command_error
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(bundle_dir, copy)
+    part = next((copy / "items").glob("part-*.npy"))
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 1
+    part.write_bytes(data)
+    assert part.name in command_error("dimerec_dist.serving.serve_cli", str(copy), "--shards", "2", "--port", "0")

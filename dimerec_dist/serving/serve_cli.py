@@ -1,0 +1,116 @@
+"""dimerec-serve: a bundle's recommendations over HTTP, on Ray Serve, sharded.
+
+    dimerec-serve bundles/quick                                   # local Ray, one shard, port 8080
+    dimerec-serve bundles/big --shards 4 --replicas 2 --host 0.0.0.0 --port 8080
+    RAY_ADDRESS=ray://head:10001 dimerec-serve /shared/bundles/big --shards 16   # on a Ray cluster
+    dimerec-serve bundles/quick --single-process                  # no Ray: the standard-library server
+
+The endpoints and their JSON are docs/SERVING.md's. The service runs until SIGTERM or
+Ctrl-C, then shuts Ray Serve down, which lets requests in flight finish first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from dimerec_dist.serving.bundle import Bundle, BundleError
+
+log = logging.getLogger("dimerec.serve")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dimerec-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    parser.add_argument("--shards", type=int, default=1, help="shard deployments the table is spread over")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas of each shard")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG logs every request")
+    parser.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="skip the checksums at start (logged)"
+    )
+    parser.add_argument(
+        "--single-process", action="store_true", help="the standard-library server in this process, without Ray"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="--single-process: torch threads (0: default)")
+    parser.add_argument("--max-batch", type=int, default=64, help="--single-process: requests scored together")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="--single-process: wait for company")
+    args = parser.parse_args(argv)
+    level = getattr(logging, args.log_level.upper(), None)
+    if not isinstance(level, int):
+        parser.error(f"--log-level {args.log_level}: not a log level (DEBUG, INFO, WARNING, ERROR)")
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    if args.single_process:
+        from dimerec_dist.serving.server import serve_single_process
+
+        return serve_single_process(args)
+    try:
+        return serve_sharded(args, level)
+    except (BundleError, ValueError) as exc:
+        print(f"dimerec-serve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def serve_sharded(args, level: int) -> int:
+    import ray
+    from ray import serve
+
+    from dimerec_dist.serving.service import build_app
+
+    # Checked here, before Ray starts, so a damaged bundle is one line: on this machine the shards then
+    # map files already verified; on a cluster (RAY_ADDRESS) each shard verifies the parts it maps.
+    bundle = Bundle(args.bundle, verify=args.verify)
+    shards_verify = args.verify and bool(os.environ.get("RAY_ADDRESS"))
+    if not 1 <= args.shards <= bundle.num_items + 1 or args.replicas < 1:
+        raise ValueError(f"--shards {args.shards} --replicas {args.replicas}: 1..{bundle.num_items + 1} and >= 1")
+    if not args.verify:
+        log.warning("serving %s without verifying its checksums (--no-verify)", args.bundle)
+    port = args.port or _free_port(args.host)
+    # A Ray of its own on this machine unless RAY_ADDRESS names a cluster ("local": never join another).
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level=level)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": args.host, "port": port})
+        try:
+            serve.run(build_app(args.bundle.resolve(), args.shards, args.replicas, shards_verify), blocking=False)
+        except Exception as exc:  # a shard that cannot load its parts (a bad checksum, say) fails the start
+            print(f"dimerec-serve: error: {_cause(exc)}", file=sys.stderr)
+            return 2
+        print(f"listening on http://{args.host}:{port}", flush=True)
+        log.info("serving %s: %d shard(s) x %d replica(s)", args.bundle, args.shards, args.replicas)
+        stop.wait()
+        log.info("stopping: requests in flight finish first")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _cause(exc: Exception) -> str:
+    """The innermost error's own line, not Ray's wrapping of it."""
+    text = str(exc)
+    for line in reversed(text.splitlines()):
+        if "BundleError" in line or "Error:" in line:
+            return line.strip()[:400]
+    return " ".join(text.split())[:400]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
