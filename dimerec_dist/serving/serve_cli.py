@@ -35,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=1, help="shard deployments the table is spread over")
     parser.add_argument("--replicas", type=int, default=1, help="replicas of each shard")
     parser.add_argument("--log-level", default="INFO", help="DEBUG logs every request")
-    parser.add_argument(
-        "--no-verify", dest="verify", action="store_false", help="skip the checksums at start (logged)"
-    )
+    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums at start (logged)")
     parser.add_argument(
         "--single-process", action="store_true", help="the standard-library server in this process, without Ray"
     )
