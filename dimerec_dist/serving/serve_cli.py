@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=1, help="shard deployments the table is spread over")
     parser.add_argument("--replicas", type=int, default=1, help="replicas of each shard")
     parser.add_argument("--log-level", default="INFO", help="DEBUG logs every request")
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=60.0,
+        help="a request not answered in this time, a stalled body included, gets a 408",
+    )
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums at start (logged)")
     parser.add_argument(
         "--single-process", action="store_true", help="the standard-library server in this process, without Ray"
@@ -79,7 +85,7 @@ def serve_sharded(args, level: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": args.host, "port": port})
+        serve.start(http_options=http_options(args.host, port, args.request_timeout_s))
         try:
             serve.run(build_app(args.bundle.resolve(), args.shards, args.replicas, shards_verify), blocking=False)
         except Exception as exc:  # a shard that cannot load its parts (a bad checksum, say) fails the start
@@ -93,6 +99,12 @@ def serve_sharded(args, level: int) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def http_options(host: str, port: int, request_timeout_s: float) -> dict:
+    """Ray Serve's proxy (uvicorn): a request whose body stalls, or that is not answered in time, gets a
+    408 and its connection closed; an idle keep-alive connection is closed after 30 s."""
+    return {"host": host, "port": port, "request_timeout_s": request_timeout_s, "keep_alive_timeout_s": 30}
 
 
 def _cause(exc: Exception) -> str:

@@ -14,13 +14,14 @@ serve = pytest.importorskip("ray.serve")
 
 @pytest.fixture(scope="module")
 def service(bundle_dir):
+    from dimerec_dist.serving.serve_cli import http_options
     from dimerec_dist.serving.service import build_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options=http_options("127.0.0.1", port, request_timeout_s=3))
     serve.run(build_app(bundle_dir, shards=2), blocking=False)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -128,3 +129,20 @@ def test_dimerec_serve_refuses_a_damaged_bundle_in_one_line_before_starting_ray(
     data[-1] ^= 1
     part.write_bytes(data)
     assert part.name in command_error("dimerec_dist.serving.serve_cli", str(copy), "--shards", "2", "--port", "0")
+
+
+def test_a_stalled_body_gets_a_408_and_a_negative_content_length_a_400(service):
+    import time
+
+    host, port = service.removeprefix("http://").split(":")
+
+    def first_line(data: bytes) -> tuple[str, float]:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            started = time.time()
+            sock.sendall(data)
+            return sock.recv(4096).split(b"\r\n")[0].decode(), time.time() - started
+
+    line, waited = first_line(b'POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"hist')
+    assert line == "HTTP/1.1 408 Request Timeout" and waited < 10, (line, waited)
+    line, _ = first_line(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n{}")
+    assert line == "HTTP/1.1 400 Bad Request"
