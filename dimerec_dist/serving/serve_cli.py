@@ -87,14 +87,17 @@ def serve_sharded(args, level: int) -> int:
     try:
         serve.start(http_options=http_options(args.host, port, args.request_timeout_s))
         try:
-            serve.run(build_app(args.bundle.resolve(), args.shards, args.replicas, shards_verify), blocking=False)
+            ingress = serve.run(
+                build_app(args.bundle.resolve(), args.shards, args.replicas, shards_verify), blocking=False
+            )
         except Exception as exc:  # a shard that cannot load its parts (a bad checksum, say) fails the start
             print(f"dimerec-serve: error: {_cause(exc)}", file=sys.stderr)
             return 2
         print(f"listening on http://{args.host}:{port}", flush=True)
         log.info("serving %s: %d shard(s) x %d replica(s)", args.bundle, args.shards, args.replicas)
         stop.wait()
-        log.info("stopping: requests in flight finish first")
+        log.info("stopping: new requests get 503, those taken finish first")
+        ingress.drain.remote().result(timeout_s=args.request_timeout_s)
     finally:
         serve.shutdown()
         ray.shutdown()

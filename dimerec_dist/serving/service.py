@@ -140,6 +140,7 @@ class Ingress:
             part_files = bundle.part_files(list(range(len(bundle.parts))))
             bundle.verify(only=set(bundle.manifest.get("checksums") or {}) - part_files)
         self.shards, self.metrics = shards, ServiceMetrics()
+        self.draining, self.in_flight = False, 0
         self.recommender = Recommender(bundle, exact=ShardedSearch(shards, self.metrics))
         self.num_items = bundle.num_items
         m = bundle.manifest
@@ -181,6 +182,10 @@ class Ingress:
 
     async def _measured(self, endpoint: str, handler, http: HTTPRequest):
         started = time.perf_counter()
+        if self.draining:  # stopping: a quick answer the client (or its load balancer) can retry elsewhere
+            self.metrics.requests.labels(endpoint, "503").inc()
+            return JSONResponse({"error": "shutting down"}, status_code=503, headers={"Connection": "close"})
+        self.in_flight += 1
         try:
             response = await handler(await http.body())
         except RequestError as exc:
@@ -188,6 +193,8 @@ class Ingress:
         except Exception as exc:  # a bug of ours: the client gets an answer, the log the traceback
             log.exception("request failed")
             response = JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+        finally:
+            self.in_flight -= 1
         self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
@@ -207,6 +214,13 @@ class Ingress:
         results = await self._answer(requests)
         return JSONResponse({"results": [answer(r) for r in results]})
 
+    async def drain(self) -> None:
+        """Stop taking requests (503 from now on, readiness false) and return once those already
+        taken are answered: what dimerec-serve does on SIGTERM before Ray Serve shuts down."""
+        self.draining = True
+        while self.in_flight:
+            await asyncio.sleep(0.01)
+
     @api.get("/health")
     async def live(self):
         """Liveness: the ingress answers (the shards may still be loading; see /health/ready)."""
@@ -219,6 +233,8 @@ class Ingress:
     @api.get("/health/ready")
     async def ready(self):
         """Ready once every shard has loaded and verified its parts (each answers where its rows lie)."""
+        if self.draining:
+            return JSONResponse({"ready": False, "error": "shutting down"}, status_code=503)
         try:
             rows = await asyncio.wait_for(asyncio.gather(*[shard.rows.remote() for shard in self.shards]), 10)
         except Exception as exc:  # a shard still starting, or gone: not ready, and why
