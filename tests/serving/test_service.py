@@ -1,40 +1,59 @@
-"""The sharded service on Ray Serve (serving/service.py): the table spread over 2 shard
-deployments answers what the single-process server answers, and is ready only once every
-shard has loaded and verified its rows."""
+"""The sharded service on Ray Serve (serving/service.py), started as users start it
+(`dimerec-serve BUNDLE --shards 2`): the table spread over 2 shard deployments answers what
+dimerec-eval answers, is ready only once every shard has loaded and verified its rows, shows
+its metrics, times out stalled requests, and stops cleanly on SIGTERM."""
 
+import http.client
+import json
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 
 import pytest
 
+from tests.distributed.conftest import REPO, command_error
 from tests.serving.conftest import call, dimerec_eval_top50, exact_top50_of_every_test_user
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+pytest.importorskip("ray.serve")
 
 
 @pytest.fixture(scope="module")
 def service(bundle_dir):
-    from dimerec_dist.serving.serve_cli import http_options
-    from dimerec_dist.serving.service import build_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options=http_options("127.0.0.1", port, request_timeout_s=3))
-    serve.run(build_app(bundle_dir, shards=2), blocking=False)
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    """`dimerec-serve BUNDLE --shards 2` with a 3 s request timeout; it must stop cleanly on SIGTERM."""
+    command = [
+        sys.executable,
+        "-m",
+        "dimerec_dist.serving.serve_cli",
+        str(bundle_dir),
+        *("--shards", "2", "--port", "0", "--request-timeout-s", "3"),
+    ]
+    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line + server.stderr.read()[-3000:]
+        yield line.split()[-1]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=120) == 0, server.stderr.read()[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def test_two_shards_give_every_test_user_dimerec_evals_exact_top50(service, trained, bundle_dir, tiny_dataset):
     assert exact_top50_of_every_test_user(service, bundle_dir, tiny_dataset) == dimerec_eval_top50(trained, bundle_dir)
 
 
-def test_ready_names_the_rows_of_every_shard(service):
+def test_ready_names_the_rows_of_every_shard_and_requests_are_answered(service):
     status, body = call(service, "/health/ready")
     assert status == 200 and body["ready"] is True
+    status, answer = call(service, "/recommend", {"history": ["1"], "k": 3})
+    assert status == 200 and len(answer["items"]) == 3
     assert body["shards"] == [[0, 150], [150, 301]], "301 rows (300 items and the padding row) in two halves"
 
 
@@ -75,7 +94,6 @@ def test_liveness_and_the_openapi_schema(service):
 
 
 def _text(url) -> str:
-    import urllib.request
 
     with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -92,35 +110,7 @@ def _samples(url) -> dict:
     }
 
 
-def test_dimerec_serve_starts_the_sharded_service_and_stops_cleanly_on_sigterm(bundle_dir):
-    import signal
-    import subprocess
-    import sys
-
-    from tests.distributed.conftest import REPO
-
-    command = [sys.executable, "-m", "dimerec_dist.serving.serve_cli", str(bundle_dir), "--shards", "2", "--port", "0"]
-    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = server.stdout.readline()
-        assert line.startswith("listening on http://127.0.0.1:"), line + server.stderr.read()[-3000:]
-        url = line.split()[-1]
-        status, body = call(url, "/health/ready")
-        assert status == 200 and body["shards"] == [[0, 150], [150, 301]]
-        status, body = call(url, "/recommend", {"history": ["1"], "k": 3})
-        assert status == 200 and len(body["items"]) == 3
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=120) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-
-
 def test_dimerec_serve_refuses_a_damaged_bundle_in_one_line_before_starting_ray(bundle_dir, tmp_path):
-    import shutil
-
-    from tests.distributed.conftest import command_error
 
     copy = tmp_path / "damaged"
     shutil.copytree(bundle_dir, copy)
@@ -132,7 +122,6 @@ def test_dimerec_serve_refuses_a_damaged_bundle_in_one_line_before_starting_ray(
 
 
 def test_a_stalled_body_gets_a_408_and_a_negative_content_length_a_400(service):
-    import time
 
     host, port = service.removeprefix("http://").split(":")
 
@@ -157,15 +146,6 @@ def test_sigterm_under_load_answers_every_request_it_accepted(bundle_dir):
     """8 clients send requests on fresh connections while the command is signalled: a request is
     refused at connect (the service has stopped listening), answered 200, or answered 503 (shutting
     down: retry elsewhere), never cut off."""
-    import http.client
-    import json
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-
-    from tests.distributed.conftest import REPO
 
     command = [sys.executable, "-m", "dimerec_dist.serving.serve_cli", str(bundle_dir), "--shards", "2", "--port", "0"]
     server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
