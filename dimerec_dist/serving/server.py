@@ -90,6 +90,29 @@ def parse_body(raw: bytes) -> object:
         raise RequestError(f"body holds a value that cannot be read: {' '.join(str(exc).split())[:120]}") from None
 
 
+def parse_batch(body: object, num_items: int) -> list[Request]:
+    """The requests of a /recommend/batch body (already parsed JSON)."""
+    if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
+        raise RequestError('batch: expected {"requests": [...]}')
+    if not 1 <= len(body["requests"]) <= MAX_BATCH:
+        raise RequestError(f"batch: 1..{MAX_BATCH} requests, got {len(body['requests'])}")
+    return [parse_request(r, f"requests[{i}]", num_items) for i, r in enumerate(body["requests"])]
+
+
+def health_of(bundle: Bundle) -> dict:
+    """What GET /health says of the bundle served."""
+    m = bundle.manifest
+    return {
+        "status": "ok",
+        "items": bundle.num_items,
+        "dim": bundle.dim,
+        "dtype": m["dtype"],
+        "steps": m["steps"],
+        "query_mode": m["query_mode"],
+        "index": (m["index"] or {}).get("kind"),
+    }
+
+
 def answer(result: Recommendation) -> dict:
     out = {"items": result.items, "scores": result.scores}
     if result.warnings:
@@ -148,14 +171,7 @@ def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHan
                 if self.path == "/recommend":
                     requests = [parse_request(body, "request", recommender.bundle.num_items)]
                 else:
-                    if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
-                        raise RequestError('batch: expected {"requests": [...]}')
-                    if not 1 <= len(body["requests"]) <= MAX_BATCH:
-                        raise RequestError(f"batch: 1..{MAX_BATCH} requests, got {len(body['requests'])}")
-                    requests = [
-                        parse_request(r, f"requests[{i}]", recommender.bundle.num_items)
-                        for i, r in enumerate(body["requests"])
-                    ]
+                    requests = parse_batch(body, recommender.bundle.num_items)
                 results = batcher.recommend(requests)
             except RequestError as exc:
                 self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
@@ -186,16 +202,7 @@ def make_server(
     bundle = Bundle(bundle_dir, verify=verify)
     recommender = Recommender(bundle)
     m = bundle.manifest
-    health = {
-        "status": "ok",
-        "items": bundle.num_items,
-        "dim": bundle.dim,
-        "dtype": m["dtype"],
-        "steps": m["steps"],
-        "query_mode": m["query_mode"],
-        "index": (m["index"] or {}).get("kind"),
-        "start_s": round(time.time() - started, 3),
-    }
+    health = {**health_of(bundle), "start_s": round(time.time() - started, 3)}
     server = _Server((host, port), make_handler(MicroBatcher(recommender, max_batch, max_wait_ms), health))
     log.info(
         "serving %s (%d items, %s, %d step(s), index %s) on http://%s:%d, ready in %.2fs",

@@ -35,7 +35,7 @@ from dimerec_dist.evaluate import merge_topk
 from dimerec_dist.serving.bundle import Bundle, TablePart
 from dimerec_dist.serving.exact_search import ExactSearch
 from dimerec_dist.serving.recommender import Recommendation, Recommender, Request, RequestError
-from dimerec_dist.serving.server import MAX_BATCH, answer, parse_body, parse_request
+from dimerec_dist.serving.server import answer, health_of, parse_batch, parse_body, parse_request
 
 log = logging.getLogger("dimerec.serve")
 api = FastAPI(title="dimerec-serve", description="Recommendations from a DimeRec bundle, sharded over Ray Serve.")
@@ -143,17 +143,7 @@ class Ingress:
         self.draining, self.in_flight = False, 0
         self.recommender = Recommender(bundle, exact=ShardedSearch(shards, self.metrics))
         self.num_items = bundle.num_items
-        m = bundle.manifest
-        self.health = {
-            "status": "ok",
-            "items": bundle.num_items,
-            "dim": bundle.dim,
-            "dtype": m["dtype"],
-            "steps": m["steps"],
-            "query_mode": m["query_mode"],
-            "index": (m["index"] or {}).get("kind"),
-            "shards": len(shards),
-        }
+        self.health = {**health_of(bundle), "shards": len(shards)}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _recommend(self, batches: list[list[Request]]) -> list[list[Recommendation]]:
@@ -205,12 +195,7 @@ class Ingress:
         return JSONResponse(answer(result))
 
     async def _batch(self, raw: bytes) -> JSONResponse:
-        body = parse_body(raw)
-        if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
-            raise RequestError('batch: expected {"requests": [...]}')
-        if not 1 <= len(body["requests"]) <= MAX_BATCH:
-            raise RequestError(f"batch: 1..{MAX_BATCH} requests, got {len(body['requests'])}")
-        requests = [parse_request(r, f"requests[{i}]", self.num_items) for i, r in enumerate(body["requests"])]
+        requests = parse_batch(parse_body(raw), self.num_items)
         results = await self._answer(requests)
         return JSONResponse({"results": [answer(r) for r in results]})
 
