@@ -212,8 +212,9 @@ class DataConfig:
     """all: every position of each training prefix is a sample, read with its own history (per prefix);
     sequence: the same samples, a run of a user's consecutive targets read in one pass (SASRec's way;
     model.attention_positions=bias makes it fast for ComiRec-SA); random_cut: ComiRec's one random cut per
-    user. The default stays all, the mode every committed result was trained in, until sequence mode's
-    quality is measured against it (docs/RESULTS.md)."""
+    user. The default is all: at equal training time sequence mode was a little behind it on ML-100K,
+    Beauty and Games (short histories; not significant at 3 seeds); sequence mode is for long histories,
+    where it trains 8-31x the targets per second (docs/RESULTS.md, docs/BENCHMARKS.md)."""
     chunk_targets: int = 0
     """sample_mode=sequence: the most targets one chunk holds (0: model.max_history, at most 256). A chunk is read
     with up to max_history items before its first target, so larger chunks read fewer ids per target; past a
