@@ -1,7 +1,7 @@
 """The Trainer: one object that owns a training job, and the one step every caller runs.
 
     trainer = Trainer(config, run_dir)   # data, sharded model, optimizers, checkpoints, resume
-    trainer.train()                       # epochs of train_step, validation, checkpoints, final metrics
+    trainer.train()                       # epochs of steps (train_step.py), validation, checkpoints, final metrics
 
 One step, top to bottom: the plan gives this rank its slice of the global batch, made on a
 background thread (`step_batches`, data/prefetch.py); its ids go through the sharded table
@@ -110,7 +110,7 @@ class Trainer:
 
     @classmethod
     def from_parts(cls, config: JobConfig, parts: TrainingParts, ctx: DistContext) -> Trainer:
-        """A Trainer with only what `train_step` needs, for callers that make their own batches
+        """A Trainer with only what its step runner (`trainer.steps`) needs, for callers that make their own batches
         (the training benchmark): no data set, run directory or checkpoints."""
         trainer = cls.__new__(cls)
         trainer.config, trainer.parts, trainer.ctx = config, parts, ctx

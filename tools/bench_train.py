@@ -11,7 +11,7 @@ over its ranks (threads per rank = cores / world). A job builds the model for a 
 of N items (d = 64, the quickstart's model; --negatives shared negatives per step) - the trainer's
 sharded model for a TorchRec
 layout (row_wise, table_wise, column_wise, data_parallel), or the replicated baseline
-(research/replicated.py) - and runs `Trainer.train_step`, the step training runs, on batches made
+(research/replicated.py) - and runs `Trainer.steps.progress`, the step training runs, on batches made
 in memory: histories of uniform length 1..max_history and ids uniform over the catalog
 (every lookup a different row: the worst case for locality). The global batch for step s
 depends only on (seed, s), so every cell trains on the same batches; the per-step losses

@@ -121,7 +121,8 @@ class ShardedSearch:
         self.shards, self.metrics = shards, metrics
 
     def topk(self, queries: torch.Tensor, seen: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pending = [shard.topk.remote(queries.numpy(), seen.numpy(), k) for shard in self.shards]
+        queries, seen = queries.numpy(), seen.numpy()
+        pending = [shard.topk.remote(queries, seen, k) for shard in self.shards]
         answers = [response.result() for response in pending]
         if self.metrics is not None:
             for index, (_, _, seconds) in enumerate(answers):
