@@ -6,9 +6,10 @@
     dimerec-serve bundles/quick --single-process                  # no Ray: the standard-library server
 
 The endpoints and their JSON are docs/SERVING.md's. The service runs until SIGTERM or
-Ctrl-C; then the ingress answers new requests 503 and finishes those it took before Ray
-Serve shuts down (a request reaching the proxy at that last moment can still be cut off:
-issue #42, tests/serving/test_service.py's xfail).
+Ctrl-C; then readiness turns false (a load balancer stops sending), requests are still
+answered for --drain-grace-s, the proxy stops listening (new connections are refused) and
+answers every request it has read, and only then does Ray Serve shut down. The last line
+printed says how many recommendation requests were answered.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from dimerec_dist.serving.bundle import Bundle, BundleError
@@ -42,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=60.0,
         help="a request not answered in this time, a stalled body included, gets a 408",
+    )
+    parser.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="a connection whose request head (line and headers) is not complete in this time gets a 408",
+    )
+    parser.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=0.0,
+        help="on SIGTERM: seconds of answering with readiness false before the proxy stops listening",
     )
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksums at start (logged)")
     parser.add_argument(
@@ -70,6 +84,7 @@ def serve_sharded(args, level: int) -> int:
     import ray
     from ray import serve
 
+    from dimerec_dist.serving.proxy_guard import guard_request_heads, stop_listening
     from dimerec_dist.serving.service import build_app, shard_rows
 
     # Checked here, before Ray starts, so a damaged bundle is one line: on this machine the shards then
@@ -79,6 +94,8 @@ def serve_sharded(args, level: int) -> int:
     shard_rows(bundle.num_items + 1, args.shards)  # a --shards the table cannot take: one line, before Ray
     if args.replicas < 1:
         raise ValueError(f"--replicas {args.replicas} must be >= 1")
+    if args.header_timeout_s <= 0 or args.request_timeout_s <= 0 or args.drain_grace_s < 0:
+        raise ValueError("--header-timeout-s and --request-timeout-s must be > 0, --drain-grace-s >= 0")
     if not args.verify:
         log.warning("serving %s without verifying its checksums (--no-verify)", args.bundle)
     port = args.port or _free_port(args.host)
@@ -96,11 +113,16 @@ def serve_sharded(args, level: int) -> int:
         except Exception as exc:  # a shard that cannot load its parts (a bad checksum, say) fails the start
             print(f"dimerec-serve: error: {_cause(exc)}", file=sys.stderr)
             return 2
+        guard_request_heads(args.header_timeout_s)
         print(f"listening on http://{args.host}:{port}", flush=True)
         log.info("serving %s: %d shard(s) x %d replica(s)", args.bundle, args.shards, args.replicas)
         stop.wait()
-        log.info("stopping: new requests get 503, those taken finish first")
+        log.info("stopping: not ready from now, answering for %g s more, then no new connections", args.drain_grace_s)
         ingress.drain.remote().result(timeout_s=args.request_timeout_s)
+        time.sleep(args.drain_grace_s)
+        stop_listening(timeout_s=args.request_timeout_s + 5)
+        answered = ingress.requests_answered.remote().result(timeout_s=args.request_timeout_s)
+        print(f"stopped: {answered} recommendation requests answered", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -141,7 +141,7 @@ class Ingress:
             part_files = bundle.part_files(list(range(len(bundle.parts))))
             bundle.verify(only=set(bundle.manifest.get("checksums") or {}) - part_files)
         self.shards, self.metrics = shards, ServiceMetrics()
-        self.draining, self.in_flight = False, 0
+        self.draining, self.answered = False, 0
         self.recommender = Recommender(bundle, exact=ShardedSearch(shards, self.metrics))
         self.num_items = bundle.num_items
         self.health = {**health_of(bundle), "shards": len(shards)}
@@ -173,10 +173,6 @@ class Ingress:
 
     async def _measured(self, endpoint: str, handler, http: HTTPRequest):
         started = time.perf_counter()
-        if self.draining:  # stopping: a quick answer the client (or its load balancer) can retry elsewhere
-            self.metrics.requests.labels(endpoint, "503").inc()
-            return JSONResponse({"error": "shutting down"}, status_code=503, headers={"Connection": "close"})
-        self.in_flight += 1
         try:
             response = await handler(await http.body())
         except RequestError as exc:
@@ -184,8 +180,7 @@ class Ingress:
         except Exception as exc:  # a bug of ours: the client gets an answer, the log the traceback
             log.exception("request failed")
             response = JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
-        finally:
-            self.in_flight -= 1
+        self.answered += 1
         self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
@@ -201,11 +196,13 @@ class Ingress:
         return JSONResponse({"results": [answer(r) for r in results]})
 
     async def drain(self) -> None:
-        """Stop taking requests (503 from now on, readiness false) and return once those already
-        taken are answered: what dimerec-serve does on SIGTERM before Ray Serve shuts down."""
+        """Readiness false from now on, so a load balancer stops sending here; requests are still
+        answered (dimerec-serve's SIGTERM, before the proxy stops listening)."""
         self.draining = True
-        while self.in_flight:
-            await asyncio.sleep(0.01)
+
+    async def requests_answered(self) -> int:
+        """Recommendation requests answered since the start, whatever their code."""
+        return self.answered
 
     @api.get("/health")
     async def live(self):

@@ -24,13 +24,14 @@ pytest.importorskip("ray.serve")
 
 @pytest.fixture(scope="module")
 def service(bundle_dir):
-    """`dimerec-serve BUNDLE --shards 2` with a 3 s request timeout; it must stop cleanly on SIGTERM."""
+    """`dimerec-serve BUNDLE --shards 2` with a 3 s request timeout and a 2 s head timeout; it must stop
+    cleanly on SIGTERM."""
     command = [
         sys.executable,
         "-m",
         "dimerec_dist.serving.serve_cli",
         str(bundle_dir),
-        *("--shards", "2", "--port", "0", "--request-timeout-s", "3"),
+        *("--shards", "2", "--port", "0", "--request-timeout-s", "3", "--header-timeout-s", "2"),
     ]
     server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -38,7 +39,8 @@ def service(bundle_dir):
         assert line.startswith("listening on http://127.0.0.1:"), line + server.stderr.read()[-3000:]
         yield line.split()[-1]
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=120) == 0, server.stderr.read()[-3000:]
+        out, err = server.communicate(timeout=120)
+        assert server.returncode == 0 and "recommendation requests answered" in out, err[-3000:]
     finally:
         if server.poll() is None:
             server.kill()
@@ -137,17 +139,34 @@ def test_a_stalled_body_gets_a_408_and_a_negative_content_length_a_400(service):
     assert line == "HTTP/1.1 400 Bad Request"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #42, open: on SIGTERM the ingress answers what it took and 503s the rest, but Ray Serve's "
-    "shutdown then stops its proxy with connections open, cutting off requests that arrived at that moment",
-)
-def test_sigterm_under_load_answers_every_request_it_accepted(bundle_dir):
-    """8 clients send requests on fresh connections while the command is signalled: a request is
-    refused at connect (the service has stopped listening), answered 200, or answered 503 (shutting
-    down: retry elsewhere), never cut off."""
+def test_a_request_head_that_stalls_gets_a_408_after_the_header_timeout(service):
+    """uvicorn has no header timeout of its own: dimerec-serve's guard in the proxy gives one (2 s here)."""
+    host, port = service.removeprefix("http://").split(":")
+    for partial in (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Le", b""):  # half a head; nothing at all
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            started = time.time()
+            sock.sendall(partial)
+            answer = sock.recv(4096)
+            waited = time.time() - started
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout") and 1.5 < waited < 8, (partial, answer, waited)
+    status, _ = call(service, "/health")
+    assert status == 200, "and the service goes on answering"
 
-    command = [sys.executable, "-m", "dimerec_dist.serving.serve_cli", str(bundle_dir), "--shards", "2", "--port", "0"]
+
+def test_sigterm_under_load_answers_every_request_it_read(bundle_dir):
+    """8 clients send requests on fresh connections while the command is signalled. Every request the
+    service read is answered: the clients receive exactly as many answers as the service says it gave
+    (its last line). The others are refused at connect once the proxy stops listening; a connection
+    the kernel completed but the proxy never read when it closed its listening socket is reset, which
+    can happen at most once per client."""
+
+    command = [
+        sys.executable,
+        "-m",
+        "dimerec_dist.serving.serve_cli",
+        str(bundle_dir),
+        *("--shards", "2", "--port", "0", "--drain-grace-s", "1"),
+    ]
     server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outcomes, stop = [], threading.Event()
     try:
@@ -170,8 +189,8 @@ def test_sigterm_under_load_answers_every_request_it_accepted(bundle_dir):
                     response = connection.getresponse()
                     response.read()
                     outcomes.append(response.status)
-                except OSError as exc:
-                    outcomes.append(f"cut off: {type(exc).__name__}")
+                except OSError:
+                    outcomes.append("reset")
                 finally:
                     connection.close()
 
@@ -180,7 +199,8 @@ def test_sigterm_under_load_answers_every_request_it_accepted(bundle_dir):
             thread.start()
         time.sleep(3)
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=120) == 0
+        out, err = server.communicate(timeout=120)
+        assert server.returncode == 0, err[-3000:]
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
@@ -189,6 +209,9 @@ def test_sigterm_under_load_answers_every_request_it_accepted(bundle_dir):
         if server.poll() is None:
             server.kill()
             server.wait()
-    answered = [o for o in outcomes if o == 200]
-    assert len(answered) > 20, outcomes[:20]
-    assert all(o in (200, 503, "refused") for o in outcomes), sorted({str(o) for o in outcomes})
+    (last,) = [line for line in out.splitlines() if line.endswith(" recommendation requests answered")]
+    said_answered = int(last.split()[1])
+    received = [o for o in outcomes if isinstance(o, int)]
+    assert said_answered > 20 and len(received) == said_answered, (said_answered, len(received))
+    assert set(received) == {200}, sorted(set(received))
+    assert outcomes.count("refused") > 0 and outcomes.count("reset") <= len(threads), sorted(map(str, outcomes))
