@@ -1,7 +1,8 @@
-"""What the serving tests share: a trained tiny run, its bundle exported by 2 ranks, HTTP calls,
-and the parity check against dimerec-eval."""
+"""What the serving tests share: a trained tiny run, its bundle exported by 2 ranks, the sharded
+service started on it, HTTP calls, and the parity check against dimerec-eval."""
 
 import json
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -39,6 +40,32 @@ def trained(tiny_dataset, tmp_path_factory):
     )
     run("dimerec_dist.eval_cli", "--run-dir", str(run_dir), "--topk-out", str(root / "eval_topk.npz"))
     return root, run_dir
+
+
+@pytest.fixture(scope="session")
+def sharded_service(bundle_dir):
+    """`dimerec-serve BUNDLE --shards 2` on Ray Serve with a 3 s request timeout and a 2 s head timeout; it must stop
+    cleanly on SIGTERM."""
+    pytest.importorskip("ray.serve")
+    command = [
+        sys.executable,
+        "-m",
+        "dimerec_dist.serving.serve_cli",
+        str(bundle_dir),
+        *("--shards", "2", "--port", "0", "--request-timeout-s", "3", "--header-timeout-s", "2"),
+    ]
+    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line + server.stderr.read()[-3000:]
+        yield line.split()[-1]
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=120)
+        assert server.returncode == 0 and "recommendation requests answered" in out, err[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 @pytest.fixture(scope="session")

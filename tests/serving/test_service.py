@@ -22,59 +22,27 @@ from tests.serving.conftest import call, dimerec_eval_top50, exact_top50_of_ever
 pytest.importorskip("ray.serve")
 
 
-@pytest.fixture(scope="module")
-def service(bundle_dir):
-    """`dimerec-serve BUNDLE --shards 2` with a 3 s request timeout and a 2 s head timeout; it must stop
-    cleanly on SIGTERM."""
-    command = [
-        sys.executable,
-        "-m",
-        "dimerec_dist.serving.serve_cli",
-        str(bundle_dir),
-        *("--shards", "2", "--port", "0", "--request-timeout-s", "3", "--header-timeout-s", "2"),
-    ]
-    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = server.stdout.readline()
-        assert line.startswith("listening on http://127.0.0.1:"), line + server.stderr.read()[-3000:]
-        yield line.split()[-1]
-        server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=120)
-        assert server.returncode == 0 and "recommendation requests answered" in out, err[-3000:]
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+def test_two_shards_give_every_test_user_dimerec_evals_exact_top50(sharded_service, trained, bundle_dir, tiny_dataset):
+    assert exact_top50_of_every_test_user(sharded_service, bundle_dir, tiny_dataset) == dimerec_eval_top50(
+        trained, bundle_dir
+    )
 
 
-def test_two_shards_give_every_test_user_dimerec_evals_exact_top50(service, trained, bundle_dir, tiny_dataset):
-    assert exact_top50_of_every_test_user(service, bundle_dir, tiny_dataset) == dimerec_eval_top50(trained, bundle_dir)
-
-
-def test_ready_names_the_rows_of_every_shard_and_requests_are_answered(service):
-    status, body = call(service, "/health/ready")
+def test_ready_names_the_rows_of_every_shard_and_requests_are_answered(sharded_service):
+    status, body = call(sharded_service, "/health/ready")
     assert status == 200 and body["ready"] is True
-    status, answer = call(service, "/recommend", {"history": ["1"], "k": 3})
+    status, answer = call(sharded_service, "/recommend", {"history": ["1"], "k": 3})
     assert status == 200 and len(answer["items"]) == 3
     assert body["shards"] == [[0, 150], [150, 301]], "301 rows (300 items and the padding row) in two halves"
 
 
-def test_bad_requests_get_the_single_servers_400s(service):
-    status, body = call(service, "/recommend", raw=b"{not json")
-    assert status == 400 and "not valid JSON" in body["error"]
-    status, body = call(service, "/recommend", {"history": ["1"], "k": 0})
-    assert status == 400 and "'k' must be an integer" in body["error"]
-    status, body = call(service, "/recommend/batch", {"requests": []})
-    assert status == 400 and "1..1024 requests" in body["error"]
-
-
-def test_metrics_parse_as_prometheus_text_and_count_what_was_asked(service):
+def test_metrics_parse_as_prometheus_text_and_count_what_was_asked(sharded_service):
     from prometheus_client.parser import text_string_to_metric_families
 
-    before = _samples(service)
-    call(service, "/recommend", {"history": ["1", "2"], "k": 5})
-    call(service, "/recommend", {"history": "not a list"})
-    after = _samples(service)
+    before = _samples(sharded_service)
+    call(sharded_service, "/recommend", {"history": ["1", "2"], "k": 5})
+    call(sharded_service, "/recommend", {"history": "not a list"})
+    after = _samples(sharded_service)
     ok = ("dimerec_requests_total", (("code", "200"), ("endpoint", "/recommend")))
     bad = ("dimerec_requests_total", (("code", "400"), ("endpoint", "/recommend")))
     assert after[ok] == before.get(ok, 0) + 1 and after[bad] == before.get(bad, 0) + 1
@@ -82,14 +50,14 @@ def test_metrics_parse_as_prometheus_text_and_count_what_was_asked(service):
         assert after[("dimerec_shard_seconds_count", (("shard", shard),))] > 0
     assert after[("dimerec_batch_size_count", ())] > 0
     assert after[("dimerec_request_seconds_count", (("endpoint", "/recommend"),))] >= 2
-    names = {family.name for family in text_string_to_metric_families(_text(service))}
+    names = {family.name for family in text_string_to_metric_families(_text(sharded_service))}
     assert {"dimerec_requests", "dimerec_request_seconds", "dimerec_shard_seconds", "dimerec_batch_size"} <= names
 
 
-def test_liveness_and_the_openapi_schema(service):
-    status, body = call(service, "/health")
+def test_liveness_and_the_openapi_schema(sharded_service):
+    status, body = call(sharded_service, "/health")
     assert status == 200 and body["status"] == "ok" and body["shards"] == 2 and body["items"] == 300
-    status, schema = call(service, "/openapi.json")
+    status, schema = call(sharded_service, "/openapi.json")
     assert status == 200 and {"/recommend", "/recommend/batch", "/health", "/health/ready", "/metrics"} <= set(
         schema["paths"]
     )
@@ -123,9 +91,9 @@ def test_dimerec_serve_refuses_a_damaged_bundle_in_one_line_before_starting_ray(
     assert part.name in command_error("dimerec_dist.serving.serve_cli", str(copy), "--shards", "2", "--port", "0")
 
 
-def test_a_stalled_body_gets_a_408_and_a_negative_content_length_a_400(service):
+def test_a_stalled_body_gets_a_408_and_a_negative_content_length_a_400(sharded_service):
 
-    host, port = service.removeprefix("http://").split(":")
+    host, port = sharded_service.removeprefix("http://").split(":")
 
     def first_line(data: bytes) -> tuple[str, float]:
         with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -139,9 +107,9 @@ def test_a_stalled_body_gets_a_408_and_a_negative_content_length_a_400(service):
     assert line == "HTTP/1.1 400 Bad Request"
 
 
-def test_a_request_head_that_stalls_gets_a_408_after_the_header_timeout(service):
+def test_a_request_head_that_stalls_gets_a_408_after_the_header_timeout(sharded_service):
     """uvicorn has no header timeout of its own: dimerec-serve's guard in the proxy gives one (2 s here)."""
-    host, port = service.removeprefix("http://").split(":")
+    host, port = sharded_service.removeprefix("http://").split(":")
     for partial in (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Le", b""):  # half a head; nothing at all
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             started = time.time()
@@ -149,7 +117,7 @@ def test_a_request_head_that_stalls_gets_a_408_after_the_header_timeout(service)
             answer = sock.recv(4096)
             waited = time.time() - started
         assert answer.startswith(b"HTTP/1.1 408 Request Timeout") and 1.5 < waited < 8, (partial, answer, waited)
-    status, _ = call(service, "/health")
+    status, _ = call(sharded_service, "/health")
     assert status == 200, "and the service goes on answering"
 
 

@@ -16,13 +16,20 @@ from tests.serving.conftest import call, dimerec_eval_top50, exact_top50_of_ever
 
 
 @pytest.fixture(scope="module")
-def server(bundle_dir):
+def single_server(bundle_dir):
+    """The standard-library server (dimerec-serve --single-process) in a thread."""
     httpd = make_server(bundle_dir, "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(params=["single-process", "sharded"])
+def server(request):
+    """Each API test runs against both servers: the sharded service answers as the single one does."""
+    return request.getfixturevalue("single_server" if request.param == "single-process" else "sharded_service")
 
 
 def test_two_ranks_write_one_part_each_and_nothing_whole(bundle_dir):
@@ -33,8 +40,12 @@ def test_two_ranks_write_one_part_each_and_nothing_whole(bundle_dir):
     Bundle(bundle_dir, verify=True)  # every checksum holds
 
 
-def test_the_servers_exact_top50_equals_dimerec_eval_for_every_test_user(trained, bundle_dir, server, tiny_dataset):
-    assert exact_top50_of_every_test_user(server, bundle_dir, tiny_dataset) == dimerec_eval_top50(trained, bundle_dir)
+def test_the_servers_exact_top50_equals_dimerec_eval_for_every_test_user(
+    trained, bundle_dir, single_server, tiny_dataset
+):
+    assert exact_top50_of_every_test_user(single_server, bundle_dir, tiny_dataset) == dimerec_eval_top50(
+        trained, bundle_dir
+    )
 
 
 def test_health_names_the_bundle(server):
@@ -175,11 +186,11 @@ def test_values_out_of_range_get_a_400_not_a_dropped_connection(server, payload,
     assert len(body["error"]) < 300, "the error quotes no more than a little of what was sent"
 
 
-def test_a_negative_content_length_is_answered(server):
+def test_a_negative_content_length_is_answered(single_server):
     import http.client
     from urllib.parse import urlparse
 
-    address = urlparse(server)
+    address = urlparse(single_server)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
     connection.putrequest("POST", "/recommend")
     connection.putheader("Content-Length", "-1")
