@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         "--request-timeout-s",
         type=float,
         default=60.0,
-        help="a request not answered in this time, a stalled body included, gets a 408",
+        help="a request not answered in this time, a stalled body included, gets a 408; one waiting on a "
+        "shard with no replica answering (a replica restarting) gets a 503 after 0.8 of it",
     )
     parser.add_argument(
         "--header-timeout-s",
@@ -105,10 +106,15 @@ def serve_sharded(args, level: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        serve.start(http_options=http_options(args.host, port, args.request_timeout_s))
+        logs = serve_logging(level)
+        serve.start(http_options=http_options(args.host, port, args.request_timeout_s), logging_config=logs)
         try:
             ingress = serve.run(
-                build_app(args.bundle.resolve(), args.shards, args.replicas, shards_verify), blocking=False
+                build_app(
+                    args.bundle.resolve(), args.shards, args.replicas, shards_verify, 0.8 * args.request_timeout_s
+                ),
+                blocking=False,
+                logging_config=logs,
             )
         except Exception as exc:  # a shard that cannot load its parts (a bad checksum, say) fails the start
             print(f"dimerec-serve: error: {_cause(exc)}", file=sys.stderr)
@@ -133,6 +139,11 @@ def http_options(host: str, port: int, request_timeout_s: float) -> dict:
     """Ray Serve's proxy (uvicorn): a request whose body stalls, or that is not answered in time, gets a
     408 and its connection closed; an idle keep-alive connection is closed after 30 s."""
     return {"host": host, "port": port, "request_timeout_s": request_timeout_s, "keep_alive_timeout_s": 30}
+
+
+def serve_logging(level: int) -> dict:
+    """Ray Serve's components log at --log-level; a line per request (its access log) only at DEBUG."""
+    return {"log_level": logging.getLevelName(level), "enable_access_log": level <= logging.DEBUG}
 
 
 def _cause(exc: Exception) -> str:

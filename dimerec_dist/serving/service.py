@@ -12,7 +12,10 @@ the popularity fallback, the approximate index if any), runs the tower once per 
 requests (Ray Serve's own batching), sends the batch's queries to every shard at once and
 merges their answers with the evaluation's tie-break, so the top-k equals the single-process
 server's and dimerec-eval's. `--replicas` runs each shard several times; Ray Serve spreads
-requests over a shard's replicas.
+requests over a shard's replicas. A replica that dies costs no request: Ray Serve's router
+sends its requests to another replica of the shard, or holds them until the controller has
+restarted it (a few seconds; tests/serving/test_service.py), and a call that still fails is
+asked again; a shard with no replica answering by `shard_wait_s` gets the client a 503.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route methods' annotations as objects to
@@ -21,6 +24,7 @@ import asyncio
 import logging
 import os
 import time
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,8 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
 from dimerec_dist.evaluate import merge_topk
 from dimerec_dist.serving.bundle import Bundle, TablePart
@@ -114,16 +120,52 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
 
-class ShardedSearch:
-    """ExactSearch's topk over the shard deployments: every shard at once, answers merged."""
+class ShardUnavailable(RuntimeError):
+    """No replica of a shard answered in time: the request gets a 503."""
 
-    def __init__(self, shards: list, metrics: ServiceMetrics | None = None):
-        self.shards, self.metrics = shards, metrics
+
+# What a replica that died, or is being replaced, looks like from a handle call.
+REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+
+class ShardedSearch:
+    """ExactSearch's topk over the shard deployments: every shard at once, answers merged.
+
+    A shard whose replica died under a request is asked again (Ray Serve routes to another
+    replica, or to the one it restarts) until the batch is due (`answer_by`: when its oldest
+    request has waited the ingress's shard_wait_s; without one, `wait_s` from now); a shard with
+    no answer by then fails the batch with ShardUnavailable, a 503 the client may retry, rather
+    than the proxy's 408 at the request timeout."""
+
+    # When the batch being scored must be answered by (time.monotonic()): set by the ingress for each
+    # batch, read here in the thread that scores it. (A class attribute: Ray pickles the ingress's
+    # routes by value, and a module-level ContextVar cannot be pickled.)
+    answer_by: ContextVar = ContextVar("answer_by", default=None)
+
+    def __init__(self, shards: list, metrics: ServiceMetrics | None = None, wait_s: float = 30.0):
+        self.shards, self.metrics, self.wait_s = shards, metrics, wait_s
+
+    def _answer(self, index: int, response, deadline: float, query: tuple):
+        pause = 0.05
+        while True:
+            try:
+                return response.result(timeout_s=max(deadline - time.monotonic(), 0.001))
+            except TimeoutError as exc:
+                response.cancel()
+                raise ShardUnavailable(f"shard {index} did not answer in time") from exc
+            except REPLICA_GONE as exc:
+                if time.monotonic() + pause > deadline:
+                    raise ShardUnavailable(f"shard {index} has no replica answering ({type(exc).__name__})") from exc
+                log.warning("shard %d: a replica is gone (%s); asking again", index, type(exc).__name__)
+                time.sleep(pause)
+                pause = min(2 * pause, 1.0)
+                response = self.shards[index].topk.remote(*query)
 
     def topk(self, queries: torch.Tensor, seen: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        queries, seen = queries.numpy(), seen.numpy()
-        pending = [shard.topk.remote(queries, seen, k) for shard in self.shards]
-        answers = [response.result() for response in pending]
+        query = (queries.numpy(), seen.numpy(), k)
+        deadline = self.answer_by.get() or time.monotonic() + self.wait_s
+        pending = [shard.topk.remote(*query) for shard in self.shards]
+        answers = [self._answer(index, response, deadline, query) for index, response in enumerate(pending)]
         if self.metrics is not None:
             for index, (_, _, seconds) in enumerate(answers):
                 self.metrics.shard_latency.labels(str(index)).observe(seconds)
@@ -132,28 +174,31 @@ class ShardedSearch:
         return merge_topk(values, ids, k)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+# Requests wait at the ingress to be batched, so it takes many at once (Ray Serve's default is 5).
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, bundle_dir: str, shards: list, verify: bool = True):
+    def __init__(self, bundle_dir: str, shards: list, verify: bool = True, shard_wait_s: float = 30.0):
         bundle = Bundle(bundle_dir, verify=False)
         if verify:
             part_files = bundle.part_files(list(range(len(bundle.parts))))
             bundle.verify(only=set(bundle.manifest.get("checksums") or {}) - part_files)
-        self.shards, self.metrics = shards, ServiceMetrics()
+        self.shards, self.metrics, self.shard_wait_s = shards, ServiceMetrics(), shard_wait_s
         self.draining, self.answered = False, 0
-        self.recommender = Recommender(bundle, exact=ShardedSearch(shards, self.metrics))
+        self.recommender = Recommender(bundle, exact=ShardedSearch(shards, self.metrics, shard_wait_s))
         self.num_items = bundle.num_items
         self.health = {**health_of(bundle), "shards": len(shards)}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
-    async def _recommend(self, batches: list[list[Request]]) -> list[list[Recommendation]]:
-        """Concurrent HTTP requests' queries scored together: one tower pass and one fan-out."""
-        flat = [request for batch in batches for request in batch]
+    async def _recommend(self, batches: list[tuple[float, list[Request]]]) -> list[list[Recommendation]]:
+        """Concurrent HTTP requests' queries scored together: one tower pass and one fan-out, due
+        when the oldest of them has waited `shard_wait_s`."""
+        flat = [request for _, batch in batches for request in batch]
         self.metrics.batch_size.observe(len(flat))
+        ShardedSearch.answer_by.set(min(arrived for arrived, _ in batches) + self.shard_wait_s)  # to_thread carries it
         results = await asyncio.to_thread(self.recommender.recommend, flat)
         out, start = [], 0
-        for batch in batches:
+        for _, batch in batches:
             out.append(results[start : start + len(batch)])
             start += len(batch)
         return out
@@ -161,7 +206,7 @@ class Ingress:
     async def _answer(self, requests: list[Request]) -> list[Recommendation]:
         for request in requests:
             self.recommender.check(request)  # a request the bundle cannot answer fails alone
-        return await self._recommend(requests)
+        return await self._recommend((time.monotonic(), requests))
 
     @api.post("/recommend")
     async def recommend(self, http: HTTPRequest):
@@ -177,6 +222,8 @@ class Ingress:
             response = await handler(await http.body())
         except RequestError as exc:
             response = JSONResponse({"error": str(exc)}, status_code=400)
+        except ShardUnavailable as exc:  # a shard's replicas are all gone for now: the client may retry
+            response = JSONResponse({"error": f"{exc}; retry"}, status_code=503, headers={"Retry-After": "1"})
         except Exception as exc:  # a bug of ours: the client gets an answer, the log the traceback
             log.exception("request failed")
             response = JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
@@ -219,18 +266,21 @@ class Ingress:
         if self.draining:
             return JSONResponse({"ready": False, "error": "shutting down"}, status_code=503)
         try:
-            rows = await asyncio.wait_for(asyncio.gather(*[shard.rows.remote() for shard in self.shards]), 10)
+            rows = await asyncio.wait_for(
+                asyncio.gather(*[shard.rows.remote() for shard in self.shards]), min(10.0, self.shard_wait_s)
+            )
         except Exception as exc:  # a shard still starting, or gone: not ready, and why
             return JSONResponse({"ready": False, "error": f"{type(exc).__name__}: {exc}"[:300]}, status_code=503)
         return {"ready": True, "shards": [list(r) for r in rows]}
 
 
-def build_app(bundle_dir: Path, shards: int = 1, replicas: int = 1, verify: bool = True):
-    """The Ray Serve application: `shards` shard deployments of `replicas` each, behind the ingress."""
+def build_app(bundle_dir: Path, shards: int = 1, replicas: int = 1, verify: bool = True, shard_wait_s: float = 30.0):
+    """The Ray Serve application: `shards` shard deployments of `replicas` each, behind the ingress,
+    which answers 503 for a batch a shard has not answered within `shard_wait_s`."""
     bundle = Bundle(bundle_dir, verify=False)
     threads = max(1, (os.cpu_count() or 1) // (shards * replicas))  # this machine's cores over the replicas
     handles = [
         TableShard.options(name=f"shard-{i}", num_replicas=replicas).bind(str(bundle_dir), first, last, verify, threads)
         for i, (first, last) in enumerate(shard_rows(bundle.num_items + 1, shards))
     ]
-    return Ingress.bind(str(bundle_dir), handles, verify)
+    return Ingress.bind(str(bundle_dir), handles, verify, shard_wait_s)

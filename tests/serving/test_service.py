@@ -5,19 +5,18 @@ its metrics, times out stalled requests, and stops cleanly on SIGTERM."""
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 
 import pytest
 
-from tests.distributed.conftest import REPO, command_error
-from tests.serving.conftest import call, dimerec_eval_top50, exact_top50_of_every_test_user
+from tests.distributed.conftest import command_error
+from tests.serving.conftest import Service, call, dimerec_eval_top50, exact_top50_of_every_test_user
 
 pytest.importorskip("ray.serve")
 
@@ -121,65 +120,94 @@ def test_a_request_head_that_stalls_gets_a_408_after_the_header_timeout(sharded_
     assert status == 200, "and the service goes on answering"
 
 
-def test_sigterm_under_load_answers_every_request_it_read(bundle_dir):
-    """8 clients send requests on fresh connections while the command is signalled. Every request the
-    service read is answered: the clients receive exactly as many answers as the service says it gave
-    (its last line). The others are refused at connect once the proxy stops listening; a connection
-    the kernel completed but the proxy never read when it closed its listening socket is reset, which
-    can happen at most once per client."""
+class Load:
+    """`clients` threads sending requests, each on a fresh connection, until stopped: every outcome is
+    a status code, "refused" (at connect: nothing listens) or "reset" (the connection dropped)."""
 
-    command = [
-        sys.executable,
-        "-m",
-        "dimerec_dist.serving.serve_cli",
-        str(bundle_dir),
-        *("--shards", "2", "--port", "0", "--drain-grace-s", "1"),
-    ]
-    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    outcomes, stop = [], threading.Event()
-    try:
-        line = server.stdout.readline()
-        assert line.startswith("listening on"), line + server.stderr.read()[-3000:]
-        host, port = line.split()[-1].removeprefix("http://").split(":")
-        body = json.dumps({"history": ["1", "2", "3"], "k": 10})
-
-        def client():
-            while not stop.is_set():
-                connection = http.client.HTTPConnection(host, int(port), timeout=60)
-                try:
-                    connection.connect()
-                except OSError:
-                    outcomes.append("refused")
-                    time.sleep(0.05)
-                    continue
-                try:
-                    connection.request("POST", "/recommend", body, {"Content-Type": "application/json"})
-                    response = connection.getresponse()
-                    response.read()
-                    outcomes.append(response.status)
-                except OSError:
-                    outcomes.append("reset")
-                finally:
-                    connection.close()
-
-        threads = [threading.Thread(target=client) for _ in range(8)]
-        for thread in threads:
+    def __init__(self, url: str, clients: int = 8):
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port, self.outcomes, self.stopping = int(port), [], threading.Event()
+        self.body = json.dumps({"history": ["1", "2", "3"], "k": 10})
+        self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
+        for thread in self.threads:
             thread.start()
-        time.sleep(3)
-        server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=120)
-        assert server.returncode == 0, err[-3000:]
-        stop.set()
-        for thread in threads:
+
+    def client(self):
+        while not self.stopping.is_set():
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            try:
+                connection.connect()
+            except OSError:
+                self.outcomes.append("refused")
+                time.sleep(0.05)
+                continue
+            try:
+                connection.request("POST", "/recommend", self.body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                self.outcomes.append(response.status)
+            except OSError:
+                self.outcomes.append("reset")
+            finally:
+                connection.close()
+
+    def stop(self) -> list:
+        self.stopping.set()
+        for thread in self.threads:
             thread.join(timeout=60)
+        return self.outcomes
+
+
+def test_under_load_a_killed_replica_costs_no_request_and_sigterm_drops_none(bundle_dir, tmp_path):
+    """One shard of 2 replicas under 8 clients. A replica is killed: Ray Serve sends its requests to
+    the other one and no client sees an error. Then SIGTERM: every request the service read is
+    answered (the clients receive exactly as many answers as the service says it gave, its last
+    line); the others are refused at connect once the proxy stops listening. A connection the
+    kernel completed but the proxy never read when it closed its listening socket is reset, which
+    can happen at most once per client."""
+    service = Service(bundle_dir, tmp_path, "--shards", "1", "--replicas", "2", "--drain-grace-s", "1")
+    load = None
+    try:
+        (victim, survivor) = service.replica_pids("shard-0")
+        load = Load(service.url)
+        time.sleep(2)
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(3)
+        assert set(load.outcomes) == {200}, sorted(map(str, set(load.outcomes)))
+        out = service.stop()
+        outcomes = load.stop()
     finally:
-        stop.set()
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        if load is not None:
+            load.stop()
+        service.kill()
     (last,) = [line for line in out.splitlines() if line.endswith(" recommendation requests answered")]
     said_answered = int(last.split()[1])
     received = [o for o in outcomes if isinstance(o, int)]
     assert said_answered > 20 and len(received) == said_answered, (said_answered, len(received))
     assert set(received) == {200}, sorted(set(received))
-    assert outcomes.count("refused") > 0 and outcomes.count("reset") <= len(threads), sorted(map(str, outcomes))
+    assert outcomes.count("refused") > 0 and outcomes.count("reset") <= len(load.threads), sorted(map(str, outcomes))
+
+
+def test_a_shard_whose_only_replica_died_gets_503s_until_it_is_back(sharded_service_process):
+    """With one replica per shard, a killed replica's requests wait for Ray Serve to restart it; those
+    still waiting at 0.8 of the request timeout (3 s here) get a 503 with Retry-After, never a 500
+    or a dropped connection, and the service is whole again once the replica is back."""
+    service = sharded_service_process
+    (victim,) = service.replica_pids("shard-1")
+    load = Load(service.url, clients=4)
+    try:
+        time.sleep(1)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 90
+        while call(service.url, "/health/ready")[0] != 200:
+            assert time.time() < deadline, "the shard's replica did not come back"
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        outcomes = load.stop()
+    assert set(outcomes) <= {200, 503} and outcomes.count(200) > 10, sorted(map(str, set(outcomes)))
+    assert outcomes[-4:] == [200] * 4, "answering again once the replica is back"
+    (new,) = service.replica_pids("shard-1")
+    assert new != victim
+    status, body = call(service.url, "/recommend", {"history": ["1", "2"], "k": 5})
+    assert status == 200 and len(body["items"]) == 5
