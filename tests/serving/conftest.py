@@ -2,13 +2,10 @@
 service started on it, HTTP calls, and the parity check against dimerec-eval."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import Manifest, read_split
 from dimerec_dist.serving.bundle import Bundle
 from tests.distributed.conftest import REPO, TINY_JOB, torchrun
+from tests.serving.service_process import Service
 
 
 def run(module, *args, check=True):
@@ -44,75 +42,11 @@ def trained(tiny_dataset, tmp_path_factory):
     return root, run_dir
 
 
-class Service:
-    """`dimerec-serve BUNDLE ARGS` started as users start it; its output goes to files (Ray writes a
-    lot, and a full pipe would stall the service)."""
-
-    def __init__(self, bundle_dir, log_dir, *args: str):
-        pytest.importorskip("ray.serve")
-        self.out, self.err = Path(log_dir) / "serve.out", Path(log_dir) / "serve.err"
-        command = [sys.executable, "-m", "dimerec_dist.serving.serve_cli", str(bundle_dir), "--port", "0", *args]
-        with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True)
-        deadline = time.time() + 240
-        while not self.stdout().startswith("listening on http://127.0.0.1:"):
-            assert self.process.poll() is None and time.time() < deadline, self.stdout() + self.stderr()[-3000:]
-            time.sleep(0.2)
-        self.url = self.stdout().splitlines()[0].split()[-1]
-
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def stop(self, timeout: float = 120) -> str:
-        """SIGTERM, then its output; it must exit 0 having said how many requests it answered."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            assert self.process.wait(timeout=timeout) == 0, self.stderr()[-3000:]
-        finally:
-            self.kill()
-        assert "recommendation requests answered" in self.stdout(), self.stdout() + self.stderr()[-3000:]
-        return self.stdout()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def replica_pids(self, deployment: str) -> list[int]:
-        """Processes of `deployment`'s replicas in this service's own Ray (another may be running)."""
-        return [pid for pid in _descendants(self.process.pid) if f"ServeReplica:default:{deployment}" in _cmdline(pid)]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 @pytest.fixture(scope="session")
 def sharded_service_process(bundle_dir, tmp_path_factory):
     """`dimerec-serve BUNDLE --shards 2` on Ray Serve with a 3 s request timeout and a 2 s head
     timeout, shared by the session; it must stop cleanly on SIGTERM."""
+    pytest.importorskip("ray.serve")
     service = Service(
         bundle_dir,
         tmp_path_factory.mktemp("service"),

@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 
 from tests.distributed.conftest import command_error
-from tests.serving.conftest import Service, call, dimerec_eval_top50, exact_top50_of_every_test_user
+from tests.serving.conftest import call, dimerec_eval_top50, exact_top50_of_every_test_user
+from tests.serving.service_process import Service
 
 pytest.importorskip("ray.serve")
 
