@@ -48,6 +48,8 @@ from dimerec_dist.integrity import file_sha256
 from dimerec_dist.output_dir import OutputError, begin, check_target, os_error_line, publish
 
 log = logging.getLogger("dimerec.prepare")
+# The columns each column-named format reads unless told otherwise (--user-col, ...).
+DEFAULT_COLUMNS = {"events": ("user", "item", "time"), "recbole": ("user_id", "item_id", "timestamp")}
 BUCKET_SCHEMA = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("time", pa.float64()), ("order", pa.int64())])
 
 
@@ -66,6 +68,7 @@ class PrepareOptions:
     buckets: int = 0  # 0: about 2M events per bucket, estimated from the input
     split: str = "leave-one-out"  # or "user": ComiRec's protocol (held-out users, 80% in / 20% targets)
     overwrite: bool = False  # replace a non-empty `out` (atomically: written beside it, then swapped in)
+    delimiter: str | None = None  # events CSV: None is "," for .csv, a tab for .tsv
 
 
 class Codes:
@@ -159,7 +162,9 @@ def spill_events(options: PrepareOptions, buckets: Buckets, bad: BadLines) -> tu
     """Pass 1: stream the input, code users and items, spill events to buckets."""
     users, items, order = Codes(), Codes(), 0
     reader = read_events(
-        ReadOptions(options.format, options.input, options.user_col, options.item_col, options.time_col, bad)
+        ReadOptions(
+            options.format, options.input, options.user_col, options.item_col, options.time_col, bad, options.delimiter
+        )
     )
     started = time.time()
     for chunk in reader:
@@ -395,6 +400,7 @@ def _prepare_into(options: PrepareOptions, out: Path) -> dict:
         "created_by": "dimerec-prepare",
         "source": {
             "format": options.format,
+            "delimiter": options.delimiter,
             "input": str(options.input),
             "input_sha256": file_sha256(options.input) if options.input.is_file() else None,
         },
@@ -439,9 +445,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, type=Path, help="a file, or for events a directory of part files")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--kcore", type=int, default=0, help="keep users and items with at least k events (0: off)")
-    parser.add_argument("--user-col", default="user")
-    parser.add_argument("--item-col", default="item")
-    parser.add_argument("--time-col", default="time", help="'' when the events have no time column (file order)")
+    parser.add_argument("--user-col", default=None, help="events: user (default); recbole: user_id")
+    parser.add_argument("--item-col", default=None, help="events: item (default); recbole: item_id")
+    parser.add_argument(
+        "--time-col",
+        default=None,
+        help="events: time (default); recbole: timestamp; '' when the events have no time column (file order)",
+    )
+    parser.add_argument(
+        "--delimiter", default=None, help="events CSV: the field separator (default ',' for .csv, tab for .tsv; 'tab')"
+    )
     parser.add_argument("--rows-per-shard", type=int, default=1_000_000, help="users per output file")
     parser.add_argument("--row-group-size", type=int, default=2048, help="users per row group (the plan's unit)")
     parser.add_argument("--buckets", type=int, default=0, help="spill buckets (0: ~2M events each)")
@@ -462,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    user_col, item_col, time_col = DEFAULT_COLUMNS.get(args.format, DEFAULT_COLUMNS["events"])
+    delimiter = "\t" if args.delimiter in ("tab", "\\t") else args.delimiter
+    if delimiter is not None and len(delimiter) != 1:
+        parser.error(f"--delimiter {args.delimiter!r}: one character, or 'tab'")
     try:
         prepare(
             PrepareOptions(
@@ -469,9 +486,10 @@ def main(argv: list[str] | None = None) -> int:
                 input=args.input,
                 out=args.out,
                 kcore=args.kcore,
-                user_col=args.user_col,
-                item_col=args.item_col,
-                time_col=args.time_col or None,
+                user_col=args.user_col or user_col,
+                item_col=args.item_col or item_col,
+                time_col=(time_col if args.time_col is None else args.time_col) or None,
+                delimiter=delimiter,
                 rows_per_shard=args.rows_per_shard,
                 row_group_size=args.row_group_size,
                 buckets=args.buckets,

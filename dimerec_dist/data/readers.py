@@ -26,7 +26,11 @@ import pyarrow.parquet as pq
 
 from dimerec_dist.data.schema import DataError
 
-FORMATS = ("movielens", "pairs", "sequences", "events")
+FORMATS = ("movielens", "pairs", "sequences", "events", "recbole")
+# RecBole's atomic files (.inter): a header of `name:type` fields, tab-separated. The types an
+# interaction file's user, item and time columns may have, and every type RecBole defines.
+RECBOLE_TYPES = {"token": pa.string(), "float": pa.float64()}
+RECBOLE_KNOWN_TYPES = ("token", "token_seq", "float", "float_seq")
 EVENT_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("time", pa.float64())])
 CHUNK_LINES = 500_000
 CHUNK_ROWS = 1 << 20
@@ -61,6 +65,7 @@ class ReadOptions:
     item_col: str = "item"
     time_col: str | None = "time"
     bad: BadLines = field(default_factory=BadLines)
+    delimiter: str | None = None  # events CSV: None is "," for .csv and a tab for .tsv
 
 
 def _events(users: list[str], items: list[str], times: list[float] | None) -> pa.Table:
@@ -132,10 +137,65 @@ def _event_files(path: Path) -> list[Path]:
         raise DataError(f"input {path} does not exist")
     if path.is_file():
         return [path]
-    files = sorted(path.rglob("*.parquet")) + sorted(path.rglob("*.csv"))
+    files = sorted(path.rglob("*.parquet")) + sorted(path.rglob("*.csv")) + sorted(path.rglob("*.tsv"))
+    files += sorted(path.rglob("*.inter"))
     if not files:
-        raise DataError(f"input directory {path} holds no .parquet or .csv files")
+        raise DataError(f"input directory {path} holds no .parquet, .csv, .tsv or .inter files")
     return files
+
+
+def recbole_header(file: Path) -> tuple[list[str], dict[str, pa.DataType]]:
+    """A RecBole atomic file's column names and the Arrow types of those we can read, from its
+    `name:type` header; a field without a type, or with a type RecBole does not have, is an error."""
+    with open(file, encoding="utf-8-sig") as handle:
+        header = handle.readline().rstrip("\r\n")
+    names, types = [], {}
+    for number, field_text in enumerate(header.split("\t"), start=1):
+        name, colon, kind = field_text.rpartition(":")
+        if not colon or not name or kind not in RECBOLE_KNOWN_TYPES:
+            raise DataError(
+                f"{file}:1: header field {number} {field_text!r} is not name:type with a RecBole type "
+                f"({', '.join(RECBOLE_KNOWN_TYPES)})"
+            )
+        names.append(name)
+        if kind in RECBOLE_TYPES:
+            types[name] = RECBOLE_TYPES[kind]
+    return names, types
+
+
+def _line_number(file: Path, text: str) -> int | str:
+    """The number of the first line of `file` that is `text` (Arrow's streaming reader does not say)."""
+    with open(file, encoding="utf-8-sig", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.rstrip("\r\n") == text:
+                return number
+    return "?"
+
+
+class InvalidRows:
+    """Arrow's handler of rows with the wrong number of fields: skipped and counted
+    (--skip-bad-lines), or the first kept so the error can name its line."""
+
+    def __init__(self, file: Path, bad: BadLines, delimiter: str):
+        self.file, self.bad, self.delimiter, self.first = file, bad, delimiter, None
+
+    def why(self, row) -> str:
+        separated = "tab" if self.delimiter == "\t" else repr(self.delimiter)
+        return f"expected {row.expected_columns} fields ({separated}-separated), found {row.actual_columns}"
+
+    def __call__(self, row) -> str:
+        if not self.bad.skip:
+            self.first = self.first or (self.why(row), row.text)
+            return "error"
+        number = _line_number(self.file, row.text) if self.bad.first is None else 0  # only the first is named
+        self.bad.many(self.file, [number], self.why(row), row.text)
+        return "skip"
+
+    def error(self) -> DataError | None:
+        if self.first is None:
+            return None
+        why, text = self.first
+        return DataError(f"{self.file}:{_line_number(self.file, text)}: {why}: {text[:80]!r}")
 
 
 def _id_column(batch: pa.Table, column: str, file: Path) -> pa.ChunkedArray:
@@ -192,17 +252,34 @@ def read_event_files(options: ReadOptions) -> Iterator[pa.Table]:
     """CSV or Parquet files (or a directory of them), streamed batch by batch."""
     wanted = [c for c in (options.user_col, options.item_col, options.time_col) if c]
     for file in _event_files(options.input):
+        invalid = None
         try:
             if file.suffix == ".parquet":
                 reader = pq.ParquetFile(file)
                 names = reader.schema_arrow.names
                 batches = reader.iter_batches(batch_size=CHUNK_ROWS, columns=[c for c in wanted if c in names])
                 first_line = 1  # Parquet: "line" is the row, counted from 1
+            elif options.format == "recbole":
+                columns, types = recbole_header(file)
+                invalid = InvalidRows(file, options.bad, "\t")
+                reader = pacsv.open_csv(
+                    file,
+                    read_options=pacsv.ReadOptions(column_names=columns, skip_rows=1),
+                    parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=invalid),
+                    convert_options=pacsv.ConvertOptions(column_types=types),
+                )
+                names, batches, first_line = columns, reader, 2
             else:
                 # Ids are text: never let Arrow's type inference read `007` as 7 or a 20-digit id as a float.
                 # A byte-order mark is skipped by Arrow's CSV reader.
                 ids = {options.user_col: pa.string(), options.item_col: pa.string()}
-                reader = pacsv.open_csv(file, convert_options=pacsv.ConvertOptions(column_types=ids))
+                delimiter = options.delimiter or ("\t" if file.suffix == ".tsv" else ",")
+                invalid = InvalidRows(file, options.bad, delimiter)
+                reader = pacsv.open_csv(
+                    file,
+                    parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid),
+                    convert_options=pacsv.ConvertOptions(column_types=ids),
+                )
                 names = reader.schema.names
                 batches = reader
                 first_line = 2  # CSV: line 1 is the header
@@ -217,12 +294,13 @@ def read_event_files(options: ReadOptions) -> Iterator[pa.Table]:
                 yield _check_batch(table, file, first_line, options)
                 first_line += table.num_rows
         except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{file}: cannot read ({str(exc).splitlines()[0]})") from None
+            named = invalid.error() if invalid is not None else None  # a row of the wrong width: its line
+            raise named or DataError(f"{file}: cannot read ({str(exc).splitlines()[0]})") from None
 
 
 def read_events(options: ReadOptions) -> Iterator[pa.Table]:
     if options.format not in FORMATS:
         raise DataError(f"unknown format {options.format!r}; choose one of {', '.join(FORMATS)}")
-    if options.format == "events":
+    if options.format in ("events", "recbole"):
         return read_event_files(options)
     return read_text(options)

@@ -153,3 +153,63 @@ def test_real_data_sets_prepare_with_documented_counts(tmp_path, folder, file, f
     prepare(PrepareOptions(format=fmt, input=SHARED / folder / file, out=tmp_path / folder))
     counts = Manifest.load(tmp_path / folder).data["counts"]
     assert (counts["users"], counts["items"], counts["events"]) == (users, items, events)
+
+
+# --------------------------------------------------------------------------- TSV and RecBole atomic files
+
+TSV = "user\titem\ttime\nu1\ta\t1\nu1\tb\t2\nu2\tc\t1\nu1\tc\t3\n"
+INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + (
+    "u1\ta\t5\t1\nu1\tb\t4\t2\nu2\tc\t3\t1\nu1\tc\t1\t3\n"
+)
+
+
+def test_tab_separated_events_by_suffix_or_delimiter(tmp_path):
+    by_suffix = run(tmp_path, "events", TSV, name="events.tsv")
+    assert sequences_of(by_suffix) == {"u1": ["a", "b", "c"], "u2": ["c"]}
+    semicolons = run(tmp_path, "events", TSV.replace("\t", ";"), name="events.csv", delimiter=";")
+    assert sequences_of(semicolons) == sequences_of(by_suffix)
+
+
+def test_recbole_inter_files_read_their_typed_header(tmp_path):
+    columns = {"user_col": "user_id", "item_col": "item_id", "time_col": "timestamp"}
+    manifest = run(tmp_path, "recbole", INTER, name="data.inter", **columns)
+    assert sequences_of(manifest) == {"u1": ["a", "b", "c"], "u2": ["c"]}
+    assert manifest.data["counts"]["events"] == 4
+
+
+def test_the_cli_defaults_to_recboles_column_names(tmp_path):
+    (tmp_path / "data.inter").write_text(INTER)
+    assert main(["--format", "recbole", "--input", str(tmp_path / "data.inter"), "--out", str(tmp_path / "o")]) == 0
+    assert sequences_of(Manifest.load(tmp_path / "o")) == {"u1": ["a", "b", "c"], "u2": ["c"]}
+
+
+@pytest.mark.parametrize(
+    "header, pattern",
+    [
+        ("user_id\titem_id:token\ttimestamp:float", r"data.inter:1: header field 1 'user_id' is not name:type"),
+        ("user_id:token\titem_id:id\ttimestamp:float", r"header field 2 'item_id:id' is not name:type"),
+        ("uid:token\titem_id:token\ttimestamp:float", r"missing column\(s\) \['user_id'\]"),
+    ],
+)
+def test_a_bad_recbole_header_is_named(tmp_path, header, pattern):
+    columns = {"user_col": "user_id", "item_col": "item_id", "time_col": "timestamp"}
+    with pytest.raises(DataError, match=pattern):
+        run(tmp_path, "recbole", header + "\nu1\ta\t1\n", name="data.inter", **columns)
+
+
+def test_a_row_of_the_wrong_width_is_named_by_line_or_skipped_and_counted(tmp_path):
+    text = TSV.replace("u2\tc\t1\n", "u2\tc\n")
+    with pytest.raises(DataError, match=r"events.tsv:4: expected 3 fields \(tab-separated\), found 2: 'u2\\tc'"):
+        run(tmp_path, "events", text, name="events.tsv")
+    manifest = run(tmp_path, "events", text, name="skip.tsv", skip_bad_lines=True)
+    assert manifest.data["counts"]["bad_lines_skipped"] == 1
+    assert sequences_of(manifest) == {"u1": ["a", "b", "c"]}
+    columns = {"user_col": "user_id", "item_col": "item_id", "time_col": "timestamp"}
+    with pytest.raises(DataError, match=r"data.inter:3: expected 4 fields \(tab-separated\), found 3"):
+        run(tmp_path, "recbole", INTER.replace("u1\tb\t4\t2", "u1\tb\t2"), name="data.inter", **columns)
+
+
+def test_a_bad_value_in_a_recbole_float_column_is_an_error_naming_the_file(tmp_path):
+    columns = {"user_col": "user_id", "item_col": "item_id", "time_col": "timestamp"}
+    with pytest.raises(DataError, match=r"bad.inter: cannot read \(.*noon"):
+        run(tmp_path, "recbole", INTER.replace("\t2\n", "\tnoon\n"), name="bad.inter", **columns)
