@@ -33,7 +33,7 @@ import torch
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
@@ -45,6 +45,7 @@ from dimerec_dist.serving.recommender import Recommendation, Recommender, Reques
 from dimerec_dist.serving.server import answer, health_of, parse_batch, parse_body, parse_request
 
 log = logging.getLogger("dimerec.serve")
+BATCH_WAIT_S = 0.02  # how long a batch waits for company while other requests are in flight
 api = FastAPI(title="dimerec-serve", description="Recommendations from a DimeRec bundle, sharded over Ray Serve.")
 
 
@@ -116,6 +117,9 @@ class ServiceMetrics:
         )
         self.shard_latency = Histogram(
             "dimerec_shard_seconds", "A shard's search time for a batch's top-k", ["shard"], registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "dimerec_requests_in_flight", "Recommendation requests taken and not yet answered", registry=self.registry
         )
         self.batch_size = Histogram(
             "dimerec_batch_size",
@@ -192,12 +196,12 @@ class Ingress:
             part_files = bundle.part_files(list(range(len(bundle.parts))))
             bundle.verify(only=set(bundle.manifest.get("checksums") or {}) - part_files)
         self.shards, self.metrics, self.shard_wait_s = shards, ServiceMetrics(), shard_wait_s
-        self.draining, self.answered = False, 0
+        self.draining, self.answered, self.taken = False, 0, 0
         self.recommender = Recommender(bundle, exact=ShardedSearch(shards, self.metrics, shard_wait_s))
         self.num_items = bundle.num_items
         self.health = {**health_of(bundle), "shards": len(shards)}
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, max_concurrent_batches=1)
     async def _recommend(self, batches: list[tuple[float, list[Request]]]) -> list[list[Recommendation]]:
         """Concurrent HTTP requests' queries scored together: one tower pass and one fan-out, due
         when the oldest of them has waited `shard_wait_s`."""
@@ -214,6 +218,10 @@ class Ingress:
     async def _answer(self, requests: list[Request]) -> list[Recommendation]:
         for request in requests:
             self.recommender.check(request)  # a request the bundle cannot answer fails alone
+        # Ray Serve forms the next batch as soon as the running one starts, from what has arrived by
+        # then plus what arrives within the wait. Alone, a request should not wait; with others in
+        # flight (clients answered together come back together) a short wait lets them share a pass.
+        self._recommend.set_batch_wait_timeout_s(0.0 if self.taken <= 1 else BATCH_WAIT_S)
         return await self._recommend((time.monotonic(), requests))
 
     @api.post("/recommend")
@@ -226,6 +234,8 @@ class Ingress:
 
     async def _measured(self, endpoint: str, handler, http: HTTPRequest):
         started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        self.taken += 1
         try:
             response = await handler(await http.body())
         except RequestError as exc:
@@ -235,6 +245,8 @@ class Ingress:
         except Exception as exc:  # a bug of ours: the client gets an answer, the log the traceback
             log.exception("request failed")
             response = JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+        self.metrics.in_flight.dec()
+        self.taken -= 1
         self.answered += 1
         self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
