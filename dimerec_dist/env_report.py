@@ -18,6 +18,8 @@ import platform
 import sys
 import time
 
+from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
+
 PARTS = ("torch", "torchrec", "fbgemm_gpu", "pyarrow", "ray", "tensorboard", "numpy", "faiss", "matplotlib")
 
 
@@ -96,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a part fails to import or the lookup fails")
     parser.add_argument("--no-lookup", action="store_true", help="versions only")
+    add_log_level(parser)
     args = parser.parse_args(argv)
+    apply_log_level(args)
+    setup_command_logging()
     report = versions()
     width = max(map(len, [*report, "sharded lookup"]))
     for name, value in report.items():

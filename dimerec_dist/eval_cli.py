@@ -29,6 +29,7 @@ from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.distributed.process_group import DistContext, init_distributed
 from dimerec_dist.diversity import item_categories
+from dimerec_dist.log_level import add_log_level, apply_log_level
 from dimerec_dist.metrics import setup_logging
 from dimerec_dist.run_metrics import final_metrics
 
@@ -100,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         "--topk-out", type=Path, default=None, help="also write the test users' ranked item ids (dense) to this .npz"
     )
     parser.add_argument("overrides", nargs="*", help="key=value for evaluation, e.g. model.sample_steps=10")
+    add_log_level(parser)
     args = parser.parse_args(argv)
+    apply_log_level(args)
     return run_command(
         "dimerec-eval",
         lambda: run(args.run_dir, args.include_seen, args.overrides, args.topk_out, args.out),

@@ -10,14 +10,16 @@ import logging
 import time
 from pathlib import Path
 
+from dimerec_dist.log_level import our_level
+
 log = logging.getLogger("dimerec.train")
 
 
 def setup_logging(ctx) -> None:
-    """Our INFO lines on rank 0; libraries (TorchRec, FBGEMM) only at WARNING. `ctx`: the
-    job's distributed.process_group.DistContext."""
+    """Our lines on rank 0 at --log-level (INFO), other ranks' warnings; libraries (TorchRec,
+    FBGEMM) only at WARNING. `ctx`: the job's distributed.process_group.DistContext."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {ctx.rank}] %(name)s %(message)s", force=True)
-    logging.getLogger("dimerec").setLevel(logging.INFO if ctx.is_main else logging.WARNING)
+    logging.getLogger("dimerec").setLevel(our_level(ctx.is_main))
 
 
 class MetricsLogger:
@@ -52,6 +54,10 @@ class Progress:
         self.samples_per_step = samples_per_step
         self._last_time = time.time()
         self._last_step = start_step
+
+    def seconds_since_rate(self) -> float:
+        """Wall seconds since the previous call of rate(): the interval it is about to measure."""
+        return time.time() - self._last_time
 
     def rate(self, step: int) -> float:
         """Samples per second since the previous call."""

@@ -15,7 +15,6 @@ cannot fit is one error line saying how much it needs and what there is.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from dimerec_dist.config import (
     load_config,
 )
 from dimerec_dist.distributed.topology import GB, Cluster
+from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
 
 OPTIMIZER_STATE_BYTES = {"rowwise_adagrad": lambda dim: 4, "sgd": lambda dim: 0, "adam": lambda dim: 8 * dim}
 DTYPE_BYTES = {"fp32": 4, "fp16": 2}
@@ -37,7 +37,8 @@ DTYPE_BYTES = {"fp32": 4, "fp16": 2}
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    apply_log_level(args)
+    setup_command_logging()
     try:
         print(plan_report(args))
     except ConfigError as exc:
@@ -66,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-load-factor", type=float, help="sharding.cache_load_factor")
     parser.add_argument("--sharding", choices=SHARDING, help="sharding.type")
     parser.add_argument("--batch-size", type=int, help="train.batch_size (global)")
-    parser.add_argument("--log-level", default="WARNING", help="Python log level of the libraries (WARNING)")
+    add_log_level(parser)
     parser.add_argument("overrides", nargs="*", help="key=value job settings, as dimerec-train takes them")
     return parser
 

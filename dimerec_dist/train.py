@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dimerec_dist.config import ConfigError, config_to_dict, load_config
 from dimerec_dist.config_reference import help_text
+from dimerec_dist.log_level import add_log_level, apply_log_level
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, help="where the run's files go (required to train)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model.num_interests=8 train.epochs=3")
+    add_log_level(parser)
     args = parser.parse_args(argv)
+    apply_log_level(args)
     if args.print_config:
         return print_config(args.config, args.overrides)
     if args.run_dir is None:

@@ -55,6 +55,7 @@ from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.distributed.process_group import DistContext, init_distributed
 from dimerec_dist.distributed.sharding import resolved_column_block
 from dimerec_dist.diversity import item_categories
+from dimerec_dist.memory_usage import memory_scalars
 from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
 from dimerec_dist.model import NoiseDraw
 from dimerec_dist.output_dir import OutputError, writable_dir
@@ -239,7 +240,7 @@ class Trainer:
                             f"non-finite loss in steps {first_step}..{state.step}: {result.losses}"
                         )
                     if logged:
-                        self._log_step(progress, epoch, result)
+                        self._log_step(progress, epoch, result, batches.take_waited(), window.steps)
                         window.reset()
                     if result.stop_requested:
                         self.steps.end()
@@ -287,8 +288,11 @@ class Trainer:
         patience = self.config.train.patience
         return bool(patience) and self.state.stale_validations >= patience
 
-    def _log_step(self, progress: Progress, epoch: int, result: StepResult) -> None:
+    def _log_step(self, progress: Progress, epoch: int, result: StepResult, data_wait_s: float, steps: int) -> None:
+        """The window's losses, rates, the time the step waited for its batches (rank 0's: the
+        batch producer falling behind shows here first) and this rank's memory."""
         step, config = self.state.step, self.config
+        interval = progress.seconds_since_rate()
         rate = progress.rate(step)
         self.metrics.scalars(
             step,
@@ -298,6 +302,9 @@ class Trainer:
                 "lr/sparse": config.train.sparse_lr,
                 "grad_norm/dense": result.grad_norm,
                 "throughput/samples_per_s": rate,
+                "time/data_wait_ms_per_step": 1e3 * data_wait_s / max(steps, 1),
+                "time/data_wait_share": data_wait_s / max(interval, 1e-9),
+                **memory_scalars(self.ctx.device),
                 "epoch": epoch,
             },
         )

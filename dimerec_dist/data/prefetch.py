@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -25,6 +26,7 @@ class Prefetcher(Generic[T]):
     def __init__(self, items: Iterator[T], depth: int = 2, name: str = "batches"):
         self._items, self._queue = items, queue.Queue(maxsize=depth)
         self._stopping = threading.Event()
+        self._waited = 0.0  # seconds the consumer spent waiting for an item (see take_waited)
         self._thread = threading.Thread(target=self._produce, name=f"prefetch-{name}", daemon=True)
         self._thread.start()
 
@@ -54,7 +56,9 @@ class Prefetcher(Generic[T]):
         return self
 
     def __next__(self) -> T:
+        started = time.perf_counter()
         item = self._queue.get()
+        self._waited += time.perf_counter() - started
         if item is _DONE:
             self._queue.put(_DONE)  # every later read ends too
             raise StopIteration
@@ -62,6 +66,11 @@ class Prefetcher(Generic[T]):
             self._queue.put(_DONE)
             raise item
         return item
+
+    def take_waited(self) -> float:
+        """Seconds the consumer waited for items since the last call: time the producer was behind."""
+        waited, self._waited = self._waited, 0.0
+        return waited
 
     def close(self) -> None:
         self._stopping.set()

@@ -45,6 +45,7 @@ from dimerec_dist.data.schema import (
 )
 from dimerec_dist.data.writer import SplitWriter
 from dimerec_dist.integrity import file_sha256
+from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
 from dimerec_dist.output_dir import OutputError, begin, check_target, os_error_line, publish
 
 log = logging.getLogger("dimerec.prepare")
@@ -473,8 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         help="leave-one-out (last item test, second to last valid) or user (ComiRec: 10%%/10%% of "
         "users held out, their first 80%% in, the rest as targets)",
     )
+    add_log_level(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    apply_log_level(args)
+    setup_command_logging()
     user_col, item_col, time_col = DEFAULT_COLUMNS.get(args.format, DEFAULT_COLUMNS["events"])
     delimiter = "\t" if args.delimiter in ("tab", "\\t") else args.delimiter
     if delimiter is not None and len(delimiter) != 1:

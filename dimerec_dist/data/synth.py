@@ -33,6 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
+
 log = logging.getLogger("dimerec.synth")
 BACKENDS = ("local", "processes", "ray")
 
@@ -246,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     defaults = SynthOptions()
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    add_log_level(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    apply_log_level(args)
+    setup_command_logging()
     backend = args.backend or ("ray" if args.workers > 1 else "local")
     synthesize(args.out, SynthOptions(**{k: getattr(args, k) for k in asdict(defaults)}), args.workers, backend)
     return 0

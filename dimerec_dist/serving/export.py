@@ -35,6 +35,7 @@ from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, Manifest, read_items
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
+from dimerec_dist.log_level import add_log_level, apply_log_level
 from dimerec_dist.output_dir import OutputError, begin, check_target, publish, staging_path
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.index_tuning import measure_index, tune_index
@@ -273,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         help="replace an existing bundle at --out (swapped in only when the new one is complete)",
     )
     parser.add_argument("overrides", nargs="*", help="key=value applied to the run's config")
+    add_log_level(parser)
     args = parser.parse_args(argv)
+    apply_log_level(args)
     return run_command(
         "dimerec-export",
         lambda: export(
