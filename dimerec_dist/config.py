@@ -309,6 +309,9 @@ class TrainConfig:
     precision: str = "fp32"
     """fp32, or bf16: GEM, DAM and the logits under bf16 autocast, the losses summed in fp32 (TF32
     matmuls on GPU either way)."""
+    profile_steps: list[int] = field(default_factory=list)
+    """[first, last]: record steps first..last (counted from 1) with torch.profiler and write each rank's
+    trace to run_dir/profile/ (Chrome trace JSON: Perfetto or chrome://tracing open it). Empty: off."""
     threads: int = 0
     """torch intra-op threads per rank (0: torch's default)."""
     device: str = "auto"
@@ -334,6 +337,10 @@ class TrainConfig:
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _choice("train.precision", self.precision, ("fp32", "bf16"))
         _at_least("train.keep_checkpoints", self.keep_checkpoints, 1)
+        if self.profile_steps and (
+            len(self.profile_steps) != 2 or not 1 <= self.profile_steps[0] <= self.profile_steps[1]
+        ):
+            raise ConfigError(f"train.profile_steps={self.profile_steps} must be [first, last] with 1 <= first <= last")
 
 
 @dataclass

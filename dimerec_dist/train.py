@@ -37,12 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--run-dir", type=Path, help="where the run's files go (required to train)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the job, plan the item table and print the plan and memory per rank, then exit (no data made)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. model.num_interests=8 train.epochs=3")
     add_log_level(parser)
     args = parser.parse_args(argv)
     apply_log_level(args)
     if args.print_config:
         return print_config(args.config, args.overrides)
+    if args.dry_run:
+        from dimerec_dist.command import run_command
+        from dimerec_dist.dry_run import USER_ERRORS, dry_run
+
+        return run_command("dimerec-train", lambda: dry_run(args.config, args.overrides, args.run_dir), USER_ERRORS)
     if args.run_dir is None:
         parser.error("--run-dir is required to train")
     from dimerec_dist.trainer import train_command  # after parsing: --help needs no torch

@@ -61,6 +61,7 @@ from dimerec_dist.model import NoiseDraw
 from dimerec_dist.output_dir import OutputError, writable_dir
 from dimerec_dist.random_streams import generator
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
+from dimerec_dist.step_profiler import StepProfiler
 from dimerec_dist.train_step import LossWindow, StepRunner, build_step_runner
 
 log = logging.getLogger("dimerec.train")
@@ -217,6 +218,7 @@ class Trainer:
         out_of_time = bool(budget) and state.train_seconds >= budget  # a finished budget: straight to the end
         self.parts.model.train()
         window = LossWindow(self.ctx.device)
+        profiler = StepProfiler(config.train.profile_steps, self.run_dir / "profile", self.ctx.rank, self.ctx.device)
         for epoch in range(state.epoch, len(self.epoch_steps)):
             if out_of_time or self._patience_spent():
                 break
@@ -225,9 +227,11 @@ class Trainer:
                 for epoch_step in range(first, self.epoch_steps[epoch]):
                     for hook in self.before_step:
                         hook(self)
+                    profiler.before(state.step + 1)
                     window.add(self.steps.progress(batches, state.step))
                     state.train_seconds = time.monotonic() - started
                     state.step, state.epoch, state.epoch_step = state.step + 1, epoch, epoch_step + 1
+                    profiler.after(state.step)
                     logged = state.step % config.train.log_every == 0 or state.step == total_steps
                     if not logged and epoch_step + 1 < self.epoch_steps[epoch]:
                         continue  # the device runs on: the host reads it at log steps and epoch ends

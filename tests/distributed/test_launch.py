@@ -5,8 +5,12 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.distributed.conftest import REPO, TINY_JOB
+
+# The scripts run the caller's environment: here, the one running the tests.
+CALLERS_ENVIRONMENT = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
 
 
 def free_port() -> int:
@@ -18,7 +22,7 @@ def free_port() -> int:
 def test_two_nodes_rendezvous_and_train_with_the_table_sharded_over_both(tiny_dataset, tmp_path):
     run_dir = tmp_path / "two-nodes"
     env = {
-        **os.environ,
+        **CALLERS_ENVIRONMENT,
         "NNODES": "2",
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),
@@ -37,7 +41,7 @@ def test_two_nodes_rendezvous_and_train_with_the_table_sharded_over_both(tiny_da
     ]
     nodes = [
         subprocess.Popen(
-            ["bash", "launch/multi_node.sh", *args],
+            ["bash", str(REPO / "launch/multi_node.sh"), *args],
             cwd=REPO,
             env={**env, "NODE_RANK": str(rank)},
             stdout=subprocess.PIPE,
@@ -61,6 +65,24 @@ def test_two_nodes_rendezvous_and_train_with_the_table_sharded_over_both(tiny_da
     assert steps == list(range(1, 7))
 
 
+def test_the_scripts_take_the_environment_from_the_caller_and_say_so_when_it_is_missing(tmp_path):
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for script in ("launch/single_node.sh", "launch/multi_node.sh"):
+        done = subprocess.run(
+            ["bash", str(REPO / script), "--run-dir", str(tmp_path / "r")],
+            cwd=tmp_path,
+            env={**bare, "NNODES": "1", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and "dimerec-torchrun is not on PATH: activate the environment" in done.stderr
+    done = subprocess.run(
+        ["bash", str(REPO / "launch/slurm.sbatch")], cwd=tmp_path, env=bare, capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "set RUN_DIR" in done.stderr
+
+
 def test_single_node_script_runs_the_trainer(tiny_dataset, tmp_path):
     run_dir = tmp_path / "one-node"
     done = subprocess.run(
@@ -76,7 +98,7 @@ def test_single_node_script_runs_the_trainer(tiny_dataset, tmp_path):
             *TINY_JOB,
         ],
         cwd=REPO,
-        env={**os.environ, "NPROC": "2", "OMP_NUM_THREADS": "1"},
+        env={**CALLERS_ENVIRONMENT, "NPROC": "2", "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -21,6 +21,7 @@ def test_quickstart_learns_far_beyond_popularity_and_recovers_planted_interests(
         "data.synth_events=60000",
         "train.epochs=2",
         "eval.batch_size=512",
+        "train.profile_steps=3,4",
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -34,8 +35,24 @@ def test_quickstart_learns_far_beyond_popularity_and_recovers_planted_interests(
         if line.strip()
         and " dimerec." not in line
         and not line.startswith(("module:", "param ", "----- ", "item ", "planned for ", "memory per rank", "rank "))
+        and "SyncActivityProfilerHandler" not in line  # kineto's start/stop lines: train.profile_steps asks for them
     ]
     assert foreign == [], "\n".join(foreign[:10])
+    # What the job did is on TensorBoard: the step's wait for batches and the rank's memory beside the losses.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    wanted = {"time/data_wait_ms_per_step", "time/data_wait_share", "memory/host_rss_gb", "memory/host_peak_rss_gb"}
+    assert wanted <= scalars, sorted(scalars)
+    rss = [event.value for event in events.Scalars("memory/host_rss_gb")]
+    assert all(0.1 < value < 64 for value in rss), rss
+    assert all(0 <= event.value <= 1.5 for event in events.Scalars("time/data_wait_share"))
+    # and train.profile_steps=3,4 left a trace Perfetto opens (Chrome's trace JSON)
+    (trace,) = (run_dir / "profile").glob("rank-0.steps-3-4.pt.trace.json")
+    assert len(json.loads(trace.read_text())["traceEvents"]) > 100
+
     final = json.loads((run_dir / "final.json").read_text())
     model, popularity = final["test"]["hr@50"], final["popularity"]["test"]["hr@50"]
     assert model >= 2 * popularity, f"test HR@50 {model:.4f} vs popularity {popularity:.4f}"

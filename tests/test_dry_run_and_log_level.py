@@ -1,0 +1,63 @@
+"""dimerec-train --dry-run plans the job and exits; --log-level means the same on every command."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.distributed.conftest import REPO, TINY_JOB
+
+
+def command(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_dry_run_prints_the_plan_and_memory_per_rank_and_makes_nothing(tmp_path):
+    done = command(
+        "dimerec_dist.train", "--dry-run", "--config", "configs/quickstart.yaml", "--run-dir", str(tmp_path / "r")
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dry run: the job fits; item table 2,001 x 64 (row_wise over 1 rank(s))" in done.stdout
+    assert "memory per rank (row_wise, 1 ranks)" in done.stderr and "nothing was trained" in done.stdout
+    assert not (tmp_path / "r").exists(), "a dry run writes nothing"
+
+
+def test_a_dry_run_sizes_the_table_from_a_prepared_dataset(tiny_dataset):
+    done = command("dimerec_dist.train", "--dry-run", "data.source=prepared", f"data.path={tiny_dataset}", *TINY_JOB)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "item table 301 x 16" in done.stdout and f"the prepared dataset {tiny_dataset}" in done.stderr
+
+
+def test_a_dry_run_without_data_to_size_from_is_one_line(tmp_path):
+    done = command("dimerec_dist.train", "--dry-run", "data.source=prepared", f"data.path={tmp_path / 'none'}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "a dry run makes no data" in done.stderr
+
+
+@pytest.mark.parametrize("level, says_info", [("WARNING", False), ("INFO", True)])
+def test_log_level_sets_what_a_command_says(tmp_path, level, says_info):
+    (tmp_path / "pairs.txt").write_text("u1 a\nu1 b\nu1 c\nu2 a\nu2 c\n")
+    done = command(
+        "dimerec_dist.data.prepare",
+        *("--format", "pairs", "--input", str(tmp_path / "pairs.txt"), "--out", str(tmp_path / level)),
+        *("--log-level", level.lower()),
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("dimerec.prepare prepared" in done.stderr) is says_info, done.stderr
+
+
+def test_every_command_takes_log_level_and_refuses_a_level_that_is_not_one():
+    for module in (
+        "dimerec_dist.train",
+        "dimerec_dist.eval_cli",
+        "dimerec_dist.serving.export",
+        "dimerec_dist.data.prepare",
+        "dimerec_dist.data.synth",
+        "dimerec_dist.plan_cli",
+        "dimerec_dist.env_report",
+        "dimerec_dist.serving.serve_cli",
+    ):
+        assert "--log-level" in command(module, "--help", timeout=120).stdout, module
+    done = command(
+        "dimerec_dist.data.prepare", "--format", "pairs", "--input", "x", "--out", "y", "--log-level", "loud"
+    )
+    assert done.returncode == 2 and "--log-level: invalid choice: 'LOUD'" in done.stderr
