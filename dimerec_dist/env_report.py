@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import logging
 import os
 import platform
 import sys
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     apply_log_level(args)
     setup_command_logging()
+    if not args.log_level:  # the lookup's own lines (its sharding plan) only when asked for
+        logging.getLogger("dimerec").setLevel(logging.WARNING)
     report = versions()
     width = max(map(len, [*report, "sharded lookup"]))
     for name, value in report.items():
