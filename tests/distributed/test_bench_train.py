@@ -130,7 +130,7 @@ def test_the_sequence_grid_trains_the_same_model_to_the_same_losses_in_both_mode
 def test_the_step_grid_trains_plain_and_pipelined_to_the_same_losses_and_reports_host_time(tmp_path):
     """--compare-steps: the plain step (batches made on the training thread, losses read every step)
     and the pipelined one (a prefetch thread, TorchRec's pipeline, one read at the end) train to the
-    same losses on 1 and 2 ranks; bf16 stays within 1e-2 relative of fp32 over these steps."""
+    same losses; bf16 stays within 1e-2 relative of fp32 over these steps."""
     command = [
         sys.executable,
         "tools/bench_train.py",
@@ -140,8 +140,7 @@ def test_the_step_grid_trains_plain_and_pipelined_to_the_same_losses_and_reports
         "--catalogs",
         "500",
         "--worlds",
-        "1",
-        "2",
+        "1",  # 2 ranks: tests/distributed/test_pipelined_step.py proves the same equality there
         "--precisions",
         "fp32",
         "bf16",
@@ -157,7 +156,7 @@ def test_the_step_grid_trains_plain_and_pipelined_to_the_same_losses_and_reports
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     cells = {(r["world"], r["precision"], r["step"]): r for r in json.loads((tmp_path / "steps.json").read_text())}
-    assert len(cells) == 8
+    assert len(cells) == 4
     for (world, precision, step), cell in cells.items():
         plain = cells[world, precision, "plain"]
         assert len(cell["losses"]) == 4
@@ -166,5 +165,5 @@ def test_the_step_grid_trains_plain_and_pipelined_to_the_same_losses_and_reports
         assert cell["ms_per_step"] > 0 and (cell["read_ms_per_step"] > 0) == (step == "plain")
     assert cells[1, "bf16", "plain"]["losses"] != cells[1, "fp32", "plain"]["losses"], "bf16 really ran"
     text = (tmp_path / "steps.md").read_text()
-    assert "pipelined / plain, cpu, 500 items, batch 32, world 2, fp32: samples/s x" in text
+    assert "pipelined / plain, cpu, 500 items, batch 32, world 1, fp32: samples/s x" in text
     assert "bf16 / fp32, cpu, 500 items, batch 32, world 1, pipelined: samples/s x" in text
