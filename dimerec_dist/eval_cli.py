@@ -26,12 +26,13 @@ from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError, JobConfig, load_config
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
-from dimerec_dist.data.source import dataset_path
+from dimerec_dist.data.source import cached_dataset, dataset_path
 from dimerec_dist.distributed.process_group import DistContext, init_distributed
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.log_level import add_log_level, apply_log_level
 from dimerec_dist.metrics import setup_logging
 from dimerec_dist.run_metrics import final_metrics
+from dimerec_dist.storage import is_remote
 
 log = logging.getLogger("dimerec.eval")
 
@@ -57,7 +58,8 @@ def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a dimerec-train run directory (no config.yaml)")
     config = load_config(config_file, overrides)
-    manifest = Manifest.load(dataset_path(config.data, run_dir))
+    remote = is_remote(config.data.path)
+    manifest = Manifest.load(cached_dataset(config.data) if remote else dataset_path(config.data, run_dir))
     check_protocol(config, manifest)
     check_compatible(run_dir / "model", manifest.num_items, config.model)  # before any process group or model
     ctx = init_distributed(config.train.device)

@@ -22,8 +22,9 @@ import logging
 import math
 import shutil
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from dimerec_dist.data.writer import SplitWriter
 from dimerec_dist.integrity import file_sha256
 from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
 from dimerec_dist.output_dir import OutputError, begin, check_target, os_error_line, publish
+from dimerec_dist.storage import StorageError, download, exists, is_remote, local_path, upload_dir
 
 log = logging.getLogger("dimerec.prepare")
 # The columns each column-named format reads unless told otherwise (--user-col, ...).
@@ -57,8 +59,8 @@ BUCKET_SCHEMA = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("time", 
 @dataclass
 class PrepareOptions:
     format: str
-    input: Path
-    out: Path
+    input: Path | str  # a path, or a URI (s3://, gs://, ...)
+    out: Path | str
     kcore: int = 0
     user_col: str = "user"
     item_col: str = "item"
@@ -350,6 +352,9 @@ def prepare(options: PrepareOptions) -> dict:
         raise DataError(f"unknown format {options.format!r}; choose one of {', '.join(FORMATS)}")
     if options.split not in SPLITS:
         raise DataError(f"unknown split {options.split!r}; choose one of {', '.join(SPLITS)}")
+    if is_remote(options.input) or is_remote(options.out):
+        return _prepare_remote(options)
+    options = replace(options, input=local_path(options.input), out=local_path(options.out))
     if not options.input.exists():
         raise DataError(f"input {options.input} does not exist")
     try:
@@ -363,6 +368,27 @@ def prepare(options: PrepareOptions) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     publish(staging, options.out)
+    return manifest
+
+
+def _prepare_remote(options: PrepareOptions) -> dict:
+    """Input or output on an object store: the input copied here, the dataset prepared here and
+    uploaded with its manifest last (a reader trusts a dataset only once its manifest is there)."""
+    with tempfile.TemporaryDirectory(prefix="dimerec-prepare-") as scratch:
+        local = replace(options)
+        try:
+            if is_remote(options.input):
+                local.input = download(str(options.input), Path(scratch) / "input")
+            if is_remote(options.out):
+                if exists(f"{str(options.out).rstrip('/')}/manifest.json") and not options.overwrite:
+                    raise DataError(f"{options.out} holds a prepared dataset: never overwritten (pass --overwrite)")
+                local.out = Path(scratch) / "prepared"
+            manifest = prepare(local)
+            if is_remote(options.out):
+                upload_dir(local.out, str(options.out), "manifest.json")
+                log.info("uploaded to %s", options.out)
+        except StorageError as exc:
+            raise DataError(str(exc)) from None
     return manifest
 
 
@@ -443,8 +469,10 @@ def _prepare_into(options: PrepareOptions, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--input", required=True, type=Path, help="a file, or for events a directory of part files")
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument(
+        "--input", required=True, help="a file, or for events a directory of part files (a path or s3://, gs://, ...)"
+    )
+    parser.add_argument("--out", required=True, help="a directory (a path or s3://, gs://, ...)")
     parser.add_argument("--kcore", type=int, default=0, help="keep users and items with at least k events (0: off)")
     parser.add_argument("--user-col", default=None, help="events: user (default); recbole: user_id")
     parser.add_argument("--item-col", default=None, help="events: item (default); recbole: item_id")

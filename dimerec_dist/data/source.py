@@ -7,14 +7,18 @@ so a re-run or a second job on the same path starts at once.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch.distributed as dist
 
 from dimerec_dist.config import DataConfig
 from dimerec_dist.data.prepare import PrepareOptions, prepare
+from dimerec_dist.data.schema import DataError
 from dimerec_dist.data.synth import SynthOptions, synthesize
+from dimerec_dist.storage import StorageError, cache_key, is_remote, local_copy
 
 log = logging.getLogger("dimerec.data")
 
@@ -57,6 +61,8 @@ def make_dataset(data: DataConfig, out: Path, overwrite: bool) -> None:
 
 
 def ensure_dataset(data: DataConfig, run_dir: Path, is_main: bool) -> Path:
+    if is_remote(data.path):
+        return cached_dataset(data)
     path = dataset_path(data, run_dir)
     if data.source != "prepared" and is_main and not (path / "manifest.json").is_file():
         log.info("preparing the %s dataset into %s", data.source, path)
@@ -64,3 +70,25 @@ def ensure_dataset(data: DataConfig, run_dir: Path, is_main: bool) -> Path:
     if dist.is_initialized():
         dist.barrier()
     return path
+
+
+def cache_root() -> Path:
+    """Where remote datasets are copied on this node: $DIMEREC_CACHE_DIR, or the system's temp dir."""
+    return Path(os.environ.get("DIMEREC_CACHE_DIR") or Path(tempfile.gettempdir()) / "dimerec-cache")
+
+
+def cached_dataset(data: DataConfig) -> Path:
+    """A prepared dataset on an object store (data.path=s3://...), copied once per node by its
+    first local rank (manifest last; an existing complete copy is reused), read from there."""
+    if data.source != "prepared":
+        raise DataError(f"data.path={data.path}: a remote path holds a prepared dataset (data.source=prepared)")
+    path = None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            path = local_copy(data.path, cache_root(), "manifest.json")
+        except StorageError as exc:
+            raise DataError(str(exc)) from None
+        log.info("dataset %s copied to %s", data.path, path)
+    if dist.is_initialized():
+        dist.barrier()
+    return path or cache_root() / cache_key(data.path)

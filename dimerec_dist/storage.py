@@ -1,0 +1,125 @@
+"""Paths that may be URIs: s3://, gs://, hdfs://, file://, through fsspec's filesystems.
+
+What the trainer reads many times, or maps into memory, is read from local disk: a remote
+directory is copied once into a local cache and used from there (`local_copy`). What a
+command writes to a URI is written locally first and then uploaded with the file that
+marks it complete last (`upload_dir`), so a reader that trusts only complete outputs (a
+dataset with its manifest, a bundle with bundle.json) never sees half of one. Credentials
+and endpoints are fsspec's: the environment (AWS_*, GOOGLE_*), or `FSSPEC_S3_ENDPOINT_URL`
+style variables the filesystem reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "az://")
+
+
+class StorageError(RuntimeError):
+    """A URI that cannot be read or written: which one, and what the filesystem said."""
+
+
+def is_remote(path: str | Path) -> bool:
+    return str(path).startswith(REMOTE_SCHEMES)
+
+
+def local_path(path: str | Path) -> Path:
+    """A local path, given as such or as file://."""
+    text = str(path)
+    return Path(text[len("file://") :] if text.startswith("file://") else text)
+
+
+def filesystem(uri: str):
+    """(fsspec filesystem, path within it) for a URI."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(uri, **_options(uri))
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"{uri}: no filesystem for it ({exc}); install s3fs / gcsfs as the scheme needs") from None
+    return fs, root.rstrip("/")
+
+
+def _options(uri: str) -> dict:
+    """An S3-compatible endpoint from the environment (a MinIO, a test's server), if one is set."""
+    endpoint = os.environ.get("DIMEREC_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    if uri.startswith("s3://") and endpoint:
+        return {"client_kwargs": {"endpoint_url": endpoint}}
+    return {}
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        return fs.exists(path)
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot be read ({exc})") from None
+
+
+def cache_key(uri: str) -> str:
+    """The name of a URI's local copy: the same on every node, different for every URI."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def local_copy(uri: str, cache_root: Path, marker: str) -> Path:
+    """A local copy of the remote directory `uri` under `cache_root`, made once: `marker` (the file
+    that makes the directory complete, e.g. manifest.json) is copied last, and a copy that has it
+    is reused."""
+    target = cache_root / cache_key(uri)
+    if (target / marker).is_file():
+        return target
+    fs, root = filesystem(uri)
+    try:
+        if not fs.exists(f"{root}/{marker}"):
+            raise StorageError(f"{uri}: no {marker} there (not a complete output)")
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        files = [f for f in fs.find(root) if not f.endswith(f"/{marker}")]
+        for remote in files:
+            local = partial / remote[len(root) + 1 :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local))
+        fs.get_file(f"{root}/{marker}", str(partial / marker))
+    except (OSError, PermissionError) as exc:
+        raise StorageError(f"{uri}: cannot be read ({exc})") from None
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(target)
+    return target
+
+
+def upload_dir(local: Path, uri: str, marker: str) -> None:
+    """Every file under `local` to the directory `uri`, `marker` last (what readers check for)."""
+    fs, root = filesystem(uri)
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.relative_to(local).as_posix() != marker)
+    try:
+        for file in files:
+            fs.put_file(str(file), f"{root}/{file.relative_to(local).as_posix()}")
+        if (local / marker).is_file():
+            fs.put_file(str(local / marker), f"{root}/{marker}")
+    except (OSError, PermissionError) as exc:
+        raise StorageError(f"{uri}: cannot be written ({exc})") from None
+
+
+def download(uri: str, local: Path) -> Path:
+    """A remote file, or a directory of files, copied to `local` (for a command's input)."""
+    fs, root = filesystem(uri)
+    try:
+        if fs.isdir(root):
+            for remote in fs.find(root):
+                target = local / remote[len(root) + 1 :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(remote, str(target))
+            return local
+        if not fs.exists(root):
+            raise StorageError(f"input {uri} does not exist")
+        local.mkdir(parents=True, exist_ok=True)
+        target = local / root.rsplit("/", 1)[-1]
+        fs.get_file(root, str(target))
+        return target
+    except (OSError, PermissionError) as exc:
+        raise StorageError(f"{uri}: cannot be read ({exc})") from None
