@@ -66,16 +66,16 @@ def cache_key(uri: str) -> str:
 
 
 def local_copy(uri: str, cache_root: Path, marker: str) -> Path:
-    """A local copy of the remote directory `uri` under `cache_root`, made once: `marker` (the file
-    that makes the directory complete, e.g. manifest.json) is copied last, and a copy that has it
-    is reused."""
+    """A local copy of the remote directory `uri` under `cache_root`: `marker` (the file that makes
+    the directory complete, e.g. manifest.json, which names and checksums the rest) is copied last,
+    and a copy whose marker equals the remote one is reused; one replaced since is copied again."""
     target = cache_root / cache_key(uri)
-    if (target / marker).is_file():
-        return target
     fs, root = filesystem(uri)
     try:
         if not fs.exists(f"{root}/{marker}"):
             raise StorageError(f"{uri}: no {marker} there (not a complete output)")
+        if (target / marker).is_file() and (target / marker).read_bytes() == fs.cat_file(f"{root}/{marker}"):
+            return target
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         files = [f for f in fs.find(root) if not f.endswith(f"/{marker}")]

@@ -84,4 +84,19 @@ def test_prepare_reads_and_writes_the_bucket_and_training_and_eval_read_it(bucke
     assert (run_dir / "config.yaml").read_text().count("s3://recs/prepared") == 1
     done = run("dimerec_dist.eval_cli", "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
+
+    # The dataset replaced on the bucket (--overwrite): the node's copy is taken again, not reused.
+    fewer = "".join(f"u{u} i{(u * 7 + k) % 100}\n" for u in range(60) for k in range(8))
+    bucket.put_object(Bucket="recs", Key="raw/pairs.txt", Body=fewer.encode())
+    done = run(
+        "dimerec_dist.data.prepare",
+        *("--format", "pairs", "--input", "s3://recs/raw/pairs.txt", "--out", "s3://recs/prepared", "--overwrite"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    from dimerec_dist.config import load_config
+    from dimerec_dist.data.schema import Manifest
+    from dimerec_dist.data.source import cached_dataset
+
+    config = load_config(None, ["data.source=prepared", "data.path=s3://recs/prepared"])
+    assert Manifest.load(cached_dataset(config.data)).data["counts"]["events"] == 480
     assert manifest["counts"]["events"] == 960

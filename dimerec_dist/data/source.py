@@ -88,7 +88,7 @@ def cached_dataset(data: DataConfig) -> Path:
             path = local_copy(data.path, cache_root(), "manifest.json")
         except StorageError as exc:
             raise DataError(str(exc)) from None
-        log.info("dataset %s copied to %s", data.path, path)
+        log.info("dataset %s read from its copy in %s", data.path, path)
     if dist.is_initialized():
         dist.barrier()
     return path or cache_root() / cache_key(data.path)
