@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -84,6 +85,40 @@ def test_prepare_reads_and_writes_the_bucket_and_training_and_eval_read_it(bucke
     assert (run_dir / "config.yaml").read_text().count("s3://recs/prepared") == 1
     done = run("dimerec_dist.eval_cli", "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
+
+    # The bundle exported by the 2 ranks to the bucket (bundle.json last), then served from it.
+    torchrun(2, "dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", "s3://recs/bundles/b1")
+    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="recs", Prefix="bundles/b1/")["Contents"]]
+    assert "bundles/b1/bundle.json" in keys and sum("/items/part-" in k for k in keys) == 2
+    assert not (run_dir / ".export").exists() or not any((run_dir / ".export").iterdir()), "no local bundle left"
+    again = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", "s3://recs/bundles/b1")
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dimerec_dist.serving.serve_cli",
+            "s3://recs/bundles/b1",
+            "--single-process",
+            "--port",
+            "0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("listening on"), line + server.stderr.read()[-2000:]
+        request = urllib.request.Request(
+            line.split()[-1] + "/recommend", data=json.dumps({"history": ["i3", "i10"], "k": 5}).encode()
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert len(json.loads(response.read())["items"]) == 5
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
     # The dataset replaced on the bucket (--overwrite): the node's copy is taken again, not reused.
     fewer = "".join(f"u{u} i{(u * 7 + k) % 100}\n" for u in range(60) for k in range(8))

@@ -40,6 +40,7 @@ from dimerec_dist.output_dir import OutputError, begin, check_target, publish, s
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.index_tuning import measure_index, tune_index
 from dimerec_dist.serving.tower import UserTower, export_tower
+from dimerec_dist.storage import StorageError, cache_key, exists, is_remote, local_path, upload_dir
 from dimerec_dist.table_shards import scoring_shards
 
 log = logging.getLogger("dimerec.export")
@@ -157,7 +158,12 @@ def export(
     recall: float | None = None,
 ) -> dict:
     """`recall`: the index's search setting is the cheapest that reaches this recall@50 on the
-    validation users (serving/index_tuning.py); None keeps --nprobe and HNSW's efSearch 128."""
+    validation users (serving/index_tuning.py); None keeps --nprobe and HNSW's efSearch 128.
+    `out` may be a URI (s3://...): the bundle is made under the run directory (shared by the
+    job's nodes), then uploaded with bundle.json last, and the local one removed."""
+    if is_remote(out):
+        return _export_to_store(str(out), run_dir, dtype, index, steps, nprobe, overrides, overwrite, recall)
+    out = local_path(out)
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if index not in INDEX_KINDS:
@@ -246,6 +252,23 @@ def export(
     return result
 
 
+def _export_to_store(
+    uri: str, run_dir: Path, dtype, index, steps, nprobe, overrides, overwrite: bool, recall: float | None
+) -> dict:
+    try:
+        if exists(f"{uri.rstrip('/')}/{MANIFEST}") and not overwrite:
+            raise OutputError(f"{uri} holds a serving bundle: it is never overwritten (pass --overwrite)")
+        local = Path(run_dir) / ".export" / cache_key(uri)
+        manifest = export(run_dir, local, dtype, index, steps, nprobe, overrides, overwrite=True, recall=recall)
+        if manifest:  # the main rank: the bundle is complete here
+            upload_dir(local, uri, MANIFEST)
+            shutil.rmtree(local)
+            log.info("bundle uploaded to %s", uri)
+    except StorageError as exc:
+        raise OutputError(str(exc)) from None
+    return manifest
+
+
 def _write_manifest(staging: Path, manifest: dict) -> None:
     names = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest["checksums"] = dict(zip(names, files_sha256([staging / name for name in names])))
@@ -256,7 +279,7 @@ def _write_manifest(staging: Path, manifest: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-export", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", required=True, help="the bundle's directory: a path, or s3://, gs://, ...")
     parser.add_argument("--dtype", default="float32", help=f"item table storage: {', '.join(DTYPES)}")
     parser.add_argument("--index", default="none", help=f"approximate index: {', '.join(INDEX_KINDS)} (needs faiss)")
     parser.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")

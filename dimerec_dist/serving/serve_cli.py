@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from dimerec_dist.serving.bundle import Bundle, BundleError
+from dimerec_dist.storage import StorageError, is_remote, local_copy, local_path
 
 log = logging.getLogger("dimerec.serve")
 
@@ -33,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dimerec-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("bundle", type=Path)
+    parser.add_argument(
+        "bundle", help="the bundle's directory: a path, or s3://, gs://, ... (copied to this node first)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
     parser.add_argument("--shards", type=int, default=1, help="shard deployments the table is spread over")
@@ -70,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(level, int):
         parser.error(f"--log-level {args.log_level}: not a log level (DEBUG, INFO, WARNING, ERROR)")
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    try:
+        args.bundle = local_bundle(args.bundle)
+    except StorageError as exc:
+        print(f"dimerec-serve: error: {exc}", file=sys.stderr)
+        return 2
     if args.single_process:
         from dimerec_dist.serving.server import serve_single_process
 
@@ -79,6 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ValueError) as exc:
         print(f"dimerec-serve: error: {exc}", file=sys.stderr)
         return 2
+
+
+def local_bundle(bundle: str) -> Path:
+    """The bundle to serve from local disk (memory maps need local files): a bundle on an object
+    store is copied to this node's cache first (bundle.json last; reused while it is unchanged)."""
+    if not is_remote(bundle):
+        return local_path(bundle)
+    from dimerec_dist.data.source import cache_root
+
+    local = local_copy(bundle, cache_root(), "bundle.json")
+    log.info("serving %s from its copy in %s", bundle, local)
+    return local
 
 
 def serve_sharded(args, level: int) -> int:
