@@ -1,7 +1,7 @@
 """Data on an S3-protocol object store: a real one (moto's server mode) started by the test.
 dimerec-prepare reads its input from a bucket and writes the dataset there (manifest last);
 a 2-rank training job reads the dataset from the bucket through a per-node local copy, and
-dimerec-eval does too."""
+dimerec-eval does too; a bundle is exported to the bucket and served from it."""
 
 import json
 import os
@@ -86,10 +86,11 @@ def test_prepare_reads_and_writes_the_bucket_and_training_and_eval_read_it(bucke
     done = run("dimerec_dist.eval_cli", "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
 
-    # The bundle exported by the 2 ranks to the bucket (bundle.json last), then served from it.
-    torchrun(2, "dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", "s3://recs/bundles/b1")
+    # The bundle exported to the bucket (bundle.json last), then served from it.
+    exported = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", "s3://recs/bundles/b1")
+    assert exported.returncode == 0, exported.stderr[-3000:]
     keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="recs", Prefix="bundles/b1/")["Contents"]]
-    assert "bundles/b1/bundle.json" in keys and sum("/items/part-" in k for k in keys) == 2
+    assert "bundles/b1/bundle.json" in keys and any("/items/part-" in k for k in keys)
     assert not (run_dir / ".export").exists() or not any((run_dir / ".export").iterdir()), "no local bundle left"
     again = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", "s3://recs/bundles/b1")
     assert again.returncode == 2 and "never overwritten" in again.stderr

@@ -166,14 +166,14 @@ def test_under_load_a_killed_replica_costs_no_request_and_sigterm_drops_none(bun
     line); the others are refused at connect once the proxy stops listening. A connection the
     kernel completed but the proxy never read when it closed its listening socket is reset, which
     can happen at most once per client."""
-    service = Service(bundle_dir, tmp_path, "--shards", "1", "--replicas", "2", "--drain-grace-s", "1")
+    service = Service(bundle_dir, tmp_path, "--shards", "1", "--replicas", "2", "--drain-grace-s", "0.5")
     load = None
     try:
         (victim, survivor) = service.replica_pids("shard-0")
         load = Load(service.url)
-        time.sleep(2)
+        time.sleep(1.5)
         os.kill(victim, signal.SIGKILL)
-        time.sleep(3)
+        time.sleep(2)
         assert set(load.outcomes) == {200}, sorted(map(str, set(load.outcomes)))
         out = service.stop()
         outcomes = load.stop()
