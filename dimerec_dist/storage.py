@@ -72,24 +72,31 @@ def local_copy(uri: str, cache_root: Path, marker: str) -> Path:
     target = cache_root / cache_key(uri)
     fs, root = filesystem(uri)
     try:
-        if not fs.exists(f"{root}/{marker}"):
-            raise StorageError(f"{uri}: no {marker} there (not a complete output)")
-        if (target / marker).is_file() and (target / marker).read_bytes() == fs.cat_file(f"{root}/{marker}"):
+        try:
+            complete = fs.cat_file(f"{root}/{marker}")  # read once: compared, then written last
+        except FileNotFoundError:
+            raise StorageError(f"{uri}: no {marker} there (not a complete output)") from None
+        if (target / marker).is_file() and (target / marker).read_bytes() == complete:
             return target
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        files = [f for f in fs.find(root) if not f.endswith(f"/{marker}")]
-        for remote in files:
-            local = partial / remote[len(root) + 1 :]
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(local))
-        fs.get_file(f"{root}/{marker}", str(partial / marker))
+        _get_tree(fs, root, partial, skip=marker)
+        (partial / marker).write_bytes(complete)
     except (OSError, PermissionError) as exc:
         raise StorageError(f"{uri}: cannot be read ({exc})") from None
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(target)
     return target
+
+
+def _get_tree(fs, root: str, local: Path, skip: str | None = None) -> None:
+    """Every file under the remote directory `root` to the same place under `local` (but `skip`)."""
+    for remote in fs.find(root):
+        name = remote[len(root) + 1 :]
+        if name != skip:
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local / name))
 
 
 def upload_dir(local: Path, uri: str, marker: str) -> None:
@@ -110,10 +117,7 @@ def download(uri: str, local: Path) -> Path:
     fs, root = filesystem(uri)
     try:
         if fs.isdir(root):
-            for remote in fs.find(root):
-                target = local / remote[len(root) + 1 :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(remote, str(target))
+            _get_tree(fs, root, local)
             return local
         if not fs.exists(root):
             raise StorageError(f"input {uri} does not exist")

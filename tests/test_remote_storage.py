@@ -46,34 +46,20 @@ def run(module, *args):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+def prepare_pairs(source: str, out: str, *extra: str) -> subprocess.CompletedProcess:
+    return run("dimerec_dist.data.prepare", "--format", "pairs", "--input", source, "--out", out, *extra)
+
+
 def test_prepare_reads_and_writes_the_bucket_and_training_and_eval_read_it(bucket, tmp_path):
     lines = "".join(f"u{u} i{(u * 7 + k) % 100}\n" for u in range(120) for k in range(8))
     bucket.put_object(Bucket="recs", Key="raw/pairs.txt", Body=lines.encode())
-    done = run(
-        "dimerec_dist.data.prepare",
-        "--format",
-        "pairs",
-        "--input",
-        "s3://recs/raw/pairs.txt",
-        "--out",
-        "s3://recs/prepared",
-    )
+    done = prepare_pairs("s3://recs/raw/pairs.txt", "s3://recs/prepared")
     assert done.returncode == 0, done.stderr[-3000:]
     keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="recs", Prefix="prepared/")["Contents"]]
     assert "prepared/manifest.json" in keys and any(k.startswith("prepared/train/") for k in keys)
-    again = run(
-        "dimerec_dist.data.prepare",
-        "--format",
-        "pairs",
-        "--input",
-        "s3://recs/raw/pairs.txt",
-        "--out",
-        "s3://recs/prepared",
-    )
+    again = prepare_pairs("s3://recs/raw/pairs.txt", "s3://recs/prepared")
     assert again.returncode == 2 and "never overwritten" in again.stderr
-    missing = run(
-        "dimerec_dist.data.prepare", "--format", "pairs", "--input", "s3://recs/raw/none.txt", "--out", "s3://recs/p2"
-    )
+    missing = prepare_pairs("s3://recs/raw/none.txt", "s3://recs/p2")
     assert missing.returncode == 2 and "s3://recs/raw/none.txt does not exist" in missing.stderr
 
     run_dir = tmp_path / "run"
@@ -124,10 +110,7 @@ def test_prepare_reads_and_writes_the_bucket_and_training_and_eval_read_it(bucke
     # The dataset replaced on the bucket (--overwrite): the node's copy is taken again, not reused.
     fewer = "".join(f"u{u} i{(u * 7 + k) % 100}\n" for u in range(60) for k in range(8))
     bucket.put_object(Bucket="recs", Key="raw/pairs.txt", Body=fewer.encode())
-    done = run(
-        "dimerec_dist.data.prepare",
-        *("--format", "pairs", "--input", "s3://recs/raw/pairs.txt", "--out", "s3://recs/prepared", "--overwrite"),
-    )
+    done = prepare_pairs("s3://recs/raw/pairs.txt", "s3://recs/prepared", "--overwrite")
     assert done.returncode == 0, done.stderr[-3000:]
     from dimerec_dist.config import load_config
     from dimerec_dist.data.schema import Manifest
