@@ -61,6 +61,32 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    """loss/total by step from metrics.jsonl (a resumed run's rows for the steps it repeats win)."""
+    return {row["step"]: row["loss/total"] for row in read_jsonl(run_dir / "metrics.jsonl") if "loss/total" in row}
+
+
+FAULTY_TRAIN = REPO / "tools" / "faulty_train.py"  # dimerec-train with a kill or a delay in its step hooks
+
+
+def faulty_train(world: int, run_dir, *args: str, restarts: int = 0) -> subprocess.CompletedProcess:
+    """tools/faulty_train.py under torchrun (`restarts` attempts after the first), its output kept."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={world}",
+        f"--max-restarts={restarts}",
+        str(FAULTY_TRAIN),
+        "--run-dir",
+        str(run_dir),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
 TINY_JOB = [
     "model.embedding_dim=16",
     "model.max_history=20",

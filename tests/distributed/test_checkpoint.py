@@ -15,22 +15,21 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dimerec_dist.checkpoint import META_FILE, CheckpointManager
-from tests.distributed.conftest import REPO, TINY_JOB, command_error, error_line, read_jsonl, torchrun
+from tests.distributed.conftest import (
+    FAULTY_TRAIN,
+    REPO,
+    TINY_JOB,
+    command_error,
+    error_line,
+    losses_by_step,
+    torchrun,
+)
 
 STEPS = 40
-FAULTY_TRAIN = REPO / "tools" / "faulty_train.py"  # dimerec-train with a kill or a delay in its step hooks
 
 
 def job(dataset, *extra):
     return ["data.source=prepared", f"data.path={dataset}", "train.eval_every_epochs=0", *TINY_JOB, *extra]
-
-
-def losses_by_step(run_dir):
-    rows = {}
-    for row in read_jsonl(run_dir / "metrics.jsonl"):
-        if "loss/total" in row:
-            rows[row["step"]] = row["loss/total"]  # a resumed run rewrites the steps it repeats
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -4,39 +4,14 @@ wall-clock comparisons of the two modes use, stops, evaluates, and is not spent 
 train.patience, which stops once validation stops improving."""
 
 import json
-import os
-import subprocess
-import sys
 
-from tests.distributed.conftest import REPO, TINY_JOB, read_jsonl, torchrun
+from tests.distributed.conftest import TINY_JOB, faulty_train, losses_by_step, read_jsonl, torchrun
 
-FAULTY_TRAIN = REPO / "tools" / "faulty_train.py"
 SEQUENCE = ["data.sample_mode=sequence", "data.chunk_targets=8", "model.attention_positions=bias"]
 
 
 def job(dataset, *extra):
     return ["data.source=prepared", f"data.path={dataset}", *TINY_JOB, *SEQUENCE, *extra]
-
-
-def losses_by_step(run_dir):
-    return {row["step"]: row["loss/total"] for row in read_jsonl(run_dir / "metrics.jsonl") if "loss/total" in row}
-
-
-def faulty_train(world, run_dir, *args, restarts=0):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={world}",
-        f"--max-restarts={restarts}",
-        str(FAULTY_TRAIN),
-        "--run-dir",
-        str(run_dir),
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_a_sigkilled_rank_restarts_and_the_run_ends_with_the_uninterrupted_losses(tiny_dataset, tmp_path):
