@@ -14,6 +14,12 @@ the data plan, the best validation score and the config. Nothing is pickled: wha
 is tensors only (a test checks its metadata). No RNG state is needed: every random draw in training derives from
 (seed, epoch, step[, rank]).
 
+A checkpoint or model directory may be on an object store (s3://..., the run directory's
+place there): DCP's fsspec writer and reader move the shards, and since a store cannot
+rename a directory, the directory is complete once meta.json is in it, which is written
+last (a save that died half-way leaves one without it, which nobody reads and the next
+save of that name removes).
+
 Every file is checksummed: each rank hashes the shards it has just written (while they are
 in the page cache), rank 0 the rest, and meta.json lists them with a digest of its own.
 Loading verifies them first (the ranks share the files), so a flipped byte or a truncated
@@ -31,17 +37,18 @@ import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from dimerec_dist import storage
 from dimerec_dist.config import ConfigError, JobConfig, ModelConfig, config_from_dict, settings_changes
-from dimerec_dist.distributed.private_api import cpu_copy, is_sharded
+from dimerec_dist.distributed.private_api import cpu_copy, fsspec_storage, is_sharded
 from dimerec_dist.integrity import file_sha256, files_sha256, mismatches, seal_problem, sealed
 from dimerec_dist.library_noise import drop_warning
+from dimerec_dist.storage import Location, child, is_remote, location
 
 log = logging.getLogger("dimerec.checkpoint")
 # TorchRec 1.8's EmbeddingCollection keeps its state in ShardedTensors and offers no DTensor
@@ -76,39 +83,58 @@ def _is_main() -> bool:
     return dist.get_rank() == 0
 
 
-def _commit(staging: Path, final: Path, meta: dict[str, Any], own: dict[str, str]) -> None:
+def _commit(staging: Location, final: Location, meta: dict[str, Any], own: dict[str, str]) -> None:
     """Called on every rank after its shards are written and hashed (`own`, _own_file_checksums):
-    list every file's checksum in meta.json, then make the checkpoint visible atomically."""
+    list every file's checksum in meta.json, then make the checkpoint visible atomically (on a
+    store, where staging is the final place, meta.json written last is what does that)."""
     gathered: list[dict[str, str]] = [{}] * dist.get_world_size()
     dist.all_gather_object(gathered, own)  # also the barrier: every rank has written its shards
     if _is_main():
         files = {name: digest for part in gathered for name, digest in part.items()}
-        for path in sorted(staging.iterdir()):  # DCP's .metadata: written by rank 0
-            if path.is_file() and path.name not in files and path.name != META_FILE:
-                files[path.name] = file_sha256(path)
-        (staging / META_FILE).write_text(json.dumps(sealed({**meta, "files": files}, SEAL_KEY), indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        for name in storage.matching(staging, "*"):  # DCP's .metadata: written by rank 0
+            if name not in files and name != META_FILE and storage.is_file(child(staging, name)):
+                files[name] = file_sha256(child(staging, name))
+        text = json.dumps(sealed({**meta, "files": files}, SEAL_KEY), indent=2) + "\n"
+        storage.write_bytes(child(staging, META_FILE), text.encode())
+        if staging != final:
+            if final.exists():
+                shutil.rmtree(final)
+            staging.rename(final)
     dist.barrier()
 
 
-def _hashed_when_written(future: Future, staging: Path) -> dict[str, str]:
+def _hashed_when_written(future: Future, staging: Location) -> dict[str, str]:
     future.result()
     return _own_file_checksums(staging)
 
 
-def _own_file_checksums(staging: Path) -> dict[str, str]:
-    """The shard files this rank wrote: DCP's file-system writer names them __RANK_N.distcp."""
-    files = sorted(staging.glob(f"__{dist.get_rank()}_*.distcp"))
-    return {path.name: digest for path, digest in zip(files, files_sha256(files))}
+def _own_file_checksums(staging: Location) -> dict[str, str]:
+    """The shard files this rank wrote: DCP's file-system writers name them __RANK_N.distcp."""
+    names = storage.matching(staging, f"__{dist.get_rank()}_*.distcp")
+    return dict(zip(names, files_sha256([child(staging, name) for name in names])))
 
 
-def verify(path: Path) -> list[str]:
+def _written_to(staging: Location) -> dict[str, Any]:
+    """DCP's arguments for writing to a place: its fsspec writer for a URI (no fsync there; and no
+    checkpoint_id beside it, which would make DCP re-open the store without its endpoint options)."""
+    if not is_remote(staging):
+        return {"checkpoint_id": str(staging)}
+    writer, _ = fsspec_storage()
+    return {"storage_writer": writer(staging, sync_files=False, **storage.fs_options(staging))}
+
+
+def _read_from(path: Location) -> dict[str, Any]:
+    if not is_remote(path):
+        return {"checkpoint_id": str(path)}
+    _, reader = fsspec_storage()
+    return {"storage_reader": reader(path, **storage.fs_options(path))}
+
+
+def verify(path: Location) -> list[str]:
     """What is wrong with the checkpoint or model directory at `path` ([] if every file matches
     its checksum). Collective: the ranks split the files and share what they found. A
     directory written before checksums existed verifies with a warning."""
-    path = Path(path)
+    path = location(path)
     problems: list[str] = []
     try:
         meta = read_meta(path)
@@ -117,7 +143,7 @@ def verify(path: Path) -> list[str]:
     if not problems and "files" not in meta:
         log.warning("%s was written before checkpoints carried checksums: loaded unverified", path)
     elif not problems:
-        seal = seal_problem(meta, SEAL_KEY, path / META_FILE)
+        seal = seal_problem(meta, SEAL_KEY, child(path, META_FILE))
         problems = [seal] if seal else []
         mine = sorted(meta["files"])[dist.get_rank() :: dist.get_world_size()]
         problems += mismatches(path, {name: meta["files"][name] for name in mine})
@@ -126,7 +152,7 @@ def verify(path: Path) -> list[str]:
     return sorted({problem for part in gathered for problem in part})
 
 
-def verified(path: Path) -> Path:
+def verified(path: Location) -> Location:
     """`path`, once every file of it verifies; else a CheckpointError naming the first bad one."""
     problems = verify(path)
     if problems:
@@ -135,7 +161,15 @@ def verified(path: Path) -> Path:
     return path
 
 
-def _stage(final: Path) -> Path:
+def _stage(final: Location) -> Location:
+    """Where a save writes: `NAME.tmp` beside a local `NAME`; on a store, `NAME` itself, emptied
+    (meta.json going first: from then on nobody reads it as complete)."""
+    if is_remote(final):
+        if _is_main():
+            storage.remove_tree(child(final, META_FILE))
+            storage.remove_tree(final)
+        dist.barrier()
+        return final
     staging = final.with_name(final.name + ".tmp")
     if _is_main():
         if staging.exists():
@@ -149,18 +183,18 @@ def model_meta(num_items: int, model_config: ModelConfig, **extra: Any) -> dict[
     return {"num_items": num_items, "model": dataclasses.asdict(model_config), **extra}
 
 
-def save_model(model, path: Path, num_items: int, model_config: ModelConfig, extra: dict | None = None) -> None:
+def save_model(model, path: Location, num_items: int, model_config: ModelConfig, extra: dict | None = None) -> None:
     """The model's weights only (what evaluation and export read)."""
-    path = Path(path)
+    path = location(path)
     staging = _stage(path)
-    dcp.save(model.state_dict(), checkpoint_id=str(staging))
+    dcp.save(model.state_dict(), **_written_to(staging))
     _commit(staging, path, model_meta(num_items, model_config, **(extra or {})), _own_file_checksums(staging))
 
 
-def check_resumable(path: Path) -> None:
+def check_resumable(path: Location) -> None:
     """Refuse, before anything is built, a checkpoint whose optimizer state is a pickle (the
     layout before 2026-12): this version never unpickles."""
-    if (Path(path) / LEGACY_DENSE_FILE).exists() or "replicated" not in read_meta(path):
+    if storage.is_file(child(location(path), LEGACY_DENSE_FILE)) or "replicated" not in read_meta(path):
         raise CheckpointError(
             f"{path} was written by an earlier dimerec-dist, whose optimizer state is a pickle "
             f"({LEGACY_DENSE_FILE}) that this version never loads; resume it with the version "
@@ -168,7 +202,7 @@ def check_resumable(path: Path) -> None:
         )
 
 
-def check_optimizer_layout(path: Path, sharding_type: str, column_block: int) -> None:
+def check_optimizer_layout(path: Location, sharding_type: str, column_block: int) -> None:
     """Refuse to resume table optimizer state laid out for another kind of sharding.
 
     Row- and table-wise states reshard freely (one Adagrad accumulator per row). A
@@ -201,12 +235,12 @@ def check_optimizer_layout(path: Path, sharding_type: str, column_block: int) ->
         )
 
 
-def read_meta(path: Path) -> dict[str, Any]:
+def read_meta(path: Location) -> dict[str, Any]:
     for name in (META_FILE, LEGACY_META_FILE):
-        file = Path(path) / name
-        if file.is_file():
+        file = child(location(path), name)
+        if storage.is_file(file):
             try:
-                meta = json.loads(file.read_text())
+                meta = json.loads(storage.read_bytes(file))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CheckpointError(f"{file} is not valid JSON (truncated or corrupted: {exc})") from None
             if not isinstance(meta, dict) or "num_items" not in meta or "model" not in meta:
@@ -215,7 +249,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     raise CheckpointError(f"{path} is not a complete dimerec checkpoint (no {META_FILE})")
 
 
-def check_compatible(path: Path, num_items: int, model_config: ModelConfig) -> dict:
+def check_compatible(path: Location, num_items: int, model_config: ModelConfig) -> dict:
     """Refuse, before anything is loaded, weights saved for another catalog or model shape."""
     meta = read_meta(path)
     if meta["num_items"] != num_items:
@@ -242,7 +276,7 @@ def saved_streams(meta: dict[str, Any]) -> int:
     return meta.get("config", {}).get("data", {}).get("streams", 0) or meta.get("world_size", 1)
 
 
-def check_data_plan(path: Path, config: JobConfig, world_size: int) -> None:
+def check_data_plan(path: Location, config: JobConfig, world_size: int) -> None:
     """The epoch plan depends on the number of data streams, which by default (data.streams=0)
     is the world size: resuming on another world size with it would re-plan the epoch half-way
     (some samples twice, some never). Refuse that, naming the setting that resumes exactly."""
@@ -256,7 +290,7 @@ def check_data_plan(path: Path, config: JobConfig, world_size: int) -> None:
         )
 
 
-def check_same_settings(path: Path, config: JobConfig, named: bool, world_size: int = 1) -> None:
+def check_same_settings(path: Location, config: JobConfig, named: bool, world_size: int = 1) -> None:
     """Resuming a run with settings other than it was saved with would make one result of two
     jobs. resume=auto refuses (it is what a restarted or re-launched job does unasked); a
     checkpoint named in train.resume continues with the new settings, and the log says which.
@@ -282,10 +316,11 @@ def check_same_settings(path: Path, config: JobConfig, named: bool, world_size: 
     )
 
 
-def load_model(model, path: Path, num_items: int, model_config: ModelConfig) -> dict:
+def load_model(model, path: Location, num_items: int, model_config: ModelConfig) -> dict:
+    path = location(path)
     meta = check_compatible(verified(path), num_items, model_config)
     state = model.state_dict()
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, **_read_from(path))
     model.load_state_dict(state)
     return meta
 
@@ -306,7 +341,7 @@ class TrainingState:
 
 
 class CheckpointManager:
-    """`run_dir/checkpoints/step-XXXXXXXX`, the last `keep` of them kept.
+    """`run_dir/checkpoints/step-XXXXXXXX` (a directory, or a place on a store), the last `keep` of them kept.
 
     With `asynchronous`, the sharded state is copied to CPU staging memory and written by a
     background thread (on a process group of its own, so its collectives never interleave
@@ -314,32 +349,27 @@ class CheckpointManager:
     or at `wait()`, which every rank calls at the same step.
     """
 
-    def __init__(self, root: Path, keep: int = 2, asynchronous: bool = False):
-        self.root, self.keep, self.asynchronous = Path(root), keep, asynchronous
+    def __init__(self, root: Location, keep: int = 2, asynchronous: bool = False):
+        self.root, self.keep, self.asynchronous = location(root), keep, asynchronous
         self._group = dist.new_group(backend="gloo") if asynchronous else None
         self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash") if asynchronous else None
         self._pending: tuple | None = None
         self.last_saved_step: int | None = None
 
-    def path_for(self, step: int) -> Path:
-        return self.root / f"step-{step:08d}"
+    def path_for(self, step: int) -> Location:
+        return child(self.root, f"step-{step:08d}")
 
-    def complete(self) -> list[Path]:
+    def complete(self) -> list[Location]:
         """Complete checkpoints, oldest first (a `.tmp` or a directory without meta.json is not one)."""
-        if not self.root.is_dir():
-            return []
-        found = [
-            p
-            for p in self.root.iterdir()
-            if p.is_dir() and p.name.startswith("step-") and not p.name.endswith(".tmp") and (p / META_FILE).is_file()
-        ]
-        return sorted(found, key=lambda p: p.name)
+        marked = storage.matching(self.root, f"step-*/{META_FILE}")  # one listing, also on a store
+        names = {name.split("/")[0] for name in marked}
+        return [child(self.root, name) for name in sorted(names) if not name.endswith(".tmp")]
 
-    def latest(self) -> Path | None:
+    def latest(self) -> Location | None:
         done = self.complete()
         return done[-1] if done else None
 
-    def latest_verified(self) -> Path | None:
+    def latest_verified(self) -> Location | None:
         """The newest complete checkpoint whose files all match their checksums; each newer one
         that does not is logged with why, and kept for a person to look at. Collective."""
         done = self.complete()
@@ -356,7 +386,9 @@ class CheckpointManager:
             )
         return None
 
-    def save(self, model, replicated: dict[str, Any], state: TrainingState, num_items: int, config_dict: dict) -> Path:
+    def save(
+        self, model, replicated: dict[str, Any], state: TrainingState, num_items: int, config_dict: dict
+    ) -> Location:
         """`replicated`: state that is the same on every rank (name -> a state_dict of tensors,
         numbers, strings, lists and dicts), e.g. the dense optimizer's and the schedule's."""
         self.wait()
@@ -377,14 +409,17 @@ class CheckpointManager:
         self.last_saved_step = state.step
         if self.asynchronous:
             future = dcp.async_save(
-                sharded, checkpoint_id=str(staging), process_group=self._group, async_stager=_CopyStager()
+                sharded,
+                **_written_to(staging),
+                process_group=self._group,
+                async_stager=_CopyStager(),
             )
             # The shards are hashed in the background too, once written: training waits for neither.
             hashed = self._background.submit(_hashed_when_written, future, staging)
             self._pending = (hashed, staging, final, meta, started)
             log.info("checkpoint %s staged in %.1fs, writing in the background", final, time.time() - started)
         else:
-            dcp.save(sharded, checkpoint_id=str(staging))
+            dcp.save(sharded, **_written_to(staging))
             self._finish(staging, final, meta, started, _own_file_checksums(staging))
         return final
 
@@ -395,16 +430,17 @@ class CheckpointManager:
             self._pending = None
             self._finish(staging, final, meta, started, hashed.result())
 
-    def _finish(self, staging: Path, final: Path, meta: dict, started: float, own: dict[str, str]) -> None:
+    def _finish(self, staging: Location, final: Location, meta: dict, started: float, own: dict[str, str]) -> None:
         _commit(staging, final, meta, own)
         if _is_main():
             for old in self.complete()[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                storage.remove_tree(child(old, META_FILE))  # no longer complete, whatever the rest's removal does
+                storage.remove_tree(old)
         log.info("checkpoint %s written in %.1fs", final, time.time() - started)
 
     @staticmethod
     def load(
-        path: Path, model, num_items: int, model_config: ModelConfig, verify: bool = True
+        path: Location, model, num_items: int, model_config: ModelConfig, verify: bool = True
     ) -> tuple[TrainingState, dict]:
         """Load weights and sparse optimizer state in place (any world size or sharding); return the
         training state and the replicated state as it was given to `save`. `verify=False` only for a
@@ -415,7 +451,7 @@ class CheckpointManager:
             raise CheckpointError(f"{path} holds model weights only, not a training state to resume")
         check_resumable(path)
         state = {**_sharded_state(model), REPLICATED_KEY: empty_tensors(meta["replicated"])}
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, **_read_from(location(path)))
         model.load_state_dict(state["model"])
         if "sparse_optimizer" in state:
             model.fused_optimizer.load_state_dict(state["sparse_optimizer"])

@@ -8,21 +8,31 @@ the log may use a few less)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+from dimerec_dist import storage
 from dimerec_dist.builders import build_training
 from dimerec_dist.config import ConfigError, JobConfig, load_config
 from dimerec_dist.data.schema import DataError, Manifest
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.distributed.process_group import init_distributed
 from dimerec_dist.metrics import setup_logging
+from dimerec_dist.storage import StorageError, child, is_remote
 
 log = logging.getLogger("dimerec.dry_run")
 
 
-def catalog_size(config: JobConfig, run_dir: Path | None) -> tuple[int, str]:
+def catalog_size(config: JobConfig, run_dir: str | Path | None) -> tuple[int, str]:
     """(items, where the number comes from)."""
+    if is_remote(config.data.path):  # its manifest alone: a dry run copies no data
+        manifest = child(config.data.path, "manifest.json")
+        try:
+            return int(json.loads(storage.read_bytes(manifest))["counts"]["items"]), f"the prepared dataset {manifest}"
+        except (FileNotFoundError, StorageError, ValueError, KeyError) as exc:
+            raise DataError(f"{manifest}: cannot size the table from it ({exc!r})") from None
+    run_dir = None if run_dir is None or is_remote(run_dir) else Path(run_dir)
     path = Path(config.data.path) if config.data.path else None
     if path is None and run_dir is not None:
         path = dataset_path(config.data, run_dir)
@@ -33,7 +43,7 @@ def catalog_size(config: JobConfig, run_dir: Path | None) -> tuple[int, str]:
     raise DataError(f"no prepared dataset at {path or 'data.path'} to size the table from: a dry run makes no data")
 
 
-def dry_run(config_path: Path | None, overrides: list[str], run_dir: Path | None) -> dict:
+def dry_run(config_path: Path | None, overrides: list[str], run_dir: str | Path | None) -> dict:
     config = load_config(config_path, overrides)
     ctx = init_distributed(config.train.device)
     setup_logging(ctx)

@@ -31,6 +31,8 @@ from dimerec_dist.distributed.process_group import DistContext, init_distributed
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.log_level import add_log_level, apply_log_level
 from dimerec_dist.metrics import setup_logging
+from dimerec_dist.output_dir import OutputError
+from dimerec_dist.run_dir import RunDir
 from dimerec_dist.run_metrics import final_metrics
 from dimerec_dist.storage import is_remote
 
@@ -52,28 +54,31 @@ class LoadedRun:
         return np.concatenate([[0], read_items(self.manifest).column("popularity").to_numpy()])
 
 
-def load_run(run_dir: Path, overrides: list[str]) -> LoadedRun:
-    """A finished run's model, rebuilt from its config.yaml and loaded, table sharded over this job's ranks."""
-    config_file = run_dir / "config.yaml"
+def load_run(run_dir: str | Path | RunDir, overrides: list[str]) -> LoadedRun:
+    """A finished run's model, rebuilt from its config.yaml and loaded, table sharded over this job's ranks.
+    The run may be on a store: its config.yaml is fetched, its model read from there."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.at(run_dir)
+    config_file = run.fetch("config.yaml")
     if not config_file.is_file():
-        raise ConfigError(f"{run_dir} is not a dimerec-train run directory (no config.yaml)")
+        raise ConfigError(f"{run} is not a dimerec-train run directory (no config.yaml)")
     config = load_config(config_file, overrides)
     remote = is_remote(config.data.path)
-    manifest = Manifest.load(cached_dataset(config.data) if remote else dataset_path(config.data, run_dir))
+    manifest = Manifest.load(cached_dataset(config.data) if remote else dataset_path(config.data, run.local))
     check_protocol(config, manifest)
-    check_compatible(run_dir / "model", manifest.num_items, config.model)  # before any process group or model
+    check_compatible(run.place("model"), manifest.num_items, config.model)  # before any process group or model
     ctx = init_distributed(config.train.device)
     setup_logging(ctx)
     model, shards = build_model(config, manifest.num_items, ctx, run_dir=None)
-    load_model(model, run_dir / "model", manifest.num_items, config.model)
+    load_model(model, run.place("model"), manifest.num_items, config.model)
     model.eval()
     return LoadedRun(config, manifest, ctx, model, shards)
 
 
 def run(
-    run_dir: Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None, out: Path | None = None
+    run_dir: str | Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None, out: Path | None = None
 ) -> dict:
-    loaded = load_run(run_dir, overrides + (["eval.exclude_seen=false"] if include_seen else []))
+    run_directory = RunDir.at(run_dir)
+    loaded = load_run(run_directory, overrides + (["eval.exclude_seen=false"] if include_seen else []))
     test = loaded.users("test")
     result, ranked = final_metrics(
         loaded.model,
@@ -88,7 +93,9 @@ def run(
     if loaded.ctx.is_main:
         if topk_out is not None:  # the ranked lists themselves, e.g. to compare a server's answers with
             np.savez(topk_out, users=test.users, topk=ranked.topk)
-        (out or run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out or run_directory.local / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        if out is None:
+            run_directory.upload("eval.json")
         for split in ("valid", "test"):
             log.info("%s %s", split, " ".join(f"{k}={v:.4f}" for k, v in result[split].items()))
     return result
@@ -96,7 +103,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--run-dir", required=True, help="the run's directory, or its URI (s3://...)")
     parser.add_argument("--include-seen", action="store_true", help="rank items the user has already seen too")
     parser.add_argument("--out", type=Path, default=None, help="where the metrics go (default: RUN_DIR/eval.json)")
     parser.add_argument(
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         "dimerec-eval",
         lambda: run(args.run_dir, args.include_seen, args.overrides, args.topk_out, args.out),
-        (ConfigError, DataError, CheckpointError),
+        (ConfigError, DataError, CheckpointError, OutputError),
     )
 
 

@@ -17,10 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from dimerec_dist import storage
+from dimerec_dist.storage import Location, child, is_remote
+
 BLOCK = 1 << 24  # hashlib releases the GIL on blocks this large: threads hash files in parallel
 
 
-def file_sha256(path: Path | str) -> str:
+def file_sha256(path: Location) -> str:
+    if is_remote(path):
+        return storage.sha256(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
@@ -34,7 +39,7 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def files_sha256(paths: Iterable[Path], threads: int = 0) -> list[str]:
+def files_sha256(paths: Iterable[Location], threads: int = 0) -> list[str]:
     """Digests of `paths`, in order, hashed `threads` at a time (0: one per core, at most 8)."""
     paths = list(paths)
     threads = threads or min(8, os.cpu_count() or 1)
@@ -44,14 +49,17 @@ def files_sha256(paths: Iterable[Path], threads: int = 0) -> list[str]:
         return list(pool.map(file_sha256, paths))
 
 
-def mismatches(root: Path, expected: dict[str, str], threads: int = 0) -> list[str]:
-    """What is wrong with the files under `root` that `expected` lists ({relative name: sha256})."""
+def mismatches(root: Location, expected: dict[str, str], threads: int = 0) -> list[str]:
+    """What is wrong with the files under `root` (a directory, or a URI's) that `expected` lists
+    ({relative name: sha256})."""
     names = sorted(expected)
-    present = [name for name in names if (root / name).is_file()]
-    problems = [f"{root / name} is missing" for name in names if name not in present]
-    for name, digest in zip(present, files_sha256([root / name for name in present], threads)):
+    present = [name for name in names if storage.is_file(child(root, name))]
+    problems = [f"{child(root, name)} is missing" for name in names if name not in present]
+    for name, digest in zip(present, files_sha256([child(root, name) for name in present], threads)):
         if digest != expected[name]:
-            problems.append(f"{root / name} does not match its checksum (truncated or changed after it was written)")
+            problems.append(
+                f"{child(root, name)} does not match its checksum (truncated or changed after it was written)"
+            )
     return problems
 
 

@@ -40,6 +40,11 @@ class MetricsLogger:
             self._writer.add_scalar(name, value, step)
         self._jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
 
+    def flush(self) -> None:
+        """Everything logged so far on disk (before the run directory is uploaded)."""
+        if self.enabled:
+            self._writer.flush()
+
     def close(self) -> None:
         if self.enabled:
             self._writer.close()

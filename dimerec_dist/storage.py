@@ -33,23 +33,110 @@ def local_path(path: str | Path) -> Path:
     return Path(text[len("file://") :] if text.startswith("file://") else text)
 
 
+# A place that is either local or on a store. A URI stays a str: Path would fold its "//".
+Location = Path | str
+
+
+def location(where: str | Path) -> Location:
+    return str(where).rstrip("/") if is_remote(where) else local_path(where)
+
+
+def child(where: Location, name: str) -> Location:
+    return f"{where}/{name}" if is_remote(where) else Path(where) / name
+
+
 def filesystem(uri: str):
     """(fsspec filesystem, path within it) for a URI."""
     import fsspec
 
     try:
-        fs, root = fsspec.core.url_to_fs(uri, **_options(uri))
+        fs, root = fsspec.core.url_to_fs(uri, **fs_options(uri))
     except (ImportError, ValueError) as exc:
         raise StorageError(f"{uri}: no filesystem for it ({exc}); install s3fs / gcsfs as the scheme needs") from None
     return fs, root.rstrip("/")
 
 
-def _options(uri: str) -> dict:
-    """An S3-compatible endpoint from the environment (a MinIO, a test's server), if one is set."""
+def fs_options(uri: str) -> dict:
+    """An S3-compatible endpoint from the environment (a MinIO, a test's server), if one is set
+    (DCP's fsspec writer and reader take these options too)."""
     endpoint = os.environ.get("DIMEREC_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
     if uri.startswith("s3://") and endpoint:
         return {"client_kwargs": {"endpoint_url": endpoint}}
     return {}
+
+
+def _remote(where: Location, action: str, call):
+    """`call(fs, path)` on a URI, a filesystem error turned into a StorageError naming it."""
+    fs, path = filesystem(str(where))
+    fs.invalidate_cache(path)  # other processes (ranks, nodes) write there: never trust a cached listing
+    try:
+        return call(fs, path)
+    except FileNotFoundError:
+        raise
+    except (OSError, PermissionError) as exc:
+        raise StorageError(f"{where}: cannot be {action} ({exc})") from None
+
+
+def is_file(where: Location) -> bool:
+    if not is_remote(where):
+        return Path(where).is_file()
+    return _remote(where, "read", lambda fs, path: fs.isfile(path))
+
+
+def is_dir(where: Location) -> bool:
+    if not is_remote(where):
+        return Path(where).is_dir()
+    return _remote(where, "read", lambda fs, path: fs.isdir(path))
+
+
+def read_bytes(where: Location) -> bytes:
+    if not is_remote(where):
+        return Path(where).read_bytes()
+    return _remote(where, "read", lambda fs, path: fs.cat_file(path))
+
+
+def write_bytes(where: Location, data: bytes) -> None:
+    """One file, whole: an object store's put is atomic; a local file is written in place."""
+    if not is_remote(where):
+        Path(where).write_bytes(data)
+        return
+    _remote(where, "written", lambda fs, path: fs.pipe_file(path, data))
+
+
+def remove_tree(where: Location) -> None:
+    if not is_remote(where):
+        shutil.rmtree(where, ignore_errors=True)
+        return
+
+    def remove(fs, path):
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    _remote(where, "written", remove)
+
+
+def matching(where: Location, pattern: str) -> list[str]:
+    """Names (relative to `where`, sorted) of what matches the glob `pattern` under it."""
+    if not is_remote(where):
+        return sorted(p.relative_to(where).as_posix() for p in Path(where).glob(pattern))
+
+    def names(fs, path):
+        return sorted(found[len(path) + 1 :] for found in fs.glob(f"{path}/{pattern}"))
+
+    return _remote(where, "read", names)
+
+
+def sha256(uri: str) -> str:
+    """The SHA-256 of a remote file, streamed."""
+
+    def digest(fs, path):
+        hashed = hashlib.sha256()
+        with fs.open(path, "rb", block_size=1 << 24) as handle:
+            while block := handle.read(1 << 24):
+                hashed.update(block)
+        return hashed.hexdigest()
+
+    return _remote(uri, "read", digest)
 
 
 def exists(uri: str) -> bool:

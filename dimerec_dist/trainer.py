@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 
+from dimerec_dist import storage
 from dimerec_dist.builders import TrainingParts, build_train_stream, build_training, check_protocol
 from dimerec_dist.checkpoint import (
     CheckpointError,
@@ -60,8 +62,10 @@ from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
 from dimerec_dist.model import NoiseDraw
 from dimerec_dist.output_dir import OutputError, writable_dir
 from dimerec_dist.random_streams import generator
+from dimerec_dist.run_dir import RunDir
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
 from dimerec_dist.step_profiler import StepProfiler
+from dimerec_dist.storage import Location, location
 from dimerec_dist.train_step import LossWindow, StepRunner, build_step_runner
 
 log = logging.getLogger("dimerec.train")
@@ -79,24 +83,25 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, config: JobConfig, run_dir: Path, ctx: DistContext | None = None):
-        self.config, self.run_dir = config, run_dir
+    def __init__(self, config: JobConfig, run_dir: str | Path, ctx: DistContext | None = None):
+        self.config = config
         self.ctx = ctx or init_distributed(config.train.device)
         setup_logging(self.ctx)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        writable_dir(run_dir, "--run-dir")
-        writable_dir(run_dir / "checkpoints", "the checkpoint directory")
+        self.run = self._run_directory(run_dir)
+        self.run_dir = run_dir = self.run.local  # the run's small files; checkpoints and model: self.run.place
         self.before_step: list[StepHook] = []  # called at the top of every step (tests inject faults here)
         self.state = TrainingState()
         self.checkpoints = CheckpointManager(
-            run_dir / "checkpoints", config.train.keep_checkpoints, asynchronous=config.train.checkpoint_async
+            self.run.place("checkpoints"), config.train.keep_checkpoints, asynchronous=config.train.checkpoint_async
         )
         # Checked against this job (settings, table optimizer layout) before its config.yaml replaces the
         # saved one, so a refused resume leaves the run as it was.
         self.resume_from = self._checked_resume()
         if self.ctx.is_main:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        self.run.sync()  # a store that cannot be written is found now, not at the first checkpoint
         self._build_data()
         self.parts: TrainingParts = build_training(config, self.manifest.num_items, self.ctx, run_dir)
         self.steps: StepRunner = build_step_runner(self.parts, config, self.ctx)
@@ -120,6 +125,23 @@ class Trainer:
         return trainer
 
     # ------------------------------------------------------------------ building
+
+    def _run_directory(self, where: str | Path) -> RunDir:
+        """The run directory, checked writable; on a store, this node's working copy taken from it."""
+        run = RunDir.at(where)
+        if run.remote and not self.config.data.path:
+            raise ConfigError(
+                f"--run-dir {run.remote} is on an object store: name the data the job reads in data.path "
+                f"(a prepared dataset, e.g. on the same store) rather than making it inside the run directory"
+            )
+        if run.remote and self.ctx.local_rank == 0:
+            run.pull()
+        writable_dir(run.local, "--run-dir")
+        if not run.remote:
+            writable_dir(run.local / "checkpoints", "the checkpoint directory")
+        if dist.is_initialized():
+            dist.barrier()  # every node's working copy is there
+        return run
 
     def _checked_resume(self) -> Path | None:
         config, ctx = self.config, self.ctx
@@ -246,6 +268,7 @@ class Trainer:
                     if logged:
                         self._log_step(progress, epoch, result, batches.take_waited(), window.steps)
                         window.reset()
+                        self._sync_run_dir()
                     if result.stop_requested:
                         self.steps.end()
                         self.save_checkpoint()
@@ -255,6 +278,7 @@ class Trainer:
                             state.step,
                         )
                         self.metrics.close()
+                        self.run.sync()
                         return {"preempted": True, "step": state.step}
                     if result.out_of_time:
                         out_of_time = True
@@ -269,6 +293,7 @@ class Trainer:
                         break
                     if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
                         self.save_checkpoint()
+                        self._sync_run_dir(force=True)  # the metrics up to the checkpoint: what a resume goes on from
             self.steps.end()
             if not out_of_time:
                 state.epoch, state.epoch_step = epoch + 1, 0
@@ -277,6 +302,7 @@ class Trainer:
                 self.validate(epoch)
             state.train_seconds = time.monotonic() - started
             self.save_checkpoint()  # every epoch end (and every checkpoint_every steps): what resume=auto picks up
+            self._sync_run_dir(force=True)
             if self._patience_spent():
                 log.info(
                     "early stop after epoch %d: %d validations without a better %s (train.patience=%d)",
@@ -287,6 +313,12 @@ class Trainer:
                 )
         self.checkpoints.wait()
         return self._finish()
+
+    def _sync_run_dir(self, force: bool = False) -> None:
+        """A run directory on a store gets the run's small files (TensorBoard's buffered events first)."""
+        if self.run.due(force):
+            self.metrics.flush()
+            self.run.sync()
 
     def _patience_spent(self) -> bool:
         patience = self.config.train.patience
@@ -328,7 +360,7 @@ class Trainer:
             self.state.best_score, self.state.stale_validations = scores[key], 0
             save_model(
                 model,
-                self.run_dir / "model",
+                self.run.place("model"),
                 self.manifest.num_items,
                 self.config.model,
                 {"step": self.state.step, "epoch": epoch},
@@ -337,13 +369,14 @@ class Trainer:
 
     def _finish(self) -> dict:
         """Evaluate the best epoch's model on valid and test; final.json."""
-        config, model, best = self.config, self.parts.model, self.run_dir / "model"
+        config, model, best = self.config, self.parts.model, self.run.place("model")
         if not config.train.eval_every_epochs:
             save_model(model, best, self.manifest.num_items, config.model, {"step": self.state.step})
         load_model(model, best, self.manifest.num_items, config.model)  # the best epoch on validation
         model.eval()
         if not config.eval.at_end:
             self.metrics.close()
+            self.run.sync()
             return {}
         final, _ = final_metrics(
             model,
@@ -366,6 +399,7 @@ class Trainer:
                 format_scores(final["test"]),
                 format_scores(final["popularity"]["test"]),
             )
+        self.run.sync()  # metrics closed, final.json written: the run's last files
         return final
 
     # ------------------------------------------------------------------ state
@@ -389,7 +423,7 @@ class Trainer:
         }
         checkpoints.save(parts.model, replicated, self.state, self.manifest.num_items, config_to_dict(self.config))
 
-    def load_checkpoint(self, path: Path) -> None:
+    def load_checkpoint(self, path: Location) -> None:
         """Continue from `path`, which resume_path verified when it chose it."""
         parts = self.parts
         state, replicated = CheckpointManager.load(
@@ -409,7 +443,7 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError)  # one line
 
 
 def train_command(
-    config_path: Path | None, overrides: Sequence[str], run_dir: Path, before_step: Sequence[StepHook] = ()
+    config_path: Path | None, overrides: Sequence[str], run_dir: str | Path, before_step: Sequence[StepHook] = ()
 ) -> int:
     """dimerec-train's job as an exit code: 0 done, 2 a user error, 143 stopped by a signal.
     `before_step`: hooks called at the top of every step (tools/faulty_train.py's faults)."""
@@ -480,13 +514,13 @@ def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:
     return steps
 
 
-def resume_path(resume: str, checkpoints: CheckpointManager) -> Path | None:
+def resume_path(resume: str, checkpoints: CheckpointManager) -> Location | None:
     if resume == "none":
         return None
     if resume == "auto":
         return checkpoints.latest_verified()
-    path = Path(resume)
-    if not path.is_dir():
+    path = location(resume)
+    if not storage.is_dir(path):
         raise CheckpointError(f"train.resume={resume}: no such checkpoint directory")
     return verified(path)
 

@@ -1,7 +1,9 @@
-"""Data on an S3-protocol object store: a real one (moto's server mode) started by the test.
-dimerec-prepare reads its input from a bucket and writes the dataset there (manifest last);
-a 2-rank training job reads the dataset from the bucket through a per-node local copy, and
-dimerec-eval does too; a bundle is exported to the bucket and served from it."""
+"""Everything on an S3-protocol object store: a real one (moto's server mode) started by the test.
+dimerec-prepare reads its input from a bucket and writes the dataset there (manifest last); a
+2-rank training job reads the dataset from the bucket (through a per-node local copy) with its
+run directory on the bucket: checkpoints there, a rank SIGKILLed, the job resumed from the
+bucket with the uninterrupted losses; dimerec-eval reads that run from the bucket, a bundle is
+exported from it to the bucket and served from there."""
 
 import json
 import os
@@ -11,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.distributed.conftest import REPO, TINY_JOB, torchrun
+from tests.distributed.conftest import REPO, TINY_JOB, faulty_train, losses_by_step, torchrun
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -42,6 +44,16 @@ def bucket(tmp_path_factory):
         server.stop()
 
 
+RUN = "s3://recs/runs/r1"
+CHAIN_JOB = [*TINY_JOB, "train.max_steps=8", "train.checkpoint_every=2", "train.eval_every_epochs=0"]
+
+
+def listing(bucket, prefix: str) -> set[str]:
+    """The bucket's keys under `prefix`, relative to it."""
+    found = bucket.list_objects_v2(Bucket="recs", Prefix=prefix).get("Contents", [])
+    return {entry["Key"][len(prefix) :] for entry in found}
+
+
 def run(module, *args):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
@@ -50,7 +62,7 @@ def prepare_pairs(source: str, out: str, *extra: str) -> subprocess.CompletedPro
     return run("dimerec_dist.data.prepare", "--format", "pairs", "--input", source, "--out", out, *extra)
 
 
-def test_prepare_reads_and_writes_the_bucket_and_training_and_eval_read_it(bucket, tmp_path):
+def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket, tmp_path):
     lines = "".join(f"u{u} i{(u * 7 + k) % 100}\n" for u in range(120) for k in range(8))
     bucket.put_object(Bucket="recs", Key="raw/pairs.txt", Body=lines.encode())
     done = prepare_pairs("s3://recs/raw/pairs.txt", "s3://recs/prepared")
@@ -62,23 +74,44 @@ def test_prepare_reads_and_writes_the_bucket_and_training_and_eval_read_it(bucke
     missing = prepare_pairs("s3://recs/raw/none.txt", "s3://recs/p2")
     assert missing.returncode == 2 and "s3://recs/raw/none.txt does not exist" in missing.stderr
 
-    run_dir = tmp_path / "run"
-    job = ["--run-dir", str(run_dir), "data.source=prepared", "data.path=s3://recs/prepared", "train.max_steps=6"]
-    torchrun(2, "dimerec_dist.train", *job, "train.eval_every_epochs=0", *TINY_JOB)
-    final = json.loads((run_dir / "final.json").read_text())
-    assert final["test"]["hr@10"] >= 0
+    # The reference: a 2-rank job with a local run directory, reading the dataset from the bucket.
+    overrides = ["data.source=prepared", "data.path=s3://recs/prepared", *CHAIN_JOB]
+    local_run = tmp_path / "run"
+    torchrun(2, "dimerec_dist.train", "--run-dir", str(local_run), *overrides)
+    assert (local_run / "config.yaml").read_text().count("s3://recs/prepared") == 1
     manifest = json.loads(bucket.get_object(Bucket="recs", Key="prepared/manifest.json")["Body"].read())
-    assert (run_dir / "config.yaml").read_text().count("s3://recs/prepared") == 1
-    done = run("dimerec_dist.eval_cli", "--run-dir", str(run_dir))
-    assert done.returncode == 0, done.stderr[-3000:]
 
-    # The bundle exported to the bucket (bundle.json last), then served from it.
-    exported = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", "s3://recs/bundles/b1")
+    # The same job with its run directory on the bucket: checkpoints there, rank 1 SIGKILLed at step 5,
+    # torchrun restarts the job, which resumes from the bucket's step-4 checkpoint and ends with the
+    # reference's losses, its metrics, TensorBoard events, model and final.json on the bucket.
+    done = faulty_train(2, RUN, "--kill-at-step", "5", "--kill-rank", "1", *overrides, restarts=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {RUN}/checkpoints/step-00000004" in done.stderr
+    keys = listing(bucket, "runs/r1/")
+    assert {"config.yaml", "metrics.jsonl", "final.json", "model/meta.json", "sharding_plan.txt"} <= keys
+    assert any(key.startswith("tb/events.out.tfevents") for key in keys)
+    assert {key.split("/")[1] for key in keys if key.endswith("/meta.json") and key.startswith("checkpoints/")} == {
+        "step-00000006",
+        "step-00000008",
+    }, "train.keep_checkpoints=2 prunes on the bucket"
+    remote_run = tmp_path / "from-bucket"
+    for name in ("metrics.jsonl", "final.json"):
+        (remote_run / name).parent.mkdir(parents=True, exist_ok=True)
+        bucket.download_file("recs", f"runs/r1/{name}", str(remote_run / name))
+    assert losses_by_step(remote_run) == losses_by_step(local_run) and len(losses_by_step(local_run)) == 8
+    final = json.loads((remote_run / "final.json").read_text())
+    assert final["test"] == json.loads((local_run / "final.json").read_text())["test"]
+
+    done = run("dimerec_dist.eval_cli", "--run-dir", RUN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval.json" in listing(bucket, "runs/r1/")
+
+    # The bundle exported from the bucket's run to the bucket (bundle.json last), then served from it.
+    exported = run("dimerec_dist.serving.export", "--run-dir", RUN, "--out", "s3://recs/bundles/b1")
     assert exported.returncode == 0, exported.stderr[-3000:]
-    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="recs", Prefix="bundles/b1/")["Contents"]]
-    assert "bundles/b1/bundle.json" in keys and any("/items/part-" in k for k in keys)
-    assert not (run_dir / ".export").exists() or not any((run_dir / ".export").iterdir()), "no local bundle left"
-    again = run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", "s3://recs/bundles/b1")
+    keys = listing(bucket, "bundles/b1/")
+    assert "bundle.json" in keys and any(k.startswith("items/part-") for k in keys)
+    again = run("dimerec_dist.serving.export", "--run-dir", RUN, "--out", "s3://recs/bundles/b1")
     assert again.returncode == 2 and "never overwritten" in again.stderr
     server = subprocess.Popen(
         [
@@ -106,6 +139,11 @@ def test_prepare_reads_and_writes_the_bucket_and_training_and_eval_read_it(bucke
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+    # A shard of the bucket's model changed after it was written: refused by name, never loaded.
+    bucket.put_object(Bucket="recs", Key="runs/r1/model/__1_0.distcp", Body=b"not the shard")
+    done = run("dimerec_dist.eval_cli", "--run-dir", RUN)
+    assert done.returncode == 2 and f"{RUN}/model/__1_0.distcp does not match its checksum" in done.stderr, done.stderr
 
     # The dataset replaced on the bucket (--overwrite): the node's copy is taken again, not reused.
     fewer = "".join(f"u{u} i{(u * 7 + k) % 100}\n" for u in range(60) for k in range(8))

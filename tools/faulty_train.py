@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--kill-rank", type=int, default=0)
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds")
     parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--run-dir", required=True, help="a directory, or a URI (s3://...)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     hooks = []

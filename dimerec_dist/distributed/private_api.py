@@ -21,6 +21,7 @@ __all__ = [
     "ShardedTensor",
     "chosen_sharding_options",
     "cpu_copy",
+    "fsspec_storage",
     "is_sharded",
     "pipelined_modules",
     "sharded_lookups",
@@ -59,6 +60,15 @@ def cpu_copy(state: ShardedTensor) -> ShardedTensor:
     return ShardedTensor._init_from_local_shards_and_global_metadata(
         shards, sharded_tensor_metadata=copy.deepcopy(state.metadata()), process_group=state._process_group
     )
+
+
+def fsspec_storage() -> tuple[type, type]:
+    """DCP's (FsspecWriter, FsspecReader): the writer and reader for fsspec's filesystems (s3://,
+    gs://, hdfs://). Documented classes, but torch 2.13 exports them only from a module it marks
+    private (torch.distributed.checkpoint._fsspec_filesystem), since fsspec is optional."""
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+
+    return FsspecWriter, FsspecReader
 
 
 def is_sharded(value: Any) -> bool:

@@ -37,6 +37,7 @@ from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
 from dimerec_dist.log_level import add_log_level, apply_log_level
 from dimerec_dist.output_dir import OutputError, begin, check_target, publish, staging_path
+from dimerec_dist.run_dir import RunDir
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.index_tuning import measure_index, tune_index
 from dimerec_dist.serving.tower import UserTower, export_tower
@@ -147,7 +148,7 @@ def build_index(staging: Path, dim: int, cosine: bool, kind: str, nprobe: int) -
 
 
 def export(
-    run_dir: Path,
+    run_dir: str | Path,
     out: Path,
     dtype: str,
     index: str,
@@ -171,7 +172,8 @@ def export(
     if recall is not None and (index == "none" or not 0 < recall <= 1):
         raise ConfigError(f"--recall {recall} needs an --index and a value in (0, 1]")
     check_target(out, overwrite, "a serving bundle")
-    loaded = load_run(run_dir, overrides)
+    run = RunDir.at(run_dir)
+    loaded = load_run(run, overrides)
     config, ctx = loaded.config, loaded.ctx
     steps = steps or config.model.sample_steps
     if not 1 <= steps <= config.model.diffusion_steps:
@@ -203,7 +205,7 @@ def export(
         )
         tower = UserTower(loaded.model.module.dimerec, steps, config.query_mode())
         export_tower(tower, config.model.max_history, dim, staging / "tower.pt2")
-        shutil.copyfile(run_dir / "config.yaml", staging / "config.yaml")
+        shutil.copyfile(run.local / "config.yaml", staging / "config.yaml")
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -219,7 +221,7 @@ def export(
             "tower": "tower.pt2",
             "config": "config.yaml",
             "index": None,
-            "source": {"run_dir": str(run_dir.resolve()), "exported_by_ranks": ctx.world_size},
+            "source": {"run_dir": run.remote or str(run.local.resolve()), "exported_by_ranks": ctx.world_size},
         }
         _write_manifest(staging, manifest)
         if index != "none":
@@ -253,12 +255,12 @@ def export(
 
 
 def _export_to_store(
-    uri: str, run_dir: Path, dtype, index, steps, nprobe, overrides, overwrite: bool, recall: float | None
+    uri: str, run_dir: str | Path, dtype, index, steps, nprobe, overrides, overwrite: bool, recall: float | None
 ) -> dict:
     try:
         if exists(f"{uri.rstrip('/')}/{MANIFEST}") and not overwrite:
             raise OutputError(f"{uri} holds a serving bundle: it is never overwritten (pass --overwrite)")
-        local = Path(run_dir) / ".export" / cache_key(uri)
+        local = RunDir.at(run_dir).local / ".export" / cache_key(uri)  # a store's run: its working copy
         manifest = export(run_dir, local, dtype, index, steps, nprobe, overrides, overwrite=True, recall=recall)
         if manifest:  # the main rank: the bundle is complete here
             upload_dir(local, uri, MANIFEST)
@@ -278,7 +280,7 @@ def _write_manifest(staging: Path, manifest: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-export", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--run-dir", required=True, help="the run's directory, or its URI (s3://...)")
     parser.add_argument("--out", required=True, help="the bundle's directory: a path, or s3://, gs://, ...")
     parser.add_argument("--dtype", default="float32", help=f"item table storage: {', '.join(DTYPES)}")
     parser.add_argument("--index", default="none", help=f"approximate index: {', '.join(INDEX_KINDS)} (needs faiss)")

@@ -2,6 +2,7 @@
 them for (distributed/private_api.py). An upgrade that moves one fails here, by name."""
 
 import importlib.metadata
+import inspect
 import os
 
 import pytest
@@ -70,3 +71,11 @@ def test_sharded_modules_keep_their_lookups_and_sharded_tensors_copy_to_cpu(one_
     copied = private_api.cpu_copy(table)
     assert private_api.is_sharded(copied) and copied.metadata() == table.metadata()
     assert torch.equal(copied.local_shards()[0].tensor, table.local_shards()[0].tensor)
+
+
+def test_dcp_keeps_its_fsspec_writer_and_reader_where_we_import_them():
+    from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+
+    writer, reader = private_api.fsspec_storage()
+    assert issubclass(writer, FileSystemWriter) and issubclass(reader, FileSystemReader)
+    assert {"sync_files"} <= set(inspect.signature(writer).parameters), "FsspecWriter(sync_files=...) is gone"
