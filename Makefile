@@ -1,6 +1,7 @@
 # dimerec-dist: the two commands a new machine needs.
 #   make install   create .venv here and install the pinned stack (tools/install.sh owns the matrix)
-#   make test      the test suite, with line coverage; fails if dimerec_dist/model drops under 90%
+#   make test      the test suite, with line coverage of the test process; fails if dimerec_dist/model drops under 90%
+#   make coverage  the same, measuring every process the tests start too (torchrun jobs, servers; slower)
 #   make lint      ruff's checks and format check (pyproject.toml [tool.ruff]) over the package, research, tools and tests
 #   make format    ruff's formatter, applied
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dimerec-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format clean
+.PHONY: install test coverage lint format clean
 
 install: $(STAMP)
 
@@ -20,6 +21,9 @@ $(STAMP): tools/install.sh pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest --cov=dimerec_dist --cov-report=term $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='dimerec_dist/model/*' --fail-under=90
+
+coverage: $(STAMP)
+	DIMEREC_COVERAGE_PATCH=subprocess $(MAKE) test
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dimerec_dist research tools tests
