@@ -75,4 +75,6 @@ def print_config(path: Path | None, overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dimerec_dist.process_exit import exit_process
+
+    exit_process(main())

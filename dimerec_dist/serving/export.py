@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -320,4 +319,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dimerec_dist.process_exit import exit_process
+
+    exit_process(main())
