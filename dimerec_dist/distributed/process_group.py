@@ -28,12 +28,6 @@ class DistContext:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class DeviceUnavailable(RuntimeError):
     """The job asks for a GPU this machine does not have: the user's setting, not a bug."""
 
@@ -43,10 +37,10 @@ def init_distributed(device: str = "auto") -> DistContext:
 
     Either way the same sharded code path runs: world size 1 is not a special case.
     """
-    if "RANK" not in os.environ:
-        os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
-        )
+    plain = "MASTER_ADDR" not in os.environ  # torchrun (and any env:// launcher) names the rendezvous
+    if plain:
+        for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+            os.environ.setdefault(name, value)
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda and not torch.cuda.is_available():
@@ -74,6 +68,10 @@ def init_distributed(device: str = "auto") -> DistContext:
                 rank=int(os.environ["RANK"]),
                 world_size=int(os.environ["WORLD_SIZE"]),
             )
+        elif plain:
+            # One process needs no rendezvous: an in-memory store, no port (a free port picked
+            # beforehand can be taken by another process before the store binds it).
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         else:
             dist.init_process_group(backend)
     return DistContext(

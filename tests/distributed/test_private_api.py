@@ -18,7 +18,7 @@ from dimerec_dist.sharded_model import TABLE_NAME, ShardedDimeRec
 
 @pytest.fixture(scope="module")
 def one_rank():
-    """A one-rank group in this process; the environment it sets (RANK, MASTER_PORT) is put back,
+    """A one-rank group in this process; the environment it sets (RANK, WORLD_SIZE, LOCAL_RANK) is put back,
     so later tests' subprocesses do not try to join it."""
     saved = dict(os.environ)
     ctx = init_distributed("cpu")
