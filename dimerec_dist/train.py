@@ -35,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="YAML job file (default: the built-in defaults, a synthetic short-video log)",
     )
-    parser.add_argument(
-        "--run-dir", help="where the run's files go: a directory, or a URI such as s3://bucket/runs/x (required)"
-    )
+    parser.add_argument("--run-dir", help="where the run's files go: a directory or a URI, s3://... (required)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
     parser.add_argument(
         "--dry-run",
