@@ -19,7 +19,7 @@ from dimerec_dist.data.schema import DataError, Manifest
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.distributed.process_group import init_distributed
 from dimerec_dist.metrics import setup_logging
-from dimerec_dist.storage import StorageError, child, is_remote
+from dimerec_dist.storage import StorageError, child, is_remote, local_path
 
 log = logging.getLogger("dimerec.dry_run")
 
@@ -33,7 +33,7 @@ def catalog_size(config: JobConfig, run_dir: str | Path | None) -> tuple[int, st
         except (FileNotFoundError, StorageError, ValueError, KeyError) as exc:
             raise DataError(f"{manifest}: cannot size the table from it ({exc!r})") from None
     run_dir = None if run_dir is None or is_remote(run_dir) else Path(run_dir)
-    path = Path(config.data.path) if config.data.path else None
+    path = local_path(config.data.path) if config.data.path else None
     if path is None and run_dir is not None:
         path = dataset_path(config.data, run_dir)
     if path is not None and (path / "manifest.json").is_file():

@@ -157,3 +157,14 @@ def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket,
     config = load_config(None, ["data.source=prepared", "data.path=s3://recs/prepared"])
     assert Manifest.load(cached_dataset(config.data)).data["counts"]["events"] == 480
     assert manifest["counts"]["events"] == 960
+
+
+def test_file_uris_are_local_paths(tmp_path):
+    from dimerec_dist.config import load_config
+    from dimerec_dist.data.source import dataset_path
+    from dimerec_dist.run_dir import RunDir
+
+    config = load_config(None, ["data.source=prepared", f"data.path=file://{tmp_path}/data"])
+    assert dataset_path(config.data, tmp_path / "run") == tmp_path / "data"
+    run = RunDir.at(f"file://{tmp_path}/run")
+    assert run.local == tmp_path / "run" and run.remote is None and run.place("model") == tmp_path / "run" / "model"

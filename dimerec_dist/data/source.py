@@ -18,13 +18,13 @@ from dimerec_dist.config import DataConfig
 from dimerec_dist.data.prepare import PrepareOptions, prepare
 from dimerec_dist.data.schema import DataError
 from dimerec_dist.data.synth import SynthOptions, synthesize
-from dimerec_dist.storage import StorageError, cache_key, is_remote, local_copy
+from dimerec_dist.storage import StorageError, cache_key, is_remote, local_copy, local_path
 
 log = logging.getLogger("dimerec.data")
 
 
 def dataset_path(data: DataConfig, run_dir: Path) -> Path:
-    return Path(data.path) if data.path else run_dir / "data"
+    return local_path(data.path) if data.path else run_dir / "data"
 
 
 def make_dataset(data: DataConfig, out: Path, overwrite: bool) -> None:
