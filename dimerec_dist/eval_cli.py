@@ -33,7 +33,7 @@ from dimerec_dist.metrics import setup_logging
 from dimerec_dist.output_dir import OutputError
 from dimerec_dist.run_dir import RunDir
 from dimerec_dist.run_metrics import final_metrics
-from dimerec_dist.storage import is_remote
+from dimerec_dist.storage import StorageError, is_remote
 
 log = logging.getLogger("dimerec.eval")
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         "dimerec-eval",
         lambda: run(args.run_dir, args.include_seen, args.overrides, args.topk_out, args.out),
-        (ConfigError, DataError, CheckpointError, OutputError),
+        (ConfigError, DataError, CheckpointError, OutputError, StorageError),
     )
 
 

@@ -56,16 +56,16 @@ class RunDir:
             return
         shutil.rmtree(self.local, ignore_errors=True)
         self.local.mkdir(parents=True)
-        fs, root = filesystem(self.remote)
-        fs.invalidate_cache(root)
         try:
+            fs, root = filesystem(self.remote)
+            fs.invalidate_cache(root)
             found = fs.find(root) if fs.exists(root) else []
             for remote in found:
                 name = remote[len(root) + 1 :]
                 if name.split("/")[0] not in ON_STORE_ONLY:
                     (self.local / name).parent.mkdir(parents=True, exist_ok=True)
                     fs.get_file(remote, str(self.local / name))
-        except OSError as exc:
+        except (OSError, StorageError) as exc:
             raise OutputError(f"--run-dir {self.remote}: cannot be read ({exc})") from None
         self._uploaded = self._stamps()
         log.info("run directory %s: working copy in %s (%d files from the store)", self, self.local, len(found))
@@ -76,14 +76,14 @@ class RunDir:
         target = self.local / name
         if not self.remote:
             return target
-        fs, root = filesystem(self.remote)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}")
         try:
+            fs, root = filesystem(self.remote)
             fs.get_file(f"{root}/{name}", str(partial))
         except FileNotFoundError:
             return target  # the caller names what is missing
-        except OSError as exc:
+        except (OSError, StorageError) as exc:
             raise OutputError(f"{self.remote}/{name}: cannot be read ({exc})") from None
         partial.replace(target)
         return target
@@ -112,10 +112,8 @@ class RunDir:
             fs, root = filesystem(self.remote)
             for name in changed:
                 fs.put_file(str(self.local / name), f"{root}/{name}")
-        except OSError as exc:
+        except (OSError, StorageError) as exc:
             raise OutputError(f"--run-dir {self.remote}: cannot be written ({exc})") from None
-        except StorageError as exc:
-            raise OutputError(str(exc)) from None
         self._uploaded.update((name, stamps[name]) for name in changed)
         self._synced_at = time.monotonic()
 

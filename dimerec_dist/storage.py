@@ -123,7 +123,10 @@ def matching(where: Location, pattern: str) -> list[str]:
     def names(fs, path):
         return sorted(found[len(path) + 1 :] for found in fs.glob(f"{path}/{pattern}"))
 
-    return _remote(where, "read", names)
+    try:
+        return _remote(where, "read", names)
+    except FileNotFoundError:  # no such place (a missing bucket, too): nothing there, as for a local glob
+        return []
 
 
 def sha256(uri: str) -> str:

@@ -65,7 +65,7 @@ from dimerec_dist.random_streams import generator
 from dimerec_dist.run_dir import RunDir
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
 from dimerec_dist.step_profiler import StepProfiler
-from dimerec_dist.storage import Location, location
+from dimerec_dist.storage import Location, StorageError, location
 from dimerec_dist.train_step import LossWindow, StepRunner, build_step_runner
 
 log = logging.getLogger("dimerec.train")
@@ -439,7 +439,8 @@ class Trainer:
         )
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError)  # one line on stderr, exit code 2
+# One line on stderr, exit code 2: the job's settings, data, checkpoint, output place or object store.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError, StorageError)
 
 
 def train_command(

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.distributed.conftest import REPO, TINY_JOB, faulty_train, losses_by_step, torchrun
+from tests.distributed.conftest import REPO, TINY_JOB, command_error, faulty_train, losses_by_step, torchrun
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -157,6 +157,14 @@ def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket,
     config = load_config(None, ["data.source=prepared", "data.path=s3://recs/prepared"])
     assert Manifest.load(cached_dataset(config.data)).data["counts"]["events"] == 480
     assert manifest["counts"]["events"] == 960
+
+
+def test_a_run_directory_on_a_store_that_cannot_be_written_or_without_its_data_is_one_line(bucket):
+    data = ["data.source=prepared", "data.path=s3://recs/prepared", "train.max_steps=1"]
+    line = command_error("dimerec_dist.train", "--run-dir", "s3://no-such-bucket/runs/r", *data)
+    assert "--run-dir s3://no-such-bucket/runs/r: cannot be written" in line, line
+    line = command_error("dimerec_dist.train", "--run-dir", "s3://recs/runs/synthetic")
+    assert "name the data the job reads in data.path" in line, line
 
 
 def test_file_uris_are_local_paths(tmp_path):

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overwrite,
             recall=args.recall,
         ),
-        (ConfigError, DataError, CheckpointError, BundleError, OutputError),
+        (ConfigError, DataError, CheckpointError, BundleError, OutputError, StorageError),
     )
 
 
