@@ -166,8 +166,7 @@ def _stage(final: Location) -> Location:
     (meta.json going first: from then on nobody reads it as complete)."""
     if is_remote(final):
         if _is_main():
-            storage.remove_tree(child(final, META_FILE))
-            storage.remove_tree(final)
+            _remove(final)
         dist.barrier()
         return final
     staging = final.with_name(final.name + ".tmp")
@@ -177,6 +176,13 @@ def _stage(final: Location) -> Location:
         staging.mkdir(parents=True)
     dist.barrier()
     return staging
+
+
+def _remove(path: Location) -> None:
+    """A checkpoint or model directory removed, meta.json first: no longer complete, however far
+    the rest's removal gets (a store removes a directory object by object)."""
+    storage.remove_tree(child(path, META_FILE))
+    storage.remove_tree(path)
 
 
 def model_meta(num_items: int, model_config: ModelConfig, **extra: Any) -> dict[str, Any]:
@@ -434,8 +440,7 @@ class CheckpointManager:
         _commit(staging, final, meta, own)
         if _is_main():
             for old in self.complete()[: -self.keep]:
-                storage.remove_tree(child(old, META_FILE))  # no longer complete, whatever the rest's removal does
-                storage.remove_tree(old)
+                _remove(old)
         log.info("checkpoint %s written in %.1fs", final, time.time() - started)
 
     @staticmethod

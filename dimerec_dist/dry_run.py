@@ -29,7 +29,8 @@ def catalog_size(config: JobConfig, run_dir: str | Path | None) -> tuple[int, st
     if is_remote(config.data.path):  # its manifest alone: a dry run copies no data
         manifest = child(config.data.path, "manifest.json")
         try:
-            return int(json.loads(storage.read_bytes(manifest))["counts"]["items"]), f"the prepared dataset {manifest}"
+            items = Manifest(config.data.path, json.loads(storage.read_bytes(manifest))).num_items
+            return items, f"the prepared dataset {manifest}"
         except (FileNotFoundError, StorageError, ValueError, KeyError) as exc:
             raise DataError(f"{manifest}: cannot size the table from it ({exc!r})") from None
     run_dir = None if run_dir is None or is_remote(run_dir) else Path(run_dir)

@@ -1,11 +1,10 @@
 """Leaving a process that loaded torch and TorchRec without the interpreter's teardown.
 
-Python's finalization of TorchRec's module graph (tensordict, torch._dynamo, sympy, ...) takes
-about a second per process on a 2-core machine and 0.02 s when skipped, and a torchrun job
-pays it in every rank. The commands torchrun runs end through `exit_process`: the exit handlers
-run as in a normal exit (atexit: logging, weakref finalizers such as temporary directories,
-coverage's data file), stdio is flushed, and the process leaves with its code. A tiny 2-rank
-dimerec-train job took 4.3 s instead of 4.9 s this way (2-core CPU machine).
+Python's finalization of TorchRec's module graph (tensordict, torch._dynamo, sympy, ...) is a
+pause that frees nothing the OS would not, and a torchrun job pays it in every rank. The
+commands torchrun runs end through `exit_process`: the exit handlers run as in a normal exit
+(atexit: logging, weakref finalizers such as temporary directories, coverage's data file),
+stdio is flushed, and the process leaves with its code.
 """
 
 from __future__ import annotations

@@ -21,7 +21,17 @@ from pathlib import Path
 
 from dimerec_dist.data.source import cache_root
 from dimerec_dist.output_dir import OutputError
-from dimerec_dist.storage import Location, StorageError, cache_key, child, filesystem, is_remote, local_path, location
+from dimerec_dist.storage import (
+    Location,
+    StorageError,
+    cache_key,
+    child,
+    filesystem,
+    get_tree,
+    is_remote,
+    local_path,
+    location,
+)
 
 log = logging.getLogger("dimerec.run_dir")
 SYNC_EVERY_S = 30.0
@@ -59,16 +69,11 @@ class RunDir:
         try:
             fs, root = filesystem(self.remote)
             fs.invalidate_cache(root)
-            found = fs.find(root) if fs.exists(root) else []
-            for remote in found:
-                name = remote[len(root) + 1 :]
-                if name.split("/")[0] not in ON_STORE_ONLY:
-                    (self.local / name).parent.mkdir(parents=True, exist_ok=True)
-                    fs.get_file(remote, str(self.local / name))
+            taken = get_tree(fs, root, self.local, keep=lambda name: name.split("/")[0] not in ON_STORE_ONLY)
         except (OSError, StorageError) as exc:
             raise OutputError(f"--run-dir {self.remote}: cannot be read ({exc})") from None
         self._uploaded = self._stamps()
-        log.info("run directory %s: working copy in %s (%d files from the store)", self, self.local, len(found))
+        log.info("run directory %s: working copy in %s (%d files from the store)", self, self.local, taken)
 
     def fetch(self, name: str) -> Path:
         """One file of the run from the store into the working copy (whole, or not at all: any number

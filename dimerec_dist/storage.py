@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "az://")
@@ -170,7 +171,7 @@ def local_copy(uri: str, cache_root: Path, marker: str) -> Path:
             return target
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        _get_tree(fs, root, partial, skip=marker)
+        get_tree(fs, root, partial, keep=lambda name: name != marker)
         (partial / marker).write_bytes(complete)
     except (OSError, PermissionError) as exc:
         raise StorageError(f"{uri}: cannot be read ({exc})") from None
@@ -180,13 +181,14 @@ def local_copy(uri: str, cache_root: Path, marker: str) -> Path:
     return target
 
 
-def _get_tree(fs, root: str, local: Path, skip: str | None = None) -> None:
-    """Every file under the remote directory `root` to the same place under `local` (but `skip`)."""
-    for remote in fs.find(root):
-        name = remote[len(root) + 1 :]
-        if name != skip:
-            (local / name).parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(local / name))
+def get_tree(fs, root: str, local: Path, keep: Callable[[str], bool] = lambda name: True) -> int:
+    """Every file under the remote directory `root` whose relative name `keep` accepts, to the same
+    place under `local`; how many."""
+    names = [name for name in (remote[len(root) + 1 :] for remote in fs.find(root)) if keep(name)]
+    for name in names:
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(f"{root}/{name}", str(local / name))
+    return len(names)
 
 
 def upload_dir(local: Path, uri: str, marker: str) -> None:
@@ -207,7 +209,7 @@ def download(uri: str, local: Path) -> Path:
     fs, root = filesystem(uri)
     try:
         if fs.isdir(root):
-            _get_tree(fs, root, local)
+            get_tree(fs, root, local)
             return local
         if not fs.exists(root):
             raise StorageError(f"input {uri} does not exist")

@@ -12,18 +12,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def torchrun_command(nproc: int, *target: str, restarts: int = 0) -> list[str]:
+    """torchrun on loopback with `nproc` workers running `target` (`-m MODULE ...` or `SCRIPT ...`)."""
+    standalone = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*standalone, *([f"--max-restarts={restarts}"] if restarts else []), *target]
+
+
 def torchrun(nproc: int, module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m module args` under torchrun on loopback; fail the test with the job's output."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        module,
-        *args,
-    ]
+    command = torchrun_command(nproc, "-m", module, *args)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A session of its own, so a job that times out is killed with its workers, not just the agent.
     with subprocess.Popen(
@@ -71,18 +68,7 @@ FAULTY_TRAIN = REPO / "tools" / "faulty_train.py"  # dimerec-train with a kill o
 
 def faulty_train(world: int, run_dir, *args: str, restarts: int = 0) -> subprocess.CompletedProcess:
     """tools/faulty_train.py under torchrun (`restarts` attempts after the first), its output kept."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={world}",
-        f"--max-restarts={restarts}",
-        str(FAULTY_TRAIN),
-        "--run-dir",
-        str(run_dir),
-        *args,
-    ]
+    command = torchrun_command(world, str(FAULTY_TRAIN), "--run-dir", str(run_dir), *args, restarts=restarts)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
