@@ -69,7 +69,9 @@ class RunDir:
         try:
             fs, root = filesystem(self.remote)
             fs.invalidate_cache(root)
-            taken = get_tree(fs, root, self.local, keep=lambda name: name.split("/")[0] not in ON_STORE_ONLY)
+            taken = 0  # a new run: nothing there yet (or no bucket: found when its first file is written)
+            if fs.exists(root):
+                taken = get_tree(fs, root, self.local, keep=lambda name: name.split("/")[0] not in ON_STORE_ONLY)
         except (OSError, StorageError) as exc:
             raise OutputError(f"--run-dir {self.remote}: cannot be read ({exc})") from None
         self._uploaded = self._stamps()
