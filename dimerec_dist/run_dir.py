@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.distributed as dist
+
 from dimerec_dist.data.source import cache_root
-from dimerec_dist.output_dir import OutputError
+from dimerec_dist.output_dir import OutputError, writable_dir
 from dimerec_dist.storage import (
     Location,
     StorageError,
@@ -51,6 +53,19 @@ class RunDir:
             return cls(local_path(where))
         uri = location(where)
         return cls(cache_root() / "runs" / cache_key(uri), uri)
+
+    @classmethod
+    def open(cls, where: str | Path, local_rank: int) -> RunDir:
+        """The run directory of a job's processes, checked writable. On a store, the first process of
+        each node makes the node's working copy (`pull`) and the others wait for it before they touch
+        it: a restarted job's pull replaces the copy its last attempt left, under any rank writing there."""
+        run = cls.at(where)
+        if run.remote and local_rank == 0:
+            run.pull()
+        if dist.is_initialized():
+            dist.barrier()  # every node's working copy is there
+        writable_dir(run.local, "--run-dir")
+        return run
 
     def __str__(self) -> str:
         return self.remote or str(self.local)

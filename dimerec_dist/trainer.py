@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 
 from dimerec_dist import storage
@@ -65,7 +64,7 @@ from dimerec_dist.random_streams import generator
 from dimerec_dist.run_dir import RunDir
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
 from dimerec_dist.step_profiler import StepProfiler
-from dimerec_dist.storage import Location, StorageError, location
+from dimerec_dist.storage import Location, StorageError, is_remote, location
 from dimerec_dist.train_step import LossWindow, StepRunner, build_step_runner
 
 log = logging.getLogger("dimerec.train")
@@ -128,19 +127,14 @@ class Trainer:
 
     def _run_directory(self, where: str | Path) -> RunDir:
         """The run directory, checked writable; on a store, this node's working copy taken from it."""
-        run = RunDir.at(where)
-        if run.remote and not self.config.data.path:
+        if is_remote(where) and not self.config.data.path:
             raise ConfigError(
-                f"--run-dir {run.remote} is on an object store: name the data the job reads in data.path "
+                f"--run-dir {location(where)} is on an object store: name the data the job reads in data.path "
                 f"(a prepared dataset, e.g. on the same store) rather than making it inside the run directory"
             )
-        if run.remote and self.ctx.local_rank == 0:
-            run.pull()
-        writable_dir(run.local, "--run-dir")
+        run = RunDir.open(where, self.ctx.local_rank)
         if not run.remote:
             writable_dir(run.local / "checkpoints", "the checkpoint directory")
-        if dist.is_initialized():
-            dist.barrier()  # every node's working copy is there
         return run
 
     def _checked_resume(self) -> Path | None:

@@ -176,3 +176,53 @@ def test_file_uris_are_local_paths(tmp_path):
     assert dataset_path(config.data, tmp_path / "run") == tmp_path / "data"
     run = RunDir.at(f"file://{tmp_path}/run")
     assert run.local == tmp_path / "run" and run.remote is None and run.place("model") == tmp_path / "run" / "model"
+
+
+def _open_with_a_slow_pull(rank: int, store: str, where: str, seen: str) -> None:
+    """One of two processes of a node opening a store's run directory: the first one's pull is slow,
+    the second notes what the working copy holds when it first writes there (its writability probe)."""
+    import json
+    import time
+
+    import torch.distributed as dist
+
+    import dimerec_dist.run_dir as run_dir
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    pull, probe = run_dir.RunDir.pull, run_dir.writable_dir
+
+    def slow_pull(self) -> None:
+        time.sleep(1.0)  # long enough for the other process to write, were it not waiting
+        pull(self)
+
+    def noted_probe(path, what):
+        if rank == 1:
+            with open(seen, "w") as out:
+                json.dump(sorted(entry.name for entry in path.iterdir()), out)
+        return probe(path, what)
+
+    run_dir.RunDir.pull, run_dir.writable_dir = slow_pull, noted_probe
+    run = run_dir.RunDir.open(where, local_rank=rank)
+    if rank == 1:
+        (run.local / "written-by-rank-1").write_text("kept")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_restarted_jobs_ranks_write_in_the_working_copy_only_once_it_is_pulled_again(bucket, tmp_path):
+    """A restarted job's first local rank replaces the working copy its last attempt left; the other
+    ranks wait for that before they write there (CI once lost a rank whose writability probe was
+    removed with the old copy under it)."""
+    import torch.multiprocessing as mp
+
+    from dimerec_dist.run_dir import RunDir
+
+    where = "s3://recs/runs/restarted"
+    bucket.put_object(Bucket="recs", Key="runs/restarted/metrics.jsonl", Body=b'{"step": 1}\n')
+    left = RunDir.at(where).local
+    left.mkdir(parents=True)
+    (left / "from-the-last-attempt").write_text("stale")
+    seen = tmp_path / "seen.json"
+    mp.spawn(_open_with_a_slow_pull, args=(str(tmp_path / "store"), where, str(seen)), nprocs=2)
+    assert json.loads(seen.read_text()) == ["metrics.jsonl"], "rank 1 wrote in the copy before it was pulled"
+    assert sorted(path.name for path in left.iterdir()) == ["metrics.jsonl", "written-by-rank-1"]
