@@ -52,7 +52,10 @@ class RunDir:
         if not is_remote(where):
             return cls(local_path(where))
         uri = location(where)
-        return cls(cache_root() / "runs" / cache_key(uri), uri)
+        # One working copy per node even where nodes share the cache (NFS, or "nodes" on one machine):
+        # each node's first process replaces and uploads its own. torchrun names the node GROUP_RANK.
+        node = os.environ.get("GROUP_RANK", "0")
+        return cls(cache_root() / "runs" / cache_key(uri) / f"node-{node}", uri)
 
     @classmethod
     def open(cls, where: str | Path, local_rank: int) -> RunDir:

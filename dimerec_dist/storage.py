@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,7 +160,9 @@ def cache_key(uri: str) -> str:
 def local_copy(uri: str, cache_root: Path, marker: str) -> Path:
     """A local copy of the remote directory `uri` under `cache_root`: `marker` (the file that makes
     the directory complete, e.g. manifest.json, which names and checksums the rest) is copied last,
-    and a copy whose marker equals the remote one is reused; one replaced since is copied again."""
+    and a copy whose marker equals the remote one is reused; one replaced since is copied again.
+    Processes that copy the same URI at once (two jobs on a machine, the nodes of a job sharing
+    the cache) each copy to their own place and publish it by a rename; the first one's stays."""
     target = cache_root / cache_key(uri)
     fs, root = filesystem(uri)
     try:
@@ -167,18 +170,55 @@ def local_copy(uri: str, cache_root: Path, marker: str) -> Path:
             complete = fs.cat_file(f"{root}/{marker}")  # read once: compared, then written last
         except FileNotFoundError:
             raise StorageError(f"{uri}: no {marker} there (not a complete output)") from None
-        if (target / marker).is_file() and (target / marker).read_bytes() == complete:
+        if _holds(target, marker, complete):
             return target
-        partial = target.with_name(target.name + ".partial")
+        partial = target.with_name(f"{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
+        _remove_abandoned(target.parent, f"{target.name}.partial-{socket.gethostname()}-")
         shutil.rmtree(partial, ignore_errors=True)
         get_tree(fs, root, partial, keep=lambda name: name != marker)
         (partial / marker).write_bytes(complete)
     except (OSError, PermissionError) as exc:
         raise StorageError(f"{uri}: cannot be read ({exc})") from None
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(target)
+    _publish(partial, target, marker, complete)
     return target
+
+
+def _holds(copy: Path, marker: str, complete: bytes) -> bool:
+    return (copy / marker).is_file() and (copy / marker).read_bytes() == complete
+
+
+def _remove_abandoned(where: Path, prefix: str) -> None:
+    """This host's partial copies whose process has ended (killed while copying)."""
+    for partial in where.glob(f"{prefix}*"):
+        pid = partial.name[len(prefix) :]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _publish(partial: Path, target: Path, marker: str, complete: bytes) -> None:
+    """`partial` renamed to `target`, unless another process published the same copy there first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        if _holds(target, marker, complete):
+            shutil.rmtree(partial)
+            return
+        shutil.rmtree(target, ignore_errors=True)  # an outdated copy
+        try:
+            partial.rename(target)
+            return
+        except OSError:  # a copier beside this one renamed its own there in between: looked at again
+            continue
+    raise StorageError(f"{target}: the local copy keeps changing under this process (another copying it)")
 
 
 def get_tree(fs, root: str, local: Path, keep: Callable[[str], bool] = lambda name: True) -> int:

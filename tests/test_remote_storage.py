@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -178,9 +179,10 @@ def test_file_uris_are_local_paths(tmp_path):
     assert run.local == tmp_path / "run" and run.remote is None and run.place("model") == tmp_path / "run" / "model"
 
 
-def _open_with_a_slow_pull(rank: int, store: str, where: str, seen: str) -> None:
-    """One of two processes of a node opening a store's run directory: the first one's pull is slow,
-    the second notes what the working copy holds when it first writes there (its writability probe)."""
+def _open_the_run(rank: int, store: str, where: str, seen: str, two_nodes: bool) -> None:
+    """One of two processes opening a store's run directory (two local ranks of a node, or the first
+    of two nodes sharing the cache): rank 0's pull is slow; a second local rank notes what the
+    working copy holds when it first writes there (its writability probe); each writes a file."""
     import json
     import time
 
@@ -188,41 +190,112 @@ def _open_with_a_slow_pull(rank: int, store: str, where: str, seen: str) -> None
 
     import dimerec_dist.run_dir as run_dir
 
+    os.environ["GROUP_RANK"] = str(rank if two_nodes else 0)  # what torchrun tells a node's processes
+    local_rank = 0 if two_nodes else rank
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     pull, probe = run_dir.RunDir.pull, run_dir.writable_dir
 
     def slow_pull(self) -> None:
-        time.sleep(1.0)  # long enough for the other process to write, were it not waiting
+        if rank == 0:
+            time.sleep(1.0)  # long enough for the other process to write, were it not waiting
         pull(self)
 
     def noted_probe(path, what):
-        if rank == 1:
+        if local_rank == 1:
             with open(seen, "w") as out:
                 json.dump(sorted(entry.name for entry in path.iterdir()), out)
         return probe(path, what)
 
     run_dir.RunDir.pull, run_dir.writable_dir = slow_pull, noted_probe
-    run = run_dir.RunDir.open(where, local_rank=rank)
-    if rank == 1:
-        (run.local / "written-by-rank-1").write_text("kept")
+    run = run_dir.RunDir.open(where, local_rank=local_rank)
+    (run.local / f"written-by-rank-{rank}").write_text("kept")
     dist.barrier()
     dist.destroy_process_group()
+
+
+def open_the_run_twice(bucket, tmp_path, name: str, two_nodes: bool):
+    """Two processes open the store's run `name` that an earlier attempt left a working copy of."""
+    import torch.multiprocessing as mp
+
+    from dimerec_dist.run_dir import RunDir
+
+    where = f"s3://recs/runs/{name}"
+    bucket.put_object(Bucket="recs", Key=f"runs/{name}/metrics.jsonl", Body=b'{"step": 1}\n')
+    node_0 = RunDir.at(where).local
+    for node in (node_0, node_0.with_name("node-1")):
+        node.mkdir(parents=True)
+        (node / "from-the-last-attempt").write_text("stale")
+    seen = tmp_path / "seen.json"
+    mp.spawn(_open_the_run, args=(str(tmp_path / "store"), where, str(seen), two_nodes), nprocs=2)
+    listed = {node.name: sorted(path.name for path in node.iterdir()) for node in node_0.parent.iterdir()}
+    return listed, seen
 
 
 def test_a_restarted_jobs_ranks_write_in_the_working_copy_only_once_it_is_pulled_again(bucket, tmp_path):
     """A restarted job's first local rank replaces the working copy its last attempt left; the other
     ranks wait for that before they write there (CI once lost a rank whose writability probe was
     removed with the old copy under it)."""
+    listed, seen = open_the_run_twice(bucket, tmp_path, "restarted", two_nodes=False)
+    seen = json.loads(seen.read_text())
+    assert "metrics.jsonl" in seen and "from-the-last-attempt" not in seen, "rank 1 wrote there before the pull"
+    assert listed["node-0"] == ["metrics.jsonl", "written-by-rank-0", "written-by-rank-1"]
+
+
+def test_the_nodes_of_a_job_sharing_the_cache_have_working_copies_of_their_own(bucket, tmp_path):
+    """Each node's first process replaces and uploads its own working copy, never another node's."""
+    listed, _ = open_the_run_twice(bucket, tmp_path, "two-nodes", two_nodes=True)
+    assert listed == {
+        "node-0": ["metrics.jsonl", "written-by-rank-0"],
+        "node-1": ["metrics.jsonl", "written-by-rank-1"],
+    }
+
+
+def _copy_held_after_its_download(uri: str, cache: str, downloaded, go, result: str) -> None:
+    """A copier of `uri` that stops between its download and its publishing until `go`."""
+    import dimerec_dist.storage as storage
+
+    get_tree = storage.get_tree
+
+    def held(*args, **kwargs):
+        count = get_tree(*args, **kwargs)
+        downloaded.set()
+        go.wait(120)
+        return count
+
+    storage.get_tree = held
+    with open(result, "w") as out:
+        out.write(str(storage.local_copy(uri, Path(cache), "manifest.json")))
+
+
+def test_processes_copying_one_dataset_at_once_each_end_with_the_whole_copy(bucket, tmp_path):
+    """Two jobs on a machine (or the nodes of a job sharing the cache) copying the same dataset: one
+    copier publishes while the other is between its download and its publishing; both end with the
+    complete copy, and what a killed copier left is removed by the next one on the host."""
+    import socket
+
     import torch.multiprocessing as mp
 
-    from dimerec_dist.run_dir import RunDir
+    from dimerec_dist.storage import cache_key, local_copy
 
-    where = "s3://recs/runs/restarted"
-    bucket.put_object(Bucket="recs", Key="runs/restarted/metrics.jsonl", Body=b'{"step": 1}\n')
-    left = RunDir.at(where).local
-    left.mkdir(parents=True)
-    (left / "from-the-last-attempt").write_text("stale")
-    seen = tmp_path / "seen.json"
-    mp.spawn(_open_with_a_slow_pull, args=(str(tmp_path / "store"), where, str(seen)), nprocs=2)
-    assert json.loads(seen.read_text()) == ["metrics.jsonl"], "rank 1 wrote in the copy before it was pulled"
-    assert sorted(path.name for path in left.iterdir()) == ["metrics.jsonl", "written-by-rank-1"]
+    uri = "s3://recs/sets/shared"
+    for key, body in (("part-0.txt", b"rows"), ("manifest.json", b'{"complete": true}')):
+        bucket.put_object(Bucket="recs", Key=f"sets/shared/{key}", Body=body)
+    cache = tmp_path / "cache"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = cache / f"{cache_key(uri)}.partial-{socket.gethostname()}-{ended.stdout.strip()}"
+    abandoned.mkdir(parents=True)
+
+    spawn = mp.get_context("spawn")
+    downloaded, go = spawn.Event(), spawn.Event()
+    result = tmp_path / "first.txt"
+    first = spawn.Process(target=_copy_held_after_its_download, args=(uri, str(cache), downloaded, go, str(result)))
+    first.start()
+    try:
+        assert downloaded.wait(120), "the first copier never downloaded"
+        second = local_copy(uri, cache, "manifest.json")  # published while the first one is held
+    finally:
+        go.set()
+        first.join(120)
+    assert first.exitcode == 0 and result.read_text() == str(second)
+    assert sorted(path.name for path in second.iterdir()) == ["manifest.json", "part-0.txt"]
+    assert [path.name for path in cache.iterdir()] == [second.name], "no partial copy left behind"

@@ -32,6 +32,7 @@ from dimerec_dist.checkpoint import CheckpointError
 from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, Manifest, read_items
+from dimerec_dist.data.source import cache_root
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
 from dimerec_dist.log_level import add_log_level, apply_log_level
@@ -259,7 +260,10 @@ def _export_to_store(
     try:
         if exists(f"{uri.rstrip('/')}/{MANIFEST}") and not overwrite:
             raise OutputError(f"{uri} holds a serving bundle: it is never overwritten (pass --overwrite)")
-        local = RunDir.at(run_dir).local / ".export" / cache_key(uri)  # a store's run: its working copy
+        # Made where every rank of the export can write its parts: beside a local run, or in the cache
+        # for a store's run (whose working copies are per node); a multi-node export needs it shared.
+        run = RunDir.at(run_dir)
+        local = (cache_root() / "exports" if run.remote else run.local / ".export") / cache_key(uri)
         manifest = export(run_dir, local, dtype, index, steps, nprobe, overrides, overwrite=True, recall=recall)
         if manifest:  # the main rank: the bundle is complete here
             upload_dir(local, uri, MANIFEST)
