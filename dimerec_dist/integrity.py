@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dimerec_dist import storage
 from dimerec_dist.storage import Location, child, is_remote
@@ -25,7 +25,7 @@ BLOCK = 1 << 24  # hashlib releases the GIL on blocks this large: threads hash f
 
 def file_sha256(path: Location) -> str:
     if is_remote(path):
-        return storage.sha256(path)
+        return storage.read_stream(path, _streamed_sha256)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
@@ -36,6 +36,13 @@ def file_sha256(path: Location) -> str:
             for start in range(0, size, BLOCK):
                 digest.update(view[start : start + BLOCK])
             view.release()
+    return digest.hexdigest()
+
+
+def _streamed_sha256(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while block := handle.read(BLOCK):
+        digest.update(block)
     return digest.hexdigest()
 
 

@@ -17,8 +17,10 @@ import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "az://")
+T = TypeVar("T")  # what a read_stream consumer makes of a file
 
 
 class StorageError(RuntimeError):
@@ -131,17 +133,14 @@ def matching(where: Location, pattern: str) -> list[str]:
         return []
 
 
-def sha256(uri: str) -> str:
-    """The SHA-256 of a remote file, streamed."""
+def read_stream(uri: str, consume: Callable[[BinaryIO], T]) -> T:
+    """`consume(file)` on a remote file opened for reading, streamed rather than read whole."""
 
-    def digest(fs, path):
-        hashed = hashlib.sha256()
-        with fs.open(path, "rb", block_size=1 << 24) as handle:
-            while block := handle.read(1 << 24):
-                hashed.update(block)
-        return hashed.hexdigest()
+    def opened(fs, path):
+        with fs.open(path, "rb") as handle:
+            return consume(handle)
 
-    return _remote(uri, "read", digest)
+    return _remote(uri, "read", opened)
 
 
 def exists(uri: str) -> bool:
@@ -172,8 +171,9 @@ def local_copy(uri: str, cache_root: Path, marker: str) -> Path:
             raise StorageError(f"{uri}: no {marker} there (not a complete output)") from None
         if _holds(target, marker, complete):
             return target
-        partial = target.with_name(f"{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
-        _remove_abandoned(target.parent, f"{target.name}.partial-{socket.gethostname()}-")
+        of_this_host = f"{target.name}.partial-{socket.gethostname()}-"  # then the copier's pid
+        _remove_abandoned(target.parent, of_this_host)
+        partial = target.with_name(f"{of_this_host}{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         get_tree(fs, root, partial, keep=lambda name: name != marker)
         (partial / marker).write_bytes(complete)
@@ -197,11 +197,11 @@ def _remove_abandoned(where: Path, prefix: str) -> None:
 
 def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # no signal: only whether the process is there
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process
-        return True
+    except PermissionError:  # there, but someone else's
+        pass
     return True
 
 
