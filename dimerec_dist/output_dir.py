@@ -11,6 +11,11 @@ target (`.NAME.staging`), and only when that is complete swaps it in:
 A process killed between those renames leaves the old output whole in `.NAME.old` and the
 new one whole in staging; `recover` puts the old one back the next time, so a reader sees
 either the old output or the new one, never a mix of their files.
+
+`--overwrite` replaces only an output of the same kind, known by its marker file (a dataset's
+manifest.json, a bundle's bundle.json): a run directory, a dataset or a folder of anything
+else at `--out` is refused by name. One process at a time writes a target (`claim`, a lock
+beside it): of two commands started on one new `--out`, one writes it and the other says so.
 """
 
 from __future__ import annotations
@@ -21,12 +26,33 @@ import shutil
 import socket
 from pathlib import Path
 
+from dimerec_dist.file_lock import FileLock, LockHeld, this_process
+
 log = logging.getLogger("dimerec.output")
 
 
 class OutputError(ValueError):
     """An output location that cannot be used: it holds something (and --overwrite was not
     given), it is a file, or it cannot be written."""
+
+
+# What a directory is, by the file that marks it; the first that matches names it.
+KINDS = (
+    ("manifest.json", "a prepared dataset"),
+    ("bundle.json", "a serving bundle"),
+    ("synth.json", "a synthetic log (dimerec-synth)"),
+    ("config.yaml", "a run directory"),
+    ("checkpoints", "a run directory"),
+    ("metrics.jsonl", "a run directory"),
+)
+
+
+def kind_of(path: Path) -> str:
+    """'a run directory (it holds config.yaml)', or 'a directory of other files'."""
+    for marker, kind in KINDS:
+        if (path / marker).exists():
+            return f"{kind} (it holds {marker})"
+    return "a directory of other files"
 
 
 def staging_path(target: Path) -> Path:
@@ -45,17 +71,36 @@ def recover(target: Path) -> None:
         log.warning("restored %s from an interrupted overwrite", target)
 
 
-def check_target(target: Path, overwrite: bool, what: str, flag: str = "--overwrite") -> None:
-    """Refuse a target that is a file, or a non-empty directory unless `overwrite`."""
+def check_target(target: Path, overwrite: bool, what: str, marker: str, flag: str = "--overwrite") -> None:
+    """Refuse a target that is a file, or a non-empty directory unless `overwrite` and it is
+    `what` already (it holds `marker`)."""
     recover(target)
     writable_dir(target.parent, "the output's parent directory")
     if target.is_file() or target.is_symlink() and not target.is_dir():
         raise OutputError(f"{target} is a file, not a directory; pick another output path")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not overwrite:
         raise OutputError(
             f"{target} exists and is not empty; {what} is never overwritten "
             f"(pass {flag} to replace it, or pick another output path)"
         )
+    if not (target / marker).is_file():
+        raise OutputError(
+            f"{target} is {kind_of(target)}, not {what}: {flag} replaces only {what}; pick another output path"
+        )
+
+
+def claim(target: Path, command: str) -> FileLock:
+    """Hold `target` for this process while it writes it (release it when done): a second command
+    writing the same target is refused, naming the one that holds it."""
+    writable_dir(target.parent, "the output's parent directory")
+    try:
+        return FileLock(target.with_name(f".{target.name}.lock"), this_process(command)).acquire()
+    except LockHeld as held:
+        raise OutputError(
+            f"{target} is being written by {held.holder}; wait for it to end or pick another output path"
+        ) from None
 
 
 def begin(target: Path) -> Path:

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dimerec_dist.cli_numbers import integer, real
 from dimerec_dist.config import (
     KERNELS,
     SHARDING,
@@ -52,21 +53,21 @@ def parser() -> argparse.ArgumentParser:
         prog="dimerec-plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, default=None, help="the job's YAML (default: the built-in defaults)")
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpus-per-node", type=int, default=8, help="ranks per node")
-    parser.add_argument("--hbm-gb", type=float, default=80.0, help="HBM per GPU, GB")
-    parser.add_argument("--host-memory-gb", type=float, default=1000.0, help="host memory per node, GB")
-    parser.add_argument("--intra-host-gbps", type=float, default=0.0, help="GB/s between a node's GPUs (0: default)")
-    parser.add_argument("--inter-host-gbps", type=float, default=0.0, help="GB/s between nodes per GPU (0: default)")
+    parser.add_argument("--nodes", type=integer(1), default=1)
+    parser.add_argument("--gpus-per-node", type=integer(1), default=8, help="ranks per node")
+    parser.add_argument("--hbm-gb", type=real(0, above=True), default=80.0, help="HBM per GPU, GB")
+    parser.add_argument("--host-memory-gb", type=real(0, above=True), default=1000.0, help="host memory per node, GB")
+    parser.add_argument("--intra-host-gbps", type=real(0), default=0.0, help="GB/s between a node's GPUs (0: default)")
+    parser.add_argument("--inter-host-gbps", type=real(0), default=0.0, help="GB/s between nodes per GPU (0: default)")
     parser.add_argument("--cpu", action="store_true", help="plan for CPU ranks (gloo) instead of GPUs")
-    parser.add_argument("--items", type=int, required=True, help="catalog size")
-    parser.add_argument("--dim", type=int, help="model.embedding_dim")
+    parser.add_argument("--items", type=integer(1), required=True, help="catalog size")
+    parser.add_argument("--dim", type=integer(1), help="model.embedding_dim")
     parser.add_argument("--optimizer", choices=SPARSE_OPTIMIZERS, help="train.sparse_optimizer")
     parser.add_argument("--dtype", choices=TABLE_DTYPES, help="model.table_dtype")
     parser.add_argument("--kernel", choices=KERNELS, help="sharding.kernel")
-    parser.add_argument("--cache-load-factor", type=float, help="sharding.cache_load_factor")
+    parser.add_argument("--cache-load-factor", type=real(0, 1, above=True), help="sharding.cache_load_factor")
     parser.add_argument("--sharding", choices=SHARDING, help="sharding.type")
-    parser.add_argument("--batch-size", type=int, help="train.batch_size (global)")
+    parser.add_argument("--batch-size", type=integer(1), help="train.batch_size (global)")
     add_log_level(parser)
     parser.add_argument("overrides", nargs="*", help="key=value job settings, as dimerec-train takes them")
     return parser

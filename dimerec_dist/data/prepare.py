@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dimerec_dist.cli_numbers import integer
 from dimerec_dist.data.readers import FORMATS, BadLines, ReadOptions, read_events
 from dimerec_dist.data.schema import (
     EVAL_SCHEMA,
@@ -47,7 +48,7 @@ from dimerec_dist.data.schema import (
 from dimerec_dist.data.writer import SplitWriter
 from dimerec_dist.integrity import file_sha256
 from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
-from dimerec_dist.output_dir import OutputError, begin, check_target, os_error_line, publish
+from dimerec_dist.output_dir import OutputError, begin, check_target, claim, os_error_line, publish
 from dimerec_dist.storage import StorageError, download, exists, is_remote, local_path, upload_dir
 
 log = logging.getLogger("dimerec.prepare")
@@ -358,16 +359,23 @@ def prepare(options: PrepareOptions) -> dict:
     if not options.input.exists():
         raise DataError(f"input {options.input} does not exist")
     try:
-        check_target(options.out, options.overwrite, "a prepared dataset")
+        held = claim(options.out, "dimerec-prepare")
     except OutputError as exc:
         raise DataError(str(exc)) from None
-    staging = begin(options.out)
     try:
-        manifest = _prepare_into(options, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    publish(staging, options.out)
+        try:
+            check_target(options.out, options.overwrite, "a prepared dataset", "manifest.json")
+        except OutputError as exc:
+            raise DataError(str(exc)) from None
+        staging = begin(options.out)
+        try:
+            manifest = _prepare_into(options, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        publish(staging, options.out)
+    finally:
+        held.release()
     return manifest
 
 
@@ -473,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         "--input", required=True, help="a file, or for events a directory of part files (a path or s3://, gs://, ...)"
     )
     parser.add_argument("--out", required=True, help="a directory (a path or s3://, gs://, ...)")
-    parser.add_argument("--kcore", type=int, default=0, help="keep users and items with at least k events (0: off)")
+    parser.add_argument(
+        "--kcore", type=integer(0), default=0, help="keep users and items with at least k events (0: off)"
+    )
     parser.add_argument("--user-col", default=None, help="events: user (default); recbole: user_id")
     parser.add_argument("--item-col", default=None, help="events: item (default); recbole: item_id")
     parser.add_argument(
@@ -484,9 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--delimiter", default=None, help="events CSV: the field separator (default ',' for .csv, tab for .tsv; 'tab')"
     )
-    parser.add_argument("--rows-per-shard", type=int, default=1_000_000, help="users per output file")
-    parser.add_argument("--row-group-size", type=int, default=2048, help="users per row group (the plan's unit)")
-    parser.add_argument("--buckets", type=int, default=0, help="spill buckets (0: ~2M events each)")
+    parser.add_argument("--rows-per-shard", type=integer(1), default=1_000_000, help="users per output file")
+    parser.add_argument("--row-group-size", type=integer(1), default=2048, help="users per row group (the plan's unit)")
+    parser.add_argument("--buckets", type=integer(0, 4096), default=0, help="spill buckets (0: ~2M events each)")
     parser.add_argument(
         "--skip-bad-lines",
         action="store_true",

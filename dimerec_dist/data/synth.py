@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +34,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dimerec_dist.cli_numbers import integer, real
 from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
+from dimerec_dist.output_dir import OutputError, begin, check_target, claim, os_error_line, publish
 
 log = logging.getLogger("dimerec.synth")
 BACKENDS = ("local", "processes", "ray")
@@ -52,6 +55,23 @@ class SynthOptions:
     drift: float = 0.15
     noise: float = 0.05
     users_per_shard: int = 50_000
+
+
+# What each option may be: checked when parsed, before anything is written.
+OPTION_RANGES = {
+    "users": integer(1),
+    "items": integer(2),
+    "events": integer(1),
+    "seed": integer(0),
+    "categories": integer(1),
+    "zipf_exponent": real(0),
+    "max_interests": integer(1),
+    "mean_session": real(1),
+    "drift": real(0, 1),
+    "noise": real(0, 1),
+    "users_per_shard": integer(1),
+}
+MARKER = "synth.json"  # a synthetic log's own file: what --overwrite recognises
 
 
 @dataclass
@@ -189,10 +209,38 @@ def _run_ray(jobs: list[tuple], options: SynthOptions, workers: int) -> Iterator
             ray.shutdown()
 
 
-def synthesize(out: Path, options: SynthOptions, workers: int = 1, backend: str = "local") -> dict:
-    """Write events/, interests.parquet, item_categories.parquet and synth.json under `out`."""
+def synthesize(
+    out: Path, options: SynthOptions, workers: int = 1, backend: str = "local", overwrite: bool = False
+) -> dict:
+    """Write events/, interests.parquet, item_categories.parquet and synth.json under `out`.
+
+    Like a prepared dataset, a log is never written over: a non-empty `out` is refused unless
+    `overwrite` and it is a synthetic log already, and the new log is written beside it and
+    swapped in whole (no shard of an older, larger log survives next to it)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
+    out = Path(out)
+    with claim(out, "dimerec-synth"):
+        check_target(out, overwrite, "a synthetic log", MARKER)
+        staging = begin(out)
+        try:
+            summary = _synthesize_into(staging, options, workers, backend)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        publish(staging, out)
+    log.info(
+        "wrote %d events for %d users to %s in %.1fs (%.0f events/s)",
+        summary["events"],
+        options.users,
+        out,
+        summary["seconds"],
+        summary["events"] / max(summary["seconds"], 1e-9),
+    )
+    return summary
+
+
+def _synthesize_into(out: Path, options: SynthOptions, workers: int, backend: str) -> dict:
     started = time.time()
     for folder in ("events", "interests"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -226,34 +274,41 @@ def synthesize(out: Path, options: SynthOptions, workers: int = 1, backend: str 
         "backend": backend,
         "seconds": round(time.time() - started, 2),
     }
-    (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info(
-        "wrote %d events for %d users to %s in %.1fs (%.0f events/s)",
-        events,
-        options.users,
-        out,
-        summary["seconds"],
-        events / max(summary["seconds"], 1e-9),
-    )
+    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-synth", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the synthetic log at --out whole (swapped in when complete)"
+    )
+    parser.add_argument("--workers", type=integer(1), default=1)
     parser.add_argument(
         "--backend", choices=BACKENDS, default=None, help="default: ray with several workers, local with one"
     )
     defaults = SynthOptions()
     for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=OPTION_RANGES[name], default=value)
     add_log_level(parser)
     args = parser.parse_args(argv)
+    if args.max_interests > args.categories:
+        parser.error(f"--max-interests {args.max_interests} is more than --categories {args.categories}")
+    if args.categories > args.items:
+        parser.error(f"--categories {args.categories} is more than --items {args.items}")
     apply_log_level(args)
     setup_command_logging()
     backend = args.backend or ("ray" if args.workers > 1 else "local")
-    synthesize(args.out, SynthOptions(**{k: getattr(args, k) for k in asdict(defaults)}), args.workers, backend)
+    options = SynthOptions(**{k: getattr(args, k) for k in asdict(defaults)})
+    try:
+        synthesize(args.out, options, args.workers, backend, overwrite=args.overwrite)
+    except OutputError as exc:
+        print(f"dimerec-synth: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full or read-only disk: where, and what the OS said
+        print(f"dimerec-synth: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 

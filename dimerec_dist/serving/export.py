@@ -17,6 +17,7 @@ is replaced only with --overwrite, and never left half old, half new (output_dir
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from dimerec_dist.checkpoint import CheckpointError
+from dimerec_dist.cli_numbers import integer, real
 from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, Manifest, read_items
@@ -36,7 +38,7 @@ from dimerec_dist.data.source import cache_root
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
 from dimerec_dist.log_level import add_log_level, apply_log_level
-from dimerec_dist.output_dir import OutputError, begin, check_target, publish, staging_path
+from dimerec_dist.output_dir import OutputError, begin, check_target, claim, os_error_line, publish, staging_path
 from dimerec_dist.run_dir import RunDir
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.index_tuning import measure_index, tune_index
@@ -56,31 +58,36 @@ def quantize_int8(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(rows / scale[:, None]), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
+def _npy_file(path: Path, dtype, shape: tuple[int, ...]):
+    """An open .npy file with its header written, for rows appended in order. Plain writes, not a
+    memory map: a full disk is an OSError naming the file, where a map's page write is a SIGBUS."""
+    handle = open(path, "wb")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(handle, header)
+    return handle
+
+
 def write_part(rows: torch.Tensor, first: int, staging: Path, name: str, dtype: str) -> dict:
     """Write rows [first, first + len) in blocks; the part's manifest entry."""
-    from numpy.lib.format import open_memmap
-
     count, dim = rows.shape
-    file = f"items/{name}.npy"
-    out = open_memmap(staging / file, mode="w+", dtype=np.dtype(dtype), shape=(count, dim))
-    scale_out = (
-        open_memmap(staging / f"items/{name}.scale.npy", mode="w+", dtype=np.float32, shape=(count,))
-        if dtype == "int8"
-        else None
-    )
-    for start in range(0, count, BLOCK_ROWS):
-        block = rows[start : start + BLOCK_ROWS].detach().cpu().numpy().astype(np.float32)
-        if scale_out is not None:
-            out[start : start + len(block)], scale_out[start : start + len(block)] = quantize_int8(block)
-        else:
-            out[start : start + len(block)] = block
-    out.flush()
-    del out
-    entry = {"first": first, "last": first + count, "file": file}
-    if scale_out is not None:
-        scale_out.flush()
-        del scale_out
+    entry = {"first": first, "last": first + count, "file": f"items/{name}.npy"}
+    if dtype == "int8":
         entry["scale_file"] = f"items/{name}.scale.npy"
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(_npy_file(staging / entry["file"], dtype, (count, dim)))
+        scale_out = (
+            files.enter_context(_npy_file(staging / entry["scale_file"], np.float32, (count,)))
+            if dtype == "int8"
+            else None
+        )
+        for start in range(0, count, BLOCK_ROWS):
+            block = rows[start : start + BLOCK_ROWS].detach().cpu().numpy().astype(np.float32)
+            if scale_out is not None:
+                quantized, scale = quantize_int8(block)
+                out.write(quantized.tobytes())
+                scale_out.write(scale.tobytes())
+            else:
+                out.write(block.astype(np.dtype(dtype)).tobytes())
     return entry
 
 
@@ -171,7 +178,7 @@ def export(
         raise ConfigError(f"--index {index!r} is not one of {', '.join(INDEX_KINDS)}")
     if recall is not None and (index == "none" or not 0 < recall <= 1):
         raise ConfigError(f"--recall {recall} needs an --index and a value in (0, 1]")
-    check_target(out, overwrite, "a serving bundle")
+    check_target(out, overwrite, "a serving bundle", MANIFEST)
     run = RunDir.at(run_dir)
     loaded = load_run(run, overrides)
     config, ctx = loaded.config, loaded.ctx
@@ -179,79 +186,113 @@ def export(
     if not 1 <= steps <= config.model.diffusion_steps:
         raise ConfigError(f"--steps {steps} must lie in 1..model.diffusion_steps={config.model.diffusion_steps}")
     staging = staging_path(out)
-    if ctx.is_main:
-        (begin(out) / "items").mkdir()  # a staging left by an export that died half-way is removed
-    dist.barrier()
+    held = []
 
-    started = time.time()
-    dim = config.model.embedding_dim
-    shards = scoring_shards(loaded.shards, loaded.manifest.num_items + 1, dim, ctx.device)
-    parts = [
-        write_part(shard.weight, shard.row_offset, staging, f"part-{ctx.rank:05d}-{i}", dtype)
-        for i, shard in enumerate(shards)
-        if shard.weight.shape[0]
-    ]
-    gathered: list[list[dict]] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, parts)
-    result = {}
-    if ctx.is_main:
-        parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p["first"])
-        log.info(
-            "item table written: %d parts, %d rows, %s, %.1fs",
-            len(parts),
-            loaded.manifest.num_items + 1,
-            dtype,
-            time.time() - started,
+    def take_target() -> None:  # the main rank holds --out until the bundle is in place
+        held.append(claim(out, "dimerec-export"))
+        check_target(out, overwrite, "a serving bundle", MANIFEST)  # again: another export may have ended
+        (begin(out) / "items").mkdir()  # a staging left by an export that died half-way is removed
+
+    try:
+        on_every_rank(ctx, take_target, main_only=True)
+        started = time.time()
+        dim = config.model.embedding_dim
+        shards = scoring_shards(loaded.shards, loaded.manifest.num_items + 1, dim, ctx.device)
+        gathered = on_every_rank(
+            ctx,
+            lambda: [
+                write_part(shard.weight, shard.row_offset, staging, f"part-{ctx.rank:05d}-{i}", dtype)
+                for i, shard in enumerate(shards)
+                if shard.weight.shape[0]
+            ],
         )
-        tower = UserTower(loaded.model.module.dimerec, steps, config.query_mode())
-        export_tower(tower, config.model.max_history, dim, staging / "tower.pt2")
-        shutil.copyfile(run.local / "config.yaml", staging / "config.yaml")
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "num_items": loaded.manifest.num_items,
-            "dim": dim,
-            "dtype": dtype,
-            "cosine": config.model.cosine_logits,
-            "max_history": config.model.max_history,
-            "query_mode": config.query_mode(),
-            "steps": steps,
-            "parts": parts,
-            "vocabulary": write_vocabulary(loaded.manifest, staging),
-            "tower": "tower.pt2",
-            "config": "config.yaml",
-            "index": None,
-            "source": {"run_dir": run.remote or str(run.local.resolve()), "exported_by_ranks": ctx.world_size},
-        }
+        parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p["first"])
+        bundle = lambda: _finish_bundle(loaded, run, staging, out, parts, dtype, index, steps, nprobe, recall, started)  # noqa: E731
+        return on_every_rank(ctx, bundle, main_only=True)[0] or {}
+    finally:
+        if held:
+            shutil.rmtree(staging, ignore_errors=True)  # what a failed export wrote: nothing once it published
+            held[0].release()
+
+
+def on_every_rank(ctx, step, main_only: bool = False) -> list:
+    """Run `step` (on the main rank only, if `main_only`) and gather its values from every rank. If it
+    failed anywhere on a disk, every rank raises that rank's one-line error: none is left waiting in a
+    collective for a peer that is gone."""
+    value, error = None, None
+    try:
+        if ctx.is_main or not main_only:
+            value = step()
+    except OSError as exc:  # a full or read-only disk: where, and what the OS said
+        error = os_error_line(exc)
+    except OutputError as exc:
+        error = str(exc)
+    gathered: list[tuple] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, (value, error))
+    errors = [error for _, error in gathered if error]
+    if errors:
+        raise OutputError(errors[0])
+    return [value for value, _ in gathered]
+
+
+def _finish_bundle(loaded, run, staging, out, parts, dtype, index, steps, nprobe, recall, started) -> dict:
+    """The main rank: the tower, the vocabulary, the index and bundle.json; then the bundle swapped in."""
+    config = loaded.config
+    dim = config.model.embedding_dim
+    log.info(
+        "item table written: %d parts, %d rows, %s, %.1fs",
+        len(parts),
+        loaded.manifest.num_items + 1,
+        dtype,
+        time.time() - started,
+    )
+    tower = UserTower(loaded.model.module.dimerec, steps, config.query_mode())
+    export_tower(tower, config.model.max_history, dim, staging / "tower.pt2")
+    shutil.copyfile(run.local / "config.yaml", staging / "config.yaml")
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "num_items": loaded.manifest.num_items,
+        "dim": dim,
+        "dtype": dtype,
+        "cosine": config.model.cosine_logits,
+        "max_history": config.model.max_history,
+        "query_mode": config.query_mode(),
+        "steps": steps,
+        "parts": parts,
+        "vocabulary": write_vocabulary(loaded.manifest, staging),
+        "tower": "tower.pt2",
+        "config": "config.yaml",
+        "index": None,
+        "source": {"run_dir": run.remote or str(run.local.resolve()), "exported_by_ranks": loaded.ctx.world_size},
+    }
+    _write_manifest(staging, manifest)
+    if index != "none":
+        manifest["index"] = build_index(staging, dim, config.model.cosine_logits, index, nprobe)
         _write_manifest(staging, manifest)
-        if index != "none":
-            manifest["index"] = build_index(staging, dim, config.model.cosine_logits, index, nprobe)
-            _write_manifest(staging, manifest)
-            if recall is not None:
-                tuned = tune_index(staging, index, loaded.users("valid"), recall)
-                manifest["index"]["params"].update(tuned.pop("params"))
-                manifest["index"].update(tuned)
-                log.info(
-                    "index %s: %s chosen for recall@50 >= %g on validation users",
-                    index,
-                    manifest["index"]["params"],
-                    recall,
-                )
-            manifest["index"].update(measure_index(staging, loaded.users("test")))
+        if recall is not None:
+            tuned = tune_index(staging, index, loaded.users("valid"), recall)
+            manifest["index"]["params"].update(tuned.pop("params"))
+            manifest["index"].update(tuned)
             log.info(
-                "index %s: recall@50 %.4f against exact search (%d test users), %.2f ms/query vs exact %.2f",
+                "index %s: %s chosen for recall@50 >= %g on validation users",
                 index,
-                manifest["index"]["recall@50"],
-                manifest["index"]["queries"],
-                manifest["index"]["index_ms_per_query"],
-                manifest["index"]["exact_ms_per_query"],
+                manifest["index"]["params"],
+                recall,
             )
-        _write_manifest(staging, manifest)
-        publish(staging, out)
-        log.info("bundle written to %s in %.1fs", out, time.time() - started)
-        result = manifest
-    dist.barrier()
-    return result
+        manifest["index"].update(measure_index(staging, loaded.users("test")))
+        log.info(
+            "index %s: recall@50 %.4f against exact search (%d test users), %.2f ms/query vs exact %.2f",
+            index,
+            manifest["index"]["recall@50"],
+            manifest["index"]["queries"],
+            manifest["index"]["index_ms_per_query"],
+            manifest["index"]["exact_ms_per_query"],
+        )
+    _write_manifest(staging, manifest)
+    publish(staging, out)
+    log.info("bundle written to %s in %.1fs", out, time.time() - started)
+    return manifest
 
 
 def _export_to_store(
@@ -287,15 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the bundle's directory: a path, or s3://, gs://, ...")
     parser.add_argument("--dtype", default="float32", help=f"item table storage: {', '.join(DTYPES)}")
     parser.add_argument("--index", default="none", help=f"approximate index: {', '.join(INDEX_KINDS)} (needs faiss)")
-    parser.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")
+    parser.add_argument("--nprobe", type=integer(1), default=16, help="ivf: lists searched per query")
     parser.add_argument(
         "--recall",
-        type=float,
+        type=real(0, 1, above=True),
         default=None,
         help="pick the index's search setting (HNSW efSearch, IVF nprobe) as the cheapest reaching this "
         "recall@50 against exact search on the validation users, e.g. 0.95",
     )
-    parser.add_argument("--steps", type=int, default=None, help="reverse steps of the tower (default: the config's)")
+    parser.add_argument(
+        "--steps", type=integer(1), default=None, help="reverse steps of the tower (default: the config's)"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from dimerec_dist.cli_numbers import integer, real
 from dimerec_dist.serving.bundle import Bundle, BundleError
 from dimerec_dist.storage import StorageError, is_remote, local_copy, local_path
 
@@ -38,26 +39,26 @@ def main(argv: list[str] | None = None) -> int:
         "bundle", help="the bundle's directory: a path, or s3://, gs://, ... (copied to this node first)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
-    parser.add_argument("--shards", type=int, default=1, help="shard deployments the table is spread over")
-    parser.add_argument("--replicas", type=int, default=1, help="replicas of each shard")
+    parser.add_argument("--port", type=integer(0, 65535), default=8080, help="0: any free port (printed)")
+    parser.add_argument("--shards", type=integer(1), default=1, help="shard deployments the table is spread over")
+    parser.add_argument("--replicas", type=integer(1), default=1, help="replicas of each shard")
     parser.add_argument("--log-level", default="INFO", help="DEBUG logs every request")
     parser.add_argument(
         "--request-timeout-s",
-        type=float,
+        type=real(0, above=True),
         default=60.0,
         help="a request not answered in this time, a stalled body included, gets a 408; one waiting on a "
         "shard with no replica answering (a replica restarting) gets a 503 after 0.8 of it",
     )
     parser.add_argument(
         "--header-timeout-s",
-        type=float,
+        type=real(0, above=True),
         default=10.0,
         help="a connection whose request head (line and headers) is not complete in this time gets a 408",
     )
     parser.add_argument(
         "--drain-grace-s",
-        type=float,
+        type=real(0),
         default=0.0,
         help="on SIGTERM: seconds of answering with readiness false before the proxy stops listening",
     )
@@ -65,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--single-process", action="store_true", help="the standard-library server in this process, without Ray"
     )
-    parser.add_argument("--threads", type=int, default=0, help="--single-process: torch threads (0: default)")
-    parser.add_argument("--max-batch", type=int, default=64, help="--single-process: requests scored together")
-    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="--single-process: wait for company")
+    parser.add_argument("--threads", type=integer(0), default=0, help="--single-process: torch threads (0: default)")
+    parser.add_argument("--max-batch", type=integer(1), default=64, help="--single-process: requests scored together")
+    parser.add_argument("--max-wait-ms", type=real(0), default=0.0, help="--single-process: wait for company")
     args = parser.parse_args(argv)
     level = getattr(logging, args.log_level.upper(), None)
     if not isinstance(level, int):
