@@ -124,9 +124,10 @@ def publish(staging: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def os_error_line(exc: OSError) -> str:
-    """'/x/y: Permission denied' - the path and the OS's reason, on one line."""
-    where = exc.filename or "?"
+def os_error_line(exc: OSError, writing: str | Path | None = None) -> str:
+    """'/x/y: Permission denied' - the path and the OS's reason, on one line. Arrow's write errors
+    name no file: then `writing`, the output being written, is named."""
+    where = exc.filename or (f"writing {writing}" if writing else "?")
     if exc.filename2:
         where = f"{where} -> {exc.filename2}"
     return f"{where}: {exc.strerror or exc}"

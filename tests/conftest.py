@@ -7,6 +7,8 @@ import pytest
 
 from dimerec_dist.data.prepare import PrepareOptions, prepare
 from dimerec_dist.data.synth import SynthOptions, synthesize
+from tests.full_disk import FullDiskUnavailable
+from tests.full_disk import small_disk as mount_small_disk
 from tests.read_only import ReadOnlyUnavailable, read_only_directory
 
 
@@ -39,3 +41,13 @@ def make_read_only():
 @pytest.fixture
 def read_only_dir(tmp_path, make_read_only):
     return make_read_only(tmp_path / "read-only")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB disk (a tmpfs) for the test: writing more fails with ENOSPC."""
+    try:
+        with mount_small_disk(tmp_path / "small-disk", 256) as path:
+            yield path
+    except FullDiskUnavailable as exc:
+        pytest.skip(str(exc))

@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dimerec-prepare: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a read-only or full disk, a path that is a file: where, and what the OS said
-        print(f"dimerec-prepare: error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"dimerec-prepare: error: {os_error_line(exc, writing=args.out)}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,6 +13,7 @@ NaN or infinite, is a bad line.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ def _parse_line(fmt: str, fields: list[str]) -> tuple[list[str], list[str], list
     if fmt == "movielens":
         if len(fields) != 4:
             return f"expected 4 fields (user item rating timestamp), found {len(fields)}"
+        if not fields[0] or not fields[1]:
+            return "an empty user or item"
         try:
             return [fields[0]], [fields[1]], [float(int(fields[3]))]
         except ValueError:
@@ -116,7 +119,8 @@ def read_text(options: ReadOptions) -> Iterator[pa.Table]:
         if _CONTROL_IN_LINE.search(line):
             options.bad(options.input, number, line, "a control character in an id")
             continue
-        fields = line.split("::") if "::" in line else line.split()
+        # MovieLens' ratings.dat separates by '::' (u.data by tabs); in every other format '::' is part of an id.
+        fields = line.split("::") if options.format == "movielens" and "::" in line else line.split()
         parsed = _parse_line(options.format, fields)
         if isinstance(parsed, str):
             options.bad(options.input, number, line, parsed)
@@ -209,15 +213,30 @@ def _id_column(batch: pa.Table, column: str, file: Path) -> pa.ChunkedArray:
     raise DataError(f"{file}: id column {column!r} has type {kind}, expected integers or strings")
 
 
-def _time_column(batch: pa.Table, column: str | None, file: Path) -> pa.ChunkedArray:
+SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+NUMBER = r"^\s*[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|(?i:nan|inf|infinity))\s*$"  # NaN, inf: "non-finite"
+
+
+def _time_column(batch: pa.Table, column: str | None, file: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray | None]:
+    """Times as float64 (a null where missing) and, for text, which rows are not numbers.
+
+    Timestamps of any unit become seconds, so shards written in ms and in ns order together.
+    Integers are taken as they are, epoch nanoseconds included (past 2^53 they round to the
+    nearest ~256 ns; ties keep file order). Text is parsed here, not by Arrow's CSV inference,
+    which types a column by its first block and then fails on a fractional value further on."""
     if not column:
-        return pa.chunked_array([np.zeros(batch.num_rows)])
+        return pa.chunked_array([np.zeros(batch.num_rows)]), None
     stamps = batch.column(column)
     kind = stamps.type
     if pa.types.is_timestamp(kind):
-        return stamps.cast(pa.int64()).cast(pa.float64())
+        seconds = pc.multiply(stamps.cast(pa.int64()).cast(pa.float64(), safe=False), SECONDS_PER_UNIT[kind.unit])
+        return seconds, None
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind):
-        return stamps.cast(pa.float64())
+        return stamps.cast(pa.float64(), safe=False), None
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        numeric = pc.match_substring_regex(stamps, NUMBER)
+        not_number = pc.fill_null(pc.invert(numeric), False)  # a missing time is "missing", below
+        return pc.if_else(numeric, stamps, None).cast(pa.float64()), not_number
     raise DataError(f"{file}: time column {column!r} has type {kind}, expected numbers or timestamps")
 
 
@@ -227,18 +246,26 @@ def _check_batch(batch: pa.Table, file: Path, first_line: int, options: ReadOpti
     line number: rows count from 1 in Parquet, after the header in CSV)."""
     users = _id_column(batch, options.user_col, file)
     items = _id_column(batch, options.item_col, file)
-    times = _time_column(batch, options.time_col, file)
+    times, not_number = _time_column(batch, options.time_col, file)
     reasons = [
         (f"missing {options.user_col!r}", users.is_null()),
         (f"missing {options.item_col!r}", items.is_null()),
         (f"a control character in {options.user_col!r}", pc.match_substring_regex(users, CONTROL_CHARACTERS)),
         (f"a control character in {options.item_col!r}", pc.match_substring_regex(items, CONTROL_CHARACTERS)),
     ]
+    if not_number is not None:
+        reasons.append((f"{options.time_col!r} is not a number", not_number))
     if options.time_col:
         reasons.append((f"missing or non-finite {options.time_col!r}", pc.invert(pc.is_finite(times))))
     keep = np.ones(batch.num_rows, dtype=bool)
-    for why, flags in reasons:
-        bad = np.asarray(pc.fill_null(flags, True).to_numpy(zero_copy_only=False), dtype=bool) & keep
+    flagged = [
+        (why, np.asarray(pc.fill_null(flags, True).to_numpy(zero_copy_only=False), dtype=bool))
+        for why, flags in reasons
+    ]
+    # The reason of the batch's first bad line is reported first: an error names the first bad line of the file.
+    flagged.sort(key=lambda reason: int(np.argmax(reason[1])) if reason[1].any() else batch.num_rows)
+    for why, flags in flagged:
+        bad = flags & keep
         if bad.any():
             rows = np.flatnonzero(bad)
             sample = ", ".join(f"{name}={batch.column(name)[int(rows[0])].as_py()!r}" for name in batch.column_names)
@@ -248,37 +275,86 @@ def _check_batch(batch: pa.Table, file: Path, first_line: int, options: ReadOpti
     return table if keep.all() else table.filter(pa.array(keep))
 
 
+# Byte-order marks of the encodings a spreadsheet export may have used instead of UTF-8.
+OTHER_ENCODINGS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
+def _check_utf8(file: Path) -> None:
+    """A text file in another encoding is named as such, not as a row with the wrong field count."""
+    with open(file, "rb") as handle:
+        head = handle.read(1 << 16)
+    for mark, encoding in OTHER_ENCODINGS.items():
+        if head.startswith(mark):
+            raise DataError(f"{file}: is {encoding} text (byte-order mark {mark.hex(' ')}); save it as UTF-8")
+    first_line = head.split(b"\n", 1)[0]
+    if len(first_line) >= 8 and first_line.count(0) * 3 >= len(first_line):  # every other byte NUL: UTF-16's ASCII
+        raise DataError(
+            f"{file}: looks like UTF-16 text (no byte-order mark, NUL bytes in its header); save it as UTF-8"
+        )
+
+
+def csv_header(file: Path, delimiter: str) -> list[str]:
+    with open(file, encoding="utf-8-sig", errors="replace", newline="") as handle:
+        return next(csv.reader(handle, delimiter=delimiter), [])
+
+
+def _check_header(file: Path, names: list[str], wanted: list[str]) -> None:
+    """Each column read is named once in the file: a header naming one twice is ambiguous."""
+    for column in wanted:
+        if names.count(column) > 1:
+            raise DataError(f"{file}:1: the header names column {column!r} {names.count(column)} times")
+
+
 def read_event_files(options: ReadOptions) -> Iterator[pa.Table]:
     """CSV or Parquet files (or a directory of them), streamed batch by batch."""
     wanted = [c for c in (options.user_col, options.item_col, options.time_col) if c]
+    if len(set(wanted)) < len(wanted):
+        raise DataError(
+            f"--user-col {options.user_col!r}, --item-col {options.item_col!r} and --time-col "
+            f"{options.time_col!r} must name different columns"
+        )
     for file in _event_files(options.input):
         invalid = None
         try:
             if file.suffix == ".parquet":
                 reader = pq.ParquetFile(file)
                 names = reader.schema_arrow.names
+                _check_header(file, names, wanted)
                 batches = reader.iter_batches(batch_size=CHUNK_ROWS, columns=[c for c in wanted if c in names])
                 first_line = 1  # Parquet: "line" is the row, counted from 1
             elif options.format == "recbole":
+                _check_utf8(file)
                 columns, types = recbole_header(file)
+                _check_header(file, columns, wanted)
+                types = {**types, **({options.time_col: pa.string()} if options.time_col in types else {})}
                 invalid = InvalidRows(file, options.bad, "\t")
                 reader = pacsv.open_csv(
                     file,
                     read_options=pacsv.ReadOptions(column_names=columns, skip_rows=1),
                     parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=invalid),
-                    convert_options=pacsv.ConvertOptions(column_types=types),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types=types, strings_can_be_null=True, null_values=[""]
+                    ),
                 )
                 names, batches, first_line = columns, reader, 2
             else:
                 # Ids are text: never let Arrow's type inference read `007` as 7 or a 20-digit id as a float.
                 # A byte-order mark is skipped by Arrow's CSV reader.
-                ids = {options.user_col: pa.string(), options.item_col: pa.string()}
+                # The time is text too, parsed in _time_column. An empty field is a missing value, never the id "".
+                text = {column: pa.string() for column in wanted}
                 delimiter = options.delimiter or ("\t" if file.suffix == ".tsv" else ",")
+                _check_utf8(file)
+                _check_header(file, csv_header(file, delimiter), wanted)
                 invalid = InvalidRows(file, options.bad, delimiter)
                 reader = pacsv.open_csv(
                     file,
                     parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid),
-                    convert_options=pacsv.ConvertOptions(column_types=ids),
+                    convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=True, null_values=[""]),
                 )
                 names = reader.schema.names
                 batches = reader

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dimerec-synth: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full or read-only disk: where, and what the OS said
-        print(f"dimerec-synth: error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"dimerec-synth: error: {os_error_line(exc, writing=args.out)}", file=sys.stderr)
         return 2
     return 0
 
