@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--log-level {args.log_level}: not a log level (DEBUG, INFO, WARNING, ERROR)")
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     try:
+        check_listen_address(args.host, args.port)
         args.bundle = local_bundle(args.bundle)
-    except StorageError as exc:
+    except (StorageError, OSError) as exc:
         print(f"dimerec-serve: error: {exc}", file=sys.stderr)
         return 2
     if args.single_process:
@@ -88,6 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ValueError) as exc:
         print(f"dimerec-serve: error: {exc}", file=sys.stderr)
         return 2
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse, in one line and before the bundle is loaded, a --host that does not resolve or a --port
+    another process listens on (the server binds the same way: the address reusable)."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise OSError(f"--host {host!r} cannot be resolved ({exc.strerror})") from None
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def local_bundle(bundle: str) -> Path:

@@ -65,8 +65,13 @@ def parse_request(body: object, where: str, num_items: int) -> Request:
     for flag in ("exclude_seen", "exact"):
         if flag in body and body[flag] is not None and not isinstance(body[flag], bool):
             raise RequestError(f"{where}: '{flag}' must be true or false, got {_short(body[flag])}")
+    exclude_seen = body.get("exclude_seen")  # null is the default, as for "exact": never false by accident
     return Request(
-        history=history, k=k, user=user, exclude_seen=body.get("exclude_seen", True), exact=body.get("exact")
+        history=history,
+        k=k,
+        user=user,
+        exclude_seen=True if exclude_seen is None else exclude_seen,
+        exact=body.get("exact"),
     )
 
 
@@ -120,6 +125,35 @@ def answer(result: Recommendation) -> dict:
     return out
 
 
+class BodyError(RequestError):
+    """A request body that cannot be read: answered with `status`, and the connection closed."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def read_chunked(stream) -> bytes:
+    """A chunked body (RFC 9112 7.1): hex-sized chunks, a zero-size one, then trailer lines."""
+    body = bytearray()
+    while True:
+        line = stream.readline(1024)
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise BodyError(HTTPStatus.BAD_REQUEST, f"a malformed chunk size line {line[:40]!r}") from None
+        if size < 0 or len(body) + size > MAX_BODY_BYTES:
+            raise BodyError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
+        if size == 0:
+            while stream.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers: read and dropped
+                pass
+            return bytes(body)
+        chunk = stream.read(size)
+        if len(chunk) < size or stream.readline(1024) not in (b"\r\n", b"\n"):
+            raise BodyError(HTTPStatus.BAD_REQUEST, "a chunk shorter than its size or not ended by CRLF")
+        body += chunk
+
+
 def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHandler]:
     recommender = batcher.recommender
 
@@ -140,8 +174,31 @@ def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHan
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
+
+        def _body(self) -> bytes:
+            """The request's body, by Content-Length or in chunks (Transfer-Encoding: chunked)."""
+            coding = self.headers.get("Transfer-Encoding")
+            if coding is not None:
+                if coding.strip().lower() != "chunked":
+                    raise BodyError(
+                        HTTPStatus.NOT_IMPLEMENTED, f"Transfer-Encoding {coding!r}: only chunked is supported"
+                    )
+                if "Content-Length" in self.headers:  # which one frames the body is ambiguous: a smuggling trick
+                    raise BodyError(HTTPStatus.BAD_REQUEST, "both Content-Length and Transfer-Encoding: send one")
+                return read_chunked(self.rfile)
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                length = -1
+            if length < 0:
+                raise BodyError(HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative integer")
+            if length > MAX_BODY_BYTES:
+                raise BodyError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
+            return self.rfile.read(length)
 
         def do_GET(self):
             if self.path == "/health":
@@ -154,18 +211,11 @@ def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHan
                 self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {self.path}"})
                 return
             try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                length = -1
-            if length < 0:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": "Content-Length must be a non-negative integer"})
+                raw = self._body()
+            except BodyError as exc:  # the body's end is unknown: the connection cannot carry another request
                 self.close_connection = True
+                self._send(exc.status, {"error": str(exc)})
                 return
-            if length > MAX_BODY_BYTES:
-                self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY_BYTES} bytes"})
-                self.close_connection = True
-                return
-            raw = self.rfile.read(length)
             try:
                 body = parse_body(raw)
                 if self.path == "/recommend":
@@ -233,6 +283,9 @@ def serve_single_process(args) -> int:
         server = make_server(args.bundle, args.host, args.port, args.verify, args.max_batch, args.max_wait_ms)
     except BundleError as exc:
         print(f"dimerec-serve: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the port taken between the check at start and the bind
+        print(f"dimerec-serve: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"listening on http://{args.host}:{server.server_address[1]}", flush=True)
     try:

@@ -4,6 +4,7 @@ service started on it, HTTP calls, and the parity check against dimerec-eval."""
 import json
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -13,6 +14,7 @@ import pytest
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import Manifest, read_split
 from dimerec_dist.serving.bundle import Bundle
+from dimerec_dist.serving.server import make_server
 from tests.distributed.conftest import REPO, TINY_JOB, torchrun
 from tests.serving.service_process import Service
 
@@ -75,6 +77,23 @@ def bundle_dir(trained):
     root, run_dir = trained
     torchrun(2, "dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(root / "bundle"))
     return root / "bundle"
+
+
+@pytest.fixture(scope="session")
+def single_server(bundle_dir):
+    """The standard-library server (dimerec-serve --single-process) in a thread."""
+    httpd = make_server(bundle_dir, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(params=["single-process", "sharded"])
+def server(request):
+    """Each API test runs against both servers: the sharded service answers as the single one does."""
+    return request.getfixturevalue("single_server" if request.param == "single-process" else "sharded_service")
 
 
 def call(url, path, body=None, raw=None):

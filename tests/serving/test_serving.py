@@ -4,32 +4,13 @@ dimerec-eval's for the same users, and clear answers to bad requests and bad bun
 import json
 import shutil
 import subprocess
-import threading
 
 import numpy as np
 import pytest
 
 from dimerec_dist.serving.bundle import Bundle, BundleError
-from dimerec_dist.serving.server import make_server
 from tests.distributed.conftest import command_error, error_line
 from tests.serving.conftest import call, dimerec_eval_top50, exact_top50_of_every_test_user, run
-
-
-@pytest.fixture(scope="module")
-def single_server(bundle_dir):
-    """The standard-library server (dimerec-serve --single-process) in a thread."""
-    httpd = make_server(bundle_dir, "127.0.0.1", 0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture(params=["single-process", "sharded"])
-def server(request):
-    """Each API test runs against both servers: the sharded service answers as the single one does."""
-    return request.getfixturevalue("single_server" if request.param == "single-process" else "sharded_service")
 
 
 def test_two_ranks_write_one_part_each_and_nothing_whole(bundle_dir):
