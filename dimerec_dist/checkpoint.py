@@ -79,6 +79,42 @@ class CheckpointError(ValueError):
     pass
 
 
+def storage_failure(exc: BaseException) -> str | None:
+    """What a save's failure says of the disk or store ('rank 1: No space left on device'), or None
+    for an error that is not one (a bug: raised as it is). DCP gathers every rank's write errors into
+    one CheckpointException; torch.save's writer turns an OSError into a RuntimeError naming errno."""
+    failures = getattr(exc, "failures", None)  # DCP's CheckpointException: rank -> (error, traceback)
+    if isinstance(failures, dict):
+        for rank, failure in sorted(failures.items()):
+            error = failure[0] if isinstance(failure, tuple) else failure
+            reason = storage_failure(error)
+            if reason:
+                return f"rank {rank}: {reason}"
+        return None
+    if isinstance(exc, OSError):
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else (exc.strerror or str(exc))
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and ("errno" in text.lower() or "No space left" in text):
+        return text.splitlines()[0][:300]
+    return None
+
+
+def _failed_save(exc: BaseException, final: Location, staging: Location, root: Location) -> CheckpointError | None:
+    """A save that failed on the disk or store: its partial files removed (on the main rank), the one
+    error every rank raises, naming the checkpoint and the newest one that is still whole."""
+    reason = storage_failure(exc)
+    if reason is None:
+        return None
+    if _is_main() and staging != final:
+        shutil.rmtree(staging, ignore_errors=True)  # what fit before the disk filled: never a checkpoint
+    marked = storage.matching(root, f"step-*/{META_FILE}") if storage.is_dir(root) else []
+    newest = max((name.split("/")[0] for name in marked if ".tmp" not in name), default=None)
+    kept = f"the newest whole one, {newest}, is intact" if newest else "no earlier checkpoint exists"
+    return CheckpointError(
+        f"{final} could not be written ({reason}); {kept}; free space and launch again (resume=auto continues)"
+    )
+
+
 def _is_main() -> bool:
     return dist.get_rank() == 0
 
@@ -190,11 +226,18 @@ def model_meta(num_items: int, model_config: ModelConfig, **extra: Any) -> dict[
 
 
 def save_model(model, path: Location, num_items: int, model_config: ModelConfig, extra: dict | None = None) -> None:
-    """The model's weights only (what evaluation and export read)."""
+    """The model's weights only (what evaluation and export read); the one before stays whole if the
+    disk fills while the new one is written."""
     path = location(path)
     staging = _stage(path)
-    dcp.save(model.state_dict(), **_written_to(staging))
-    _commit(staging, path, model_meta(num_items, model_config, **(extra or {})), _own_file_checksums(staging))
+    try:
+        dcp.save(model.state_dict(), **_written_to(staging))
+        _commit(staging, path, model_meta(num_items, model_config, **(extra or {})), _own_file_checksums(staging))
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
+        failed = _failed_save(exc, path, staging, path.parent if not is_remote(path) else path)
+        if failed is None:
+            raise
+        raise CheckpointError(str(failed).replace("the newest whole one", "the checkpoints")) from None
 
 
 def check_resumable(path: Location) -> None:
@@ -425,8 +468,11 @@ class CheckpointManager:
             self._pending = (hashed, staging, final, meta, started)
             log.info("checkpoint %s staged in %.1fs, writing in the background", final, time.time() - started)
         else:
-            dcp.save(sharded, **_written_to(staging))
-            self._finish(staging, final, meta, started, _own_file_checksums(staging))
+            try:
+                dcp.save(sharded, **_written_to(staging))
+                self._finish(staging, final, meta, started, _own_file_checksums(staging))
+            except BaseException as exc:  # DCP's CheckpointException is a BaseException
+                self._raise_failed(exc, final, staging)
         return final
 
     def wait(self) -> None:
@@ -434,7 +480,17 @@ class CheckpointManager:
         if self._pending is not None:
             hashed, staging, final, meta, started = self._pending
             self._pending = None
-            self._finish(staging, final, meta, started, hashed.result())
+            try:
+                self._finish(staging, final, meta, started, hashed.result())
+            except BaseException as exc:  # DCP's CheckpointException is a BaseException
+                self._raise_failed(exc, final, staging)
+
+    def _raise_failed(self, exc: BaseException, final: Location, staging: Location) -> None:
+        failed = _failed_save(exc, final, staging, self.root)
+        if failed is None:
+            raise exc
+        self.last_saved_step = None
+        raise failed from None
 
     def _finish(self, staging: Location, final: Location, meta: dict, started: float, own: dict[str, str]) -> None:
         _commit(staging, final, meta, own)

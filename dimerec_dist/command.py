@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from dimerec_dist.distributed.process_group import DeviceUnavailable, shutdown
 from dimerec_dist.launcher import report_requested_stop
+from dimerec_dist.output_dir import os_error_line
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped by a signal after saving a checkpoint
 
@@ -17,8 +18,9 @@ def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Ex
     """Run a command's job, leave the process group, and return its exit code (see above)."""
     try:
         result = job()
-    except (*user_errors, DeviceUnavailable) as exc:
-        sys.stderr.write(f"{name}: error: {exc}\n")  # one write: the ranks' lines never interleave
+    except (*user_errors, DeviceUnavailable, OSError) as exc:  # OSError: a full or read-only disk, named
+        message = os_error_line(exc) if isinstance(exc, OSError) and exc.strerror else exc
+        sys.stderr.write(f"{name}: error: {message}\n")  # one write: the ranks' lines never interleave
         sys.stderr.flush()
         shutdown(wait_for_peers=False)
         return 2

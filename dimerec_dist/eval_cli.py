@@ -30,7 +30,7 @@ from dimerec_dist.distributed.process_group import DistContext, init_distributed
 from dimerec_dist.diversity import item_categories
 from dimerec_dist.log_level import add_log_level, apply_log_level
 from dimerec_dist.metrics import setup_logging
-from dimerec_dist.output_dir import OutputError
+from dimerec_dist.output_dir import OutputError, on_every_rank, write_whole
 from dimerec_dist.run_dir import RunDir
 from dimerec_dist.run_metrics import final_metrics
 from dimerec_dist.storage import StorageError, is_remote
@@ -89,14 +89,18 @@ def run(
         loaded.popularity(),
         item_categories(loaded.manifest),
     )
-    if loaded.ctx.is_main:
+
+    def write() -> None:  # the main rank; a full disk leaves the files as they were, on every rank one line
         if topk_out is not None:  # the ranked lists themselves, e.g. to compare a server's answers with
-            np.savez(topk_out, users=test.users, topk=ranked.topk)
-        (out or run_directory.local / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+            write_whole(Path(topk_out), lambda handle: np.savez(handle, users=test.users, topk=ranked.topk))
+        text = json.dumps(result, indent=2) + "\n"
+        write_whole(out or run_directory.local / "eval.json", lambda handle: handle.write(text.encode()))
         if out is None:
             run_directory.upload("eval.json")
         for split in ("valid", "test"):
             log.info("%s %s", split, " ".join(f"{k}={v:.4f}" for k, v in result[split].items()))
+
+    on_every_rank(loaded.ctx, write, main_only=True)
     return result
 
 

@@ -55,9 +55,13 @@ class FileLock:
             if current:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, self.holder.encode() + b"\n", 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self.holder.encode() + b"\n", 0)
+        except OSError:  # a full disk: nothing held, nothing left behind
+            self.release()
+            raise
         return self
 
     def release(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class MetricsLogger:
 
             self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
             self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            threading.excepthook = _disk_errors_in_one_line(threading.excepthook)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -49,6 +51,19 @@ class MetricsLogger:
         if self.enabled:
             self._writer.close()
             self._jsonl.close()
+
+
+def _disk_errors_in_one_line(previous):
+    """TensorBoard writes events from a thread of its own: a full disk there is a warning line (the
+    job's next write to the run directory stops it with the error), not a thread's traceback."""
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError):
+            log.warning("%s could not write: %s", args.thread.name if args.thread else "a thread", args.exc_value)
+        else:
+            previous(args)
+
+    return hook
 
 
 class Progress:

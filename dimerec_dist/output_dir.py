@@ -147,3 +147,38 @@ def writable_dir(path: Path, what: str) -> Path:
     except OSError as exc:
         raise OutputError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
     return path
+
+
+def on_every_rank(ctx, step, main_only: bool = False) -> list:
+    """Run `step` (on the main rank only, if `main_only`) and gather its values from every rank. If it
+    failed anywhere on a disk, every rank raises that rank's one-line error: none is left waiting in a
+    collective for a peer that is gone."""
+    import torch.distributed as dist  # here: the data commands use this module without torch
+
+    value, error = None, None
+    try:
+        if ctx.is_main or not main_only:
+            value = step()
+    except OSError as exc:  # a full or read-only disk: where, and what the OS said
+        error = os_error_line(exc)
+    except OutputError as exc:
+        error = str(exc)
+    gathered: list[tuple] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, (value, error))
+    errors = [error for _, error in gathered if error]
+    if errors:
+        raise OutputError(errors[0])
+    return [value for value, _ in gathered]
+
+
+def write_whole(path: Path, write) -> None:
+    """`write(handle)` into a file beside `path`, renamed over it only once complete: a full disk
+    leaves `path` as it was (or absent), never a truncated file. OSError names `path`."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            write(handle)
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None

@@ -44,10 +44,20 @@ def read_only_dir(tmp_path, make_read_only):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 256 KiB disk (a tmpfs) for the test: writing more fails with ENOSPC."""
-    try:
-        with mount_small_disk(tmp_path / "small-disk", 256) as path:
-            yield path
-    except FullDiskUnavailable as exc:
-        pytest.skip(str(exc))
+def make_small_disk(tmp_path):
+    """Mounts small disks (tmpfs of `size_kib`) for the test: writing more fails with ENOSPC."""
+    with contextlib.ExitStack() as stack:
+
+        def make(name: str, size_kib: int) -> Path:
+            try:
+                return stack.enter_context(mount_small_disk(tmp_path / name, size_kib))
+            except FullDiskUnavailable as exc:
+                pytest.skip(str(exc))
+
+        yield make
+
+
+@pytest.fixture
+def small_disk(make_small_disk):
+    """A 256 KiB disk for the test."""
+    return make_small_disk("small-disk", 256)

@@ -6,7 +6,9 @@ the fault drill and the resume plot. Never used by a real job.
     torchrun ... tools/faulty_train.py --step-delay 0.2 --run-dir runs/x ...   # time to signal a run
 
 --kill-at-step SIGKILLs the chosen rank at the top of that step, on torchrun's first attempt
-only (so the restarted job runs through); --step-delay sleeps at the top of every step.
+only (so the restarted job runs through); --step-delay sleeps at the top of every step;
+--fill-disk-at-step has rank 0 fill the run directory's disk (a file of zeros written until
+the disk refuses more) at the top of that step, so the next save meets a full disk.
 --config, --run-dir and the key=value overrides are dimerec-train's.
 """
 
@@ -26,6 +28,7 @@ def main() -> int:
     parser.add_argument("--kill-at-step", type=int, default=None)
     parser.add_argument("--kill-rank", type=int, default=0)
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds")
+    parser.add_argument("--fill-disk-at-step", type=int, default=None)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--run-dir", required=True, help="a directory, or a URI (s3://...)")
     parser.add_argument("overrides", nargs="*")
@@ -40,7 +43,31 @@ def main() -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         hooks.append(kill)
+    if args.fill_disk_at_step is not None:
+
+        def fill_disk(trainer) -> None:
+            if trainer.state.step == args.fill_disk_at_step and trainer.ctx.rank == 0:
+                fill(Path(args.run_dir) / "disk-filler")
+
+        hooks.append(fill_disk)
     return train_command(args.config, args.overrides, args.run_dir, before_step=hooks)
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until the disk is full (ENOSPC), and keep the file."""
+    block = bytes(1 << 16)
+    with open(path, "ab", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(block)
+        except OSError:
+            pass
+    while True:  # the last partial block's page: fill it byte by byte
+        try:
+            with open(path, "ab", buffering=0) as filler:
+                filler.write(b"\0" * 512)
+        except OSError:
+            return
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from dimerec_dist.checkpoint import CheckpointError
 from dimerec_dist.cli_numbers import integer, real
@@ -38,7 +37,7 @@ from dimerec_dist.data.source import cache_root
 from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
 from dimerec_dist.log_level import add_log_level, apply_log_level
-from dimerec_dist.output_dir import OutputError, begin, check_target, claim, os_error_line, publish, staging_path
+from dimerec_dist.output_dir import OutputError, begin, check_target, claim, on_every_rank, publish, staging_path
 from dimerec_dist.run_dir import RunDir
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.index_tuning import measure_index, tune_index
@@ -213,26 +212,6 @@ def export(
         if held:
             shutil.rmtree(staging, ignore_errors=True)  # what a failed export wrote: nothing once it published
             held[0].release()
-
-
-def on_every_rank(ctx, step, main_only: bool = False) -> list:
-    """Run `step` (on the main rank only, if `main_only`) and gather its values from every rank. If it
-    failed anywhere on a disk, every rank raises that rank's one-line error: none is left waiting in a
-    collective for a peer that is gone."""
-    value, error = None, None
-    try:
-        if ctx.is_main or not main_only:
-            value = step()
-    except OSError as exc:  # a full or read-only disk: where, and what the OS said
-        error = os_error_line(exc)
-    except OutputError as exc:
-        error = str(exc)
-    gathered: list[tuple] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, (value, error))
-    errors = [error for _, error in gathered if error]
-    if errors:
-        raise OutputError(errors[0])
-    return [value for value, _ in gathered]
 
 
 def _finish_bundle(loaded, run, staging, out, parts, dtype, index, steps, nprobe, recall, started) -> dict:

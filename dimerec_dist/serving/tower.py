@@ -9,6 +9,7 @@ per-user start (evaluate.user_starts) or derive one from the history (history_st
 from __future__ import annotations
 
 import hashlib
+import io
 import zipfile
 from pathlib import Path
 
@@ -38,7 +39,12 @@ def export_tower(tower: UserTower, max_history: int, dim: int, path: Path | str)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         program = torch.export.export(tower, example, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
-    torch.export.save(program, str(path))
+    # Archived in memory, then written by Python: torch's archive writer meets a full disk with an
+    # iostream error and then aborts the process in its destructor; a plain write raises OSError.
+    archive = io.BytesIO()
+    torch.export.save(program, archive)
+    with open(path, "wb") as handle:
+        handle.write(archive.getbuffer())
 
 
 def load_tower(path: Path | str) -> torch.nn.Module:
