@@ -22,6 +22,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from dimerec_dist.data.source import cache_root
+from dimerec_dist.file_lock import FileLock, LockHeld, this_process
 from dimerec_dist.output_dir import OutputError, writable_dir
 from dimerec_dist.storage import (
     Location,
@@ -46,6 +47,7 @@ class RunDir:
     remote: str | None = None  # the run directory on a store, if it is there
     _uploaded: dict[str, tuple[int, int]] | None = None  # name -> (size, mtime) as on the store, once pulled
     _synced_at: float = 0.0
+    _lock: FileLock | None = None  # rank 0's hold on the run directory (`hold`)
 
     @classmethod
     def at(cls, where: str | Path) -> RunDir:
@@ -58,17 +60,49 @@ class RunDir:
         return cls(cache_root() / "runs" / cache_key(uri) / f"node-{node}", uri)
 
     @classmethod
-    def open(cls, where: str | Path, local_rank: int) -> RunDir:
-        """The run directory of a job's processes, checked writable. On a store, the first process of
-        each node makes the node's working copy (`pull`) and the others wait for it before they touch
-        it: a restarted job's pull replaces the copy its last attempt left, under any rank writing there."""
+    def open(cls, where: str | Path, local_rank: int, rank: int = 0) -> RunDir:
+        """The run directory of a job's processes, held by this job and checked writable. On a store, the
+        first process of each node makes the node's working copy (`pull`) and the others wait for it
+        before they touch it: a restarted job's pull replaces the copy its last attempt left, under any
+        rank writing there."""
         run = cls.at(where)
+        run.hold(rank)
         if run.remote and local_rank == 0:
             run.pull()
         if dist.is_initialized():
             dist.barrier()  # every node's working copy is there
         writable_dir(run.local, "--run-dir")
         return run
+
+    def hold(self, rank: int) -> None:
+        """One job at a time: the job's rank 0 takes the run's lock (beside a store's working copy, which
+        a pull replaces), and every rank stops with one line naming the job holding it. The lock dies
+        with its holder, so a killed job's restart (torchrun's, or a person's) takes it over."""
+        refused = None
+        if rank == 0:
+            lock = self.local / ".lock" if not self.remote else self.local.with_name(f"{self.local.name}.lock")
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                self._lock = FileLock(lock, this_process("dimerec-train")).acquire()
+            except LockHeld as held:
+                refused = (
+                    f"--run-dir {self} is in use by {held.holder}; one job writes a run directory at a time: "
+                    f"wait for it to end (or stop it), or pick another --run-dir"
+                )
+            except OSError:
+                pass  # a run directory that cannot be written: named by the writability check that follows
+        if dist.is_initialized():
+            shared = [refused]
+            dist.broadcast_object_list(shared, src=0)
+            refused = shared[0]
+        if refused:
+            raise OutputError(refused)
+
+    def release(self) -> None:
+        """Let the next job have the run directory (a process that ends lets go anyway)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __str__(self) -> str:
         return self.remote or str(self.local)

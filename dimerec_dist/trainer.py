@@ -89,7 +89,14 @@ class Trainer:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         self.run = self._run_directory(run_dir)
-        self.run_dir = run_dir = self.run.local  # the run's small files; checkpoints and model: self.run.place
+        try:
+            self._build(config, self.run.local)
+        except BaseException:
+            self.run.release()  # a job refused at start leaves the run directory to the next one at once
+            raise
+
+    def _build(self, config: JobConfig, run_dir: Path) -> None:
+        self.run_dir = run_dir  # the run's small files; checkpoints and model: self.run.place
         self.before_step: list[StepHook] = []  # called at the top of every step (tests inject faults here)
         self.state = TrainingState()
         self.checkpoints = CheckpointManager(
@@ -132,7 +139,7 @@ class Trainer:
                 f"--run-dir {location(where)} is on an object store: name the data the job reads in data.path "
                 f"(a prepared dataset, e.g. on the same store) rather than making it inside the run directory"
             )
-        run = RunDir.open(where, self.ctx.local_rank)
+        run = RunDir.open(where, self.ctx.local_rank, self.ctx.rank)
         if not run.remote:
             writable_dir(run.local / "checkpoints", "the checkpoint directory")
         return run
@@ -446,7 +453,10 @@ def train_command(
     def job() -> dict:
         trainer = Trainer(load_config(config_path, overrides), run_dir)
         trainer.before_step.extend(before_step)
-        return trainer.train()
+        try:
+            return trainer.train()
+        finally:
+            trainer.run.release()
 
     return run_command("dimerec-train", job, USER_ERRORS)
 

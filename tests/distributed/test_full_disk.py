@@ -24,8 +24,9 @@ def test_a_save_on_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_job
     run_dir = make_small_disk("runs", 4096) / "run"
     done = faulty_train_here(run_dir, tiny_dataset, "--fill-disk-at-step", "4")
     assert error_line(done) == (
-        f"dimerec-train: error: {run_dir}/checkpoints/step-00000006 could not be written (rank 0: No space left "
-        "on device); the newest whole one, step-00000003, is intact; free space and launch again (resume=auto continues)"
+        f"dimerec-train: error: {run_dir}/checkpoints/step-00000006 could not be written (rank 0: No space "
+        "left on device); the newest whole one, step-00000003, is intact; free space and launch again "
+        "(resume=auto continues)"
     )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000003"], "no partial step-6 left"
     (run_dir / "disk-filler").unlink()
