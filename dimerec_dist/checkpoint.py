@@ -37,6 +37,7 @@ import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -365,6 +366,29 @@ def check_same_settings(path: Location, config: JobConfig, named: bool, world_si
     )
 
 
+def dataset_record(root: str | Path, identity: str) -> dict[str, str]:
+    return {"path": str(root), "identity": identity}
+
+
+def check_same_dataset(path: Location, root: str | Path, identity: str, other_data_allowed: bool) -> None:
+    """Refuse to resume a checkpoint on another dataset than it was trained on (a data.path pointing
+    elsewhere, or the dataset at it prepared again from other data): its plan, popularity and
+    held-out users would silently be another run's. train.resume_other_data=true allows it (logged)."""
+    saved = read_meta(path).get("dataset")
+    if saved is None or saved["identity"] == identity:
+        return  # the same data (or a checkpoint from before datasets were recorded)
+    if other_data_allowed:
+        log.warning(
+            "resuming %s, trained on %s, on another dataset: %s (train.resume_other_data)", path, saved["path"], root
+        )
+        return
+    raise CheckpointError(
+        f"{path} was trained on another dataset ({saved['path']}, identity {saved['identity'][:12]}), not "
+        f"{root} (identity {identity[:12]}); point data.path at that dataset, or set "
+        f"train.resume_other_data=true to warm-start from it on this one"
+    )
+
+
 def load_model(model, path: Location, num_items: int, model_config: ModelConfig) -> dict:
     path = location(path)
     meta = check_compatible(verified(path), num_items, model_config)
@@ -436,10 +460,17 @@ class CheckpointManager:
         return None
 
     def save(
-        self, model, replicated: dict[str, Any], state: TrainingState, num_items: int, config_dict: dict
+        self,
+        model,
+        replicated: dict[str, Any],
+        state: TrainingState,
+        num_items: int,
+        config_dict: dict,
+        dataset: dict | None = None,
     ) -> Location:
         """`replicated`: state that is the same on every rank (name -> a state_dict of tensors,
-        numbers, strings, lists and dicts), e.g. the dense optimizer's and the schedule's."""
+        numbers, strings, lists and dicts), e.g. the dense optimizer's and the schedule's. `dataset`:
+        which data it was trained on (dataset_record), checked by check_same_dataset at resume."""
         self.wait()
         started = time.time()
         final = self.path_for(state.step)
@@ -453,6 +484,7 @@ class CheckpointManager:
             world_size=dist.get_world_size(),
             saved_at=time.time(),
             replicated=skeleton,
+            **({"dataset": dataset} if dataset else {}),
         )
         sharded = {**_sharded_state(model), REPLICATED_KEY: tensors}
         self.last_saved_step = state.step

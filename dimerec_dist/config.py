@@ -303,6 +303,9 @@ class TrainConfig:
     resume: str = "auto"
     """auto: the newest checkpoint in run_dir/checkpoints that verifies; none; or a checkpoint's path
     (continues it even with other settings, logged)."""
+    resume_other_data: bool = False
+    """Resume from a checkpoint saved on another dataset (a warm start on new data). Without it, a
+    checkpoint whose dataset (its manifest's identity) differs from data.path's is refused by name."""
     pipeline: bool = True
     """Run the step on TorchRec's train pipeline: the next batches' copy to the device and id
     all-to-all overlap this step's compute (the same losses as the plain step; false: plain)."""
@@ -591,6 +594,7 @@ NOT_LEARNED = {
     ("train", "keep_checkpoints"),
     ("train", "checkpoint_async"),
     ("train", "resume"),
+    ("train", "resume_other_data"),
     ("train", "threads"),
     ("train", "pipeline"),
     ("train", "device"),

@@ -40,7 +40,9 @@ from dimerec_dist.checkpoint import (
     check_data_plan,
     check_optimizer_layout,
     check_resumable,
+    check_same_dataset,
     check_same_settings,
+    dataset_record,
     load_model,
     save_model,
     verified,
@@ -51,7 +53,7 @@ from dimerec_dist.data.batch import Batch, NegativeSampler, make_batch
 from dimerec_dist.data.prefetch import Prefetcher
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
-from dimerec_dist.data.source import ensure_dataset
+from dimerec_dist.data.source import cached_dataset, dataset_path, ensure_dataset
 from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.distributed.process_group import DistContext, init_distributed
 from dimerec_dist.distributed.sharding import resolved_column_block
@@ -157,7 +159,16 @@ class Trainer:
                 config.sharding.type,
                 resolved_column_block(config.sharding.column_block, config.model.embedding_dim, ctx.world_size),
             )
+            dataset = self._existing_dataset()
+            if dataset is not None:
+                check_same_dataset(resume_from, dataset.root, dataset.identity, config.train.resume_other_data)
         return resume_from
+
+    def _existing_dataset(self) -> Manifest | None:
+        """The dataset this job will read, if it is there already (a resume's data always is)."""
+        data = self.config.data
+        root = cached_dataset(data) if is_remote(data.path) else dataset_path(data, self.run_dir)
+        return Manifest.load(root, verify_checksums=False) if (root / "manifest.json").is_file() else None
 
     def _build_data(self) -> None:
         """Every rank reads the same prepared dataset; the plan decides who reads what."""
@@ -422,7 +433,14 @@ class Trainer:
             "schedule": parts.schedule.state_dict(),
             "table_optimizer": None if parts.table_optimizer is None else parts.table_optimizer.state_dict(),
         }
-        checkpoints.save(parts.model, replicated, self.state, self.manifest.num_items, config_to_dict(self.config))
+        checkpoints.save(
+            parts.model,
+            replicated,
+            self.state,
+            self.manifest.num_items,
+            config_to_dict(self.config),
+            dataset_record(self.manifest.root, self.manifest.identity),
+        )
 
     def load_checkpoint(self, path: Location) -> None:
         """Continue from `path`, which resume_path verified when it chose it."""
