@@ -245,6 +245,16 @@ class Trainer:
             self.stream.plan.streams,
             config.data.backend,
         )
+        dropped = self.stream.plan.dropped_share(0)
+        if dropped > DROPPED_SHARE_WARNING:
+            log.warning(
+                "the data plan reads only %.0f%% of each epoch's %d samples: the shortest of its %d streams sets "
+                "the steps and the others' tails are dropped; fewer data.streams or a smaller train.batch_size "
+                "drop less",
+                100 * (1 - dropped),
+                self.manifest.data["counts"]["train_samples"],
+                self.stream.plan.streams,
+            )
         progress = Progress(total_steps, config.train.batch_size, start_step=state.step)
         stop = StopRequest()
         budget = config.train.max_minutes * 60
@@ -460,6 +470,9 @@ class Trainer:
 
 # One line on stderr, exit code 2: the job's settings, data, checkpoint, output place or object store.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError, StorageError)
+
+
+DROPPED_SHARE_WARNING = 0.05  # a plan that drops more of an epoch's samples than this is logged as a warning
 
 
 def train_command(

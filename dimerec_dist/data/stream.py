@@ -44,6 +44,34 @@ class RowGroup:
     index: int
     samples: int  # training samples with sample_mode=all (and sequence: the same targets)
     trainable: int  # users with >= 2 items: samples with sample_mode=random_cut
+    part: int = 0  # a heavy row group is planned as `parts` slices of its shuffled samples
+    parts: int = 1
+
+
+def part_bounds(count: int, part: int, parts: int) -> tuple[int, int]:
+    """Slice `part` of `parts` of `count` shuffled samples: [lo, hi), sizes differing by one at most."""
+    return count * part // parts, count * (part + 1) // parts
+
+
+def split_heavy(groups: list[RowGroup], streams: int, samples_of) -> list[RowGroup]:
+    """A row group far heavier than the others (one user with 100,000 events) planned as slices.
+
+    Row groups are dealt whole, and a stream holding one huge group would leave the others far
+    shorter: the shortest decides the steps, so most samples would be dropped. A group holding
+    more than 4x the median group's samples is cut into slices the median's size (at most
+    32 x streams of them: each slice decodes the whole group), so the streams balance as if the
+    heavy user were many ordinary ones. Datasets whose groups are alike are planned as before."""
+    counts = np.array([samples_of(g) for g in groups])
+    median = max(float(np.median(counts)), 1.0)
+    planned = []
+    for group, count in zip(groups, counts):
+        parts = min(int(np.ceil(count / median)), 32 * streams) if count > 4 * median else 1
+        for part in range(parts):
+            samples = np.subtract(*part_bounds(group.samples, part, parts)[::-1])
+            trainable = np.subtract(*part_bounds(group.trainable, part, parts)[::-1])
+            # The row group's id for every slice: its samples are shuffled from it, alike in every slice.
+            planned.append(RowGroup(group.id, group.file, group.index, int(samples), int(trainable), part, parts))
+    return planned if len(planned) > len(groups) else groups
 
 
 @dataclass
@@ -67,8 +95,11 @@ def decode_group(
     sample_mode: str,
     num_items: int,
     chunk_targets: int = 0,
+    part: int = 0,
+    parts: int = 1,
 ) -> Decoded:
-    """Read one row group and list its samples, shuffled from (seed, epoch, group).
+    """Read one row group and list its samples, shuffled from (seed, epoch, group); of a heavy group
+    split by the plan, slice `part` of `parts` of them (every slice shuffled alike: they partition it).
 
     Ids are checked here, where they are read: an id outside 1..num_items would otherwise
     reach the embedding kernel as an out-of-bounds row."""
@@ -99,9 +130,19 @@ def decode_group(
         positions = 1 + (rng.random(len(seqs)) * (lengths[seqs] - 1)).astype(np.int64)
     if sample_mode == "sequence":
         runs = np.flatnonzero((positions - 1) % chunk_targets == 0)  # each user's targets, chunk_targets at a time
-        return shuffled_runs(Decoded(items, offsets, seqs, positions, np.append(runs, len(seqs))), rng)
-    order = rng.permutation(len(seqs))
-    return Decoded(items, offsets, seqs[order], positions[order])
+        decoded = shuffled_runs(Decoded(items, offsets, seqs, positions, np.append(runs, len(seqs))), rng)
+    else:
+        order = rng.permutation(len(seqs))
+        decoded = Decoded(items, offsets, seqs[order], positions[order])
+    return decoded if parts == 1 else slice_of(decoded, *part_bounds(len(decoded.seqs), part, parts))
+
+
+def slice_of(decoded: Decoded, lo: int, hi: int) -> Decoded:
+    """Samples lo..hi of a decoded group (a run cut at a slice's edge becomes two runs)."""
+    runs = None
+    if decoded.runs is not None:
+        runs = np.unique(np.clip(decoded.runs, lo, hi)) - lo
+    return Decoded(decoded.items, decoded.offsets, decoded.seqs[lo:hi], decoded.positions[lo:hi], runs)
 
 
 def shuffled_runs(decoded: Decoded, rng: np.random.Generator) -> Decoded:
@@ -150,6 +191,7 @@ class DataPlan:
             raise ValueError("sequence mode needs chunk_targets >= 1")
         self.num_items, self.mix, self.chunk_targets = num_items, mix, chunk_targets
         self.per_stream = global_batch // streams
+        self.groups = split_heavy(groups, streams, self.samples_of)
 
     def decode_arguments(self, group: RowGroup, epoch: int) -> tuple:
         """decode_group's arguments for one row group (a Ray task's too: plain values only)."""
@@ -162,6 +204,8 @@ class DataPlan:
             self.sample_mode,
             self.num_items,
             self.chunk_targets,
+            group.part,
+            group.parts,
         )
 
     def samples_of(self, group: RowGroup) -> int:
@@ -182,6 +226,11 @@ class DataPlan:
         """Steps every rank runs this epoch: the shortest stream decides (the others' tails are dropped)."""
         shortest = min(sum(self.samples_of(g) for g in stream) for stream in self.assignment(epoch))
         return shortest // self.per_stream
+
+    def dropped_share(self, epoch: int) -> float:
+        """The share of the epoch's samples no step reads (the streams' tails past the shortest)."""
+        total = sum(self.samples_of(g) for g in self.groups)
+        return 1.0 - self.steps(epoch) * self.per_stream * self.streams / max(total, 1)
 
 
 class _LocalDecoder:
@@ -274,7 +323,10 @@ class StreamCursor:
             raise RuntimeError("a stream ran out of samples before the planned number of steps")
         chunk, handles = self.in_flight.popleft()
         self._fill()
-        rng = np.random.default_rng([self.plan.seed, self.epoch, chunk[0].id, 0x313])
+        first = chunk[0]  # a slice of a split group seeds by its part too (a whole group as before)
+        rng = np.random.default_rng(
+            [self.plan.seed, self.epoch, first.id, 0x313] + ([first.part] if first.parts > 1 else [])
+        )
         self.current, self.cursor = merge_shuffled([self.decoder.result(h) for h in handles], rng), 0
 
     def _advance(self, count: int, pieces: list | None) -> None:
