@@ -3,13 +3,10 @@
 dimerec-eval answers, is ready only once every shard has loaded and verified its rows, shows
 its metrics, times out stalled requests, and stops cleanly on SIGTERM."""
 
-import http.client
-import json
 import os
 import shutil
 import signal
 import socket
-import threading
 import time
 import urllib.request
 
@@ -17,6 +14,7 @@ import pytest
 
 from tests.distributed.conftest import command_error
 from tests.serving.conftest import call, dimerec_eval_top50, exact_top50_of_every_test_user
+from tests.serving.load_clients import Load, assert_every_request_read_was_answered
 from tests.serving.service_process import Service
 
 pytest.importorskip("ray.serve")
@@ -121,44 +119,6 @@ def test_a_request_head_that_stalls_gets_a_408_after_the_header_timeout(sharded_
     assert status == 200, "and the service goes on answering"
 
 
-class Load:
-    """`clients` threads sending requests, each on a fresh connection, until stopped: every outcome is
-    a status code, "refused" (at connect: nothing listens) or "reset" (the connection dropped)."""
-
-    def __init__(self, url: str, clients: int = 8):
-        self.host, port = url.removeprefix("http://").split(":")
-        self.port, self.outcomes, self.stopping = int(port), [], threading.Event()
-        self.body = json.dumps({"history": ["1", "2", "3"], "k": 10})
-        self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
-        for thread in self.threads:
-            thread.start()
-
-    def client(self):
-        while not self.stopping.is_set():
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
-            try:
-                connection.connect()
-            except OSError:
-                self.outcomes.append("refused")
-                time.sleep(0.05)
-                continue
-            try:
-                connection.request("POST", "/recommend", self.body, {"Content-Type": "application/json"})
-                response = connection.getresponse()
-                response.read()
-                self.outcomes.append(response.status)
-            except OSError:
-                self.outcomes.append("reset")
-            finally:
-                connection.close()
-
-    def stop(self) -> list:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-        return self.outcomes
-
-
 def test_under_load_a_killed_replica_costs_no_request_and_sigterm_drops_none(bundle_dir, tmp_path):
     """One shard of 2 replicas under 8 clients. A replica is killed: Ray Serve sends its requests to
     the other one and no client sees an error. Then SIGTERM: every request the service read is
@@ -181,12 +141,8 @@ def test_under_load_a_killed_replica_costs_no_request_and_sigterm_drops_none(bun
         if load is not None:
             load.stop()
         service.kill()
-    (last,) = [line for line in out.splitlines() if line.endswith(" recommendation requests answered")]
-    said_answered = int(last.split()[1])
-    received = [o for o in outcomes if isinstance(o, int)]
-    assert said_answered > 20 and len(received) == said_answered, (said_answered, len(received))
-    assert set(received) == {200}, sorted(set(received))
-    assert outcomes.count("refused") > 0 and outcomes.count("reset") <= len(load.threads), sorted(map(str, outcomes))
+    assert_every_request_read_was_answered(out, outcomes)
+    assert outcomes.count("reset") <= len(load.threads), sorted(map(str, outcomes))
 
 
 def test_a_shard_whose_only_replica_died_gets_503s_until_it_is_back(sharded_service_process):
