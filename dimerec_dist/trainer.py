@@ -236,7 +236,7 @@ class Trainer:
             "%d training samples, ~%d steps/epoch, %d steps over %d epochs, global batch %d (%d per rank), "
             "%d ranks, %d streams, %s reader",
             self.manifest.data["counts"]["train_samples"],
-            self.epoch_steps[0],
+            self.stream.steps(0),  # the plan's, whatever train.max_steps cuts from it
             total_steps,
             len(self.epoch_steps),
             config.train.batch_size,

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the restart tests' job settings and read-only helper live in tests/
 
 from tests.distributed.conftest import TINY_JOB  # noqa: E402
+from tests.full_disk import small_disk  # noqa: E402
 from tests.read_only import read_only_directory  # noqa: E402
 
 STEPS = 60
@@ -56,12 +57,14 @@ def bin_path(name: str) -> str:
     return str(here) if here.exists() else name
 
 
-def torchrun_command(run_dir: Path, dataset: Path, *extra: str, restarts: int = 0, slow: bool = False) -> list[str]:
+def torchrun_command(
+    run_dir: Path, dataset: Path, *extra: str, restarts: int = 0, slow: bool = False, fault: tuple[str, ...] = ()
+) -> list[str]:
     """The drill's job under dimerec-torchrun; `slow` runs it through tools/faulty_train.py with a
-    delay in every step, so a signal or a kill lands mid-run."""
+    delay in every step, so a signal or a kill lands mid-run; `fault`: faulty_train's other faults."""
     trainer = (
-        [str(REPO / "tools" / "faulty_train.py"), "--step-delay", STEP_DELAY_S]
-        if slow
+        [str(REPO / "tools" / "faulty_train.py"), *(["--step-delay", STEP_DELAY_S] if slow else []), *fault]
+        if slow or fault
         else ["-m", "dimerec_dist.train"]
     )
     return [
@@ -341,6 +344,90 @@ class Drill:
             tree_digest(self.dataset) == before,
         )
 
+    def full_disk_during_save(self) -> None:
+        """The run directory on a small disk that fills at step 35: the save at step 40 meets it."""
+        with small_disk(self.out / "full-disk", 8192) as disk:
+            run_dir = disk / "run"
+            first = run(torchrun_command(run_dir, self.dataset, fault=("--fill-disk-at-step", "35")))
+            line = error_line(first.stderr)
+            left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+            (run_dir / "disk-filler").unlink()
+            again = self.finish(run_dir)
+            self.training_row(
+                "disk full during a checkpoint save",
+                f"the run directory's disk filled at step 35; one line: `{line.split(': error: ', 1)[-1]}` "
+                f"(left: {', '.join(left)}); space freed, launched again",
+                run_dir,
+                [first.returncode, again.returncode],
+            )
+        self.rows[-1].nothing_lost &= (
+            first.returncode == 2 and bool(line) and left == ["step-00000020", "step-00000030"]
+        )
+
+    def two_jobs_on_one_run_dir(self) -> None:
+        """A second job started on a run directory a running job holds."""
+        run_dir = self.out / "two-jobs"
+        agent = subprocess.Popen(
+            torchrun_command(run_dir, self.dataset, slow=True),
+            cwd=REPO,
+            env=environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while steps_logged(run_dir) < 10 and agent.poll() is None:
+            time.sleep(0.05)
+        config = (run_dir / "config.yaml").read_bytes()
+        second = run(torchrun_command(run_dir, self.dataset))
+        line = error_line(second.stderr)
+        untouched = (run_dir / "config.yaml").read_bytes() == config
+        agent.communicate(timeout=600)
+        self.training_row(
+            "two jobs on one run directory",
+            f"a second job started at step ~10 of the first; one line: `{line.split(': error: ', 1)[-1]}`; "
+            "the first ran on",
+            run_dir,
+            [second.returncode, agent.returncode],
+        )
+        self.rows[-1].nothing_lost &= second.returncode == 2 and bool(line) and untouched
+
+    def skewed_plan(self) -> None:
+        """One user with 100,000 events among the drill's 400: a 2-rank job's steps per epoch against one rank's."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        raw = self.out / "skewed-raw"
+        raw.mkdir()
+        shutil.copytree(self.out / "raw" / "events", raw / "events")
+        whale = 100_000
+        pq.write_table(
+            pa.table(
+                {
+                    "user": pa.array([10**6] * whale, pa.int64()),
+                    "item": pa.array([i % 300 for i in range(whale)], pa.int64()),
+                    "time": pa.array(range(whale), pa.int64()),
+                    "watch_ratio": pa.array([0.5] * whale, pa.float32()),
+                }
+            ),
+            raw / "events" / "part-whale.parquet",
+        )
+        dataset = self.out / "skewed-data"
+        run(self.prepare_command(dataset)[:4] + [str(raw / "events"), "--out", str(dataset)])
+        plans = {}
+        for ranks in (1, 2):
+            command = torchrun_command(self.out / f"skewed-{ranks}", dataset, "train.max_steps=1", "eval.at_end=false")
+            command[command.index("--nproc_per_node=2")] = f"--nproc_per_node={ranks}"
+            command = [c for c in command if c != "data.streams=2"]
+            done = run(command)
+            planned = [line for line in done.stderr.splitlines() if "steps/epoch" in line]
+            plans[ranks] = int(planned[0].split("~")[1].split()[0]) if planned else 0
+        ok = plans[2] >= 0.95 * plans[1] > 0
+        outcome = f"{plans[2]} steps/epoch on 2 ranks, {plans[1]} on one ({100 * plans[2] / max(plans[1], 1):.0f}%)"
+        self.rows.append(
+            Row("skewed plan", f"one user with {whale:,} events among 400, 2 ranks against 1", "0, 0", outcome, ok)
+        )
+        self.log(f"skewed plan: {outcome}")
+
     def table(self) -> str:
         """The rows as markdown, with the drill's own directory written as OUT."""
         lines = ["| case | what was done | exit codes | outcome | nothing lost |", "|---|---|---|---|---|"]
@@ -372,6 +459,9 @@ def main() -> int:
         lambda: drill.read_only("checkpoint dir"),
         lambda: drill.read_only("prepare output"),
         drill.existing_dataset,
+        drill.full_disk_during_save,
+        drill.two_jobs_on_one_run_dir,
+        drill.skewed_plan,
     ]
     for number, case in enumerate(cases, start=1):
         drill.log(f"case {number}/{len(cases)}")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from dimerec_dist.cli_numbers import integer, real
 from dimerec_dist.serving.bundle import Bundle, BundleError
+from dimerec_dist.serving.starting_listener import StartingListener
 from dimerec_dist.storage import StorageError, is_remote, local_copy, local_path
 
 log = logging.getLogger("dimerec.serve")
@@ -119,6 +120,17 @@ def local_bundle(bundle: str) -> Path:
 
 
 def serve_sharded(args, level: int) -> int:
+    # The port answers from the first second: liveness, and a readiness 503 naming what is starting.
+    starting = StartingListener(args.host, args.port)
+    port = starting.port
+    log.info("starting on http://%s:%d (/health answers now, /health/ready once the shards are up)", args.host, port)
+    try:
+        return _serve_sharded(args, level, starting, port)
+    finally:
+        starting.stop()
+
+
+def _serve_sharded(args, level: int, starting: StartingListener, port: int) -> int:
     import ray
     from ray import serve
 
@@ -127,24 +139,25 @@ def serve_sharded(args, level: int) -> int:
 
     # Checked here, before Ray starts, so a damaged bundle is one line: on this machine the shards then
     # map files already verified; on a cluster (RAY_ADDRESS) each shard verifies the parts it maps.
+    starting.phase = "verifying the bundle's checksums"
     bundle = Bundle(args.bundle, verify=args.verify)
     shards_verify = args.verify and bool(os.environ.get("RAY_ADDRESS"))
     shard_rows(bundle.num_items + 1, args.shards)  # a --shards the table cannot take: one line, before Ray
-    if args.replicas < 1:
-        raise ValueError(f"--replicas {args.replicas} must be >= 1")
-    if args.header_timeout_s <= 0 or args.request_timeout_s <= 0 or args.drain_grace_s < 0:
-        raise ValueError("--header-timeout-s and --request-timeout-s must be > 0, --drain-grace-s >= 0")
     if not args.verify:
         log.warning("serving %s without verifying its checksums (--no-verify)", args.bundle)
-    port = args.port or _free_port(args.host)
     # A Ray of its own on this machine unless RAY_ADDRESS names a cluster ("local": never join another).
+    starting.phase = "starting Ray"
     ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level=level)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
         logs = serve_logging(level)
+        starting.phase = "starting Ray Serve"
+        if os.environ.get("SERVE_SOCKET_REUSE_PORT_ENABLED", "1") != "1":
+            starting.stop()  # the proxy could not bind beside it
         serve.start(http_options=http_options(args.host, port, args.request_timeout_s), logging_config=logs)
+        starting.phase = "loading the shards"
         try:
             ingress = serve.run(
                 build_app(
@@ -157,6 +170,9 @@ def serve_sharded(args, level: int) -> int:
             print(f"dimerec-serve: error: {_cause(exc)}", file=sys.stderr)
             return 2
         guard_request_heads(args.header_timeout_s)
+        starting.phase, starting.service_ready = "handing the port to the service", True
+        served_through_proxy(args.host, port)
+        starting.stop()
         print(f"listening on http://{args.host}:{port}", flush=True)
         log.info("serving %s: %d shard(s) x %d replica(s)", args.bundle, args.shards, args.replicas)
         stop.wait()
@@ -192,10 +208,24 @@ def _cause(exc: Exception) -> str:
     return " ".join(text.split())[:400]
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def served_through_proxy(host: str, port: int, timeout_s: float = 60.0) -> None:
+    """Wait until a new connection to the port reaches the service itself (its /health names the
+    shards; the starting listener's does not): then the listener can let go of the port."""
+    import json
+    import urllib.request
+
+    address = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    url = f"http://{f'[{address}]' if ':' in address else address}:{port}/health"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if "shards" in json.loads(response.read()):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    log.warning("the service did not answer through its proxy within %.0f s; the port is handed over anyway", timeout_s)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import sys
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -154,6 +156,9 @@ def read_chunked(stream) -> bytes:
         body += chunk
 
 
+DRAIN_TIMEOUT_S = 60.0  # on SIGTERM, the longest the requests already read are waited for
+
+
 def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHandler]:
     recommender = batcher.recommender
 
@@ -207,6 +212,15 @@ def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHan
                 self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: GET {self.path}"})
 
         def do_POST(self):
+            if not self.server.admit(self):
+                self.close_connection = True  # arrived after the drain ended: never read, never answered
+                return
+            try:
+                self._recommend()
+            finally:
+                self.server.done()
+
+        def _recommend(self):
             if self.path not in ("/recommend", "/recommend/batch"):
                 self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {self.path}"})
                 return
@@ -239,8 +253,42 @@ def make_handler(batcher: MicroBatcher, health: dict) -> type[BaseHTTPRequestHan
 
 
 class _Server(ThreadingHTTPServer):
+    """Counts the recommendation requests in flight, so a stop can drain them (`drain`)."""
+
     daemon_threads = True
     request_queue_size = 256  # the listen backlog: the default 5 resets bursts of new connections
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.lock = threading.Condition()
+        self.in_flight = self.answered = 0
+        self.draining = self.closed = False
+
+    def admit(self, handler: BaseHTTPRequestHandler) -> bool:
+        """Whether a request read now is answered; while draining, its connection closes after it."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.in_flight += 1
+            handler.close_connection = handler.close_connection or self.draining
+            return True
+
+    def done(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            self.answered += 1
+            self.lock.notify_all()
+
+    def drain(self, timeout_s: float) -> int:
+        """Stop listening, answer every request already read (up to `timeout_s`), and return how many
+        recommendation requests were answered in all. Call after serve_forever has returned."""
+        with self.lock:
+            self.draining = True
+        self.socket.close()  # new connections are refused from now on
+        with self.lock:
+            self.lock.wait_for(lambda: self.in_flight == 0, timeout=timeout_s)
+            self.closed = True
+            return self.answered
 
 
 def make_server(
@@ -288,12 +336,20 @@ def serve_single_process(args) -> int:
         print(f"dimerec-serve: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"listening on http://{args.host}:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    stopping = threading.Event()
+
+    def stop(*_) -> None:  # SIGTERM or Ctrl-C: as the sharded service, every request already read is answered
+        if not stopping.is_set():
+            stopping.set()
+            with server.lock:
+                server.draining = True  # responses from now on close their connections
+            threading.Thread(target=server.shutdown, daemon=True).start()  # serve_forever's loop ends
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    server.serve_forever()
+    answered = server.drain(DRAIN_TIMEOUT_S)
+    print(f"stopped: {answered} recommendation requests answered", flush=True)
     return 0
 
 

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,11 +21,19 @@ class Service:
         command = [sys.executable, "-m", "dimerec_dist.serving.serve_cli", str(bundle_dir), "--port", "0", *args]
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True)
-        deadline = time.time() + 240
+        started = time.time()
+        deadline = started + 240
+        # What a probe sees while the service starts: (seconds since start, path, status or error name).
+        self.start_probes: list[tuple[float, str, int | str]] = []
         while not self.stdout().startswith("listening on http://"):
             if self.process.poll() is not None or time.time() > deadline:
                 self.kill()
                 raise RuntimeError(f"dimerec-serve did not start: {self.stdout()}{self.stderr()[-3000:]}")
+            early = [line for line in self.stderr().splitlines() if "starting on http://" in line]
+            if early:
+                url = early[0].split("starting on ")[1].split()[0]
+                for path in ("/health", "/health/ready"):
+                    self.start_probes.append((time.time() - started, path, _status(url + path)))
             time.sleep(0.2)
         self.url = self.stdout().splitlines()[0].split()[-1]
         self.port = int(self.url.rsplit(":", 1)[1])
@@ -53,6 +63,16 @@ class Service:
     def replica_pids(self, deployment: str) -> list[int]:
         """Processes of `deployment`'s replicas in this service's own Ray (another may be running)."""
         return [pid for pid in _descendants(self.process.pid) if f"ServeReplica:default:{deployment}" in _cmdline(pid)]
+
+
+def _status(url: str) -> int | str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError as error:
+        return type(error).__name__
 
 
 def _cmdline(pid: int) -> str:

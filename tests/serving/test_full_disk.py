@@ -3,11 +3,10 @@ was there before intact, nothing half-written left behind (issue #50). Real ENOS
 tmpfs, filled before the command runs."""
 
 import subprocess
-import sys
 
 import pytest
 
-from tests.distributed.conftest import REPO, error_line, torchrun_command
+from tests.distributed.conftest import REPO, command_error, torchrun_command
 
 
 def fill(disk, leave: int = 0):
@@ -33,22 +32,10 @@ def test_eval_topk_out_to_a_full_disk_keeps_the_old_file_and_leaves_no_partial_o
     (disk / "topk.npz").write_bytes(b"the last evaluation's lists")
     fill(disk)
     before = files_of(disk)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dimerec_dist.eval_cli",
-            "--run-dir",
-            str(run_dir),
-            "--topk-out",
-            str(disk / "topk.npz"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    line = command_error(
+        "dimerec_dist.eval_cli", "--run-dir", str(run_dir), "--topk-out", str(disk / "topk.npz"), timeout=300
     )
-    assert error_line(done) == f"dimerec-eval: error: {disk / 'topk.npz'}: No space left on device"
+    assert line == f"dimerec-eval: error: {disk / 'topk.npz'}: No space left on device"
     assert files_of(disk) == before
 
 

@@ -5,6 +5,7 @@ traceback before (issue #50)."""
 import http.client
 import json
 import socket
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from dimerec_dist.serving import serve_cli
 from dimerec_dist.serving.bundle import Bundle
 from tests.serving.conftest import call
+from tests.serving.load_clients import Load, assert_every_request_read_was_answered
+from tests.serving.service_process import Service
 
 
 def test_exclude_seen_null_is_the_default_on_both_servers(server, bundle_dir):
@@ -97,3 +100,20 @@ def test_a_host_that_does_not_resolve_is_one_line(bundle_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("dimerec-serve: error: --host 'no-such-host.invalid' cannot be resolved")
     assert err.count("\n") == 0
+
+
+def test_the_single_process_server_answers_every_request_it_read_on_sigterm(bundle_dir, tmp_path):
+    """As the sharded service: on SIGTERM it stops listening and answers what it has read; the clients
+    receive exactly as many answers as it says it gave, all 200 (before, requests in flight were cut)."""
+    service = Service(bundle_dir, tmp_path, "--single-process")
+    load = None
+    try:
+        load = Load(service.url)
+        time.sleep(2)
+        out = service.stop()
+        outcomes = load.stop()
+    finally:
+        if load is not None:
+            load.stop()
+        service.kill()
+    assert_every_request_read_was_answered(out, outcomes)

@@ -52,6 +52,23 @@ def test_metrics_parse_as_prometheus_text_and_count_what_was_asked(sharded_servi
     assert {"dimerec_requests", "dimerec_request_seconds", "dimerec_shard_seconds", "dimerec_batch_size"} <= names
 
 
+def test_the_port_answers_liveness_from_the_start_and_readiness_503_until_ready(sharded_service_process):
+    """While the bundle is verified and Ray, Ray Serve and the shards start, /health is 200 and
+    /health/ready a 503 from the first probe on, until the service itself is ready (before: one
+    404, then ~26 s without an answer). Once Ray Serve's proxy shares the port, a probe that
+    reaches it before the service is up may get its 404 or wait: never a false "ready"."""
+    probes = sharded_service_process.start_probes
+    assert probes, "the service printed where it starts before it was ready"
+    first_second = [status for at, path, status in probes if path == "/health" and at < probes[0][0] + 1.0]
+    assert 200 in first_second, probes[:6]
+    live = [status for _, path, status in probes if path == "/health"]
+    ready = [status for _, path, status in probes if path == "/health/ready"]
+    assert live.count(200) >= len(live) // 2, probes
+    assert 503 in ready, probes
+    if 200 in ready:  # the service itself, ready before `listening on` was printed: from then on, ready
+        assert set(ready[ready.index(200) :]) == {200}, probes
+
+
 def test_liveness_and_the_openapi_schema(sharded_service):
     status, body = call(sharded_service, "/health")
     assert status == 200 and body["status"] == "ok" and body["shards"] == 2 and body["items"] == 300
