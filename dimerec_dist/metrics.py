@@ -5,6 +5,7 @@ ranks hold a logger that does nothing, so call sites need no rank checks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -24,8 +25,14 @@ def setup_logging(ctx) -> None:
 
 
 class MetricsLogger:
+    """A full disk under the run directory does not stop rank 0 alone (its peers would wait in the
+    next collective and fail with a traceback): the first write that fails is kept in `failure`,
+    later ones are skipped, and the trainer stops every rank with it at its next checkpoint."""
+
     def __init__(self, run_dir: Path, enabled: bool):
         self.enabled = enabled
+        self.run_dir = run_dir
+        self.failure: OSError | None = None
         self._writer = None
         self._jsonl = None
         if enabled:
@@ -36,21 +43,37 @@ class MetricsLogger:
             threading.excepthook = _disk_errors_in_one_line(threading.excepthook)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
+        if not self.enabled or self.failure:
             return
-        for name, value in values.items():
-            self._writer.add_scalar(name, value, step)
-        self._jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        try:
+            self._jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        except OSError as exc:
+            return self._failed(exc, self.run_dir / "metrics.jsonl")
+        try:
+            for name, value in values.items():
+                self._writer.add_scalar(name, value, step)
+        except OSError as exc:  # the writer thread's error, raised at the next event
+            self._failed(exc, self.run_dir / "tb")
 
     def flush(self) -> None:
         """Everything logged so far on disk (before the run directory is uploaded)."""
-        if self.enabled:
-            self._writer.flush()
+        if self.enabled and not self.failure:
+            try:
+                self._writer.flush()
+                self._jsonl.flush()
+            except OSError as exc:
+                self._failed(exc, self.run_dir / "tb")
+
+    def _failed(self, exc: OSError, path: Path) -> None:
+        self.failure = OSError(exc.errno, exc.strerror or str(exc), str(path))
+        log.warning("%s: %s; the job stops at its next checkpoint", path, self.failure.strerror)
 
     def close(self) -> None:
         if self.enabled:
-            self._writer.close()
-            self._jsonl.close()
+            with contextlib.suppress(OSError):  # what failed is in `failure`, raised by the trainer
+                self._writer.close()
+            with contextlib.suppress(OSError):
+                self._jsonl.close()
 
 
 def _disk_errors_in_one_line(previous):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 
 from dimerec_dist import storage
@@ -438,6 +439,7 @@ class Trainer:
         step, checkpoints, parts = self.state.step, self.checkpoints, self.parts
         if checkpoints.last_saved_step == step or checkpoints.latest() == checkpoints.path_for(step):
             return
+        self._stop_if_metrics_failed()
         replicated = {
             "optimizer": parts.optimizer.state_dict(),
             "schedule": parts.schedule.state_dict(),
@@ -451,6 +453,19 @@ class Trainer:
             config_to_dict(self.config),
             dataset_record(self.manifest.root, self.manifest.identity),
         )
+
+    def _stop_if_metrics_failed(self) -> None:
+        """Rank 0's metrics could not be written (a full disk): every rank stops here, before a
+        checkpoint past the steps whose rows are missing, so a relaunch logs them again."""
+        failure = [None]
+        if self.ctx.is_main and self.metrics.failure is not None:
+            failure = [(self.metrics.failure.filename, self.metrics.failure.strerror)]
+        if dist.is_initialized() and self.ctx.world_size > 1:
+            dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            newest = self.checkpoints.latest()
+            kept = f"the newest checkpoint, {newest.name}, is intact" if newest else "no checkpoint was written yet"
+            raise OutputError(f"{failure[0][0]}: {failure[0][1]}; {kept}; free space and launch again")
 
     def load_checkpoint(self, path: Location) -> None:
         """Continue from `path`, which resume_path verified when it chose it."""
