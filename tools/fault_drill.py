@@ -354,7 +354,7 @@ class Drill:
             (run_dir / "disk-filler").unlink()
             again = self.finish(run_dir)
             self.training_row(
-                "disk full during a checkpoint save",
+                "disk full during training",
                 f"the run directory's disk filled at step 35; one line: `{line.split(': error: ', 1)[-1]}` "
                 f"(left: {', '.join(left)}); space freed, launched again",
                 run_dir,
