@@ -60,13 +60,13 @@ class RunDir:
         return cls(cache_root() / "runs" / cache_key(uri) / f"node-{node}", uri)
 
     @classmethod
-    def open(cls, where: str | Path, local_rank: int, rank: int = 0) -> RunDir:
+    def open(cls, where: str | Path, local_rank: int, rank: int | None = None) -> RunDir:
         """The run directory of a job's processes, held by this job and checked writable. On a store, the
         first process of each node makes the node's working copy (`pull`) and the others wait for it
         before they touch it: a restarted job's pull replaces the copy its last attempt left, under any
         rank writing there."""
         run = cls.at(where)
-        run.hold(rank)
+        run.hold(rank if rank is not None else dist.get_rank() if dist.is_initialized() else 0)
         if run.remote and local_rank == 0:
             run.pull()
         if dist.is_initialized():
@@ -80,7 +80,11 @@ class RunDir:
         with its holder, so a killed job's restart (torchrun's, or a person's) takes it over."""
         refused = None
         if rank == 0:
-            lock = self.local / ".lock" if not self.remote else self.local.with_name(f"{self.local.name}.lock")
+            # A store's run: beside the run's working copies (cache/runs/KEY.node-N.lock), which pulls replace.
+            copies = self.local.parent
+            lock = (
+                self.local / ".lock" if not self.remote else copies.with_name(f"{copies.name}.{self.local.name}.lock")
+            )
             try:
                 lock.parent.mkdir(parents=True, exist_ok=True)
                 self._lock = FileLock(lock, this_process("dimerec-train")).acquire()

@@ -56,7 +56,9 @@ def test_the_port_answers_liveness_from_the_start_and_readiness_503_until_ready(
     """While the bundle is verified and Ray, Ray Serve and the shards start, /health is 200 and
     /health/ready a 503 from the first probe on, until the service itself is ready (before: one
     404, then ~26 s without an answer). Once Ray Serve's proxy shares the port, a probe that
-    reaches it before the service is up may get its 404 or wait: never a false "ready"."""
+    reaches it before the service is up may get its 404 or wait, never a false "ready"; one the
+    listener answers says 503 until Ray Serve reports the application running, a moment after
+    the service's own readiness; one in the listener's accept queue as it closes is reset."""
     probes = sharded_service_process.start_probes
     assert probes, "the service printed where it starts before it was ready"
     first_second = [status for at, path, status in probes if path == "/health" and at < probes[0][0] + 1.0]
@@ -64,9 +66,10 @@ def test_the_port_answers_liveness_from_the_start_and_readiness_503_until_ready(
     live = [status for _, path, status in probes if path == "/health"]
     ready = [status for _, path, status in probes if path == "/health/ready"]
     assert live.count(200) >= len(live) // 2, probes
-    assert 503 in ready, probes
-    if 200 in ready:  # the service itself, ready before `listening on` was printed: from then on, ready
-        assert set(ready[ready.index(200) :]) == {200}, probes
+    assert ready[0] == 503, probes  # a 200 comes only from the service itself, once its shards answer
+    assert not set(ready) - {200, 503, 404, "TimeoutError", "ConnectionResetError", "RemoteDisconnected", "URLError"}, (
+        probes
+    )
 
 
 def test_liveness_and_the_openapi_schema(sharded_service):
