@@ -100,20 +100,17 @@ def storage_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _failed_save(exc: BaseException, final: Location, staging: Location, root: Location) -> CheckpointError | None:
+def _failed_save(
+    exc: BaseException, final: Location, staging: Location, kept: str, then: str = ""
+) -> CheckpointError | None:
     """A save that failed on the disk or store: its partial files removed (on the main rank), the one
-    error every rank raises, naming the checkpoint and the newest one that is still whole."""
+    error every rank raises, naming what was being written and what is still whole (`kept`)."""
     reason = storage_failure(exc)
     if reason is None:
         return None
     if _is_main() and staging != final:
         shutil.rmtree(staging, ignore_errors=True)  # what fit before the disk filled: never a checkpoint
-    marked = storage.matching(root, f"step-*/{META_FILE}") if storage.is_dir(root) else []
-    newest = max((name.split("/")[0] for name in marked if ".tmp" not in name), default=None)
-    kept = f"the newest whole one, {newest}, is intact" if newest else "no earlier checkpoint exists"
-    return CheckpointError(
-        f"{final} could not be written ({reason}); {kept}; free space and launch again (resume=auto continues)"
-    )
+    return CheckpointError(f"{final} could not be written ({reason}); {kept}; free space and launch again{then}")
 
 
 def _is_main() -> bool:
@@ -235,10 +232,10 @@ def save_model(model, path: Location, num_items: int, model_config: ModelConfig,
         dcp.save(model.state_dict(), **_written_to(staging))
         _commit(staging, path, model_meta(num_items, model_config, **(extra or {})), _own_file_checksums(staging))
     except BaseException as exc:  # DCP's CheckpointException is a BaseException
-        failed = _failed_save(exc, path, staging, path.parent if not is_remote(path) else path)
+        failed = _failed_save(exc, path, staging, "the model saved before it and the checkpoints are intact")
         if failed is None:
             raise
-        raise CheckpointError(str(failed).replace("the newest whole one", "the checkpoints")) from None
+        raise failed from None
 
 
 def check_resumable(path: Location) -> None:
@@ -518,7 +515,9 @@ class CheckpointManager:
                 self._raise_failed(exc, final, staging)
 
     def _raise_failed(self, exc: BaseException, final: Location, staging: Location) -> None:
-        failed = _failed_save(exc, final, staging, self.root)
+        newest = self.latest()
+        kept = f"the newest whole one, {newest.name}, is intact" if newest else "no earlier checkpoint exists"
+        failed = _failed_save(exc, final, staging, kept, then=" (resume=auto continues)")
         if failed is None:
             raise exc
         self.last_saved_step = None

@@ -58,11 +58,16 @@ class MetricsLogger:
     def flush(self) -> None:
         """Everything logged so far on disk (before the run directory is uploaded)."""
         if self.enabled and not self.failure:
-            try:
-                self._writer.flush()
-                self._jsonl.flush()
-            except OSError as exc:
-                self._failed(exc, self.run_dir / "tb")
+            for flush, path in ((self._writer.flush, "tb"), (self._jsonl.flush, "metrics.jsonl")):
+                try:
+                    flush()
+                except OSError as exc:
+                    return self._failed(exc, self.run_dir / path)
+
+    def raise_failure(self) -> None:
+        """The first write that failed, raised (nothing if none did)."""
+        if self.failure is not None:
+            raise self.failure
 
     def _failed(self, exc: OSError, path: Path) -> None:
         self.failure = OSError(exc.errno, exc.strerror or str(exc), str(path))

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 
 from dimerec_dist import storage
@@ -62,7 +61,7 @@ from dimerec_dist.diversity import item_categories
 from dimerec_dist.memory_usage import memory_scalars
 from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
 from dimerec_dist.model import NoiseDraw
-from dimerec_dist.output_dir import OutputError, writable_dir
+from dimerec_dist.output_dir import OutputError, on_every_rank, writable_dir
 from dimerec_dist.random_streams import generator
 from dimerec_dist.run_dir import RunDir
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
@@ -457,15 +456,12 @@ class Trainer:
     def _stop_if_metrics_failed(self) -> None:
         """Rank 0's metrics could not be written (a full disk): every rank stops here, before a
         checkpoint past the steps whose rows are missing, so a relaunch logs them again."""
-        failure = [None]
-        if self.ctx.is_main and self.metrics.failure is not None:
-            failure = [(self.metrics.failure.filename, self.metrics.failure.strerror)]
-        if dist.is_initialized() and self.ctx.world_size > 1:
-            dist.broadcast_object_list(failure, src=0)
-        if failure[0] is not None:
+        try:
+            on_every_rank(self.ctx, self.metrics.raise_failure, main_only=True)
+        except OutputError as failed:
             newest = self.checkpoints.latest()
             kept = f"the newest checkpoint, {newest.name}, is intact" if newest else "no checkpoint was written yet"
-            raise OutputError(f"{failure[0][0]}: {failure[0][1]}; {kept}; free space and launch again")
+            raise OutputError(f"{failed}; {kept}; free space and launch again") from None
 
     def load_checkpoint(self, path: Location) -> None:
         """Continue from `path`, which resume_path verified when it chose it."""

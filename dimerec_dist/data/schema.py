@@ -7,6 +7,7 @@ this file is the one place that describes it for code. Readers check what they l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -65,7 +66,7 @@ class Manifest:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise DataError(f"{path}: {problems[0]}{more}")
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
         """The dataset's content in one SHA-256: its manifest lists every file's checksum, the counts
         and the options it was prepared with, so two datasets share it only if they hold the same data."""
