@@ -13,7 +13,6 @@ NaN or infinite, is a bad line.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -298,11 +297,6 @@ def _check_utf8(file: Path) -> None:
         )
 
 
-def csv_header(file: Path, delimiter: str) -> list[str]:
-    with open(file, encoding="utf-8-sig", errors="replace", newline="") as handle:
-        return next(csv.reader(handle, delimiter=delimiter), [])
-
-
 def _check_header(file: Path, names: list[str], wanted: list[str]) -> None:
     """Each column read is named once in the file: a header naming one twice is ambiguous."""
     for column in wanted:
@@ -349,7 +343,6 @@ def read_event_files(options: ReadOptions) -> Iterator[pa.Table]:
                 text = {column: pa.string() for column in wanted}
                 delimiter = options.delimiter or ("\t" if file.suffix == ".tsv" else ",")
                 _check_utf8(file)
-                _check_header(file, csv_header(file, delimiter), wanted)
                 invalid = InvalidRows(file, options.bad, delimiter)
                 reader = pacsv.open_csv(
                     file,
@@ -357,6 +350,7 @@ def read_event_files(options: ReadOptions) -> Iterator[pa.Table]:
                     convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=True, null_values=[""]),
                 )
                 names = reader.schema.names
+                _check_header(file, names, wanted)  # Arrow keeps a header's repeated name as two columns
                 batches = reader
                 first_line = 2  # CSV: line 1 is the header
             missing = [c for c in wanted if c not in names]

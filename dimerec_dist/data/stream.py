@@ -67,8 +67,9 @@ def split_heavy(groups: list[RowGroup], streams: int, samples_of) -> list[RowGro
     for group, count in zip(groups, counts):
         parts = min(int(np.ceil(count / median)), 32 * streams) if count > 4 * median else 1
         for part in range(parts):
-            samples = np.subtract(*part_bounds(group.samples, part, parts)[::-1])
-            trainable = np.subtract(*part_bounds(group.trainable, part, parts)[::-1])
+            low, high = part_bounds(group.samples, part, parts)
+            first, last = part_bounds(group.trainable, part, parts)
+            samples, trainable = high - low, last - first
             # The row group's id for every slice: its samples are shuffled from it, alike in every slice.
             planned.append(RowGroup(group.id, group.file, group.index, int(samples), int(trainable), part, parts))
     return planned if len(planned) > len(groups) else groups
