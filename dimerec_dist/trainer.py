@@ -323,6 +323,8 @@ class Trainer:
             if config.train.eval_every_epochs and ((epoch + 1) % config.train.eval_every_epochs == 0 or last_epoch):
                 self.validate(epoch)
             state.train_seconds = time.monotonic() - started
+            if out_of_time:  # all ranks agreed the budget is spent, whichever clock passed it: so says the checkpoint
+                state.train_seconds = max(state.train_seconds, budget)
             self.save_checkpoint()  # every epoch end (and every checkpoint_every steps): what resume=auto picks up
             self._sync_run_dir(force=True)
             if self._patience_spent():

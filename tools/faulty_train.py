@@ -8,7 +8,9 @@ the fault drill and the resume plot. Never used by a real job.
 --kill-at-step SIGKILLs the chosen rank at the top of that step, on torchrun's first attempt
 only (so the restarted job runs through); --step-delay sleeps at the top of every step;
 --fill-disk-at-step has rank 0 fill the run directory's disk (a file of zeros written until
-the disk refuses more) at the top of that step, so the next save meets a full disk.
+the disk refuses more) at the top of that step, so the next save meets a full disk;
+--clock-ahead RANK:SECONDS has that rank's training clock read SECONDS ahead from the first
+step on, as a rank that started its clock earlier than its peers would (train.max_minutes).
 --config, --run-dir and the key=value overrides are dimerec-train's.
 """
 
@@ -20,6 +22,7 @@ import signal
 import time
 from pathlib import Path
 
+import dimerec_dist.trainer as trainer_module
 from dimerec_dist.trainer import train_command
 
 
@@ -29,6 +32,7 @@ def main() -> int:
     parser.add_argument("--kill-rank", type=int, default=0)
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds")
     parser.add_argument("--fill-disk-at-step", type=int, default=None)
+    parser.add_argument("--clock-ahead", type=rank_and_seconds, default=None, metavar="RANK:SECONDS")
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--run-dir", required=True, help="a directory, or a URI (s3://...)")
     parser.add_argument("overrides", nargs="*")
@@ -50,7 +54,33 @@ def main() -> int:
                 fill(Path(args.run_dir) / "disk-filler")
 
         hooks.append(fill_disk)
+    if args.clock_ahead is not None:
+        rank, seconds = args.clock_ahead
+
+        def clock_ahead(trainer) -> None:
+            if trainer.ctx.rank == rank and not isinstance(trainer_module.time, ClockAhead):
+                trainer_module.time = ClockAhead(seconds)
+
+        hooks.append(clock_ahead)
     return train_command(args.config, args.overrides, args.run_dir, before_step=hooks)
+
+
+def rank_and_seconds(text: str) -> tuple[int, float]:
+    rank, _, seconds = text.partition(":")
+    return int(rank), float(seconds)
+
+
+class ClockAhead:
+    """The trainer's `time` module with monotonic() a fixed number of seconds ahead."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.seconds
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
 
 
 def fill(path: Path) -> None:
