@@ -45,7 +45,14 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from dimerec_dist import storage
-from dimerec_dist.config import ConfigError, JobConfig, ModelConfig, config_from_dict, settings_changes
+from dimerec_dist.config import (
+    MODEL_SHAPE_KEYS,
+    ConfigError,
+    JobConfig,
+    ModelConfig,
+    config_from_dict,
+    settings_changes,
+)
 from dimerec_dist.distributed.private_api import cpu_copy, fsspec_storage, is_sharded
 from dimerec_dist.integrity import file_sha256, files_sha256, mismatches, seal_problem, sealed
 from dimerec_dist.library_noise import drop_warning
@@ -59,21 +66,6 @@ META_FILE = "meta.json"
 LEGACY_META_FILE = "model.json"  # model directories written by the first trainer version
 LEGACY_DENSE_FILE = "dense.pt"  # the pickled optimizer state of checkpoints before 2026-12
 SEAL_KEY = "meta_sha256"  # meta.json's digest of itself
-# Model config keys that change the shape or meaning of saved weights.
-SHAPE_KEYS = (
-    "embedding_dim",
-    "max_history",
-    "gem",
-    "num_interests",
-    "gem_hidden_mult",
-    "routing_iterations",
-    "sasrec_layers",
-    "sasrec_heads",
-    "dam_hidden",
-    "dam_layers",
-    "guidance_pooling",
-    "diffusion_steps",
-)
 
 
 class CheckpointError(ValueError):
@@ -303,7 +295,9 @@ def check_compatible(path: Location, num_items: int, model_config: ModelConfig) 
         raise CheckpointError(f"{path}: saved for a catalog of {meta['num_items']} items, this job has {num_items}")
     ours = dataclasses.asdict(model_config)
     differ = [
-        f"{k} (saved {meta['model'].get(k)!r}, now {ours[k]!r})" for k in SHAPE_KEYS if meta["model"].get(k) != ours[k]
+        f"{k} (saved {meta['model'].get(k)!r}, now {ours[k]!r})"
+        for k in MODEL_SHAPE_KEYS
+        if meta["model"].get(k) != ours[k]
     ]
     # Guidance dropout's share is a training setting, but whether it is 0 decides if the model
     # holds a learned null guidance.

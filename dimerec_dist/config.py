@@ -29,6 +29,23 @@ REVERSE_NOISE_STDS = ("posterior", "beta_tilde")
 ATTENTION_POSITIONS = ("input", "bias")
 
 
+# Model config keys that change the shape or meaning of saved weights.
+MODEL_SHAPE_KEYS = (
+    "embedding_dim",
+    "max_history",
+    "gem",
+    "num_interests",
+    "gem_hidden_mult",
+    "routing_iterations",
+    "sasrec_layers",
+    "sasrec_heads",
+    "dam_hidden",
+    "dam_layers",
+    "guidance_pooling",
+    "diffusion_steps",
+)
+
+
 @dataclass
 class ModelConfig:
     """The DimeRec model: GEM, DAM, diffusion and loss weights (METHOD.md)."""
@@ -113,18 +130,7 @@ class ModelConfig:
         _choice("model.reverse_noise_std", self.reverse_noise_std, REVERSE_NOISE_STDS)
         _choice("model.attention_positions", self.attention_positions, ATTENTION_POSITIONS)
         _choice("model.table_dtype", self.table_dtype, TABLE_DTYPES)
-        for key in (
-            "embedding_dim",
-            "max_history",
-            "num_interests",
-            "gem_hidden_mult",
-            "routing_iterations",
-            "sasrec_layers",
-            "sasrec_heads",
-            "dam_hidden",
-            "dam_layers",
-            "diffusion_steps",
-        ):
+        for key in (k for k in MODEL_SHAPE_KEYS if k not in ("gem", "guidance_pooling")):  # the sizes
             _at_least(f"model.{key}", getattr(self, key), 1)
         if self.embedding_dim % self.sasrec_heads:
             raise ConfigError(

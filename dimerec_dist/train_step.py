@@ -31,7 +31,7 @@ from dimerec_dist.distributed.process_group import DistContext
 from dimerec_dist.model import DimeRecLosses
 from dimerec_dist.random_streams import seed_for
 
-LOSS_NAMES = ("loss/total", "loss/gem", "loss/recon", "loss/ssm")
+LOSS_NAMES = tuple(f"loss/{name}" for name in DimeRecLosses.names())
 
 
 class StepOptimizer:

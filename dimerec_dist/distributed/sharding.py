@@ -29,7 +29,7 @@ from torchrec.distributed.planner.storage_reservations import FixedPercentageSto
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import CacheParams, ShardingPlan, ShardingType
 
-from dimerec_dist.config import KERNELS
+from dimerec_dist.config import KERNELS, SHARDING
 from dimerec_dist.distributed.private_api import chosen_sharding_options, sharded_lookups
 from dimerec_dist.distributed.process_group import DistContext
 from dimerec_dist.distributed.topology import Cluster
@@ -38,12 +38,7 @@ from dimerec_dist.library_noise import drop_warning
 # TorchRec's own DDP wrapper passes broadcast_buffers=False, which torch deprecates: not ours to change.
 drop_warning("`broadcast_buffers` is deprecated")
 
-SHARDING_TYPES = {
-    "row_wise": ShardingType.ROW_WISE.value,
-    "table_wise": ShardingType.TABLE_WISE.value,
-    "column_wise": ShardingType.COLUMN_WISE.value,
-    "data_parallel": ShardingType.DATA_PARALLEL.value,
-}
+SHARDING_TYPES = {name: ShardingType[name.upper()].value for name in SHARDING}  # config names -> TorchRec's
 # Memory the planner leaves to everything that is not the table (dense model, activations, buffers):
 # TorchRec's default margin, without its heuristic dense-size estimate, which is wrong on a meta model.
 RESERVED_FRACTION = 0.15

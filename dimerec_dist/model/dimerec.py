@@ -8,6 +8,7 @@ torch.distributed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,13 +37,13 @@ class DimeRecLosses:
     recon: Tensor
     ssm: Tensor
 
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """total, gem, recon, ssm: the order every report of the losses keeps."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
     def scalars(self) -> dict[str, float]:
-        return {
-            "loss/total": self.total.item(),
-            "loss/gem": self.gem.item(),
-            "loss/recon": self.recon.item(),
-            "loss/ssm": self.ssm.item(),
-        }
+        return {f"loss/{name}": getattr(self, name).item() for name in self.names()}
 
 
 @dataclass
