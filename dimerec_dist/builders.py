@@ -17,8 +17,6 @@ import torch
 import torch.distributed as dist
 
 from dimerec_dist.config import ConfigError, JobConfig
-from dimerec_dist.data.schema import Manifest
-from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.distributed.process_group import DistContext
 from dimerec_dist.distributed.sharding import plan_sharding, shard_model
 from dimerec_dist.distributed.topology import Cluster, this_cluster
@@ -145,33 +143,6 @@ def build_training(config: JobConfig, num_items: int, ctx: DistContext, run_dir:
     model, shards = build_model(config, num_items, ctx, run_dir)
     params, optimizer, schedule = dense_optimizer(model, config)
     return TrainingParts(model, shards, params, optimizer, schedule, replicated_table_optimizer(model, config, ctx))
-
-
-def build_train_stream(config: JobConfig, manifest: Manifest, ctx: DistContext) -> TrainStream:
-    """This rank's stream of training batches, as the job's data and model settings ask."""
-    return TrainStream(
-        manifest,
-        max_history=config.model.max_history,
-        global_batch=config.train.batch_size,
-        streams=config.data.streams,
-        world_size=ctx.world_size,
-        rank=ctx.rank,
-        seed=config.seed,
-        sample_mode=config.data.sample_mode,
-        backend=config.data.backend,
-        window_size=config.data.window,
-        mix=config.data.mix,
-        chunk_targets=config.chunk_targets(),
-        span_limited=config.model.gem == "sasrec",  # SASRec reads a chunk from its first item
-    )
-
-
-def check_protocol(config: JobConfig, manifest: Manifest) -> None:
-    if manifest.protocol != config.data.split:
-        raise ConfigError(
-            f"{manifest.root} was prepared with the {manifest.protocol} split, the job asks for "
-            f"data.split={config.data.split}; set data.split={manifest.protocol} or prepare it again"
-        )
 
 
 def _estimate(estimate, device_type: str) -> str:

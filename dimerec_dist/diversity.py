@@ -7,25 +7,7 @@ intra-list distance (ILD): the share of item pairs in a top-k from different cat
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pyarrow.parquet as pq
-
-from dimerec_dist.data.schema import Manifest, read_items
-
-CATEGORIES_FILE = "item_categories.parquet"
-
-
-def item_categories(manifest: Manifest, synth_dir: Path | None = None) -> np.ndarray | None:
-    """Category of every dense item id (index 0, padding: -1) when the dataset was made by
-    dimerec-synth (its output in `synth_dir`, default raw/ beside the prepared files), else None."""
-    path = Path(synth_dir or Path(manifest.root) / "raw") / CATEGORIES_FILE
-    if not path.is_file():
-        return None
-    by_raw = pq.read_table(path).column("category").to_numpy()
-    raw_items = read_items(manifest).column("raw_id").to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.concatenate([[-1], by_raw[raw_items]])
 
 
 def diversity(topk: np.ndarray, categories: np.ndarray) -> dict[str, float]:

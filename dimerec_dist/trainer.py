@@ -27,12 +27,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from dimerec_dist import storage
-from dimerec_dist.builders import TrainingParts, build_train_stream, build_training, check_protocol
+from dimerec_dist.builders import TrainingParts, build_training
 from dimerec_dist.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -49,20 +48,17 @@ from dimerec_dist.checkpoint import (
 )
 from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
-from dimerec_dist.data.batch import Batch, NegativeSampler, make_batch
+from dimerec_dist.data.batch import Batch
+from dimerec_dist.data.job_data import JobData
 from dimerec_dist.data.prefetch import Prefetcher
-from dimerec_dist.data.samples import EvaluationUsers
-from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split
+from dimerec_dist.data.schema import DataError, Manifest
 from dimerec_dist.data.source import cached_dataset, dataset_path, ensure_dataset
 from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.distributed.process_group import DistContext, init_distributed
 from dimerec_dist.distributed.sharding import resolved_column_block
-from dimerec_dist.diversity import item_categories
 from dimerec_dist.memory_usage import memory_scalars
 from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
-from dimerec_dist.model import NoiseDraw
 from dimerec_dist.output_dir import OutputError, on_every_rank, writable_dir
-from dimerec_dist.random_streams import generator
 from dimerec_dist.run_dir import RunDir
 from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
 from dimerec_dist.step_profiler import StepProfiler
@@ -123,15 +119,6 @@ class Trainer:
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from)
 
-    @classmethod
-    def from_parts(cls, config: JobConfig, parts: TrainingParts, ctx: DistContext) -> Trainer:
-        """A Trainer with only what its step runner (`trainer.steps`) needs, for callers that make their own batches
-        (the training benchmark): no data set, run directory or checkpoints."""
-        trainer = cls.__new__(cls)
-        trainer.config, trainer.parts, trainer.ctx = config, parts, ctx
-        trainer.steps = build_step_runner(parts, config, ctx)
-        return trainer
-
     # ------------------------------------------------------------------ building
 
     def _run_directory(self, where: str | Path) -> RunDir:
@@ -172,50 +159,23 @@ class Trainer:
 
     def _build_data(self) -> None:
         """Every rank reads the same prepared dataset; the plan decides who reads what."""
-        config, ctx = self.config, self.ctx
-        manifest = Manifest.load(ensure_dataset(config.data, self.run_dir, ctx.is_main))
-        check_protocol(config, manifest)
-        config.check_catalog(manifest.num_items, str(manifest.root))
-        check_held_out_users(config, manifest)
-        if config.train.batch_size % ctx.world_size:
-            raise ConfigError(
-                f"train.batch_size={config.train.batch_size} must divide evenly over {ctx.world_size} ranks"
-            )
-        self.manifest = manifest
-        self.stream = build_train_stream(config, manifest, ctx)
-        self.rank_rows = torch.from_numpy(self.stream.global_rows)
-        self.valid = EvaluationUsers(read_split(manifest, "valid"), config.model.max_history)
-        self.test = EvaluationUsers(read_split(manifest, "test"), config.model.max_history)
-        self.popularity = np.concatenate([[0], read_items(manifest).column("popularity").to_numpy()])
-        self.sampler = NegativeSampler(
-            config.train.negative_sampler,
-            manifest.num_items,
-            config.train.negatives,
-            popularity=self.popularity[1:],
-            alpha=config.train.popularity_alpha,
-            seed=config.seed,
-        )
-        self.log_q, self.in_batch_log_q = logq_corrections(config, self.sampler, self.popularity)
+        manifest = Manifest.load(ensure_dataset(self.config.data, self.run_dir, self.ctx.is_main))
+        self.data = JobData.for_training(self.config, manifest, self.ctx)
+        self.manifest, self.stream = manifest, self.data.stream
 
     # ------------------------------------------------------------------ the step
 
     def step_batches(self, epoch: int, start_step: int) -> Prefetcher[Batch]:
         """This rank's batches of the epoch's planned steps from `start_step` on, each with its
-        negatives, logQ corrections and diffusion noise, made on a background thread (page-locked
-        for the copy to a GPU)."""
-        config, ctx = self.config, self.ctx
-        pin = ctx.device.type == "cuda"
+        negatives, logQ corrections and diffusion noise (data/batch_maker.py), made on a
+        background thread."""
+        make = self.data.batch_maker
 
         def batches():
             for epoch_step, history, targets in self.stream.batches(epoch, start_step=start_step):
                 if epoch_step >= self.epoch_steps[epoch]:
                     return
-                batch = make_batch(
-                    history, targets, self.sampler.draw(epoch, epoch_step), self.log_q, self.in_batch_log_q
-                )
-                draw = noise_for_rank(config, config.train.batch_size, epoch, epoch_step, self.rank_rows, "cpu")
-                batch.draw = draw
-                yield batch.pin_memory() if pin else batch
+                yield make(epoch, epoch_step, history, targets)
 
         return Prefetcher(batches(), depth=2, name=f"epoch-{epoch}")
 
@@ -374,7 +334,7 @@ class Trainer:
         """Full-catalog metrics on the validation users; the best model so far is kept in run_dir/model."""
         model = self.parts.model
         model.eval()
-        scores = evaluate_users(model, self.parts.shards, self.config, self.ctx, self.valid).metrics
+        scores = evaluate_users(model, self.parts.shards, self.config, self.ctx, self.data.valid).metrics
         model.train()
         self.metrics.scalars(self.state.step, {f"valid/{k}": v for k, v in scores.items()})
         log.info("epoch %d valid %s", epoch, format_scores(scores))
@@ -407,10 +367,10 @@ class Trainer:
             self.parts.shards,
             config,
             self.ctx,
-            self.valid,
-            self.test,
-            self.popularity,
-            item_categories(self.manifest),
+            self.data.valid,
+            self.data.test,
+            self.data.popularity,
+            self.data.categories,
         )
         self.metrics.scalars(
             self.state.step, {f"final/{split}/{k}": v for split in ("valid", "test") for k, v in final[split].items()}
@@ -506,50 +466,6 @@ def train_command(
 
 
 # --------------------------------------------------------------------------- pieces of the loop
-
-
-def check_held_out_users(config: JobConfig, manifest: Manifest) -> None:
-    """Evaluation needs validation and test users: say so now, not after a whole epoch."""
-    if not (config.train.eval_every_epochs or config.eval.at_end):
-        return
-    for split in ("valid", "test"):
-        if manifest.data["counts"][f"{split}_users"] == 0:
-            raise DataError(
-                f"{manifest.root}: no {split} users (no user has enough items to hold one out), and "
-                f"the job evaluates on them; use a larger data set, or train.eval_every_epochs=0 "
-                f"eval.at_end=false to train without evaluating"
-            )
-
-
-def logq_corrections(
-    config: JobConfig, sampler: NegativeSampler, popularity: np.ndarray
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """log expected count of each item among the sampled negatives and among the in-batch
-    negatives (global batch size x its share of training events), or None where uncorrected.
-    Uniform sampling alone needs none: a constant shift leaves the softmax unchanged."""
-    train = config.train
-    if not train.logq_correction or (train.negative_sampler == "uniform" and not train.in_batch_negatives):
-        return None, None
-    in_batch = None
-    if train.in_batch_negatives:
-        share = np.maximum(popularity.astype(np.float64), 1.0) / max(1.0, float(popularity[1:].sum()))
-        in_batch = np.log(train.batch_size * share)
-    return sampler.log_q, in_batch
-
-
-def noise_for_rank(
-    config: JobConfig, global_batch: int, epoch: int, step: int, rows: torch.Tensor, device: torch.device
-) -> NoiseDraw:
-    """The step's diffusion noise, drawn for the whole global batch; this rank takes its
-    rows. The same sample gets the same t and eps whatever the world size."""
-    draw = NoiseDraw.draw(
-        global_batch,
-        config.model.embedding_dim,
-        config.model.diffusion_steps,
-        generator(config.seed, "noise", epoch, step),
-        guidance_dropout=config.model.guidance_dropout,
-    )
-    return draw.rows(rows, device)
 
 
 def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:

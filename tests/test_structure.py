@@ -40,3 +40,41 @@ def test_the_product_never_imports_the_research_area():
         if any(name == "research" or name.startswith("research.") for name in imported_modules(path))
     ]
     assert importers == [], "dimerec_dist must work from an installed wheel, without research/"
+
+
+def calls_in(path: Path) -> set[str]:
+    """Names called in `path`: f(...) as 'f', a.b(...) as 'a.b' (the last two parts)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name):
+                names.add(func.id)
+            elif isinstance(func, ast.Attribute):
+                owner = func.value.id if isinstance(func.value, ast.Name) else ""
+                names.add(f"{owner}.{func.attr}" if owner else func.attr)
+    return names
+
+
+def test_the_batch_recipe_is_made_in_one_place_that_the_trainer_and_the_benchmark_both_use():
+    """Negatives, logQ corrections and the diffusion noise of a step's batch are made only by
+    data/batch_maker.py: a second recipe (say in the benchmark) would time a step training never runs."""
+    recipe = {"make_batch", "NegativeSampler", "NoiseDraw.draw", "noise_for_rank", "logq_corrections"}
+    sources = sorted((REPO / "dimerec_dist").rglob("*.py")) + sorted((REPO / "tools").rglob("*.py"))
+    allowed = {
+        "dimerec_dist/data/batch_maker.py": recipe,
+        "dimerec_dist/evaluate.py": {"make_batch"},  # batches of users to rank: no negatives, no noise
+        "dimerec_dist/model/dimerec.py": {"NoiseDraw.draw"},  # the reverse process's own start
+    }
+    makers = {
+        str(path.relative_to(REPO)): sorted(calls_in(path) & recipe)
+        for path in sources
+        if calls_in(path) & recipe - allowed.get(str(path.relative_to(REPO)), set())
+    }
+    assert makers == {}, "make a step's batch with dimerec_dist.data.batch_maker.BatchMaker"
+    for user in ("dimerec_dist/data/job_data.py", "tools/bench_train.py", "tools/bench_data.py"):
+        assert "BatchMaker" in calls_in(REPO / user), user
+    bench = calls_in(REPO / "tools" / "bench_train.py")
+    assert "build_step_runner" in bench, "the benchmark times the trainer's own step runner"
+    trainer = (REPO / "dimerec_dist" / "trainer.py").read_text()
+    assert "__new__" not in trainer and "self.data.batch_maker" in trainer

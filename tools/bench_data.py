@@ -4,7 +4,8 @@
 
 Each measurement runs in its own process (so peak RSS is its own), one after the other:
 - the loader of rank 0 of a `--world`-rank job, in-process decoding (`local`) and Ray
-  tasks (`ray`): batches per second including the KJT, as samples/s per rank;
+  tasks (`ray`): batches per second as the trainer makes them (data/batch_maker.py: the KJT,
+  the step's negatives and noise), as samples/s per rank;
 - the trainer itself under torchrun with `--world` ranks on the same data and batch:
   samples/s per rank from its metrics.jsonl.
 Prints a JSON report with the ratio loader / trainer for each backend.
@@ -27,12 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def measure_loader(data: str, backend: str, world: int, steps: int, batch: int, max_history: int) -> dict:
-    from dimerec_dist.data.batch import make_batch
+    import torch
+
+    from dimerec_dist.config import load_config
+    from dimerec_dist.data.batch_maker import BatchMaker
     from dimerec_dist.data.schema import Manifest
     from dimerec_dist.data.stream import TrainStream
 
+    manifest = Manifest.load(data)
     stream = TrainStream(
-        Manifest.load(data),
+        manifest,
         max_history=max_history,
         global_batch=batch,
         streams=world,
@@ -42,12 +47,13 @@ def measure_loader(data: str, backend: str, world: int, steps: int, batch: int, 
         backend=backend,
         window_size=4,
     )
-    negatives = np.arange(1, 1025)
+    config = load_config(None, [f"train.batch_size={batch}", f"model.max_history={max_history}"])
+    batch_maker = BatchMaker(config, manifest.num_items, None, torch.from_numpy(stream.global_rows))
     batches = stream.batches(0)
     next(batches)  # start-up (Ray workers, first row groups) is not throughput
     started, count = time.time(), 0
-    for _, history, targets in batches:
-        make_batch(history, targets, negatives)
+    for step, history, targets in batches:
+        batch_maker(0, step, history, targets)
         count += 1
         if count == steps:
             break

@@ -11,7 +11,8 @@ over its ranks (threads per rank = cores / world). A job builds the model for a 
 of N items (d = 64, the quickstart's model; --negatives shared negatives per step) - the trainer's
 sharded model for a TorchRec
 layout (row_wise, table_wise, column_wise, data_parallel), or the replicated baseline
-(research/replicated.py) - and runs `Trainer.steps.progress`, the step training runs, on batches made
+(research/replicated.py) - and runs the trainer's step (train_step.build_step_runner) on batches
+that the trainer's batch maker (data/batch_maker.py: negatives, logQ, noise) makes from ids drawn
 in memory: histories of uniform length 1..max_history and ids uniform over the catalog
 (every lookup a different row: the worst case for locality). The global batch for step s
 depends only on (seed, s), so every cell trains on the same batches; the per-step losses
@@ -51,7 +52,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LAYOUTS = ("row_wise", "table_wise", "column_wise", "data_parallel", "replicated")
+from dimerec_dist.config import SHARDING  # noqa: E402
+
+LAYOUTS = (*SHARDING, "replicated")  # TorchRec's layouts, and the replicated baseline
 MODEL = ["model.embedding_dim=64", "model.max_history=50", "model.num_interests=4"]
 STEP_KINDS = ("plain", "pipelined")
 PRECISIONS = ("fp32", "bf16")
@@ -163,13 +166,12 @@ def run_cell(args) -> None:
 
     from dimerec_dist.builders import build_training
     from dimerec_dist.config import load_config
-    from dimerec_dist.data.batch import NegativeSampler, make_batch
+    from dimerec_dist.data.batch_maker import BatchMaker
     from dimerec_dist.data.prefetch import Prefetcher
     from dimerec_dist.distributed.process_group import init_distributed, shutdown
     from dimerec_dist.sharded_model import TABLE_STATE_KEY
     from dimerec_dist.table_shards import local_row_shards, local_table_bytes
-    from dimerec_dist.train_step import LossWindow
-    from dimerec_dist.trainer import Trainer, noise_for_rank
+    from dimerec_dist.train_step import LossWindow, build_step_runner
 
     ctx = init_distributed(args.device)
     torch.set_num_threads(args.threads)
@@ -200,11 +202,11 @@ def run_cell(args) -> None:
     else:
         parts = build_training(config, args.items, ctx, run_dir=None)
         table_bytes = local_table_bytes(parts.model, local_row_shards(parts.model, TABLE_STATE_KEY))
-    trainer = Trainer.from_parts(config, parts, ctx)  # the step training runs, fed synthetic batches
+    steps = build_step_runner(parts, config, ctx)  # the step training runs, fed synthetic batches
     build_seconds = time.time() - started
-    sampler = NegativeSampler("uniform", args.items, config.train.negatives, seed=config.seed)
     per_rank = args.batch // ctx.world_size
     rows = torch.arange(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+    batch_maker = BatchMaker(config, args.items, None, rows, pin=ctx.device.type == "cuda")  # the trainer's recipe
     ids_looked_up = [0]
     total_steps = args.warmup + args.steps
 
@@ -221,9 +223,7 @@ def run_cell(args) -> None:
             else:
                 history, targets = global_batch_ids(config.seed, step, args.batch, config.model.max_history, args.items)
                 history.ids, history.lengths, targets = history.ids[local], history.lengths[local], targets[local]
-            batch = make_batch(history, targets, sampler.draw(0, step))
-            batch.draw = noise_for_rank(config, args.batch, 0, step, rows, "cpu")
-            yield batch.pin_memory() if ctx.device.type == "cuda" else batch
+            yield batch_maker(0, step, history, targets)
 
     # plain: the step as it was before the pipeline - batches made on the training thread, the losses
     # read back every step; pipelined: as the trainer runs it now (Prefetcher, TorchRec's pipeline, one
@@ -244,7 +244,7 @@ def run_cell(args) -> None:
                     activities.append(torch.profiler.ProfilerActivity.CUDA)
                 profiler = torch.profiler.profile(activities=activities)
                 profiler.__enter__()
-        losses = trainer.steps.progress(source, step)
+        losses = steps.progress(source, step)
         step_losses.append(losses.total.detach())
         window.add(losses)
         if not pipelined:
@@ -256,7 +256,7 @@ def run_cell(args) -> None:
     synchronize()
     dist.barrier()
     elapsed = time.time() - timed_from
-    trainer.steps.end()
+    steps.end()
     if pipelined:
         source.items.close()
     global_losses = torch.stack(step_losses).float()  # each rank's mean loss per step: read once, at the end

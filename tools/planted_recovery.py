@@ -24,9 +24,9 @@ from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, read_split
 from dimerec_dist.data.source import dataset_path
-from dimerec_dist.diversity import item_categories
-from dimerec_dist.eval_cli import load_run
+from dimerec_dist.data.synth import item_categories
 from dimerec_dist.run_metrics import evaluate_users
+from dimerec_dist.saved_run import load_saved_run
 
 
 def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[int]]) -> dict[str, float]:
@@ -42,10 +42,10 @@ def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[
 
 
 def report(run_dir: Path, synth: Path | None) -> None:
-    loaded = load_run(run_dir, ["eval.ks=50"])  # the run's evaluation settings, top-50 lists
+    loaded = load_saved_run(run_dir, ["eval.ks=50"])  # the run's evaluation settings, top-50 lists
     synth = synth or dataset_path(loaded.config.data, run_dir) / "raw"
-    users = loaded.users("test")
-    result = evaluate_users(loaded.model, loaded.shards, loaded.config, loaded.ctx, users, loaded.popularity())
+    users = loaded.data.test
+    result = evaluate_users(loaded.model, loaded.shards, loaded.config, loaded.ctx, users, loaded.data.popularity)
     if loaded.ctx.is_main:
         # Dense ids -> the generator's ids (raw ids are its integers, as strings) -> categories and interests.
         categories = item_categories(loaded.manifest, synth)

@@ -197,3 +197,8 @@ def _row_of_flat_index(array: pa.ListArray, flat_index: int) -> int:
 
 def read_items(manifest: Manifest) -> pa.Table:
     return pq.read_table(manifest.root / manifest.data["items"]["path"])
+
+
+def padded_popularity(items: pa.Table) -> np.ndarray:
+    """Training count of every dense item id from items.parquet, index 0 (padding) 0."""
+    return np.concatenate([[0], items.column("popularity").to_numpy()]).astype(np.int64)

@@ -35,10 +35,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dimerec_dist.cli_numbers import integer, real
+from dimerec_dist.data.schema import Manifest, read_items
 from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
 from dimerec_dist.output_dir import OutputError, begin, check_target, claim, os_error_line, publish
 
 log = logging.getLogger("dimerec.synth")
+
+CATEGORIES_FILE = "item_categories.parquet"  # beside the log: each raw item id's category
+
+
+def item_categories(manifest: Manifest, synth_dir: Path | None = None) -> np.ndarray | None:
+    """Category of every dense item id (index 0, padding: -1) when the dataset was made by
+    dimerec-synth (its output in `synth_dir`, default raw/ beside the prepared files), else None."""
+    path = Path(synth_dir or Path(manifest.root) / "raw") / CATEGORIES_FILE
+    if not path.is_file():
+        return None
+    by_raw = pq.read_table(path).column("category").to_numpy()
+    raw_items = read_items(manifest).column("raw_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.concatenate([[-1], by_raw[raw_items]])
+
+
 BACKENDS = ("local", "processes", "ray")
 
 
@@ -264,7 +280,7 @@ def _synthesize_into(out: Path, options: SynthOptions, workers: int, backend: st
     catalog = build_catalog(options)
     pq.write_table(
         pa.table({"item": pa.array(np.arange(options.items)), "category": pa.array(catalog.category)}),
-        out / "item_categories.parquet",
+        out / CATEGORIES_FILE,
     )
     summary = {
         "options": asdict(options),

@@ -32,13 +32,13 @@ from dimerec_dist.checkpoint import CheckpointError
 from dimerec_dist.cli_numbers import integer, real
 from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
-from dimerec_dist.data.schema import DataError, Manifest, read_items
+from dimerec_dist.data.schema import DataError, Manifest, padded_popularity, read_items
 from dimerec_dist.data.source import cache_root
-from dimerec_dist.eval_cli import load_run
 from dimerec_dist.integrity import files_sha256, sealed
 from dimerec_dist.log_level import add_log_level, apply_log_level
 from dimerec_dist.output_dir import OutputError, begin, check_target, claim, on_every_rank, publish, staging_path
 from dimerec_dist.run_dir import RunDir
+from dimerec_dist.saved_run import load_saved_run
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.index_tuning import measure_index, tune_index
 from dimerec_dist.serving.tower import UserTower, export_tower
@@ -100,7 +100,7 @@ def write_vocabulary(manifest_data: Manifest, staging: Path) -> dict:
     by_item = np.empty(len(item_ids) + 1, dtype=raw.dtype)
     by_item[:] = raw
     order = np.argsort(by_item[1:], kind="stable") + 1
-    popularity = np.concatenate([[0], items.column("popularity").to_numpy()]).astype(np.int64)
+    popularity = padded_popularity(items)
     files = {
         "by_item": by_item,
         "sorted": by_item[order],
@@ -179,7 +179,7 @@ def export(
         raise ConfigError(f"--recall {recall} needs an --index and a value in (0, 1]")
     check_target(out, overwrite, "a serving bundle", MANIFEST)
     run = RunDir.at(run_dir)
-    loaded = load_run(run, overrides)
+    loaded = load_saved_run(run, overrides)
     config, ctx = loaded.config, loaded.ctx
     steps = steps or config.model.sample_steps
     if not 1 <= steps <= config.model.diffusion_steps:
@@ -250,7 +250,7 @@ def _finish_bundle(loaded, run, staging, out, parts, dtype, index, steps, nprobe
         manifest["index"] = build_index(staging, dim, config.model.cosine_logits, index, nprobe)
         _write_manifest(staging, manifest)
         if recall is not None:
-            tuned = tune_index(staging, index, loaded.users("valid"), recall)
+            tuned = tune_index(staging, index, loaded.data.valid, recall)
             manifest["index"]["params"].update(tuned.pop("params"))
             manifest["index"].update(tuned)
             log.info(
@@ -259,7 +259,7 @@ def _finish_bundle(loaded, run, staging, out, parts, dtype, index, steps, nprobe
                 manifest["index"]["params"],
                 recall,
             )
-        manifest["index"].update(measure_index(staging, loaded.users("test")))
+        manifest["index"].update(measure_index(staging, loaded.data.test))
         log.info(
             "index %s: recall@50 %.4f against exact search (%d test users), %.2f ms/query vs exact %.2f",
             index,

@@ -14,21 +14,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dimerec_dist.builders import build_train_stream, build_training
+from dimerec_dist.builders import build_training
 from dimerec_dist.config import load_config
-from dimerec_dist.data.batch import NegativeSampler, make_batch
+from dimerec_dist.data.job_data import JobData
 from dimerec_dist.data.schema import Manifest
 from dimerec_dist.distributed.process_group import init_distributed, shutdown
-from dimerec_dist.trainer import noise_for_rank
+from dimerec_dist.model import DimeRecLosses
 from tests.distributed.conftest import TINY_JOB
 from tests.distributed.sequence_variants import VARIANTS
 
-LOSSES = ("total", "gem", "recon", "ssm")
+LOSSES = DimeRecLosses.names()
 
 
-def per_target_losses(model, batch, draw) -> np.ndarray:
+def per_target_losses(model, batch) -> np.ndarray:
     with torch.no_grad():
-        losses = model(batch, draw, reduction="none")
+        losses = model(batch, batch.draw, reduction="none")
     return torch.stack([getattr(losses, name) for name in LOSSES], dim=1).numpy()
 
 
@@ -40,14 +40,11 @@ def main(dataset: Path, out: Path) -> None:
         config = load_config(None, [*TINY_JOB, "data.sample_mode=sequence", "data.chunk_targets=8", *overrides])
         parts = build_training(config, manifest.num_items, ctx, run_dir=None)
         parts.model.eval()
-        stream = build_train_stream(config, manifest, ctx)
-        _, chunks, targets = next(stream.batches(0))
-        negatives = NegativeSampler("uniform", manifest.num_items, config.train.negatives, seed=config.seed).draw(0, 0)
-        rows = torch.from_numpy(stream.global_rows)
-        draw = noise_for_rank(config, config.train.batch_size, 0, 0, rows, ctx.device)
-        sequence = per_target_losses(parts.model, make_batch(chunks, targets, negatives), draw)
+        data = JobData.for_training(config, manifest, ctx)  # the trainer's stream and batch recipe
+        _, chunks, targets = next(data.stream.batches(0))
+        sequence = per_target_losses(parts.model, data.batch_maker(0, 0, chunks, targets))
         windows = per_target_losses(
-            parts.model, make_batch(chunks.histories(config.model.max_history), targets, negatives), draw
+            parts.model, data.batch_maker(0, 0, chunks.histories(config.model.max_history), targets)
         )
         gathered = [None] * ctx.world_size
         dist.all_gather_object(gathered, (sequence.tolist(), windows.tolist(), int(chunks.lengths.sum())))
