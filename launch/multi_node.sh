@@ -13,4 +13,4 @@ TORCHRUN=${TORCHRUN:-dimerec-torchrun}
 command -v "$TORCHRUN" >/dev/null || { echo "multi_node.sh: $TORCHRUN is not on PATH: activate the environment dimerec-dist is installed in, or set TORCHRUN" >&2; exit 2; }
 exec "$TORCHRUN" --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$NPROC_PER_NODE" \
   --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="$RDZV_ID" \
-  -m dimerec_dist.train "$@"
+  -m dimerec_dist.commands.train "$@"

@@ -6,4 +6,4 @@ set -euo pipefail
 TORCHRUN=${TORCHRUN:-dimerec-torchrun}
 command -v "$TORCHRUN" >/dev/null || { echo "single_node.sh: $TORCHRUN is not on PATH: activate the environment dimerec-dist is installed in, or set TORCHRUN" >&2; exit 2; }
 NPROC=${NPROC:-$(python3 -c 'import shutil,subprocess; print(len(subprocess.run(["nvidia-smi","-L"],capture_output=True,text=True).stdout.splitlines()) if shutil.which("nvidia-smi") else 2)')}
-exec "$TORCHRUN" --standalone --nproc_per_node="$NPROC" -m dimerec_dist.train "$@"
+exec "$TORCHRUN" --standalone --nproc_per_node="$NPROC" -m dimerec_dist.commands.train "$@"

@@ -14,8 +14,8 @@ from torch import nn
 
 from dimerec_dist.config import ModelConfig
 from dimerec_dist.data.batch import Batch
+from dimerec_dist.distributed.sharded_model import padded_history
 from dimerec_dist.model import DimeRec, DimeRecLosses, NoiseDraw
-from dimerec_dist.sharded_model import padded_history
 
 
 class ReplicatedDimeRec(nn.Module):

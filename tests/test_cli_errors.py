@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from dimerec_dist import eval_cli, train
+from dimerec_dist.commands import evaluate as eval_cli
+from dimerec_dist.commands import train
 from tests.distributed.conftest import command_error, error_line
 
 
@@ -53,7 +54,7 @@ def test_missing_and_malformed_data_files_stop_the_trainer_with_their_names(tmp_
             [
                 sys.executable,
                 "-m",
-                "dimerec_dist.train",
+                "dimerec_dist.commands.train",
                 "--run-dir",
                 str(tmp_path / "run"),
                 "data.source=raw",
@@ -69,24 +70,24 @@ def test_missing_and_malformed_data_files_stop_the_trainer_with_their_names(tmp_
 def test_a_run_dir_that_is_a_file(tmp_path):
     (tmp_path / "run").write_text("notes")
     assert (
-        "--run-dir" in command_error("dimerec_dist.train", "--run-dir", str(tmp_path / "run"))
+        "--run-dir" in command_error("dimerec_dist.commands.train", "--run-dir", str(tmp_path / "run"))
         and (tmp_path / "run").read_text() == "notes"
     )
 
 
 def test_a_read_only_run_dir(tmp_path, read_only_dir):
-    assert "is not writable" in command_error("dimerec_dist.train", "--run-dir", str(read_only_dir))
+    assert "is not writable" in command_error("dimerec_dist.commands.train", "--run-dir", str(read_only_dir))
 
 
 def test_a_read_only_checkpoint_dir(tmp_path, make_read_only):
     make_read_only(tmp_path / "run" / "checkpoints")
-    line = command_error("dimerec_dist.train", "--run-dir", str(tmp_path / "run"))
+    line = command_error("dimerec_dist.commands.train", "--run-dir", str(tmp_path / "run"))
     assert "the checkpoint directory" in line and "is not writable" in line
 
 
 def test_eval_cut_offs_beyond_the_catalog_stop_before_training(tiny_dataset, tmp_path):
     line = command_error(
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(tmp_path / "run"),
         "data.source=prepared",
@@ -99,7 +100,7 @@ def test_eval_cut_offs_beyond_the_catalog_stop_before_training(tiny_dataset, tmp
 def test_a_data_set_without_held_out_users_stops_before_training(tmp_path):
     (tmp_path / "short.txt").write_text("".join(f"u{u} a{u % 61} b{u % 59}\n" for u in range(300)))
     line = command_error(
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(tmp_path / "run"),
         "data.source=raw",

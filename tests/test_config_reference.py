@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from dimerec_dist import config_reference
+from dimerec_dist.commands import config_reference
 from dimerec_dist.config import JobConfig, config_to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,12 +30,12 @@ def test_every_key_has_a_meaning_written_where_it_is_defined():
 def test_docs_config_md_is_current():
     written = (REPO / "docs" / "CONFIG.md").read_text()
     assert written == config_reference.markdown(), (
-        "docs/CONFIG.md is stale: python -m dimerec_dist.config_reference > docs/CONFIG.md"
+        "docs/CONFIG.md is stale: python -m dimerec_dist.commands.config_reference > docs/CONFIG.md"
     )
 
 
 def test_help_lists_every_key_with_its_default_and_print_config_shows_the_resolved_job(tmp_path):
-    run = [sys.executable, "-m", "dimerec_dist.train"]
+    run = [sys.executable, "-m", "dimerec_dist.commands.train"]
     shown = subprocess.run([*run, "--help"], capture_output=True, text=True, cwd=REPO, timeout=60).stdout
     for key in config_reference.keys():
         assert f"  {key.name}=" in shown, key.name

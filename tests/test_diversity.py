@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dimerec_dist.diversity import diversity
+from dimerec_dist.evaluation.diversity import diversity
 
 
 def test_one_category_has_no_distance_and_all_different_has_full_distance():

@@ -14,7 +14,12 @@ def command(*args, timeout=300) -> subprocess.CompletedProcess:
 
 def test_a_dry_run_prints_the_plan_and_memory_per_rank_and_makes_nothing(tmp_path):
     done = command(
-        "dimerec_dist.train", "--dry-run", "--config", "configs/quickstart.yaml", "--run-dir", str(tmp_path / "r")
+        "dimerec_dist.commands.train",
+        "--dry-run",
+        "--config",
+        "configs/quickstart.yaml",
+        "--run-dir",
+        str(tmp_path / "r"),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dry run: the job fits; item table 2,001 x 64 (row_wise over 1 rank(s))" in done.stdout
@@ -23,13 +28,15 @@ def test_a_dry_run_prints_the_plan_and_memory_per_rank_and_makes_nothing(tmp_pat
 
 
 def test_a_dry_run_sizes_the_table_from_a_prepared_dataset(tiny_dataset):
-    done = command("dimerec_dist.train", "--dry-run", "data.source=prepared", f"data.path={tiny_dataset}", *TINY_JOB)
+    done = command(
+        "dimerec_dist.commands.train", "--dry-run", "data.source=prepared", f"data.path={tiny_dataset}", *TINY_JOB
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "item table 301 x 16" in done.stdout and f"the prepared dataset {tiny_dataset}" in done.stderr
 
 
 def test_a_dry_run_without_data_to_size_from_is_one_line(tmp_path):
-    done = command("dimerec_dist.train", "--dry-run", "data.source=prepared", f"data.path={tmp_path / 'none'}")
+    done = command("dimerec_dist.commands.train", "--dry-run", "data.source=prepared", f"data.path={tmp_path / 'none'}")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "a dry run makes no data" in done.stderr
 
 
@@ -47,13 +54,13 @@ def test_log_level_sets_what_a_command_says(tmp_path, level, says_info):
 
 def test_every_command_takes_log_level_and_refuses_a_level_that_is_not_one():
     for module in (
-        "dimerec_dist.train",
-        "dimerec_dist.eval_cli",
+        "dimerec_dist.commands.train",
+        "dimerec_dist.commands.evaluate",
         "dimerec_dist.serving.export",
         "dimerec_dist.data.prepare",
         "dimerec_dist.data.synth",
-        "dimerec_dist.plan_cli",
-        "dimerec_dist.env_report",
+        "dimerec_dist.commands.plan",
+        "dimerec_dist.commands.env_report",
         "dimerec_dist.serving.serve_cli",
     ):
         assert "--log-level" in command(module, "--help", timeout=120).stdout, module

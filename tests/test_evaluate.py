@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dimerec_dist import evaluate
-from dimerec_dist.evaluate import local_topk, mask_rows, merge_topk, ranking_metrics, score_block
-from dimerec_dist.table_shards import RowShard
+from dimerec_dist.distributed.table_shards import RowShard
+from dimerec_dist.evaluation import ranking as evaluate
+from dimerec_dist.evaluation.ranking import local_topk, mask_rows, merge_topk, ranking_metrics, score_block
 
 
 def test_metrics_for_hits_at_known_ranks():

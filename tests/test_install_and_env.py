@@ -49,7 +49,7 @@ def test_a_cuda_or_device_it_cannot_use_is_one_line(tmp_path):
 
 def test_dimerec_env_reports_the_stack_and_one_sharded_lookup():
     done = subprocess.run(
-        [sys.executable, "-m", "dimerec_dist.env_report", "--check"],
+        [sys.executable, "-m", "dimerec_dist.commands.env_report", "--check"],
         cwd=REPO,
         capture_output=True,
         text=True,

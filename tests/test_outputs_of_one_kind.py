@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dimerec_dist import plan_cli
+from dimerec_dist.commands import plan as plan_cli
 from dimerec_dist.data import prepare, synth
 from dimerec_dist.data.schema import Manifest, read_split
-from dimerec_dist.file_lock import FileLock, LockHeld
+from dimerec_dist.runtime.file_lock import FileLock, LockHeld
 from dimerec_dist.serving import export, serve_cli
 
 REPO = Path(__file__).resolve().parents[1]

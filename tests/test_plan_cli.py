@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from dimerec_dist.plan_cli import main
+from dimerec_dist.commands.plan import main
 
 BILLION = ["--items", "1000000000", "--dim", "128", "--optimizer", "rowwise_adagrad"]
 ROW_BYTES = 128 * 4 + 4  # fp32 row + one row-wise Adagrad accumulator

@@ -8,7 +8,7 @@ from tests.distributed.conftest import REPO
 
 PROGRAM = """
 import atexit, sys, tempfile, weakref
-from dimerec_dist.process_exit import exit_process
+from dimerec_dist.runtime.process_exit import exit_process
 kept = tempfile.TemporaryDirectory()  # cleaned by a weakref finalizer at exit
 print(kept.name)
 atexit.register(lambda: print("handler ran"))

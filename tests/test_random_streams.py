@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dimerec_dist.random_streams import PURPOSES, generator, seed_for
+from dimerec_dist.runtime.random_streams import PURPOSES, generator, seed_for
 
 
 def test_no_collision_across_epochs_longer_than_a_million_steps():

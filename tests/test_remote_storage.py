@@ -78,7 +78,7 @@ def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket,
     # The reference: a 2-rank job with a local run directory, reading the dataset from the bucket.
     overrides = ["data.source=prepared", "data.path=s3://recs/prepared", *CHAIN_JOB]
     local_run = tmp_path / "run"
-    torchrun(2, "dimerec_dist.train", "--run-dir", str(local_run), *overrides)
+    torchrun(2, "dimerec_dist.commands.train", "--run-dir", str(local_run), *overrides)
     assert (local_run / "config.yaml").read_text().count("s3://recs/prepared") == 1
     manifest = json.loads(bucket.get_object(Bucket="recs", Key="prepared/manifest.json")["Body"].read())
 
@@ -103,7 +103,7 @@ def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket,
     final = json.loads((remote_run / "final.json").read_text())
     assert final["test"] == json.loads((local_run / "final.json").read_text())["test"]
 
-    done = run("dimerec_dist.eval_cli", "--run-dir", RUN)
+    done = run("dimerec_dist.commands.evaluate", "--run-dir", RUN)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval.json" in listing(bucket, "runs/r1/")
 
@@ -143,7 +143,7 @@ def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket,
 
     # A shard of the bucket's model changed after it was written: refused by name, never loaded.
     bucket.put_object(Bucket="recs", Key="runs/r1/model/__1_0.distcp", Body=b"not the shard")
-    done = run("dimerec_dist.eval_cli", "--run-dir", RUN)
+    done = run("dimerec_dist.commands.evaluate", "--run-dir", RUN)
     assert done.returncode == 2 and f"{RUN}/model/__1_0.distcp does not match its checksum" in done.stderr, done.stderr
 
     # The dataset replaced on the bucket (--overwrite): the node's copy is taken again, not reused.
@@ -162,16 +162,16 @@ def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket,
 
 def test_a_run_directory_on_a_store_that_cannot_be_written_or_without_its_data_is_one_line(bucket):
     data = ["data.source=prepared", "data.path=s3://recs/prepared", "train.max_steps=1"]
-    line = command_error("dimerec_dist.train", "--run-dir", "s3://no-such-bucket/runs/r", *data)
+    line = command_error("dimerec_dist.commands.train", "--run-dir", "s3://no-such-bucket/runs/r", *data)
     assert "--run-dir s3://no-such-bucket/runs/r: cannot be written" in line, line
-    line = command_error("dimerec_dist.train", "--run-dir", "s3://recs/runs/synthetic")
+    line = command_error("dimerec_dist.commands.train", "--run-dir", "s3://recs/runs/synthetic")
     assert "name the data the job reads in data.path" in line, line
 
 
 def test_file_uris_are_local_paths(tmp_path):
     from dimerec_dist.config import load_config
     from dimerec_dist.data.source import dataset_path
-    from dimerec_dist.run_dir import RunDir
+    from dimerec_dist.runtime.run_dir import RunDir
 
     config = load_config(None, ["data.source=prepared", f"data.path=file://{tmp_path}/data"])
     assert dataset_path(config.data, tmp_path / "run") == tmp_path / "data"
@@ -188,7 +188,7 @@ def _open_the_run(rank: int, store: str, where: str, seen: str, two_nodes: bool)
 
     import torch.distributed as dist
 
-    import dimerec_dist.run_dir as run_dir
+    import dimerec_dist.runtime.run_dir as run_dir
 
     os.environ["GROUP_RANK"] = str(rank if two_nodes else 0)  # what torchrun tells a node's processes
     local_rank = 0 if two_nodes else rank
@@ -217,7 +217,7 @@ def open_the_run_twice(bucket, tmp_path, name: str, two_nodes: bool):
     """Two processes open the store's run `name` that an earlier attempt left a working copy of."""
     import torch.multiprocessing as mp
 
-    from dimerec_dist.run_dir import RunDir
+    from dimerec_dist.runtime.run_dir import RunDir
 
     where = f"s3://recs/runs/{name}"
     bucket.put_object(Bucket="recs", Key=f"runs/{name}/metrics.jsonl", Body=b'{"step": 1}\n')
@@ -252,7 +252,7 @@ def test_the_nodes_of_a_job_sharing_the_cache_have_working_copies_of_their_own(b
 
 def _copy_held_after_its_download(uri: str, cache: str, downloaded, go, result: str) -> None:
     """A copier of `uri` that stops between its download and its publishing until `go`."""
-    import dimerec_dist.storage as storage
+    import dimerec_dist.runtime.storage as storage
 
     get_tree = storage.get_tree
 
@@ -275,7 +275,7 @@ def test_processes_copying_one_dataset_at_once_each_end_with_the_whole_copy(buck
 
     import torch.multiprocessing as mp
 
-    from dimerec_dist.storage import cache_key, local_copy
+    from dimerec_dist.runtime.storage import cache_key, local_copy
 
     uri = "s3://recs/sets/shared"
     for key, body in (("part-0.txt", b"rows"), ("manifest.json", b'{"complete": true}')):

@@ -1,4 +1,5 @@
-"""The shape of the code: the training command is a thin entry point that nothing imports."""
+"""The shape of the code: rooms that import only the rooms below them, a training command that
+is a thin entry point nothing imports, and one batch recipe."""
 
 import ast
 from pathlib import Path
@@ -17,20 +18,53 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+# The package's rooms, bottom to top: a room imports only from itself and the rooms before it
+# (config.py is a room of one). runtime knows nothing of the model; commands are the top.
+ROOMS = ("runtime", "config", "model", "data", "distributed", "evaluation", "training", "serving", "commands")
+
+
+def room_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "dimerec_dist" and len(parts) > 1 else None
+
+
+def test_every_module_lives_in_a_room():
+    package = REPO / "dimerec_dist"
+    loose = sorted(p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "config.py"))
+    assert loose == [], "a module belongs in one of the rooms " + ", ".join(ROOMS)
+    rooms = sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file())
+    assert sorted(set(ROOMS) - {"config"}) == rooms
+
+
+def test_each_room_imports_only_itself_and_the_rooms_below_it():
+    upward = []
+    for path in sorted((REPO / "dimerec_dist").rglob("*.py")):
+        relative = path.relative_to(REPO / "dimerec_dist")
+        room = relative.parts[0].removesuffix(".py")
+        if room == "__init__":
+            continue
+        below = set(ROOMS[: ROOMS.index(room) + 1])
+        for module in imported_modules(path):
+            target = room_of(module)
+            if target in ROOMS and target not in below:
+                upward.append(f"{relative} imports {module}")
+    assert upward == [], "an import up the rooms (" + " < ".join(ROOMS) + ")"
+
+
 def test_no_product_or_tool_module_imports_the_training_command():
     sources = sorted((REPO / "dimerec_dist").rglob("*.py")) + sorted((REPO / "tools").rglob("*.py"))
     importers = [
         str(path.relative_to(REPO))
         for path in sources
-        if path.name != "train.py" and "dimerec_dist.train" in imported_modules(path)
+        if path.name != "train.py" and "dimerec_dist.commands.train" in imported_modules(path)
     ]
-    assert importers == [], "build through dimerec_dist.builders / trainer, not the training command"
+    assert importers == [], "build through dimerec_dist.training.builders / trainer, not the training command"
 
 
 def test_the_training_command_is_an_entry_point_only():
-    train = REPO / "dimerec_dist" / "train.py"
+    train = REPO / "dimerec_dist" / "commands" / "train.py"
     assert len(train.read_text().splitlines()) < 80
-    assert imported_modules(train) & {"dimerec_dist.trainer", "dimerec_dist.trainer.train_command"}
+    assert imported_modules(train) & {"dimerec_dist.training.trainer", "dimerec_dist.training.trainer.train_command"}
 
 
 def test_the_product_never_imports_the_research_area():
@@ -63,7 +97,7 @@ def test_the_batch_recipe_is_made_in_one_place_that_the_trainer_and_the_benchmar
     sources = sorted((REPO / "dimerec_dist").rglob("*.py")) + sorted((REPO / "tools").rglob("*.py"))
     allowed = {
         "dimerec_dist/data/batch_maker.py": recipe,
-        "dimerec_dist/evaluate.py": {"make_batch"},  # batches of users to rank: no negatives, no noise
+        "dimerec_dist/evaluation/ranking.py": {"make_batch"},  # batches of users to rank: no negatives, no noise
         "dimerec_dist/model/dimerec.py": {"NoiseDraw.draw"},  # the reverse process's own start
     }
     makers = {
@@ -76,5 +110,5 @@ def test_the_batch_recipe_is_made_in_one_place_that_the_trainer_and_the_benchmar
         assert "BatchMaker" in calls_in(REPO / user), user
     bench = calls_in(REPO / "tools" / "bench_train.py")
     assert "build_step_runner" in bench, "the benchmark times the trainer's own step runner"
-    trainer = (REPO / "dimerec_dist" / "trainer.py").read_text()
+    trainer = (REPO / "dimerec_dist" / "training" / "trainer.py").read_text()
     assert "__new__" not in trainer and "self.data.batch_maker" in trainer

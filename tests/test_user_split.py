@@ -8,7 +8,7 @@ import pytest
 from dimerec_dist.data.prepare import PrepareOptions, held_out_part, prepare
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import Manifest, read_split
-from dimerec_dist.evaluate import multi_target_metrics, ranking_metrics
+from dimerec_dist.evaluation.ranking import multi_target_metrics, ranking_metrics
 
 
 def test_multi_target_metrics_by_hand():
@@ -80,7 +80,7 @@ def test_a_user_split_job_reports_recall_and_matches_across_world_sizes(tmp_path
     ]
     finals = []
     for world in (1, 2):
-        torchrun(world, "dimerec_dist.train", "--run-dir", str(tmp_path / f"run{world}"), *common)
+        torchrun(world, "dimerec_dist.commands.train", "--run-dir", str(tmp_path / f"run{world}"), *common)
         finals.append(json.loads((tmp_path / f"run{world}" / "final.json").read_text()))
     one, two = finals
     assert one["protocol"]["split"] == "user" and {"hr@10", "recall@10", "ndcg@10"} <= set(one["test"])
@@ -97,7 +97,7 @@ def test_a_job_asking_for_another_split_than_the_data_has_is_refused(tiny_datase
         [
             sys.executable,
             "-m",
-            "dimerec_dist.train",
+            "dimerec_dist.commands.train",
             "--run-dir",
             str(tmp_path / "run"),
             "data.source=prepared",

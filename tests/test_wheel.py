@@ -28,9 +28,9 @@ def test_the_wheel_installs_the_product_alone_and_it_runs_from_there(tmp_path):
         capture_output=True,
         timeout=300,
     )
-    assert (target / "dimerec_dist" / "trainer.py").is_file() and not (target / "research").exists()
+    assert (target / "dimerec_dist" / "training" / "trainer.py").is_file() and not (target / "research").exists()
     probe = (
-        "import importlib.util, dimerec_dist, dimerec_dist.trainer, dimerec_dist.serving.server; "
+        "import importlib.util, dimerec_dist, dimerec_dist.training.trainer, dimerec_dist.serving.server; "
         "print(dimerec_dist.__file__); print(importlib.util.find_spec('research'))"
     )
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
@@ -41,7 +41,7 @@ def test_the_wheel_installs_the_product_alone_and_it_runs_from_there(tmp_path):
     where, research = done.stdout.split()
     assert where.startswith(str(target)) and research == "None"
     done = subprocess.run(
-        [sys.executable, "-m", "dimerec_dist.train", "--print-config", "train.epochs=2"],
+        [sys.executable, "-m", "dimerec_dist.commands.train", "--print-config", "train.epochs=2"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

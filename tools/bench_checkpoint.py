@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dimerec_dist.builders import build_model, dense_optimizer
-from dimerec_dist.checkpoint import CheckpointManager, TrainingState
 from dimerec_dist.config import config_to_dict, load_config
-from dimerec_dist.distributed.process_group import init_distributed, shutdown
-from dimerec_dist.metrics import setup_logging
+from dimerec_dist.runtime.process_group import init_distributed, shutdown
+from dimerec_dist.training.builders import build_model, dense_optimizer
+from dimerec_dist.training.checkpoint import CheckpointManager, TrainingState
+from dimerec_dist.training.run_log import setup_logging
 
 
 def directory_bytes(path: Path) -> int:

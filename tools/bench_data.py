@@ -75,7 +75,7 @@ def measure_trainer(data: str, world: int, steps: int, batch: int, max_history: 
             "--standalone",
             f"--nproc_per_node={world}",
             "-m",
-            "dimerec_dist.train",
+            "dimerec_dist.commands.train",
             "--run-dir",
             run_dir,
             "data.source=prepared",

@@ -57,7 +57,7 @@ def run_mode(args, mode: str) -> dict:
         "--standalone",
         f"--nproc_per_node={args.world}",
         "-m",
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         *overrides,

@@ -140,8 +140,8 @@ class TimedIterator:
 def build_replicated(config, num_items: int, ctx):
     import torch
 
-    from dimerec_dist.builders import TrainingParts, dense_optimizer
-    from dimerec_dist.table_shards import RowShard, init_table_deterministically
+    from dimerec_dist.distributed.table_shards import RowShard, init_table_deterministically
+    from dimerec_dist.training.builders import TrainingParts, dense_optimizer
     from research.replicated import ReplicatedDimeRec, SparseRowWiseAdagrad
 
     torch.manual_seed(config.seed)
@@ -164,14 +164,14 @@ def run_cell(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from dimerec_dist.builders import build_training
     from dimerec_dist.config import load_config
     from dimerec_dist.data.batch_maker import BatchMaker
     from dimerec_dist.data.prefetch import Prefetcher
-    from dimerec_dist.distributed.process_group import init_distributed, shutdown
-    from dimerec_dist.sharded_model import TABLE_STATE_KEY
-    from dimerec_dist.table_shards import local_row_shards, local_table_bytes
-    from dimerec_dist.train_step import LossWindow, build_step_runner
+    from dimerec_dist.distributed.sharded_model import TABLE_STATE_KEY
+    from dimerec_dist.distributed.table_shards import local_row_shards, local_table_bytes
+    from dimerec_dist.runtime.process_group import init_distributed, shutdown
+    from dimerec_dist.training.builders import build_training
+    from dimerec_dist.training.step import LossWindow, build_step_runner
 
     ctx = init_distributed(args.device)
     torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@
 A grid file names the datasets (a job config each), the methods (config overrides each;
 every method is the same trainer with other settings; or {from: METHOD, eval: [overrides]}
 to re-evaluate METHOD's runs with other inference settings) and the seeds. Each run is
-`torchrun -m dimerec_dist.train` into OUT/<dataset>/<method>/seed-<s>, and once finished it
+`torchrun -m dimerec_dist.commands.train` into OUT/<dataset>/<method>/seed-<s>, and once finished it
 is recorded (research/run_records.py: its settings, final metrics and training curves,
 tens of KB) into RECORDS/<dataset>/<method>/seed-<s>. The records are what the report is made
 from and what "done" means: a recorded run is skipped, so an interrupted grid resumes where
@@ -49,7 +49,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dimerec_dist.checkpoint import CheckpointManager, read_meta  # noqa: E402
+from dimerec_dist.training.checkpoint import CheckpointManager, read_meta  # noqa: E402
 from research.experiments.grid import (  # noqa: E402
     REPO,
     GridError,
@@ -83,7 +83,7 @@ def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path
         command = [
             *launch,
             "-m",
-            "dimerec_dist.eval_cli",
+            "dimerec_dist.commands.evaluate",
             "--run-dir",
             str(source),
             "--out",
@@ -94,7 +94,7 @@ def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path
         command = [
             *launch,
             "-m",
-            "dimerec_dist.train",
+            "dimerec_dist.commands.train",
             "--config",
             str(REPO / spec["config"]),
             "--run-dir",

@@ -65,7 +65,7 @@ def torchrun_command(
     trainer = (
         [str(REPO / "tools" / "faulty_train.py"), *(["--step-delay", STEP_DELAY_S] if slow else []), *fault]
         if slow or fault
-        else ["-m", "dimerec_dist.train"]
+        else ["-m", "dimerec_dist.commands.train"]
     )
     return [
         bin_path("dimerec-torchrun"),

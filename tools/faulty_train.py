@@ -22,8 +22,8 @@ import signal
 import time
 from pathlib import Path
 
-import dimerec_dist.trainer as trainer_module
-from dimerec_dist.trainer import train_command
+import dimerec_dist.training.trainer as trainer_module
+from dimerec_dist.training.trainer import train_command
 
 
 def main() -> int:
@@ -101,6 +101,6 @@ def fill(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    from dimerec_dist.process_exit import exit_process
+    from dimerec_dist.runtime.process_exit import exit_process
 
     exit_process(main())

@@ -61,12 +61,12 @@ TAIL=4 step profile_1m 70 "${bench[@]}" --out "$out/profile_1m" --catalogs 10000
 for f in "$out"/profile_1m/*.profile.txt; do [[ -f "$f" ]] && { echo "-- $f"; head -n 30 "$f" | cut -c1-200; }; done
 
 torchrun=("$py" -m torch.distributed.run --standalone --nproc_per_node=1)
-TAIL=6 step quickstart 120 "${torchrun[@]}" -m dimerec_dist.train --config configs/quickstart.yaml \
+TAIL=6 step quickstart 120 "${torchrun[@]}" -m dimerec_dist.commands.train --config configs/quickstart.yaml \
   --run-dir "$out/quickstart" train.device=cuda
-TAIL=4 step quickstart_eval 60 "${torchrun[@]}" -m dimerec_dist.eval_cli --run-dir "$out/quickstart"
+TAIL=4 step quickstart_eval 60 "${torchrun[@]}" -m dimerec_dist.commands.evaluate --run-dir "$out/quickstart"
 TAIL=12 step steps_scale 150 "${bench[@]}" --out "$out/steps_scale" --catalogs 10000000 50000000 --batches 16384 \
   --precisions bf16 --steps 20
-TAIL=6 step quickstart_bf16 120 "${torchrun[@]}" -m dimerec_dist.train --config configs/quickstart.yaml \
+TAIL=6 step quickstart_bf16 120 "${torchrun[@]}" -m dimerec_dist.commands.train --config configs/quickstart.yaml \
   --run-dir "$out/quickstart_bf16" train.device=cuda train.precision=bf16
 
 # The CPU's figures for the same code and configs (2-core CPU machine, docs/BENCHMARKS.md, "The step").

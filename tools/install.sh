@@ -69,4 +69,4 @@ run "${PIP[@]}" -e ".[${EXTRAS}]" "torch==${TORCH_VERSION}"
 
 # Fail here, not in the first test, if the matrix does not hold together: dimerec-env imports the
 # stack and runs one sharded lookup.
-"$VENV/bin/python" -m dimerec_dist.env_report --check
+"$VENV/bin/python" -m dimerec_dist.commands.env_report --check

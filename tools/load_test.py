@@ -74,7 +74,15 @@ class SingleProcessServer:
     """`dimerec-serve BUNDLE --single-process`: the standard-library server, without Ray."""
 
     def __init__(self, bundle: Path, threads: int, max_batch: int):
-        command = [sys.executable, "-m", "dimerec_dist.serving.server", str(bundle), "--port", "0"]
+        command = [
+            sys.executable,
+            "-m",
+            "dimerec_dist.serving.serve_cli",
+            str(bundle),
+            "--single-process",
+            "--port",
+            "0",
+        ]
         command += ["--threads", str(threads), "--max-batch", str(max_batch)]
         self.process = subprocess.Popen(
             command,

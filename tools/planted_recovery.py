@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from dimerec_dist.checkpoint import CheckpointError
-from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, read_split
 from dimerec_dist.data.source import dataset_path
 from dimerec_dist.data.synth import item_categories
-from dimerec_dist.run_metrics import evaluate_users
-from dimerec_dist.saved_run import load_saved_run
+from dimerec_dist.evaluation.scores import evaluate_users
+from dimerec_dist.runtime.command import run_command
+from dimerec_dist.training.checkpoint import CheckpointError
+from dimerec_dist.training.saved_run import load_saved_run
 
 
 def category_scores(topk: np.ndarray, categories: np.ndarray, planted: list[set[int]]) -> dict[str, float]:

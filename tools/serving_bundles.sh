@@ -28,7 +28,7 @@ catalog() {  # NAME RAW_DIR PREPARED_DIR STEPS HNSW(0/1) SYNTH_ARGS...
   local run="$OUT/$name-run"
   if ! ls -d "$run"/checkpoints/step-* >/dev/null 2>&1; then
     stamp "$name: training $steps steps on 2 ranks"
-    OMP_NUM_THREADS=1 "$BIN/torchrun" --standalone --nproc_per_node=2 -m dimerec_dist.train --run-dir "$run" \
+    OMP_NUM_THREADS=1 "$BIN/torchrun" --standalone --nproc_per_node=2 -m dimerec_dist.commands.train --run-dir "$run" \
       data.source=prepared "data.path=$prepared" "train.max_steps=$steps" train.batch_size=1024 \
       train.eval_every_epochs=0 eval.at_end=false train.log_every=50
   fi

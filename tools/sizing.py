@@ -4,7 +4,7 @@
     python tools/sizing.py --items 3e8 --dims 64 --hbm-gb 141 --gpus 8 16
 
 For each embedding width and cluster (nodes of 8 GPUs), the planner plans the job's table
-as dimerec-train would on that cluster (dimerec_dist/plan_cli.py: the job's model on the
+as dimerec-train would on that cluster (dimerec_dist/commands/plan.py: the job's model on the
 meta device, the topology from the sizes given), once with the kernel it picks (auto) and,
 where the table does not fit the GPUs' memory, with UVM caching. Beside it, the arithmetic
 the planner replaces: per row, fp32 weights (4 d bytes) plus row-wise Adagrad's one fp32
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
+    from dimerec_dist.commands.plan import parser as plan_parser
+    from dimerec_dist.commands.plan import plan_cluster
     from dimerec_dist.config import ConfigError
     from dimerec_dist.distributed.topology import GB
-    from dimerec_dist.plan_cli import parser as plan_parser
-    from dimerec_dist.plan_cli import plan_cluster
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=float, default=1e9)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dimerec_dist.data.schema import DataError, Manifest, read_items, read_split  # noqa: E402
 from dimerec_dist.data.synth import item_categories  # noqa: E402
-from dimerec_dist.evaluate import popularity_scores, ranking_metrics  # noqa: E402
+from dimerec_dist.evaluation.ranking import popularity_scores, ranking_metrics  # noqa: E402
 
 
 def category_shares(histories: list[np.ndarray], targets: np.ndarray, categories: np.ndarray) -> dict[str, float]:

@@ -16,7 +16,7 @@ from dimerec_dist.config import JobConfig
 from dimerec_dist.data.batch import Batch, NegativeSampler, make_batch
 from dimerec_dist.data.samples import HistoryBatch, SequenceChunks
 from dimerec_dist.model import NoiseDraw
-from dimerec_dist.random_streams import generator
+from dimerec_dist.runtime.random_streams import generator
 
 
 class BatchMaker:

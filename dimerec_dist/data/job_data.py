@@ -24,7 +24,7 @@ from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import DataError, Manifest, padded_popularity, read_items, read_split
 from dimerec_dist.data.stream import TrainStream
 from dimerec_dist.data.synth import item_categories
-from dimerec_dist.distributed.process_group import DistContext
+from dimerec_dist.runtime.process_group import DistContext
 
 
 @dataclass

@@ -32,7 +32,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dimerec_dist.cli_numbers import integer
 from dimerec_dist.data.readers import FORMATS, BadLines, ReadOptions, read_events
 from dimerec_dist.data.schema import (
     EVAL_SCHEMA,
@@ -46,10 +45,11 @@ from dimerec_dist.data.schema import (
     write_parquet,
 )
 from dimerec_dist.data.writer import SplitWriter
-from dimerec_dist.integrity import file_sha256
-from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
-from dimerec_dist.output_dir import OutputError, begin, check_target, claim, os_error_line, publish
-from dimerec_dist.storage import StorageError, download, exists, is_remote, local_path, upload_dir
+from dimerec_dist.runtime.cli_numbers import integer
+from dimerec_dist.runtime.integrity import file_sha256
+from dimerec_dist.runtime.log_level import add_log_level, apply_log_level, setup_command_logging
+from dimerec_dist.runtime.output_dir import OutputError, begin, check_target, claim, os_error_line, publish
+from dimerec_dist.runtime.storage import StorageError, download, exists, is_remote, local_path, upload_dir
 
 log = logging.getLogger("dimerec.prepare")
 # The columns each column-named format reads unless told otherwise (--user-col, ...).

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dimerec_dist.config import DATA_SPLITS
-from dimerec_dist.integrity import file_sha256
+from dimerec_dist.runtime.integrity import file_sha256
 
 SCHEMA_VERSION = 1
 PADDING_ID = 0  # item id 0 is never a real item: it pads histories

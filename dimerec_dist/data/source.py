@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch.distributed as dist
@@ -18,7 +17,7 @@ from dimerec_dist.config import DataConfig
 from dimerec_dist.data.prepare import PrepareOptions, prepare
 from dimerec_dist.data.schema import DataError
 from dimerec_dist.data.synth import SynthOptions, synthesize
-from dimerec_dist.storage import StorageError, cache_key, is_remote, local_copy, local_path
+from dimerec_dist.runtime.storage import StorageError, cache_key, cache_root, is_remote, local_copy, local_path
 
 log = logging.getLogger("dimerec.data")
 
@@ -70,11 +69,6 @@ def ensure_dataset(data: DataConfig, run_dir: Path, is_main: bool) -> Path:
     if dist.is_initialized():
         dist.barrier()
     return path
-
-
-def cache_root() -> Path:
-    """Where remote datasets are copied on this node: $DIMEREC_CACHE_DIR, or the system's temp dir."""
-    return Path(os.environ.get("DIMEREC_CACHE_DIR") or Path(tempfile.gettempdir()) / "dimerec-cache")
 
 
 def cached_dataset(data: DataConfig) -> Path:

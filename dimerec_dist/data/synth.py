@@ -34,10 +34,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dimerec_dist.cli_numbers import integer, real
 from dimerec_dist.data.schema import Manifest, read_items
-from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
-from dimerec_dist.output_dir import OutputError, begin, check_target, claim, os_error_line, publish
+from dimerec_dist.runtime.cli_numbers import integer, real
+from dimerec_dist.runtime.log_level import add_log_level, apply_log_level, setup_command_logging
+from dimerec_dist.runtime.output_dir import OutputError, begin, check_target, claim, os_error_line, publish
 
 log = logging.getLogger("dimerec.synth")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dimerec_dist.integrity import file_sha256
+from dimerec_dist.runtime.integrity import file_sha256
 
 
 def group_counts(table: pa.Table) -> dict[str, int]:

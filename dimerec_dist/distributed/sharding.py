@@ -2,7 +2,7 @@
 or data-parallel), DistributedModelParallel shards the table and wraps the rest in DDP.
 
 Knows nothing of DimeRec: it shards whatever EmbeddingCollection a module holds. The
-table's pieces on each rank are table_shards.py's business.
+table's pieces on each rank are distributed/table_shards.py's business.
 
 Gradient scaling: every part follows the libraries' convention of averaging over ranks.
 Each rank's loss is the mean over its own samples (all ranks hold the same number); DDP
@@ -31,9 +31,9 @@ from torchrec.distributed.types import CacheParams, ShardingPlan, ShardingType
 
 from dimerec_dist.config import KERNELS, SHARDING
 from dimerec_dist.distributed.private_api import chosen_sharding_options, sharded_lookups
-from dimerec_dist.distributed.process_group import DistContext
 from dimerec_dist.distributed.topology import Cluster
-from dimerec_dist.library_noise import drop_warning
+from dimerec_dist.runtime.library_noise import drop_warning
+from dimerec_dist.runtime.process_group import DistContext
 
 # TorchRec's own DDP wrapper passes broadcast_buffers=False, which torch deprecates: not ours to change.
 drop_warning("`broadcast_buffers` is deprecated")

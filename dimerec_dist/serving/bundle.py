@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimerec_dist.integrity import mismatches, seal_problem
+from dimerec_dist.runtime.integrity import mismatches, seal_problem
 
 FORMAT = "dimerec-bundle"
 VERSION = 1

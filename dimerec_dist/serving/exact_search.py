@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import torch
 
-from dimerec_dist.evaluate import mask_rows, merge_topk, row_scales, score_block
+from dimerec_dist.evaluation.ranking import mask_rows, merge_topk, row_scales, score_block
 from dimerec_dist.serving.bundle import TablePart
 
 SCORE_BYTES = 64 * 2**20  # the score matrix of one block (U x Q x rows x 4 bytes)

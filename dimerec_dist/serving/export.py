@@ -11,7 +11,7 @@ the manifest with every file's SHA-256; with --index it builds a faiss index fro
 written parts and reports its recall@50 against exact search on the test users.
 
 The bundle is written beside OUT and swapped in when complete; an existing bundle at OUT
-is replaced only with --overwrite, and never left half old, half new (output_dir.py).
+is replaced only with --overwrite, and never left half old, half new (runtime/output_dir.py).
 """
 
 from __future__ import annotations
@@ -28,22 +28,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimerec_dist.checkpoint import CheckpointError
-from dimerec_dist.cli_numbers import integer, real
-from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError, Manifest, padded_popularity, read_items
-from dimerec_dist.data.source import cache_root
-from dimerec_dist.integrity import files_sha256, sealed
-from dimerec_dist.log_level import add_log_level, apply_log_level
-from dimerec_dist.output_dir import OutputError, begin, check_target, claim, on_every_rank, publish, staging_path
-from dimerec_dist.run_dir import RunDir
-from dimerec_dist.saved_run import load_saved_run
+from dimerec_dist.distributed.table_shards import scoring_shards
+from dimerec_dist.runtime.cli_numbers import integer, real
+from dimerec_dist.runtime.command import run_command
+from dimerec_dist.runtime.integrity import files_sha256, sealed
+from dimerec_dist.runtime.log_level import add_log_level, apply_log_level
+from dimerec_dist.runtime.output_dir import (
+    OutputError,
+    begin,
+    check_target,
+    claim,
+    on_every_rank,
+    publish,
+    staging_path,
+)
+from dimerec_dist.runtime.run_dir import RunDir
+from dimerec_dist.runtime.storage import StorageError, cache_key, cache_root, exists, is_remote, local_path, upload_dir
 from dimerec_dist.serving.bundle import DTYPES, FORMAT, MANIFEST, SEAL_KEY, VERSION, BundleError
 from dimerec_dist.serving.index_tuning import measure_index, tune_index
 from dimerec_dist.serving.tower import UserTower, export_tower
-from dimerec_dist.storage import StorageError, cache_key, exists, is_remote, local_path, upload_dir
-from dimerec_dist.table_shards import scoring_shards
+from dimerec_dist.training.checkpoint import CheckpointError
+from dimerec_dist.training.saved_run import load_saved_run
 
 log = logging.getLogger("dimerec.export")
 BLOCK_ROWS = 1 << 16
@@ -345,6 +352,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from dimerec_dist.process_exit import exit_process
+    from dimerec_dist.runtime.process_exit import exit_process
 
     exit_process(main())

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from dimerec_dist.data.samples import window
-from dimerec_dist.evaluate import popularity_scores, user_starts
+from dimerec_dist.evaluation.ranking import popularity_scores, user_starts
 from dimerec_dist.serving.bundle import Bundle, BundleError
 from dimerec_dist.serving.exact_search import ExactSearch
 from dimerec_dist.serving.tower import history_start, load_tower

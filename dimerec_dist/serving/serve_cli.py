@@ -24,10 +24,10 @@ import threading
 import time
 from pathlib import Path
 
-from dimerec_dist.cli_numbers import integer, real
+from dimerec_dist.runtime.cli_numbers import integer, real
+from dimerec_dist.runtime.storage import StorageError, is_remote, local_copy, local_path
 from dimerec_dist.serving.bundle import Bundle, BundleError
 from dimerec_dist.serving.starting_listener import StartingListener
-from dimerec_dist.storage import StorageError, is_remote, local_copy, local_path
 
 log = logging.getLogger("dimerec.serve")
 
@@ -112,7 +112,7 @@ def local_bundle(bundle: str) -> Path:
     store is copied to this node's cache first (bundle.json last; reused while it is unchanged)."""
     if not is_remote(bundle):
         return local_path(bundle)
-    from dimerec_dist.data.source import cache_root
+    from dimerec_dist.runtime.storage import cache_root
 
     local = local_copy(bundle, cache_root(), "bundle.json")
     log.info("serving %s from its copy in %s", bundle, local)

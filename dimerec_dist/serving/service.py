@@ -38,11 +38,11 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
-from dimerec_dist.evaluate import merge_topk
+from dimerec_dist.evaluation.ranking import merge_topk
 from dimerec_dist.serving.bundle import Bundle, TablePart
 from dimerec_dist.serving.exact_search import ExactSearch
+from dimerec_dist.serving.protocol import answer, health_of, parse_batch, parse_body, parse_request
 from dimerec_dist.serving.recommender import Recommendation, Recommender, Request, RequestError
-from dimerec_dist.serving.server import answer, health_of, parse_batch, parse_body, parse_request
 
 log = logging.getLogger("dimerec.serve")
 BATCH_WAIT_S = 0.02  # how long a batch waits for company while other requests are in flight

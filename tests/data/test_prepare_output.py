@@ -5,7 +5,7 @@ import pytest
 
 from dimerec_dist.data.prepare import PrepareOptions, main, prepare
 from dimerec_dist.data.schema import Manifest, read_split
-from dimerec_dist.output_dir import publish, recover, staging_path
+from dimerec_dist.runtime.output_dir import publish, recover, staging_path
 
 MANY_USERS = "".join(f"u{u} a b c\n" for u in range(40))
 

@@ -8,7 +8,7 @@ import pytest
 
 from dimerec_dist.data.prepare import PrepareOptions, prepare
 from dimerec_dist.data.schema import EVAL_SCHEMA, DataError, Manifest, read_split
-from dimerec_dist.integrity import file_sha256
+from dimerec_dist.runtime.integrity import file_sha256
 
 
 @pytest.fixture

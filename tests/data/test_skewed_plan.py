@@ -83,7 +83,14 @@ def test_groups_of_alike_size_are_planned_as_before(skewed, tmp_path):
 def test_a_plan_that_drops_more_than_5_percent_is_a_warning(tiny_dataset, tmp_path):
     from tests.distributed.conftest import REPO, TINY_JOB
 
-    command = [sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(tmp_path / "run"), "data.source=prepared"]
+    command = [
+        sys.executable,
+        "-m",
+        "dimerec_dist.commands.train",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "data.source=prepared",
+    ]
     command += [f"data.path={tiny_dataset}", *TINY_JOB, "train.batch_size=1024", "data.streams=4", "train.max_steps=1"]
     done = subprocess.run(
         command + ["train.eval_every_epochs=0", "eval.at_end=false"],

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dimerec_dist.builders import build_training
 from dimerec_dist.config import load_config
 from dimerec_dist.data.job_data import JobData
 from dimerec_dist.data.schema import Manifest
-from dimerec_dist.distributed.process_group import init_distributed, shutdown
 from dimerec_dist.model import DimeRecLosses
+from dimerec_dist.runtime.process_group import init_distributed, shutdown
+from dimerec_dist.training.builders import build_training
 from tests.distributed.conftest import TINY_JOB
 from tests.distributed.sequence_variants import VARIANTS
 

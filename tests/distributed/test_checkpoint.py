@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from dimerec_dist.checkpoint import META_FILE, CheckpointManager
+from dimerec_dist.training.checkpoint import META_FILE, CheckpointManager
 from tests.distributed.conftest import (
     FAULTY_TRAIN,
     REPO,
@@ -37,7 +37,7 @@ def uninterrupted(tiny_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ckpt") / "uninterrupted"
     torchrun(
         2,
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
@@ -116,7 +116,7 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrup
     preempt(run_dir, tiny_dataset)
     torchrun(
         2,
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
@@ -134,7 +134,7 @@ def test_a_stop_is_honoured_at_the_next_read_of_the_device_and_saves_there(unint
     assert logged and all(step % 4 == 0 for step in logged), logged
     torchrun(
         2,
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10", "train.log_every=4"),
@@ -167,7 +167,7 @@ def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(
     run_dir = tmp_path / "resharded"
     torchrun(
         world,
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         *job(tiny_dataset, f"train.max_steps={STEPS}", f"train.resume={saved}", *extra),
@@ -197,7 +197,7 @@ def test_a_checkpoint_of_another_model_is_refused_before_the_first_step(
         [
             sys.executable,
             "-m",
-            "dimerec_dist.train",
+            "dimerec_dist.commands.train",
             "--run-dir",
             str(tmp_path / "other"),
             *job(tiny_dataset, f"train.resume={saved}", override),
@@ -222,14 +222,18 @@ def test_resume_auto_refuses_other_settings_and_a_named_checkpoint_continues_wit
     saved_config = (run_dir / "config.yaml").read_text()
     relaunch = ["--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}", "model.temperature=0.1")]
     done = subprocess.run(
-        [sys.executable, "-m", "dimerec_dist.train", *relaunch], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "dimerec_dist.commands.train", *relaunch],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "saved with other settings than this job's: model.temperature 0.07 -> 0.1" in done.stderr
     assert (run_dir / "config.yaml").read_text() == saved_config, "a refused resume leaves the run as it was"
     named = CheckpointManager(run_dir / "checkpoints").latest()
     done = subprocess.run(
-        [sys.executable, "-m", "dimerec_dist.train", *relaunch, f"train.resume={named}"],
+        [sys.executable, "-m", "dimerec_dist.commands.train", *relaunch, f"train.resume={named}"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -254,7 +258,7 @@ def test_asynchronous_saves_write_the_same_checkpoints_as_synchronous_ones(unint
     run_dir = tmp_path / "async"
     torchrun(
         2,
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10", "train.checkpoint_async=true"),
@@ -302,7 +306,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped_and_the_run_ends_like_the_uninte
     corrupt(newest, how)
     done = torchrun(
         2,
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
@@ -325,7 +329,7 @@ def test_when_no_checkpoint_verifies_nothing_is_loaded_or_changed(uninterrupted,
         corrupt(path, "truncated shard")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     line = command_error(
-        "dimerec_dist.train", "--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}")
+        "dimerec_dist.commands.train", "--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}")
     )
     assert "none of the 2 checkpoint(s) verifies" in line
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
@@ -339,7 +343,7 @@ def test_a_flipped_byte_in_the_saved_model_is_refused_not_evaluated(uninterrupte
     data[len(data) // 3] ^= 0x01
     shard.write_bytes(bytes(data))
     assert f"{shard.name} does not match its checksum" in command_error(
-        "dimerec_dist.eval_cli", "--run-dir", str(run_dir)
+        "dimerec_dist.commands.evaluate", "--run-dir", str(run_dir)
     )
 
 
@@ -356,11 +360,11 @@ def test_resuming_on_another_world_size_is_exact_or_refused_naming_data_streams(
         )
         if not arg.startswith("data.streams")
     ]
-    torchrun(2, "dimerec_dist.train", "--run-dir", str(reference), *default_streams)
+    torchrun(2, "dimerec_dist.commands.train", "--run-dir", str(reference), *default_streams)
     run_dir = tmp_path / "one-rank"
     shutil.copytree(reference, run_dir)
     shutil.rmtree(CheckpointManager(run_dir / "checkpoints").path_for(9))  # as if stopped after step 6
-    relaunch = [sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir), *default_streams]
+    relaunch = [sys.executable, "-m", "dimerec_dist.commands.train", "--run-dir", str(run_dir), *default_streams]
     assert "set data.streams=2" in error_line(
         subprocess.run(relaunch, cwd=REPO, capture_output=True, text=True, timeout=120)
     )
@@ -390,7 +394,7 @@ def test_sigterm_under_dimerec_torchrun_saves_once_ends_143_and_restarts_nothing
         *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
     ]
     if not Path(command[0]).exists():
-        command[:1] = [sys.executable, "-m", "dimerec_dist.launcher"]
+        command[:1] = [sys.executable, "-m", "dimerec_dist.commands.torchrun"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -409,7 +413,7 @@ def test_sigterm_under_dimerec_torchrun_saves_once_ends_143_and_restarts_nothing
     assert 5 <= step < STEPS and stderr.count(f"checkpoint {saved} written") == 1, stderr[-4000:]
     torchrun(
         2,
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
@@ -438,6 +442,6 @@ def test_a_checkpoint_of_the_pickle_era_gets_a_one_line_error_saying_what_to_do(
         (path / META_FILE).write_text(json.dumps(meta))
         torch.save({"optimizer": {}}, path / "dense.pt")
     line = command_error(
-        "dimerec_dist.train", "--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}")
+        "dimerec_dist.commands.train", "--run-dir", str(run_dir), *job(tiny_dataset, f"train.max_steps={STEPS}")
     )
     assert "pickle (dense.pt) that this version never loads" in line and "new --run-dir" in line

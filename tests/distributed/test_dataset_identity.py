@@ -16,7 +16,7 @@ JOB = ["train.max_steps=4", "train.checkpoint_every=2", "train.eval_every_epochs
 
 
 def train(run_dir, dataset, *overrides):
-    command = [sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir), "data.source=prepared"]
+    command = [sys.executable, "-m", "dimerec_dist.commands.train", "--run-dir", str(run_dir), "data.source=prepared"]
     command += [f"data.path={dataset}", *JOB, *overrides]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 

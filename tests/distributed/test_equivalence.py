@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from dimerec_dist.config import load_config
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import Manifest, read_split
-from dimerec_dist.evaluate import mask_rows, ranking_metrics, user_starts
+from dimerec_dist.evaluation.ranking import mask_rows, ranking_metrics, user_starts
 from dimerec_dist.model import DimeRec
 from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun
 
@@ -72,7 +72,7 @@ def runs(tiny_dataset, tmp_path_factory):
         world, overrides = RUNS[name]
         done = torchrun(
             world,
-            "dimerec_dist.train",
+            "dimerec_dist.commands.train",
             "--run-dir",
             str(root / name),
             "data.source=prepared",
@@ -164,7 +164,7 @@ def test_sharded_evaluation_equals_single_process_brute_force(runs, name, tiny_d
 @pytest.mark.parametrize("name,sharding", [("one", "row_wise"), ("data_parallel", "column_wise")])
 def test_dimerec_eval_reloads_a_model_on_another_world_size_and_sharding(runs, name, sharding):
     run_dir = runs[name][0]
-    torchrun(2, "dimerec_dist.eval_cli", "--run-dir", str(run_dir), f"sharding.type={sharding}")
+    torchrun(2, "dimerec_dist.commands.evaluate", "--run-dir", str(run_dir), f"sharding.type={sharding}")
     evaluated = json.loads((run_dir / "eval.json").read_text())
     final = json.loads((run_dir / "final.json").read_text())
     assert evaluated["test"] == final["test"] and evaluated["valid"] == final["valid"]
@@ -185,7 +185,14 @@ def test_a_model_of_another_shape_is_refused_before_loading(runs):
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "dimerec_dist.eval_cli", "--run-dir", str(runs[1][0]), "model.embedding_dim=32"],
+        [
+            sys.executable,
+            "-m",
+            "dimerec_dist.commands.evaluate",
+            "--run-dir",
+            str(runs[1][0]),
+            "model.embedding_dim=32",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -16,7 +16,14 @@ JOB = ["train.max_steps=8", "train.checkpoint_every=3", "train.eval_every_epochs
 
 def faulty_train(run_dir, dataset, *args):
     """The job under dimerec-torchrun, as users launch it (plain torchrun adds its own traceback to a user error)."""
-    command = [sys.executable, "-m", "dimerec_dist.launcher", "--standalone", "--nproc_per_node=2", str(FAULTY_TRAIN)]
+    command = [
+        sys.executable,
+        "-m",
+        "dimerec_dist.commands.torchrun",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(FAULTY_TRAIN),
+    ]
     command += ["--run-dir", str(run_dir), *args, "data.source=prepared", f"data.path={dataset}", *JOB]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -113,11 +113,11 @@ def test_a_user_error_under_the_launcher_ends_with_2_one_line_and_no_traceback(t
         [
             sys.executable,
             "-m",
-            "dimerec_dist.launcher",
+            "dimerec_dist.commands.torchrun",
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "dimerec_dist.train",
+            "dimerec_dist.commands.train",
             "--run-dir",
             str(run_dir),
             "data.source=prepared",

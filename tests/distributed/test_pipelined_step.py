@@ -29,7 +29,7 @@ def runs(tiny_dataset, tmp_path_factory):
         run_dir = root / f"world-{world}-pipeline-{pipeline}"
         torchrun(
             world,
-            "dimerec_dist.train",
+            "dimerec_dist.commands.train",
             "--run-dir",
             str(run_dir),
             "data.source=prepared",

@@ -23,7 +23,7 @@ def runs(tiny_dataset, tmp_path_factory):
     for name, overrides in RUNS.items():
         torchrun(
             2,
-            "dimerec_dist.train",
+            "dimerec_dist.commands.train",
             "--run-dir",
             str(root / name),
             "data.source=prepared",

@@ -10,10 +10,10 @@ import torch
 
 from dimerec_dist.config import load_config
 from dimerec_dist.distributed import private_api
-from dimerec_dist.distributed.process_group import init_distributed, shutdown
+from dimerec_dist.distributed.sharded_model import TABLE_NAME, ShardedDimeRec
 from dimerec_dist.distributed.sharding import plan_sharding
 from dimerec_dist.distributed.topology import Cluster
-from dimerec_dist.sharded_model import TABLE_NAME, ShardedDimeRec
+from dimerec_dist.runtime.process_group import init_distributed, shutdown
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_the_planner_keeps_its_chosen_options_with_storage_estimates(one_rank):
 
 
 def test_sharded_modules_keep_their_lookups_and_sharded_tensors_copy_to_cpu(one_rank):
-    from dimerec_dist.builders import build_model
+    from dimerec_dist.training.builders import build_model
 
     config = load_config(None, ["model.embedding_dim=16", "sharding.type=data_parallel"])
     model, _ = build_model(config, 100, one_rank, run_dir=None)

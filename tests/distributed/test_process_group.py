@@ -10,7 +10,7 @@ PROGRAM = """
 import os
 import torch
 import torch.distributed as dist
-from dimerec_dist.distributed.process_group import init_distributed, shutdown
+from dimerec_dist.runtime.process_group import init_distributed, shutdown
 for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
     os.environ.pop(name, None)
 ctx = init_distributed("cpu")

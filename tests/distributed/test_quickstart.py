@@ -12,7 +12,7 @@ def test_quickstart_learns_far_beyond_popularity_and_recovers_planted_interests(
     command = [
         sys.executable,
         "-m",
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--config",
         "configs/quickstart.yaml",
         "--run-dir",

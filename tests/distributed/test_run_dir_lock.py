@@ -45,7 +45,16 @@ def test_a_second_job_on_a_held_run_dir_is_refused_naming_the_holder_and_a_resta
             time.sleep(0.2)
         config_before = (run_dir / "config.yaml").read_bytes()
         second = subprocess.run(
-            [sys.executable, "-m", "dimerec_dist.train", "--run-dir", str(run_dir), *data, *JOB, "train.max_steps=5"],
+            [
+                sys.executable,
+                "-m",
+                "dimerec_dist.commands.train",
+                "--run-dir",
+                str(run_dir),
+                *data,
+                *JOB,
+                "train.max_steps=5",
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -16,7 +16,7 @@ def job(dataset, *extra):
 
 def test_a_sigkilled_rank_restarts_and_the_run_ends_with_the_uninterrupted_losses(tiny_dataset, tmp_path):
     overrides = job(tiny_dataset, "train.max_steps=40", "train.checkpoint_every=10", "train.eval_every_epochs=0")
-    torchrun(2, "dimerec_dist.train", "--run-dir", str(tmp_path / "uninterrupted"), *overrides)
+    torchrun(2, "dimerec_dist.commands.train", "--run-dir", str(tmp_path / "uninterrupted"), *overrides)
     done = faulty_train(2, tmp_path / "killed", "--kill-at-step", "25", "--kill-rank", "1", *overrides, restarts=1)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stderr and "step-00000020" in done.stderr

@@ -31,7 +31,7 @@ def trained(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     run_dir = root / "run"
     run(
-        "dimerec_dist.train",
+        "dimerec_dist.commands.train",
         "--run-dir",
         str(run_dir),
         "data.source=prepared",
@@ -40,7 +40,7 @@ def trained(tiny_dataset, tmp_path_factory):
         "train.eval_every_epochs=0",
         *TINY_JOB,
     )
-    run("dimerec_dist.eval_cli", "--run-dir", str(run_dir), "--topk-out", str(root / "eval_topk.npz"))
+    run("dimerec_dist.commands.evaluate", "--run-dir", str(run_dir), "--topk-out", str(root / "eval_topk.npz"))
     return root, run_dir
 
 

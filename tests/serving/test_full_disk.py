@@ -33,7 +33,7 @@ def test_eval_topk_out_to_a_full_disk_keeps_the_old_file_and_leaves_no_partial_o
     fill(disk)
     before = files_of(disk)
     line = command_error(
-        "dimerec_dist.eval_cli", "--run-dir", str(run_dir), "--topk-out", str(disk / "topk.npz"), timeout=300
+        "dimerec_dist.commands.evaluate", "--run-dir", str(run_dir), "--topk-out", str(disk / "topk.npz"), timeout=300
     )
     assert line == f"dimerec-eval: error: {disk / 'topk.npz'}: No space left on device"
     assert files_of(disk) == before

@@ -87,7 +87,7 @@ def test_export_never_overwrites_and_bad_bundles_are_named(trained, bundle_dir, 
     part.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="part-00001-0.npy does not match its checksum"):
         Bundle(copy)
-    done = run("dimerec_dist.serving.server", str(tmp_path / "missing"), check=False)
+    done = run("dimerec_dist.serving.serve_cli", str(tmp_path / "missing"), "--single-process", check=False)
     assert done.returncode == 2 and "not a serving bundle" in done.stderr
 
 
@@ -235,14 +235,18 @@ def test_a_changed_byte_anywhere_in_a_bundle_stops_the_server_at_start(bundle_di
         (copy / name).write_text(json.dumps(manifest))
     else:
         flip_last_byte(copy / name)
-    assert name.split("/")[-1] in command_error("dimerec_dist.serving.server", str(copy), "--port", "0")
+    assert name.split("/")[-1] in command_error(
+        "dimerec_dist.serving.serve_cli", str(copy), "--single-process", "--port", "0"
+    )
 
 
 def test_no_verify_is_logged_and_a_damaged_tower_is_still_a_one_line_error(bundle_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(bundle_dir, copy)
     (copy / "tower.pt2").write_bytes((copy / "tower.pt2").read_bytes()[:1000])
-    done = run("dimerec_dist.serving.server", str(copy), "--port", "0", "--no-verify", check=False)
+    done = run(
+        "dimerec_dist.serving.serve_cli", str(copy), "--single-process", "--port", "0", "--no-verify", check=False
+    )
     assert "without verifying its checksums (--no-verify)" in done.stderr
     assert "cannot load the user tower" in error_line(done)
 

@@ -3,12 +3,13 @@
 Runs as a plain process (a one-rank group) or under torchrun (gloo on CPU, NCCL on GPU):
 
     dimerec-train --config configs/quickstart.yaml --run-dir runs/quick
-    dimerec-torchrun --nproc_per_node=2 -m dimerec_dist.train --config configs/beauty.yaml --run-dir runs/beauty
+    dimerec-torchrun --nproc_per_node=2 -m dimerec_dist.commands.train --config configs/beauty.yaml \\
+        --run-dir runs/beauty
 
 The job itself is trainer.Trainer; this module only reads the command line and hands it
 over. Exit codes: 0 done, 2 a bad config, data set, checkpoint or output place (one line
 on stderr), 143 stopped by a signal after its checkpoint. Nothing imports this module
-but its console script: the library is trainer.py and builders.py.
+but its console script: the library is training/trainer.py and training/builders.py.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from dimerec_dist.commands.config_reference import help_text
 from dimerec_dist.config import ConfigError, config_to_dict, load_config
-from dimerec_dist.config_reference import help_text
-from dimerec_dist.log_level import add_log_level, apply_log_level
+from dimerec_dist.runtime.log_level import add_log_level, apply_log_level
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         return print_config(args.config, args.overrides)
     if args.dry_run:
-        from dimerec_dist.command import run_command
-        from dimerec_dist.dry_run import USER_ERRORS, dry_run
+        from dimerec_dist.commands.dry_run import USER_ERRORS, dry_run
+        from dimerec_dist.runtime.command import run_command
 
         return run_command("dimerec-train", lambda: dry_run(args.config, args.overrides, args.run_dir), USER_ERRORS)
     if args.run_dir is None:
         parser.error("--run-dir is required to train")
-    from dimerec_dist.trainer import train_command  # after parsing: --help needs no torch
+    from dimerec_dist.training.trainer import train_command  # after parsing: --help needs no torch
 
     return train_command(args.config, args.overrides, args.run_dir)
 
@@ -73,6 +74,6 @@ def print_config(path: Path | None, overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from dimerec_dist.process_exit import exit_process
+    from dimerec_dist.runtime.process_exit import exit_process
 
     exit_process(main())

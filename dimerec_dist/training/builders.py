@@ -4,7 +4,7 @@ this rank's table pieces, the fused table optimizer, the dense optimizer and its
 Training, evaluation, export, the benchmarks and the tests all build here, so the model a
 benchmark times or an export loads is the one training ran. Building is deterministic:
 the dense weights come from the seed, identical on every rank and world size, and the
-table is initialised row by row from the seed whatever the layout (table_shards.py).
+table is initialised row by row from the seed whatever the layout (distributed/table_shards.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 
 from dimerec_dist.config import ConfigError, JobConfig
-from dimerec_dist.distributed.process_group import DistContext
+from dimerec_dist.distributed.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
 from dimerec_dist.distributed.sharding import plan_sharding, shard_model
+from dimerec_dist.distributed.table_shards import init_table_deterministically, local_row_shards, local_table_bytes
 from dimerec_dist.distributed.topology import Cluster, this_cluster
-from dimerec_dist.sharded_model import TABLE_NAME, TABLE_STATE_KEY, ShardedDimeRec
-from dimerec_dist.table_shards import init_table_deterministically, local_row_shards, local_table_bytes
+from dimerec_dist.runtime.process_group import DistContext
 
 log = logging.getLogger("dimerec.train")
 

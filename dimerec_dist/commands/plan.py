@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dimerec_dist.cli_numbers import integer, real
 from dimerec_dist.config import (
     KERNELS,
     SHARDING,
@@ -30,7 +29,8 @@ from dimerec_dist.config import (
     load_config,
 )
 from dimerec_dist.distributed.topology import GB, Cluster
-from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
+from dimerec_dist.runtime.cli_numbers import integer, real
+from dimerec_dist.runtime.log_level import add_log_level, apply_log_level, setup_command_logging
 
 OPTIMIZER_STATE_BYTES = {"rowwise_adagrad": lambda dim: 4, "sgd": lambda dim: 0, "adam": lambda dim: 8 * dim}
 DTYPE_BYTES = {"fp32": 4, "fp16": 2}
@@ -115,7 +115,7 @@ def plan_cluster(args) -> PlannedCluster:
     """The planner's plan for the job of `args` (dimerec-plan's arguments) on the cluster they describe."""
     from torchrec.distributed.planner.types import PlannerError
 
-    from dimerec_dist.builders import plan_table, table_module
+    from dimerec_dist.training.builders import plan_table, table_module
 
     for name in ("nodes", "gpus_per_node", "items"):
         if getattr(args, name) < 1:

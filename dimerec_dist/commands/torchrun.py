@@ -1,6 +1,6 @@
 """dimerec-torchrun: torchrun, with a stop that means stop.
 
-    dimerec-torchrun --standalone --nproc_per_node=2 -m dimerec_dist.train --run-dir runs/x
+    dimerec-torchrun --standalone --nproc_per_node=2 -m dimerec_dist.commands.train --run-dir runs/x
     (any torchrun arguments; launch/*.sh call it)
 
 Plain torchrun treats a preemption as a failure: SIGTERM to one worker makes that worker
@@ -29,8 +29,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-STOP_FILE_ENV = "DIMEREC_STOP_FILE"
-STOPPED_EXIT_CODE = 143  # 128 + SIGTERM
+from dimerec_dist.runtime.command import PREEMPTED_EXIT_CODE as STOPPED_EXIT_CODE
+from dimerec_dist.runtime.command import STOP_FILE_ENV
+
 USER_ERROR_EXIT_CODE = 2  # the commands' exit code for a bad config, data set or checkpoint
 SHUTDOWN_TIMEOUT_S = "600"
 
@@ -64,16 +65,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             return STOPPED_EXIT_CODE
     return 0
-
-
-def report_requested_stop(reason: str) -> bool:
-    """Called by a worker that stopped on request, after its checkpoint: leave the launcher's
-    file and say whether it runs us (then the worker should exit 0, so no restart follows)."""
-    path = os.environ.get(STOP_FILE_ENV)
-    if not path:
-        return False
-    Path(path).write_text(reason + "\n")
-    return True
 
 
 if __name__ == "__main__":

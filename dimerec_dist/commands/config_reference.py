@@ -4,7 +4,7 @@ The meaning of a key is the string written under its field in config.py (an attr
 docstring), so the reference cannot drift from the code: `dimerec-train --help` prints
 it, and docs/CONFIG.md is this module's output (a test fails when it is stale):
 
-    python -m dimerec_dist.config_reference > docs/CONFIG.md
+    python -m dimerec_dist.commands.config_reference > docs/CONFIG.md
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def markdown() -> str:
         "",
         "Every key of a dimerec-train job: set it in the YAML file (`section:` then `key: value`) or on",
         "the command line (`section.key=value`). Generated from `dimerec_dist/config.py` by",
-        "`python -m dimerec_dist.config_reference > docs/CONFIG.md`; `dimerec-train --help` prints the",
+        "`python -m dimerec_dist.commands.config_reference > docs/CONFIG.md`; `dimerec-train --help` prints the",
         "same, and `dimerec-train --print-config ...` the resolved configuration of a job.",
     ]
     section = None

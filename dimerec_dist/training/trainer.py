@@ -1,18 +1,18 @@
 """The Trainer: one object that owns a training job, and the one step every caller runs.
 
     trainer = Trainer(config, run_dir)   # data, sharded model, optimizers, checkpoints, resume
-    trainer.train()                       # epochs of steps (train_step.py), validation, checkpoints, final metrics
+    trainer.train()                       # epochs of steps (training/step.py), validation, checkpoints, final metrics
 
 One step, top to bottom: the plan gives this rank its slice of the global batch, made on a
 background thread (`step_batches`, data/prefetch.py); its ids go through the sharded table
 (history, target, shared negatives); DimeRec returns L_gem + lambda L_recon + mu L_ssm;
 backward updates the table in place (fused optimizer) and the dense Adam steps GEM and
-DAM (train_step.py: plain, or on TorchRec's train pipeline). Nothing is read back from
+DAM (training/step.py: plain, or on TorchRec's train pipeline). Nothing is read back from
 the device until every train.log_every steps, where the losses, the non-finite check and
 the stop requests are settled in one all-reduce. Benchmarks time this very step.
 
 What training needs to continue exactly after a stop is `state_dict()` (where training
-stands) plus the model and optimizers, all written by checkpoint.py; every random draw
+stands) plus the model and optimizers, all written by training/checkpoint.py; every random draw
 derives from (seed, epoch, step[, rank]), so no RNG state is saved.
 """
 
@@ -30,9 +30,24 @@ from pathlib import Path
 import torch
 import yaml
 
-from dimerec_dist import storage
-from dimerec_dist.builders import TrainingParts, build_training
-from dimerec_dist.checkpoint import (
+from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
+from dimerec_dist.data.batch import Batch
+from dimerec_dist.data.job_data import JobData
+from dimerec_dist.data.prefetch import Prefetcher
+from dimerec_dist.data.schema import DataError, Manifest
+from dimerec_dist.data.source import cached_dataset, dataset_path, ensure_dataset
+from dimerec_dist.data.stream import TrainStream
+from dimerec_dist.distributed.sharding import resolved_column_block
+from dimerec_dist.evaluation.scores import evaluate_users, final_metrics, format_scores, selection_key
+from dimerec_dist.runtime import storage
+from dimerec_dist.runtime.command import run_command
+from dimerec_dist.runtime.memory_usage import memory_scalars
+from dimerec_dist.runtime.output_dir import OutputError, on_every_rank, writable_dir
+from dimerec_dist.runtime.process_group import DistContext, init_distributed
+from dimerec_dist.runtime.run_dir import RunDir
+from dimerec_dist.runtime.storage import Location, StorageError, is_remote, location
+from dimerec_dist.training.builders import TrainingParts, build_training
+from dimerec_dist.training.checkpoint import (
     CheckpointError,
     CheckpointManager,
     TrainingState,
@@ -46,24 +61,9 @@ from dimerec_dist.checkpoint import (
     save_model,
     verified,
 )
-from dimerec_dist.command import run_command
-from dimerec_dist.config import ConfigError, JobConfig, config_to_dict, load_config
-from dimerec_dist.data.batch import Batch
-from dimerec_dist.data.job_data import JobData
-from dimerec_dist.data.prefetch import Prefetcher
-from dimerec_dist.data.schema import DataError, Manifest
-from dimerec_dist.data.source import cached_dataset, dataset_path, ensure_dataset
-from dimerec_dist.data.stream import TrainStream
-from dimerec_dist.distributed.process_group import DistContext, init_distributed
-from dimerec_dist.distributed.sharding import resolved_column_block
-from dimerec_dist.memory_usage import memory_scalars
-from dimerec_dist.metrics import MetricsLogger, Progress, setup_logging
-from dimerec_dist.output_dir import OutputError, on_every_rank, writable_dir
-from dimerec_dist.run_dir import RunDir
-from dimerec_dist.run_metrics import evaluate_users, final_metrics, format_scores, selection_key
-from dimerec_dist.step_profiler import StepProfiler
-from dimerec_dist.storage import Location, StorageError, is_remote, location
-from dimerec_dist.train_step import LossWindow, StepRunner, build_step_runner
+from dimerec_dist.training.run_log import MetricsLogger, Progress, setup_logging
+from dimerec_dist.training.step import LossWindow, StepRunner, build_step_runner
+from dimerec_dist.training.step_profiler import StepProfiler
 
 log = logging.getLogger("dimerec.train")
 StepHook = Callable[["Trainer"], None]

@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -259,3 +260,8 @@ def download(uri: str, local: Path) -> Path:
         return target
     except (OSError, PermissionError) as exc:
         raise StorageError(f"{uri}: cannot be read ({exc})") from None
+
+
+def cache_root() -> Path:
+    """Where remote datasets are copied on this node: $DIMEREC_CACHE_DIR, or the system's temp dir."""
+    return Path(os.environ.get("DIMEREC_CACHE_DIR") or Path(tempfile.gettempdir()) / "dimerec-cache")

@@ -44,7 +44,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from dimerec_dist import storage
 from dimerec_dist.config import (
     MODEL_SHAPE_KEYS,
     ConfigError,
@@ -54,9 +53,10 @@ from dimerec_dist.config import (
     settings_changes,
 )
 from dimerec_dist.distributed.private_api import cpu_copy, fsspec_storage, is_sharded
-from dimerec_dist.integrity import file_sha256, files_sha256, mismatches, seal_problem, sealed
-from dimerec_dist.library_noise import drop_warning
-from dimerec_dist.storage import Location, child, is_remote, location
+from dimerec_dist.runtime import storage
+from dimerec_dist.runtime.integrity import file_sha256, files_sha256, mismatches, seal_problem, sealed
+from dimerec_dist.runtime.library_noise import drop_warning
+from dimerec_dist.runtime.storage import Location, child, is_remote, location
 
 log = logging.getLogger("dimerec.checkpoint")
 # TorchRec 1.8's EmbeddingCollection keeps its state in ShardedTensors and offers no DTensor

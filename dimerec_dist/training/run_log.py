@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from dimerec_dist.log_level import our_level
+from dimerec_dist.runtime.log_level import our_level
 
 log = logging.getLogger("dimerec.train")
 

@@ -15,9 +15,9 @@ from torchrec import DataType, EmbeddingCollection, EmbeddingConfig
 from dimerec_dist.config import ModelConfig
 from dimerec_dist.data.batch import FEATURES, Batch
 from dimerec_dist.distributed.collectives import all_gather_cat, all_gather_with_gradient
-from dimerec_dist.library_noise import drop_log_message
 from dimerec_dist.model import DimeRec, DimeRecLosses, NoiseDraw
 from dimerec_dist.model.sequence_windows import QueryWindows
+from dimerec_dist.runtime.library_noise import drop_log_message
 
 TABLE_NAME = "item"  # not "items": EmbeddingCollection keeps tables in a ModuleDict, which has .items()
 TABLE_STATE_KEY = f"embeddings.{TABLE_NAME}.weight"

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from dimerec_dist.data.source import cache_root
-from dimerec_dist.file_lock import FileLock, LockHeld, this_process
-from dimerec_dist.output_dir import OutputError, writable_dir
-from dimerec_dist.storage import (
+from dimerec_dist.runtime.file_lock import FileLock, LockHeld, this_process
+from dimerec_dist.runtime.output_dir import OutputError, writable_dir
+from dimerec_dist.runtime.storage import (
     Location,
     StorageError,
     cache_key,
+    cache_root,
     child,
     filesystem,
     get_tree,

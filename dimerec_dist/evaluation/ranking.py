@@ -21,9 +21,9 @@ from dimerec_dist.data.batch import make_batch
 from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import PADDING_ID
 from dimerec_dist.distributed.collectives import all_gather_cat, all_reduce_max_int
-from dimerec_dist.distributed.process_group import DistContext
-from dimerec_dist.random_streams import generator
-from dimerec_dist.table_shards import RowShard, scoring_shards
+from dimerec_dist.distributed.table_shards import RowShard, scoring_shards
+from dimerec_dist.runtime.process_group import DistContext
+from dimerec_dist.runtime.random_streams import generator
 
 log = logging.getLogger("dimerec.eval")
 ROW_CHUNK = 1 << 14

@@ -11,10 +11,10 @@ import numpy as np
 
 from dimerec_dist.config import JobConfig
 from dimerec_dist.data.samples import EvaluationUsers
-from dimerec_dist.distributed.process_group import DistContext
-from dimerec_dist.diversity import diversity
-from dimerec_dist.evaluate import SplitEvaluation, evaluate_split
-from dimerec_dist.table_shards import scoring_shards
+from dimerec_dist.distributed.table_shards import scoring_shards
+from dimerec_dist.evaluation.diversity import diversity
+from dimerec_dist.evaluation.ranking import SplitEvaluation, evaluate_split
+from dimerec_dist.runtime.process_group import DistContext
 
 
 def evaluate_users(

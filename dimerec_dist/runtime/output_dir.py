@@ -26,7 +26,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from dimerec_dist.file_lock import FileLock, LockHeld, this_process
+from dimerec_dist.runtime.file_lock import FileLock, LockHeld, this_process
 
 log = logging.getLogger("dimerec.output")
 

@@ -12,14 +12,14 @@ import json
 import logging
 from pathlib import Path
 
-from dimerec_dist import storage
-from dimerec_dist.builders import build_training
 from dimerec_dist.config import ConfigError, JobConfig, load_config
 from dimerec_dist.data.schema import DataError, Manifest
 from dimerec_dist.data.source import dataset_path
-from dimerec_dist.distributed.process_group import init_distributed
-from dimerec_dist.metrics import setup_logging
-from dimerec_dist.storage import StorageError, child, is_remote, local_path
+from dimerec_dist.runtime import storage
+from dimerec_dist.runtime.process_group import init_distributed
+from dimerec_dist.runtime.storage import StorageError, child, is_remote, local_path
+from dimerec_dist.training.builders import build_training
+from dimerec_dist.training.run_log import setup_logging
 
 log = logging.getLogger("dimerec.dry_run")
 

@@ -4,14 +4,16 @@ line on stderr and exit code 2; a job stopped by a signal after its checkpoint e
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from dimerec_dist.distributed.process_group import DeviceUnavailable, shutdown
-from dimerec_dist.launcher import report_requested_stop
-from dimerec_dist.output_dir import os_error_line
+from dimerec_dist.runtime.output_dir import os_error_line
+from dimerec_dist.runtime.process_group import DeviceUnavailable, shutdown
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped by a signal after saving a checkpoint
+STOP_FILE_ENV = "DIMEREC_STOP_FILE"  # set by dimerec-torchrun: where a worker that stopped on request says so
 
 
 def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Exception], ...]) -> int:
@@ -30,3 +32,13 @@ def run_command(name: str, job: Callable[[], object], user_errors: tuple[type[Ex
     # Under dimerec-torchrun, a clean exit keeps torchrun from restarting a job that was asked to
     # stop; the launcher itself then ends with 143.
     return 0 if report_requested_stop("a signal reached the job") else PREEMPTED_EXIT_CODE
+
+
+def report_requested_stop(reason: str) -> bool:
+    """Called by a worker that stopped on request, after its checkpoint: leave the launcher's
+    file and say whether it runs us (then the worker should exit 0, so no restart follows)."""
+    path = os.environ.get(STOP_FILE_ENV)
+    if not path:
+        return False
+    Path(path).write_text(reason + "\n")
+    return True

@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 
-from dimerec_dist.log_level import add_log_level, apply_log_level, setup_command_logging
+from dimerec_dist.runtime.log_level import add_log_level, apply_log_level, setup_command_logging
 
 PARTS = ("torch", "torchrec", "fbgemm_gpu", "pyarrow", "ray", "tensorboard", "numpy", "faiss", "matplotlib")
 
@@ -66,10 +66,10 @@ def sharded_lookup() -> str:
     import torch
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    from dimerec_dist.builders import build_model
     from dimerec_dist.config import load_config
     from dimerec_dist.data.batch import FEATURES
-    from dimerec_dist.distributed.process_group import init_distributed, shutdown
+    from dimerec_dist.runtime.process_group import init_distributed, shutdown
+    from dimerec_dist.training.builders import build_model
 
     started = time.perf_counter()
     saved = dict(os.environ)

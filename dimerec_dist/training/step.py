@@ -23,13 +23,13 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-from dimerec_dist.builders import TrainingParts
 from dimerec_dist.config import JobConfig
 from dimerec_dist.data.batch import Batch
 from dimerec_dist.distributed.private_api import pipelined_modules
-from dimerec_dist.distributed.process_group import DistContext
 from dimerec_dist.model import DimeRecLosses
-from dimerec_dist.random_streams import seed_for
+from dimerec_dist.runtime.process_group import DistContext
+from dimerec_dist.runtime.random_streams import seed_for
+from dimerec_dist.training.builders import TrainingParts
 
 LOSS_NAMES = tuple(f"loss/{name}" for name in DimeRecLosses.names())
 

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from dimerec_dist import storage
-from dimerec_dist.storage import Location, child, is_remote
+from dimerec_dist.runtime import storage
+from dimerec_dist.runtime.storage import Location, child, is_remote
 
 BLOCK = 1 << 24  # hashlib releases the GIL on blocks this large: threads hash files in parallel
 

@@ -4,7 +4,7 @@
     run.model, run.shards, run.data.test, run.data.popularity, ...
 
 The model is rebuilt from the run's config.yaml (overrides applied) exactly as training
-built it (builders.py), and its saved weights (run_dir/model) are loaded with the table
+built it (training/builders.py), and its saved weights (run_dir/model) are loaded with the table
 sharded over this job's ranks; the data comes from data/job_data.py, as training's does.
 """
 
@@ -13,16 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dimerec_dist.builders import build_model
-from dimerec_dist.checkpoint import check_compatible, load_model
 from dimerec_dist.config import ConfigError, JobConfig, load_config
 from dimerec_dist.data.job_data import JobData
 from dimerec_dist.data.schema import Manifest
 from dimerec_dist.data.source import cached_dataset, dataset_path
-from dimerec_dist.distributed.process_group import DistContext, init_distributed
-from dimerec_dist.metrics import setup_logging
-from dimerec_dist.run_dir import RunDir
-from dimerec_dist.storage import is_remote
+from dimerec_dist.runtime.process_group import DistContext, init_distributed
+from dimerec_dist.runtime.run_dir import RunDir
+from dimerec_dist.runtime.storage import is_remote
+from dimerec_dist.training.builders import build_model
+from dimerec_dist.training.checkpoint import check_compatible, load_model
+from dimerec_dist.training.run_log import setup_logging
 
 
 @dataclass

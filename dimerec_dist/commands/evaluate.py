@@ -2,7 +2,7 @@
 
     dimerec-eval --run-dir runs/quick                      # valid and test, seen items excluded
     dimerec-eval --run-dir runs/quick --include-seen       # the other protocol
-    torchrun --nproc_per_node=2 -m dimerec_dist.eval_cli --run-dir runs/quick
+    torchrun --nproc_per_node=2 -m dimerec_dist.commands.evaluate --run-dir runs/quick
 
 Rebuilds the model from the run's config.yaml, loads run_dir/model (any world size can
 load it: torch.distributed.checkpoint reshards), and ranks every item with the table
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dimerec_dist.checkpoint import CheckpointError
-from dimerec_dist.command import run_command
 from dimerec_dist.config import ConfigError
 from dimerec_dist.data.schema import DataError
-from dimerec_dist.log_level import add_log_level, apply_log_level
-from dimerec_dist.output_dir import OutputError, on_every_rank, write_whole
-from dimerec_dist.run_dir import RunDir
-from dimerec_dist.run_metrics import final_metrics
-from dimerec_dist.saved_run import load_saved_run
-from dimerec_dist.storage import StorageError
+from dimerec_dist.evaluation.scores import final_metrics
+from dimerec_dist.runtime.command import run_command
+from dimerec_dist.runtime.log_level import add_log_level, apply_log_level
+from dimerec_dist.runtime.output_dir import OutputError, on_every_rank, write_whole
+from dimerec_dist.runtime.run_dir import RunDir
+from dimerec_dist.runtime.storage import StorageError
+from dimerec_dist.training.checkpoint import CheckpointError
+from dimerec_dist.training.saved_run import load_saved_run
 
 log = logging.getLogger("dimerec.eval")
 
@@ -76,6 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from dimerec_dist.process_exit import exit_process
+    from dimerec_dist.runtime.process_exit import exit_process
 
     exit_process(main())

@@ -1,0 +1,1 @@
+"""The job commands' entry points (dimerec-train, -eval, -plan, -env, -torchrun); data and serving keep their own."""

@@ -1,0 +1,1 @@
+"""The trainer, its step, what it builds, its checkpoints and its logs."""
