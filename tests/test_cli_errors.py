@@ -110,3 +110,13 @@ def test_a_data_set_without_held_out_users_stops_before_training(tmp_path):
     )
     assert "no valid users" in line and "train.eval_every_epochs=0" in line
     assert not list((tmp_path / "run" / "checkpoints").glob("step-*")), "no epoch was trained first"
+
+
+def test_export_takes_the_configs_dtype_words_and_refuses_numpys(capsys):
+    """One vocabulary for a table's precision: fp32 / fp16 (and int8), as model.table_dtype and dimerec-plan say."""
+    from dimerec_dist.serving.export import main as export_main
+
+    with pytest.raises(SystemExit) as stop:
+        export_main(["--run-dir", "r", "--out", "b", "--dtype", "float16"])
+    assert stop.value.code == 2
+    assert "invalid choice: 'float16' (choose from 'fp32', 'fp16', 'int8')" in capsys.readouterr().err

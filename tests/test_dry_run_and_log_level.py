@@ -1,5 +1,6 @@
 """dimerec-train --dry-run plans the job and exits; --log-level means the same on every command."""
 
+import os
 import subprocess
 import sys
 
@@ -8,8 +9,11 @@ import pytest
 from tests.distributed.conftest import REPO, TINY_JOB
 
 
-def command(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def command(*args, timeout=300, env=None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=environment
+    )
 
 
 def test_a_dry_run_prints_the_plan_and_memory_per_rank_and_makes_nothing(tmp_path):
@@ -68,3 +72,14 @@ def test_every_command_takes_log_level_and_refuses_a_level_that_is_not_one():
         "dimerec_dist.data.prepare", "--format", "pairs", "--input", "x", "--out", "y", "--log-level", "loud"
     )
     assert done.returncode == 2 and "--log-level: invalid choice: 'LOUD'" in done.stderr
+
+
+def test_dimerec_serve_takes_the_log_level_every_command_takes():
+    """One vocabulary, from the flag or from DIMEREC_LOG_LEVEL: free text is refused either way."""
+    serve = ("dimerec_dist.serving.serve_cli", "no-such-bundle", "--single-process")
+    done = command(*serve, "--log-level", "loud")
+    assert done.returncode == 2 and "--log-level: invalid choice: 'LOUD'" in done.stderr
+    done = command(*serve, env={"DIMEREC_LOG_LEVEL": "chatty"})
+    assert done.returncode == 2 and "DIMEREC_LOG_LEVEL='chatty': not one of DEBUG" in done.stderr
+    done = command(*serve, env={"DIMEREC_LOG_LEVEL": "warning"})
+    assert done.returncode == 2 and "not a serving bundle" in done.stderr  # the level taken, the bundle refused

@@ -66,3 +66,19 @@ def test_bad_requests_are_one_line_errors(capsys, args, message):
         code = stop.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_host_memory_is_per_rank_as_the_jobs_sharding_host_memory_gb():
+    """64.5 GB of table a rank in host memory: 70 GB a rank holds it, 60 does not (per node, 70 is 8.75 a rank)."""
+    args = ["--nodes", "1", "--gpus-per-node", "8", "--hbm-gb", "80", *BILLION, "--kernel", "fused_uvm_caching"]
+    args += ["--cache-load-factor", "0.1", "--batch-size", "32768"]
+    assert main([*args, "--host-memory-gb", "70"]) == 0
+    assert main([*args, "--host-memory-gb", "60"]) == 2
+
+
+def test_help_shows_every_default_and_the_examples_as_written(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--dim 128 \\\n        --kernel fused_uvm_caching" in out  # the continued example keeps its line break
+    assert "machines (default: 1)" in out and "(default: 80.0)" in out and "(default: 125.0)" in out

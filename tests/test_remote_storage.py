@@ -106,6 +106,13 @@ def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket,
     done = run("dimerec_dist.commands.evaluate", "--run-dir", RUN)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval.json" in listing(bucket, "runs/r1/")
+    # --out and --topk-out take a URI, as every other --out does
+    elsewhere = ("--out", "s3://recs/evals/e1.json", "--topk-out", "s3://recs/evals/e1_topk.npz")
+    done = run("dimerec_dist.commands.evaluate", "--run-dir", RUN, *elsewhere)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert listing(bucket, "evals/") >= {"e1.json", "e1_topk.npz"}
+    read = lambda key: json.loads(bucket.get_object(Bucket="recs", Key=key)["Body"].read())  # noqa: E731
+    assert read("evals/e1.json")["test"] == read("runs/r1/eval.json")["test"]
 
     # The bundle exported from the bucket's run to the bucket (bundle.json last), then served from it.
     exported = run("dimerec_dist.serving.export", "--run-dir", RUN, "--out", "s3://recs/bundles/b1")

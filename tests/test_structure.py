@@ -112,3 +112,14 @@ def test_the_batch_recipe_is_made_in_one_place_that_the_trainer_and_the_benchmar
     assert "build_step_runner" in bench, "the benchmark times the trainer's own step runner"
     trainer = (REPO / "dimerec_dist" / "training" / "trainer.py").read_text()
     assert "__new__" not in trainer and "self.data.batch_maker" in trainer
+
+
+def test_every_command_line_option_says_what_it_is_for():
+    """--help is a newcomer's first page: no option of any command without its help text."""
+    silent = []
+    for path in sorted((REPO / "dimerec_dist").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            is_option = isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"
+            if is_option and not any(keyword.arg == "help" for keyword in node.keywords):
+                silent.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert silent == []

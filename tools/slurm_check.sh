@@ -74,7 +74,7 @@ stamp "SLURM up: $(sinfo -h -o '%P %D node(s) %c CPUs %T')"
 
 RUN_DIR=$SCRATCH/shared/run
 # The restart tests' tiny job, long enough (~300 steps on 2 CPU ranks) to be requeued in the middle.
-JOB=$(RUN_DIR=$RUN_DIR NPROC_PER_NODE=2 OMP_NUM_THREADS=1 sbatch --parsable --nodes=1 --chdir="$SCRATCH/shared" \
+JOB=$(RUN_DIR=$RUN_DIR NPROC_PER_NODE=2 OMP_NUM_THREADS=1 sbatch --parsable --nodes=1 --cpus-per-task="$(nproc)" --chdir="$SCRATCH/shared" \
   --output="$SCRATCH/shared/job-%j.out" launch/slurm.sbatch \
   data.synth_users=1500 data.synth_items=500 data.synth_events=60000 train.epochs=8 train.checkpoint_every=20 \
   train.eval_every_epochs=0 model.embedding_dim=16 model.max_history=20 model.num_interests=2 model.dam_hidden=32 \

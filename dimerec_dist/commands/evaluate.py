@@ -2,7 +2,7 @@
 
     dimerec-eval --run-dir runs/quick                      # valid and test, seen items excluded
     dimerec-eval --run-dir runs/quick --include-seen       # the other protocol
-    torchrun --nproc_per_node=2 -m dimerec_dist.commands.evaluate --run-dir runs/quick
+    dimerec-torchrun --standalone --nproc_per_node=2 -m dimerec_dist.commands.evaluate --run-dir runs/quick
 
 Rebuilds the model from the run's config.yaml, loads run_dir/model (any world size can
 load it: torch.distributed.checkpoint reshards), and ranks every item with the table
@@ -12,6 +12,7 @@ sharded. Writes run_dir/eval.json (or --out).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 from pathlib import Path
@@ -23,7 +24,7 @@ from dimerec_dist.data.schema import DataError
 from dimerec_dist.evaluation.scores import final_metrics
 from dimerec_dist.runtime.command import run_command
 from dimerec_dist.runtime.log_level import add_log_level, apply_log_level
-from dimerec_dist.runtime.output_dir import OutputError, on_every_rank, write_whole
+from dimerec_dist.runtime.output_dir import OutputError, on_every_rank, write_output
 from dimerec_dist.runtime.run_dir import RunDir
 from dimerec_dist.runtime.storage import StorageError
 from dimerec_dist.training.checkpoint import CheckpointError
@@ -33,8 +34,13 @@ log = logging.getLogger("dimerec.eval")
 
 
 def run(
-    run_dir: str | Path, include_seen: bool, overrides: list[str], topk_out: Path | None = None, out: Path | None = None
+    run_dir: str | Path,
+    include_seen: bool,
+    overrides: list[str],
+    topk_out: str | Path | None = None,
+    out: str | Path | None = None,
 ) -> dict:
+    """`out`, `topk_out`: paths or URIs (s3://...); eval.json goes to the run directory by default."""
     run_directory = RunDir.at(run_dir)
     loaded = load_saved_run(run_directory, overrides + (["eval.exclude_seen=false"] if include_seen else []))
     data, test = loaded.data, loaded.data.test
@@ -44,9 +50,11 @@ def run(
 
     def write() -> None:  # the main rank; a full disk leaves the files as they were, on every rank one line
         if topk_out is not None:  # the ranked lists themselves, e.g. to compare a server's answers with
-            write_whole(Path(topk_out), lambda handle: np.savez(handle, users=test.users, topk=ranked.topk))
-        text = json.dumps(result, indent=2) + "\n"
-        write_whole(out or run_directory.local / "eval.json", lambda handle: handle.write(text.encode()))
+            lists = io.BytesIO()
+            np.savez(lists, users=test.users, topk=ranked.topk)
+            write_output(topk_out, lists.getvalue())
+        text = (json.dumps(result, indent=2) + "\n").encode()
+        write_output(out or run_directory.local / "eval.json", text)
         if out is None:
             run_directory.upload("eval.json")
         for split in ("valid", "test"):
@@ -60,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, help="the run's directory, or its URI (s3://...)")
     parser.add_argument("--include-seen", action="store_true", help="rank items the user has already seen too")
-    parser.add_argument("--out", type=Path, default=None, help="where the metrics go (default: RUN_DIR/eval.json)")
     parser.add_argument(
-        "--topk-out", type=Path, default=None, help="also write the test users' ranked item ids (dense) to this .npz"
+        "--out", default=None, help="where the metrics go: a path, or s3://, gs://, ... (default: RUN_DIR/eval.json)"
+    )
+    parser.add_argument(
+        "--topk-out", default=None, help="also write the test users' ranked item ids (dense) to this .npz (path or URI)"
     )
     parser.add_argument("overrides", nargs="*", help="key=value for evaluation, e.g. model.sample_steps=10")
     add_log_level(parser)

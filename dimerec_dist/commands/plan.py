@@ -1,7 +1,7 @@
 """dimerec-plan: TorchRec's own sharding plan for a cluster you describe, on any machine.
 
     dimerec-plan --nodes 8 --gpus-per-node 8 --hbm-gb 80 --items 1000000000 --dim 128
-    dimerec-plan --nodes 1 --gpus-per-node 8 --hbm-gb 80 --items 1000000000 --dim 128 \
+    dimerec-plan --nodes 1 --gpus-per-node 8 --hbm-gb 80 --items 1000000000 --dim 128 \\
         --kernel fused_uvm_caching --cache-load-factor 0.1
     dimerec-plan --config configs/my_job.yaml --nodes 4 --gpus-per-node 8 --hbm-gb 141 --items 300000000
 
@@ -9,7 +9,9 @@ It builds the job's model with its table on the meta device (nothing is allocate
 planner the trainer runs, with the topology the trainer would build on that cluster, and
 prints the plan, the memory per rank (HBM and host), the planner's step-time estimate per
 rank, and beside them the plain arithmetic (rows x bytes per row / ranks). A table that
-cannot fit is one error line saying how much it needs and what there is.
+cannot fit is one error line saying how much it needs and what there is. Memory is per rank
+(one GPU), as the job's sharding.hbm_gb and sharding.host_memory_gb are: a node of 8 GPUs
+with 1 TB of host memory is --host-memory-gb 125.
 """
 
 from __future__ import annotations
@@ -48,15 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The examples as written, and every option's default."""
+
+
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dimerec-plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="dimerec-plan", description=__doc__, formatter_class=HelpWithDefaults)
     parser.add_argument("--config", type=Path, default=None, help="the job's YAML (default: the built-in defaults)")
-    parser.add_argument("--nodes", type=integer(1), default=1)
+    parser.add_argument("--nodes", type=integer(1), default=1, help="machines")
     parser.add_argument("--gpus-per-node", type=integer(1), default=8, help="ranks per node")
-    parser.add_argument("--hbm-gb", type=real(0, above=True), default=80.0, help="HBM per GPU, GB")
-    parser.add_argument("--host-memory-gb", type=real(0, above=True), default=1000.0, help="host memory per node, GB")
+    parser.add_argument("--hbm-gb", type=real(0, above=True), default=80.0, help="HBM per GPU (rank), GB")
+    parser.add_argument(
+        "--host-memory-gb",
+        type=real(0, above=True),
+        default=125.0,
+        help="host memory per rank the planner may use, GB, as sharding.host_memory_gb (a 1 TB node / 8 GPUs: 125)",
+    )
     parser.add_argument("--intra-host-gbps", type=real(0), default=0.0, help="GB/s between a node's GPUs (0: default)")
     parser.add_argument("--inter-host-gbps", type=real(0), default=0.0, help="GB/s between nodes per GPU (0: default)")
     parser.add_argument("--cpu", action="store_true", help="plan for CPU ranks (gloo) instead of GPUs")
@@ -129,7 +138,7 @@ def plan_cluster(args) -> PlannedCluster:
         local_world_size=args.gpus_per_node,
         compute_device=device,
         hbm_bytes=int(args.hbm_gb * GB) if device == "cuda" else 0,
-        host_bytes=int(args.host_memory_gb * GB / args.gpus_per_node),
+        host_bytes=int(args.host_memory_gb * GB),
         intra_host_gbps=args.intra_host_gbps or None,
         inter_host_gbps=args.inter_host_gbps or None,
     )

@@ -3,13 +3,11 @@
 Runs as a plain process (a one-rank group) or under torchrun (gloo on CPU, NCCL on GPU):
 
     dimerec-train --config configs/quickstart.yaml --run-dir runs/quick
-    dimerec-torchrun --nproc_per_node=2 -m dimerec_dist.commands.train --config configs/beauty.yaml \\
-        --run-dir runs/beauty
+    NPROC_PER_NODE=2 launch/single_node.sh --config configs/beauty.yaml --run-dir runs/beauty
 
-The job itself is trainer.Trainer; this module only reads the command line and hands it
-over. Exit codes: 0 done, 2 a bad config, data set, checkpoint or output place (one line
-on stderr), 143 stopped by a signal after its checkpoint. Nothing imports this module
-but its console script: the library is training/trainer.py and training/builders.py.
+The job is training/trainer.py's; this module reads the command line and hands it over
+(nothing else imports it). Exit codes: 0 done, 2 a bad config, data set, checkpoint or
+output place (one line on stderr), 143 stopped by a signal after its checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +24,8 @@ from dimerec_dist.runtime.log_level import add_log_level, apply_log_level
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dimerec-train",
+        usage="dimerec-train --run-dir RUN_DIR [--config CONFIG] [key=value ...]\n"
+        "       dimerec-train (--print-config | --dry-run) [--config CONFIG] [key=value ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train DimeRec with a TorchRec-sharded item table.",
         epilog="config keys (YAML section.key, or key=value on the command line):" + help_text(),

@@ -476,7 +476,7 @@ def _prepare_into(options: PrepareOptions, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--format", required=True, choices=FORMATS, help="the raw log's layout (docs/DATA.md)")
     parser.add_argument(
         "--input", required=True, help="a file, or for events a directory of part files (a path or s3://, gs://, ...)"
     )

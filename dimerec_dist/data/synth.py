@@ -73,6 +73,20 @@ class SynthOptions:
     users_per_shard: int = 50_000
 
 
+OPTION_HELP = {
+    "users": "users in the log",
+    "items": "items in the catalog",
+    "events": "events in all (about; every user has at least one session)",
+    "seed": "the log is a function of the seed and the options, whatever --workers",
+    "categories": "item categories (a user's interests are categories)",
+    "zipf_exponent": "item popularity is Zipf with this exponent",
+    "max_interests": "interests a user holds at most",
+    "mean_session": "mean events per session (a session follows one interest)",
+    "drift": "share of sessions that replace one interest by another",
+    "noise": "share of events drawn from the whole catalog instead of the session's interest",
+    "users_per_shard": "users per Parquet shard of events/",
+}
+
 # What each option may be: checked when parsed, before anything is written.
 OPTION_RANGES = {
     "users": integer(1),
@@ -296,17 +310,19 @@ def _synthesize_into(out: Path, options: SynthOptions, workers: int, backend: st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-synth", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="the log's directory (events/ and its side files)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the synthetic log at --out whole (swapped in when complete)"
     )
-    parser.add_argument("--workers", type=integer(1), default=1)
+    parser.add_argument("--workers", type=integer(1), default=1, help="shards written at once (Ray tasks or processes)")
     parser.add_argument(
         "--backend", choices=BACKENDS, default=None, help="default: ray with several workers, local with one"
     )
     defaults = SynthOptions()
     for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=OPTION_RANGES[name], default=value)
+        flag = f"--{name.replace('_', '-')}"
+        help_text = f"{OPTION_HELP[name]} (default {value})"
+        parser.add_argument(flag, type=OPTION_RANGES[name], default=value, help=help_text)
     add_log_level(parser)
     args = parser.parse_args(argv)
     if args.max_interests > args.categories:

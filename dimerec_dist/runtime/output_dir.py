@@ -27,6 +27,7 @@ import socket
 from pathlib import Path
 
 from dimerec_dist.runtime.file_lock import FileLock, LockHeld, this_process
+from dimerec_dist.runtime.storage import is_remote, write_bytes
 
 log = logging.getLogger("dimerec.output")
 
@@ -169,6 +170,14 @@ def on_every_rank(ctx, step, main_only: bool = False) -> list:
     if errors:
         raise OutputError(errors[0])
     return [value for value, _ in gathered]
+
+
+def write_output(where: str | Path, data: bytes) -> None:
+    """One whole file at a path (`write_whole`) or at a URI (one put: atomic on an object store)."""
+    if is_remote(where):
+        write_bytes(str(where), data)
+    else:
+        write_whole(Path(where), lambda handle: handle.write(data))
 
 
 def write_whole(path: Path, write) -> None:

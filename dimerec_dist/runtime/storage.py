@@ -5,8 +5,8 @@ directory is copied once into a local cache and used from there (`local_copy`). 
 command writes to a URI is written locally first and then uploaded with the file that
 marks it complete last (`upload_dir`), so a reader that trusts only complete outputs (a
 dataset with its manifest, a bundle with bundle.json) never sees half of one. Credentials
-and endpoints are fsspec's: the environment (AWS_*, GOOGLE_*), or `FSSPEC_S3_ENDPOINT_URL`
-style variables the filesystem reads.
+are the filesystem's own (s3fs reads AWS_*, gcsfs GOOGLE_*); an S3-compatible endpoint (a
+MinIO, a test's server) is DIMEREC_S3_ENDPOINT_URL, or AWS_ENDPOINT_URL (`fs_options`).
 """
 
 from __future__ import annotations

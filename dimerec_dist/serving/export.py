@@ -1,7 +1,8 @@
 """dimerec-export: turn a finished run into a serving bundle (serving/bundle.py).
 
     dimerec-export --run-dir runs/quick --out bundles/quick
-    torchrun --nproc_per_node=4 -m dimerec_dist.serving.export --run-dir R --out B --dtype int8 --index hnsw
+    dimerec-torchrun --standalone --nproc_per_node=4 -m dimerec_dist.serving.export --run-dir R --out B \\
+        --dtype int8 --index hnsw
 
 The model is loaded with its table sharded over this job's ranks, exactly as dimerec-eval
 loads it; each rank writes the rows it holds, block by block, to its own part file. No
@@ -55,6 +56,7 @@ from dimerec_dist.training.saved_run import load_saved_run
 log = logging.getLogger("dimerec.export")
 BLOCK_ROWS = 1 << 16
 INDEX_KINDS = ("none", "hnsw", "ivf")
+STORED_AS = {"fp32": "float32", "fp16": "float16", "int8": "int8"}  # --dtype -> bundle.json's numpy dtype
 
 
 def quantize_int8(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dimerec-export", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, help="the run's directory, or its URI (s3://...)")
     parser.add_argument("--out", required=True, help="the bundle's directory: a path, or s3://, gs://, ...")
-    parser.add_argument("--dtype", default="float32", help=f"item table storage: {', '.join(DTYPES)}")
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(STORED_AS),
+        default="fp32",
+        help="item table storage, in the config's words (model.table_dtype); int8 has a per-row scale",
+    )
     parser.add_argument("--index", default="none", help=f"approximate index: {', '.join(INDEX_KINDS)} (needs faiss)")
     parser.add_argument("--nprobe", type=integer(1), default=16, help="ivf: lists searched per query")
     parser.add_argument(
@@ -339,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: export(
             args.run_dir,
             args.out,
-            args.dtype,
+            STORED_AS[args.dtype],
             args.index,
             args.steps,
             args.nprobe,

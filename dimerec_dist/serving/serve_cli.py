@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from dimerec_dist.runtime.cli_numbers import integer, real
+from dimerec_dist.runtime.log_level import add_log_level, apply_log_level, our_level, setup_command_logging
 from dimerec_dist.runtime.storage import StorageError, is_remote, local_copy, local_path
 from dimerec_dist.serving.bundle import Bundle, BundleError
 from dimerec_dist.serving.starting_listener import StartingListener
@@ -43,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=integer(0, 65535), default=8080, help="0: any free port (printed)")
     parser.add_argument("--shards", type=integer(1), default=1, help="shard deployments the table is spread over")
     parser.add_argument("--replicas", type=integer(1), default=1, help="replicas of each shard")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG logs every request")
     parser.add_argument(
         "--request-timeout-s",
         type=real(0, above=True),
@@ -70,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=integer(0), default=0, help="--single-process: torch threads (0: default)")
     parser.add_argument("--max-batch", type=integer(1), default=64, help="--single-process: requests scored together")
     parser.add_argument("--max-wait-ms", type=real(0), default=0.0, help="--single-process: wait for company")
+    add_log_level(parser)  # DEBUG also logs every request
     args = parser.parse_args(argv)
-    level = getattr(logging, args.log_level.upper(), None)
-    if not isinstance(level, int):
-        parser.error(f"--log-level {args.log_level}: not a log level (DEBUG, INFO, WARNING, ERROR)")
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    apply_log_level(args)
+    try:
+        level = our_level()
+    except ValueError as exc:  # a DIMEREC_LOG_LEVEL that is not a level
+        parser.error(str(exc))
+    setup_command_logging()
     try:
         check_listen_address(args.host, args.port)
         args.bundle = local_bundle(args.bundle)

@@ -98,7 +98,7 @@ def test_single_node_script_runs_the_trainer(tiny_dataset, tmp_path):
             *TINY_JOB,
         ],
         cwd=REPO,
-        env={**CALLERS_ENVIRONMENT, "NPROC": "2", "OMP_NUM_THREADS": "1"},
+        env={**CALLERS_ENVIRONMENT, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,

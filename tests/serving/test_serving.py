@@ -117,7 +117,7 @@ def test_int8_bundle_with_hnsw_index_reports_its_recall(trained, bundle_dir):
 def test_float16_bundle_rows_are_the_table_at_half_precision(trained, bundle_dir):
     root, run_dir = trained
     out = root / "fp16"
-    run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--dtype", "float16")
+    run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--dtype", "fp16")
     exact, half = Bundle(bundle_dir), Bundle(out)
     assert half.parts[0].rows.dtype.name == "float16"
     rows = np.arange(301)
@@ -254,7 +254,7 @@ def test_no_verify_is_logged_and_a_damaged_tower_is_still_a_one_line_error(bundl
 def test_export_overwrite_replaces_the_bundle_whole(trained, tmp_path):
     _, run_dir = trained
     out = tmp_path / "bundle"
-    run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--dtype", "float16")
+    run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--dtype", "fp16")
     (out / "stray.txt").write_text("left by a person")
     run("dimerec_dist.serving.export", "--run-dir", str(run_dir), "--out", str(out), "--overwrite")
     assert json.loads((out / "bundle.json").read_text())["dtype"] == "float32"
