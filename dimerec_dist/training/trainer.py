@@ -35,32 +35,24 @@ from dimerec_dist.data.batch import Batch
 from dimerec_dist.data.job_data import JobData
 from dimerec_dist.data.prefetch import Prefetcher
 from dimerec_dist.data.schema import DataError, Manifest
-from dimerec_dist.data.source import cached_dataset, dataset_path, ensure_dataset
+from dimerec_dist.data.source import ensure_dataset
 from dimerec_dist.data.stream import TrainStream
-from dimerec_dist.distributed.sharding import resolved_column_block
 from dimerec_dist.evaluation.scores import evaluate_users, final_metrics, format_scores, selection_key
-from dimerec_dist.runtime import storage
 from dimerec_dist.runtime.command import run_command
 from dimerec_dist.runtime.memory_usage import memory_scalars
-from dimerec_dist.runtime.output_dir import OutputError, on_every_rank, writable_dir
+from dimerec_dist.runtime.output_dir import OutputError, on_every_rank
 from dimerec_dist.runtime.process_group import DistContext, init_distributed
-from dimerec_dist.runtime.run_dir import RunDir
-from dimerec_dist.runtime.storage import Location, StorageError, is_remote, location
+from dimerec_dist.runtime.storage import Location, StorageError
 from dimerec_dist.training.builders import TrainingParts, build_training
 from dimerec_dist.training.checkpoint import (
     CheckpointError,
     CheckpointManager,
     TrainingState,
-    check_data_plan,
-    check_optimizer_layout,
-    check_resumable,
-    check_same_dataset,
-    check_same_settings,
     dataset_record,
     load_model,
     save_model,
-    verified,
 )
+from dimerec_dist.training.resume import checked_resume, open_run_directory
 from dimerec_dist.training.run_log import MetricsLogger, Progress, setup_logging
 from dimerec_dist.training.step import LossWindow, StepRunner, build_step_runner
 from dimerec_dist.training.step_profiler import StepProfiler
@@ -86,7 +78,7 @@ class Trainer:
         setup_logging(self.ctx)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.run = self._run_directory(run_dir)
+        self.run = open_run_directory(run_dir, config, self.ctx)
         try:
             self._build(config, self.run.local)
         except BaseException:
@@ -102,7 +94,7 @@ class Trainer:
         )
         # Checked against this job (settings, table optimizer layout) before its config.yaml replaces the
         # saved one, so a refused resume leaves the run as it was.
-        self.resume_from = self._checked_resume()
+        self.resume_from = checked_resume(config, self.ctx, self.checkpoints, run_dir)
         if self.ctx.is_main:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         self.run.sync()  # a store that cannot be written is found now, not at the first checkpoint
@@ -120,42 +112,6 @@ class Trainer:
             self.load_checkpoint(self.resume_from)
 
     # ------------------------------------------------------------------ building
-
-    def _run_directory(self, where: str | Path) -> RunDir:
-        """The run directory, checked writable; on a store, this node's working copy taken from it."""
-        if is_remote(where) and not self.config.data.path:
-            raise ConfigError(
-                f"--run-dir {location(where)} is on an object store: name the data the job reads in data.path "
-                f"(a prepared dataset, e.g. on the same store) rather than making it inside the run directory"
-            )
-        run = RunDir.open(where, self.ctx.local_rank, self.ctx.rank)
-        if not run.remote:
-            writable_dir(run.local / "checkpoints", "the checkpoint directory")
-        return run
-
-    def _checked_resume(self) -> Path | None:
-        config, ctx = self.config, self.ctx
-        resume_from = resume_path(config.train.resume, self.checkpoints)
-        if resume_from is not None:
-            check_resumable(resume_from)
-            if config.train.resume == "auto":  # a named checkpoint may change the plan on purpose (logged below)
-                check_data_plan(resume_from, config, ctx.world_size)
-            check_same_settings(resume_from, config, named=config.train.resume != "auto", world_size=ctx.world_size)
-            check_optimizer_layout(
-                resume_from,
-                config.sharding.type,
-                resolved_column_block(config.sharding.column_block, config.model.embedding_dim, ctx.world_size),
-            )
-            dataset = self._existing_dataset()
-            if dataset is not None:
-                check_same_dataset(resume_from, dataset.root, dataset.identity, config.train.resume_other_data)
-        return resume_from
-
-    def _existing_dataset(self) -> Manifest | None:
-        """The dataset this job will read, if it is there already (a resume's data always is)."""
-        data = self.config.data
-        root = cached_dataset(data) if is_remote(data.path) else dataset_path(data, self.run_dir)
-        return Manifest.load(root, verify_checksums=False) if (root / "manifest.json").is_file() else None
 
     def _build_data(self) -> None:
         """Every rank reads the same prepared dataset; the plan decides who reads what."""
@@ -477,17 +433,6 @@ def plan_epochs(stream: TrainStream, epochs: int, max_steps: int) -> list[int]:
     if max_steps:
         steps[-1] -= sum(steps) - max_steps
     return steps
-
-
-def resume_path(resume: str, checkpoints: CheckpointManager) -> Location | None:
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return checkpoints.latest_verified()
-    path = location(resume)
-    if not storage.is_dir(path):
-        raise CheckpointError(f"train.resume={resume}: no such checkpoint directory")
-    return verified(path)
 
 
 class StopRequest:
