@@ -3,7 +3,7 @@ from, kept apart from its model and checkpoints so they can be committed beside 
 
 A run directory is scratch space (hundreds of MB of checkpoints on a machine that may not be there
 tomorrow); a record is tens of KB: the settings it ran with (config.yaml), its final metrics
-(final.json), its training curves (metrics.jsonl) and where it came from (record.json: the run
+(final.json), its training curves (metrics.jsonl, gzipped) and where it came from (record.json: the run
 directory, when it was recorded, the code's commit, the wall and CPU minutes the runner's last
 start of it took - with the step it resumed from, when that start went on from a checkpoint - and
 for a re-evaluation a digest of the trained run's final.json it re-evaluated).
@@ -12,6 +12,7 @@ tools/experiments.py reports from records only.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
@@ -19,8 +20,10 @@ import subprocess
 import time
 from pathlib import Path
 
-# What a record copies from a run directory; final.json is what makes it a record.
-RECORDED_FILES = ("config.yaml", "final.json", "metrics.jsonl")
+# What a record copies from a run directory; final.json is what makes it a record. The training curves
+# (a line per logged step: most of a record's bytes) are kept gzipped.
+RECORDED_FILES = ("config.yaml", "final.json")
+CURVES, CURVES_KEPT = "metrics.jsonl", "metrics.jsonl.gz"
 PROVENANCE = "record.json"
 
 
@@ -65,6 +68,8 @@ def write_record(run_dir: Path, record: Path, provenance: dict) -> None:
     for name in RECORDED_FILES:
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, partial / name)
+    if (run_dir / CURVES).is_file():
+        write_curves((run_dir / CURVES).read_bytes(), partial / CURVES_KEPT)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (partial / PROVENANCE).write_text(
         json.dumps({"run_dir": str(run_dir), "recorded": stamp, **provenance}, indent=2) + "\n"
@@ -82,6 +87,21 @@ def read_provenance(record: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RecordError(f"{path}: not JSON ({exc})") from exc
+
+
+def write_curves(jsonl: bytes, path: Path) -> None:
+    """Gzipped with no name or time in its header, so the same curves are the same bytes."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
+        out.write(jsonl)
+
+
+def read_curves(record: Path) -> list[dict]:
+    """The record's logged steps (metrics.jsonl's rows), oldest first."""
+    path = record / CURVES_KEPT
+    try:
+        return [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines() if line]
+    except (OSError, EOFError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path}: not gzipped JSON lines ({exc})") from exc
 
 
 def read_final(record: Path) -> dict:

@@ -236,7 +236,7 @@ def test_the_records_outlive_the_run_directories(grid, finished, tmp_path):
     assert sorted(p.name for p in (records / "tiny" / "dimerec" / "seed-0").iterdir()) == [
         "config.yaml",
         "final.json",
-        "metrics.jsonl",
+        "metrics.jsonl.gz",
         "record.json",
     ], "the model and checkpoints stay out"
     before = (root / "out" / "report-smoke.md").read_text()

@@ -4,11 +4,11 @@ the training losses of some methods (`losses`) and every method's test metrics s
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 from research.experiments.grid import run_dir
+from research.run_records import read_curves
 
 
 def curve_points(spec: dict, methods: dict) -> list[tuple[float, list[dict]]]:
@@ -93,11 +93,9 @@ def plot(grid: dict, records: Path, table: dict, figures: Path) -> list[str]:
                 seed = spec.get("seed", grid["seeds"][0])
                 if not all(any(r["seed"] == seed for r in methods.get(m, [])) for m in spec["methods"]):
                     continue
-                files = [run_dir(records, dataset, m, seed) / "metrics.jsonl" for m in spec["methods"]]
                 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-                for method, metrics_file in zip(spec["methods"], files):
-                    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-                    rows = [r for r in rows if "loss/gem" in r]
+                for method in spec["methods"]:
+                    rows = [r for r in read_curves(run_dir(records, dataset, method, seed)) if "loss/gem" in r]
                     for ax, loss in zip(axes, ("gem", "recon", "ssm")):
                         ax.plot([r["step"] for r in rows], [r[f"loss/{loss}"] for r in rows], label=method)
                         ax.set_title(f"L_{loss}")
