@@ -49,7 +49,6 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dimerec_dist.training.checkpoint import CheckpointManager, read_meta  # noqa: E402
 from research.experiments.grid import (  # noqa: E402
     REPO,
     GridError,
@@ -146,6 +145,10 @@ def record_unrecorded(grid: dict, out: Path, records: Path, jobs: list[tuple[str
 def resumed_from_step(run: Path) -> int | None:
     """The step an interrupted training run goes on from (its newest complete checkpoint: the
     trainer's train.resume=auto), or None for a run that starts at step 0."""
+    # Here, not at the top: torch.distributed.checkpoint takes seconds to import, and most of the
+    # runner's starts (a report, a wrong grid named) never need it.
+    from dimerec_dist.training.checkpoint import CheckpointManager, read_meta
+
     latest = CheckpointManager(run / "checkpoints").latest()
     return read_meta(latest)["training"]["step"] if latest is not None else None  # what the trainer resumes at
 

@@ -112,7 +112,7 @@ def test_the_sequence_grid_trains_the_same_model_to_the_same_losses_in_both_mode
         "--warmup",
         "1",
         "--repeats",
-        "2",
+        "1",
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -122,7 +122,7 @@ def test_the_sequence_grid_trains_the_same_model_to_the_same_losses_in_both_mode
     assert len(sequence["losses"]) == 3
     assert sequence["losses"] == pytest.approx(per_prefix["losses"], rel=1e-5)
     assert sequence["ids_per_target"] < per_prefix["ids_per_target"] / 3
-    assert len(sequence["targets_per_s_runs"]) == 2
+    assert len(sequence["targets_per_s_runs"]) == 1
     assert "| 32 | 12 | sequence | bias |" in (tmp_path / "sequence.md").read_text()
     assert (tmp_path / "bench_sequence_throughput.png").stat().st_size > 0
 
