@@ -9,7 +9,7 @@
 # Needs root (slurmd), runs slurmctld and slurmd with state in a scratch directory and a config of
 # their own (no cgroups, no accounting) in /etc/slurm (the one there is restored), and stops them at
 # the end. Not part of the test suite: minutes, and a
-# scheduler. Prints each step; the whole log goes to $OUT.
+# scheduler. Prints each step; this run's whole log replaces $OUT at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -21,7 +21,13 @@ export PATH="$REPO/.venv/bin:$PATH"  # the caller's environment: the checkout's,
 export SLURM_CONF=/etc/slurm/slurm.conf
 mkdir -p /etc/slurm
 [ -e "$SLURM_CONF" ] && cp -p "$SLURM_CONF" "$SCRATCH/slurm.conf.saved"
-exec > >(tee "$OUT") 2>&1
+# One run, one file: a second check waits for none and stops at once (the lock), and this run's log is
+# written to a file of its own, put at $OUT whole when the run ends (passed or failed), never appended
+# to or interleaved with another run's.
+exec 9>/tmp/dimerec-slurm-check.lock
+flock -n 9 || { echo "slurm_check.sh: another check is running (/tmp/dimerec-slurm-check.lock)" >&2; exit 2; }
+LOG=$SCRATCH/slurm_check.txt
+exec > >(tee "$LOG") 2>&1
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 fail() { stamp "FAILED: $*"; exit 1; }
 
@@ -59,6 +65,8 @@ cleanup() {
   [ -f "$SCRATCH/d.pid" ] && kill "$(cat "$SCRATCH/d.pid")" 2>/dev/null || true
   [ -f "$SCRATCH/ctld.pid" ] && kill "$(cat "$SCRATCH/ctld.pid")" 2>/dev/null || true
   if [ -e "$SCRATCH/slurm.conf.saved" ]; then cp -p "$SCRATCH/slurm.conf.saved" "$SLURM_CONF"; else rm -f "$SLURM_CONF"; fi
+  sleep 0.2  # tee's last lines
+  cp "$LOG" "$OUT.partial" && mv "$OUT.partial" "$OUT"
 }
 trap cleanup EXIT
 stamp "slurm $(sbatch --version | awk '{print $2}'), $(dimerec-env --no-lookup | grep -E '^(torch|torchrec) ' | tr -s ' ' | paste -sd, -)"

@@ -15,7 +15,11 @@
 Both find uvicorn's server through the proxy's server task (the frame of `uvicorn.Server.serve`)
 and read its connections' `cycle` and `timeout_keep_alive_task`: if a Ray or uvicorn upgrade moved
 them, installing fails with ProxyGuardError, or the proxy's log says the deadline is off
-(tests/serving/test_service.py exercises both on the pinned versions).
+(tests/serving/test_service.py exercises both on the pinned versions). Neither has a supported
+setting in Ray Serve 2.60 (its `http_options` set the request and keep-alive timeouts only), so
+this module is private API, checked against CHECKED_AGAINST as distributed/private_api.py is:
+dimerec-serve logs a warning on other versions, and tests/serving/test_proxy_guard.py fails,
+naming this module, when the installed Ray or uvicorn moves.
 """
 
 from __future__ import annotations
@@ -25,12 +29,36 @@ import time
 
 import ray
 
+CHECKED_AGAINST = {"ray": "2.60.0", "uvicorn": "0.55.0"}  # the proxy internals below were read on these
 _PROXY_NAME, _SERVE_NAMESPACE = "SERVE_PROXY_ACTOR", "serve"  # ray.serve._private.constants' names
 _TIMEOUT_ANSWER = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class ProxyGuardError(RuntimeError):
     """The Ray Serve proxy is not shaped as this module expects (a Ray or uvicorn upgrade)."""
+
+
+def versions_moved() -> dict[str, tuple[str, str]]:
+    """{library: (checked, installed)} for each library whose installed version is not the one checked."""
+    from importlib.metadata import version
+
+    installed = {name: version(name) for name in CHECKED_AGAINST}
+    return {
+        name: (CHECKED_AGAINST[name], installed[name])
+        for name in CHECKED_AGAINST
+        if installed[name] != CHECKED_AGAINST[name]
+    }
+
+
+def warn_if_versions_moved() -> None:
+    moved = versions_moved()
+    if moved:
+        logging.getLogger("dimerec.serve").warning(
+            "serving/proxy_guard.py reaches into Ray Serve's proxy as read on %s; installed: %s. Check the "
+            "graceful stop and the request-head deadline (tests/serving/test_proxy_guard.py, test_service.py)",
+            ", ".join(f"{name} {checked}" for name, (checked, _) in moved.items()),
+            ", ".join(f"{name} {now}" for name, (_, now) in moved.items()),
+        )
 
 
 def proxies() -> list:
@@ -44,6 +72,7 @@ def proxies() -> list:
 
 def guard_request_heads(seconds: float) -> int:
     """Install the request-head deadline in every proxy; returns how many were guarded."""
+    warn_if_versions_moved()
     handles = proxies()
     ray.get([proxy.__ray_call__.remote(_install_head_deadline, seconds) for proxy in handles])
     return len(handles)

@@ -3,11 +3,13 @@
 dimerec-eval answers, is ready only once every shard has loaded and verified its rows, shows
 its metrics, times out stalled requests, and stops cleanly on SIGTERM."""
 
+import json
 import os
 import shutil
 import signal
 import socket
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -163,6 +165,32 @@ def test_under_load_a_killed_replica_costs_no_request_and_sigterm_drops_none(bun
         service.kill()
     assert_every_request_read_was_answered(out, outcomes)
     assert outcomes.count("reset") <= len(load.threads), sorted(map(str, outcomes))
+
+
+def test_a_shard_with_no_replica_answering_gets_a_503_with_retry_after(sharded_service_process):
+    """Shard 1's only replica stopped (SIGSTOP: alive, answering nothing): a request is answered 503
+    with Retry-After at 0.8 of the 3 s request timeout, naming the shard, never a 500 or a dropped
+    connection; resumed, the shard answers again."""
+    service = sharded_service_process
+    (replica,) = service.replica_pids("shard-1")
+    body = json.dumps({"history": ["1", "2"], "k": 5}).encode()
+    request = urllib.request.Request(service.url + "/recommend", data=body, method="POST")
+    os.kill(replica, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(replica, signal.SIGCONT)
+    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+    assert "shard 1" in json.loads(refused.value.read())["error"]
+    assert waited >= 2.0, waited  # it waited shard_wait_s (0.8 x 3 s) for the shard, then answered, before the proxy
+    deadline = time.time() + 60
+    while call(service.url, "/health/ready")[0] != 200:
+        assert time.time() < deadline, "the resumed replica did not answer again"
+        time.sleep(0.5)
+    assert call(service.url, "/recommend", {"history": ["1", "2"], "k": 5})[0] == 200
 
 
 def test_a_shard_whose_only_replica_died_gets_503s_until_it_is_back(sharded_service_process):

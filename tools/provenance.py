@@ -1,0 +1,82 @@
+"""Where a benchmark's figures came from, written beside them (provenance.json): the command,
+the commit (and whether the tree had uncommitted changes), the machine and the stack. A doc
+citing a figure cites the raw output and this file, so anyone can see what to rerun and where.
+
+    from tools.provenance import write_provenance
+    write_provenance(out_dir)          # at the end of a benchmark's main()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> dict:
+    """The commit the code ran at, and whether any tracked file outside docs/ differed from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def machine() -> dict:
+    """The CPU, its cores, the memory and the GPUs of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpus = []
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        gpus = [line.split(" (UUID")[0] for line in listed.stdout.splitlines() if line.startswith("GPU")]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_gb, 1), "gpus": gpus}
+
+
+def stack() -> dict:
+    versions = {"python": platform.python_version()}
+    for module in ("torch", "torchrec", "fbgemm_gpu", "ray", "pyarrow", "numpy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # absent or broken: the figure's file says so rather than the tool failing
+            versions[module] = None
+    return versions
+
+
+def provenance(argv: list[str] | None = None) -> dict:
+    return {
+        "command": shlex.join([Path(sys.executable).name, *(argv if argv is not None else sys.argv)]),
+        "code": code_version(),
+        "machine": machine(),
+        "stack": stack(),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_provenance(out: Path, argv: list[str] | None = None) -> Path:
+    path = Path(out) / "provenance.json"
+    path.write_text(json.dumps(provenance(argv), indent=2) + "\n")
+    return path
