@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from provenance import write_provenance  # tools/, beside this script
 
 from dimerec_dist.config import config_to_dict, load_config
 from dimerec_dist.runtime.process_group import init_distributed, shutdown
@@ -76,6 +77,7 @@ def main() -> int:
         }
         print(json.dumps(report, indent=2))
         (args.out / "bench_checkpoint.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_provenance(args.out)
         shutil.rmtree(args.out / "checkpoints")
     shutdown()
     return 0

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from provenance import write_provenance  # tools/, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +105,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--max-history", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=None, help="also write results.json and provenance.json here")
     parser.add_argument("--only", choices=("local", "ray"), help=argparse.SUPPRESS)  # one loader, in this process
     args = parser.parse_args()
     if args.only:
@@ -139,6 +141,10 @@ def main() -> int:
             report[f"loader_{backend}"]["samples_per_s_per_rank"] / report["trainer"]["samples_per_s_per_rank"]
         )
     print(json.dumps(report, indent=2))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_provenance(args.out)
     return 0
 
 

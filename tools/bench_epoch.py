@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from provenance import write_provenance  # tools/, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 MODES = {"per_prefix": "data.sample_mode=all", "sequence": "data.sample_mode=sequence"}
 
@@ -126,6 +128,7 @@ def main() -> None:
     )
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_provenance(out)
     print(text)
 
 

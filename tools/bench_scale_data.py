@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import write_provenance  # tools/, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = (
     "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
@@ -87,6 +89,7 @@ def main() -> int:
         "prepared_counts": manifest["counts"],
     }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_provenance(args.out)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dimerec_dist.config import SHARDING  # noqa: E402
+from tools.provenance import write_provenance  # noqa: E402
 
 LAYOUTS = (*SHARDING, "replicated")  # TorchRec's layouts, and the replicated baseline
 MODEL = ["model.embedding_dim=64", "model.max_history=50", "model.num_interests=4"]
@@ -577,6 +578,7 @@ def write_step_report(results: list[dict], out: Path, machine: str) -> None:
     text = "\n".join([f"Machine: {machine}", "", *rows, "", *[f"- {line}" for line in ratios]])
     (out / "steps.md").write_text(text + "\n")
     (out / "steps.json").write_text(json.dumps(results, indent=1))
+    write_provenance(out)
     print(text)
 
 
@@ -608,6 +610,7 @@ def write_sequence_report(results: list[dict], out: Path, machine: str) -> None:
     )
     (out / "sequence.md").write_text(text + "\n")
     (out / "sequence.json").write_text(json.dumps(results, indent=1))
+    write_provenance(out)
     print(text)
     plot_sequence(results, out)
 
@@ -726,6 +729,7 @@ def write_report(results: list[dict], out: Path, machine: str) -> None:
     text = "\n".join([f"Machine: {machine}", "", *rows, "", *[f"- {line}" for line in comparisons(results)]])
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_provenance(out)
     print(text)
     plot(results, out)
 

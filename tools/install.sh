@@ -23,7 +23,7 @@ FBGEMM_VERSION=1.8.0
 # torchrec 1.8.0's declared requirements, minus fbgemm-gpu (chosen below).
 TORCHREC_NEEDS=(tensordict "torchmetrics==1.0.3" tqdm pyre-extensions)
 # The project's own needs and pins are pyproject.toml's (dependencies and these extras).
-EXTRAS="ray,serving,plots,remote,test"
+EXTRAS="ray,serving,plots,remote,research,test"
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}

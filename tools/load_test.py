@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from provenance import write_provenance  # tools/, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -264,6 +265,7 @@ def main() -> None:
             finally:
                 server.stop()
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    write_provenance(args.out)
     rows = [
         "| bundle | items | dtype | search | server | start (s) | concurrency | requests | req/s | p50 (ms) "
         "| p99 (ms) | errors | scanned per exact query (MiB) | scan at memory bandwidth (ms) |",

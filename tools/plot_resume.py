@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from provenance import write_provenance  # tools/, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--kill-at", type=int, default=170)
+    parser.add_argument("--raw", type=Path, default=None, help="write results.json and provenance.json here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         plain = run(args.data, Path(tmp) / "plain", args.steps, [])
@@ -83,7 +85,13 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     difference = max(abs(plain[s] - killed[s]) for s in steps)
-    print(json.dumps({"steps": len(steps), "max_abs_loss_difference": difference, "figure": str(args.out)}))
+    summary = {"steps": len(steps), "max_abs_loss_difference": difference, "figure": str(args.out)}
+    print(json.dumps(summary))
+    if args.raw is not None:  # the figure's numbers, and where they came from
+        args.raw.mkdir(parents=True, exist_ok=True)
+        losses = {"uninterrupted": [plain[s] for s in steps], "killed": [killed[s] for s in steps]}
+        (args.raw / "results.json").write_text(json.dumps({**summary, "steps_logged": steps, **losses}) + "\n")
+        write_provenance(args.raw)
     return 0
 
 

@@ -1,23 +1,20 @@
-"""What a rank holds in memory, for the training log: the host process's resident set (now and
-its peak) and, on a GPU, the caching allocator's allocated, reserved and peak bytes."""
+"""What a rank holds in memory, for the training log: the host process's resident set (now, from
+psutil, on any OS; its peak, from getrusage, which psutil does not read on Linux) and, on a GPU,
+the caching allocator's allocated, reserved and peak bytes."""
 
 from __future__ import annotations
 
-import os
 import resource
 
+import psutil
 import torch
 
 GB = 1e9
 
 
 def host_rss_bytes() -> int:
-    """Resident set size of this process now (Linux /proc; elsewhere its peak)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return host_peak_rss_bytes()
+    """Resident set size of this process now."""
+    return psutil.Process().memory_info().rss
 
 
 def host_peak_rss_bytes() -> int:
