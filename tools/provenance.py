@@ -18,22 +18,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # research/, when a tool runs as a script
 
-
-def code_version() -> dict:
-    """The commit the code ran at, and whether any tracked file outside docs/ differed from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+from research.run_records import code_version  # noqa: E402  the commit, and whether the tree differed
 
 
 def machine() -> dict:
@@ -69,7 +56,7 @@ def stack() -> dict:
 def provenance(argv: list[str] | None = None) -> dict:
     return {
         "command": shlex.join([Path(sys.executable).name, *(argv if argv is not None else sys.argv)]),
-        "code": code_version(),
+        "code": code_version(REPO),
         "machine": machine(),
         "stack": stack(),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
