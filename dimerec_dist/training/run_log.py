@@ -19,7 +19,7 @@ log = logging.getLogger("dimerec.train")
 
 def setup_logging(ctx) -> None:
     """Our lines on rank 0 at --log-level (INFO), other ranks' warnings; libraries (TorchRec,
-    FBGEMM) only at WARNING. `ctx`: the job's distributed.process_group.DistContext."""
+    FBGEMM) only at WARNING. `ctx`: the job's runtime.process_group.DistContext."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {ctx.rank}] %(name)s %(message)s", force=True)
     logging.getLogger("dimerec").setLevel(our_level(ctx.is_main))
 
