@@ -62,14 +62,13 @@ class JobData:
 
     @classmethod
     def for_training(cls, config: JobConfig, manifest: Manifest, ctx: DistContext) -> JobData:
-        check_protocol(config, manifest)
+        data = cls.for_evaluation(config, manifest)  # checks the split protocol
         config.check_catalog(manifest.num_items, str(manifest.root))
         check_held_out_users(config, manifest)
         if config.train.batch_size % ctx.world_size:
             raise ConfigError(
                 f"train.batch_size={config.train.batch_size} must divide evenly over {ctx.world_size} ranks"
             )
-        data = cls.for_evaluation(config, manifest)
         data.stream = train_stream(config, manifest, ctx)
         data.batch_maker = BatchMaker(
             config,

@@ -117,7 +117,14 @@ class Trainer:
         """Every rank reads the same prepared dataset; the plan decides who reads what."""
         manifest = Manifest.load(ensure_dataset(self.config.data, self.run_dir, self.ctx.is_main))
         self.data = JobData.for_training(self.config, manifest, self.ctx)
-        self.manifest, self.stream = manifest, self.data.stream
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.data.manifest
+
+    @property
+    def stream(self) -> TrainStream:
+        return self.data.stream
 
     # ------------------------------------------------------------------ the step
 
