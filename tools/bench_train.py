@@ -405,9 +405,22 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
             )
             continue
         result_file = Path(args.out) / f"cell-{device}-{layout}-w{world}-{items}.json"
-        result_file = run_cell_job(args, world, ["--device", device, "--layout", layout], items, result_file)
-        result = json.loads(result_file.read_text())
         earlier = next((r for r in results if cell_key(r) == key), None)
+        try:
+            run_cell_job(args, world, ["--device", device, "--layout", layout], items, result_file)
+        except CellFailed as failure:
+            # One crashed job (a gloo segfault, an out-of-memory kill) costs its cell, not the grid's hours;
+            # the report names it, a later repeat of the cell may still measure it.
+            print(f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: FAILED, {failure}")
+            if earlier is None:
+                results.append({**dict(zip(("device", "layout", "world", "items"), key)), "failed": []})
+                earlier = results[-1]
+            earlier.setdefault("failed", []).append(str(failure.log))
+            continue
+        result = json.loads(result_file.read_text())
+        if earlier is not None and "samples_per_s" not in earlier:  # every earlier run of the cell failed
+            results.remove(earlier)
+            result["failed"], earlier = earlier["failed"], None
         if earlier is None:
             result["samples_per_s_runs"] = [result["samples_per_s"]]
             results.append(result)
@@ -465,8 +478,18 @@ def run_cell_job(args, world: int, cell_args: list[str], items: int, result_file
     }
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+        log = result_file.with_suffix(".failed.log")
+        log.write_text(f"$ {' '.join(command)}\nexit status {done.returncode}\n\n{done.stdout}\n{done.stderr}")
+        raise CellFailed(f"exit status {done.returncode}, output in {log}:\n{done.stderr[-2000:]}", log)
     return result_file
+
+
+class CellFailed(RuntimeError):
+    """A cell's job exited non-zero; its whole output is kept in `log`."""
+
+    def __init__(self, message: str, log: Path):
+        super().__init__(message)
+        self.log = log
 
 
 def run_sequence_grid(args) -> list[dict]:
@@ -655,12 +678,12 @@ def catalog_memory(results: list[dict]) -> None:
     """Peak memory per rank minus the same device, layout and world size's run on the smallest catalog."""
     base = {}
     for r in results:
-        if "skipped" not in r:
+        if "samples_per_s" in r:
             key = cell_key(r)[:3]
             if key not in base or r["items"] < base[key]["items"]:
                 base[key] = r
     for r in results:
-        if "skipped" not in r:
+        if "samples_per_s" in r:
             reference = base[cell_key(r)[:3]]
             r["catalog_bytes_per_rank"] = held_bytes(r) - held_bytes(reference)
             r["catalog_reference_items"] = reference["items"]
@@ -669,7 +692,7 @@ def catalog_memory(results: list[dict]) -> None:
 def comparisons(results: list[dict]) -> list[str]:
     """The issue's ratios: sharded against replicated, GPU against CPU, side by side from this run;
     and every cell's losses against row-wise on CPU on the fewest ranks (the same batches)."""
-    cell = {cell_key(r): r for r in results if "skipped" not in r}
+    cell = {cell_key(r): r for r in results if "samples_per_s" in r}
     lines = []
     for (device, layout, world, items), r in sorted(cell.items()):
         baseline = cell.get((device, "replicated", world, items))
@@ -721,12 +744,25 @@ def write_report(results: list[dict], out: Path, machine: str) -> None:
                 "| | | | |"
             )
             continue
+        if "samples_per_s" not in r:
+            rows.append(
+                f"| {r['device']} | {r['layout']} | {r['world']} | {r['items']:,} | failed, every run: "
+                f"{', '.join(r['failed'])} | | | | |"
+            )
+            continue
         rows.append(
             f"| {r['device']} | {r['layout']} | {r['world']} | {r['items']:,} | {r['samples_per_s']:,.0f} | "
             f"{gib(r['peak_rss_bytes'])} | {gib(r['peak_device_bytes']) if r['device'] == 'cuda' else '-'} | "
             f"{r['catalog_bytes_per_rank'] / 2**30:.2f} | {gib(r['table_bytes'])} |"
         )
-    text = "\n".join([f"Machine: {machine}", "", *rows, "", *[f"- {line}" for line in comparisons(results)]])
+    failures = [
+        f"{r['layout']}, world {r['world']}, {r['items']:,} items, {r['device']}: {len(r['failed'])} run(s) failed, "
+        f"output in {', '.join(r['failed'])}"
+        for r in results
+        if r.get("failed")
+    ]
+    lines = comparisons(results) + failures
+    text = "\n".join([f"Machine: {machine}", "", *rows, "", *[f"- {line}" for line in lines]])
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_provenance(out)
@@ -742,7 +778,7 @@ def plot(results: list[dict], out: Path) -> None:
 
     series: dict[tuple[str, str, int], list[dict]] = {}
     for r in results:
-        if "skipped" not in r:
+        if "samples_per_s" in r:
             series.setdefault(cell_key(r)[:3], []).append(r)
     devices = {key[0] for key in series}
     for key, ylabel, name in (
@@ -854,7 +890,11 @@ def main() -> None:
     if args.compare_steps:
         write_step_report(run_step_grid(args), out, machine)
         return
-    write_report(run_grid(args, gpus), out, machine)
+    results = run_grid(args, gpus)
+    write_report(results, out, machine)
+    unmeasured = [r for r in results if "failed" in r and "samples_per_s" not in r]
+    if unmeasured:
+        raise SystemExit(f"{len(unmeasured)} cell(s) failed on every run; their output: {unmeasured[0]['failed'][0]}")
 
 
 if __name__ == "__main__":

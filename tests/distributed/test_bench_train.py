@@ -167,3 +167,44 @@ def test_the_step_grid_trains_plain_and_pipelined_to_the_same_losses_and_reports
     text = (tmp_path / "steps.md").read_text()
     assert "pipelined / plain, cpu, 500 items, batch 32, world 1, fp32: samples/s x" in text
     assert "bf16 / fp32, cpu, 500 items, batch 32, world 1, pipelined: samples/s x" in text
+
+
+def test_a_crashed_cell_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """One cell's job dying (a gloo segfault once took a 2-rank replicated cell) costs that run of
+    the cell, not the grid: the other cells are measured, a later repeat of the cell still counts,
+    and a cell that failed on every run is named in the report with its kept output."""
+    sys.path.insert(0, str(REPO))
+    bench_train = pytest.importorskip("tools.bench_train")
+    crashes = {("replicated", 2, 1), ("row_wise", 2, 1), ("row_wise", 2, 2)}  # (layout, world, run of the cell)
+    runs: dict[tuple, int] = {}
+
+    def cell_job(args, world, cell_args, items, result_file):
+        layout = cell_args[cell_args.index("--layout") + 1]
+        runs[layout, world] = runs.get((layout, world), 0) + 1
+        if (layout, world, runs[layout, world]) in crashes:
+            log = result_file.with_suffix(".failed.log")
+            log.write_text("Segmentation fault")
+            raise bench_train.CellFailed("exit status -11", log)
+        loss = [1.0, 0.5]
+        result_file.write_text(
+            json.dumps(
+                {"device": "cpu", "layout": layout, "world": world, "items": items, "losses": loss}
+                | {"samples_per_s": 100.0 * world, "peak_rss_bytes": [2**30] * world}
+                | {"peak_device_bytes": [0] * world, "table_bytes": [items * 260] * world}
+            )
+        )
+        return result_file
+
+    monkeypatch.setattr(bench_train, "run_cell_job", cell_job)
+    args = bench_train.argparse.Namespace(
+        out=str(tmp_path), devices=["cpu"], catalogs=[500], worlds=[1, 2], layouts=["row_wise", "replicated"], repeats=2
+    )
+    results = bench_train.run_grid(args, gpus=[])
+    cells = {(r["layout"], r["world"]): r for r in results}
+    assert cells["row_wise", 1]["samples_per_s_runs"] == [100.0, 100.0] and "failed" not in cells["row_wise", 1]
+    assert cells["replicated", 2]["samples_per_s_runs"] == [200.0]  # the repeat measured it
+    assert cells["replicated", 2]["failed"] == [str(tmp_path / "cell-cpu-replicated-w2-500.failed.log")]
+    assert "samples_per_s" not in cells["row_wise", 2] and len(cells["row_wise", 2]["failed"]) == 2
+    bench_train.write_report(results, tmp_path, "test machine")
+    assert "| cpu | row_wise | 2 | 500 | failed, every run: " in (tmp_path / "results.md").read_text()
+    assert "replicated, world 2, 500 items, cpu: 1 run(s) failed" in (tmp_path / "results.md").read_text()
