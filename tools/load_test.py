@@ -16,7 +16,9 @@ Exact search reads the whole table per query batch: the tool measures this machi
 bandwidth with a plain copy (numpy, STREAM's convention: bytes read plus bytes written) and
 reports the bytes an exact query scans and the time that scan takes at that bandwidth, beside
 the measured p50.
-`--max-batch 1` turns the single-process server's micro-batching off. `--kill-replica-after S`
+`--fastapi` adds the same single-process server on FastAPI + uvicorn instead of the standard
+library (tools/fastapi_frontend.py), to weigh a move to it. `--max-batch 1` turns the single-process
+server's micro-batching off. `--kill-replica-after S`
 SIGKILLs one replica of shard 0 S seconds into each level of the sharded service (a fault under
 load: the errors column says what clients saw; Ray Serve restarts the replica).
 Writes results.json, results.md and a plot.
@@ -72,19 +74,15 @@ def copy_bandwidth(size: int = 256 * 2**20, repeats: int = 5) -> float:
 
 
 class SingleProcessServer:
-    """`dimerec-serve BUNDLE --single-process`: the standard-library server, without Ray."""
+    """`dimerec-serve BUNDLE --single-process`: the standard-library server, without Ray; or with
+    `fastapi`, the same server's candidate on FastAPI + uvicorn (tools/fastapi_frontend.py)."""
 
-    def __init__(self, bundle: Path, threads: int, max_batch: int):
-        command = [
-            sys.executable,
-            "-m",
-            "dimerec_dist.serving.serve_cli",
-            str(bundle),
-            "--single-process",
-            "--port",
-            "0",
-        ]
-        command += ["--threads", str(threads), "--max-batch", str(max_batch)]
+    def __init__(self, bundle: Path, threads: int, max_batch: int, fastapi: bool = False):
+        if fastapi:
+            command = [sys.executable, str(Path(__file__).with_name("fastapi_frontend.py")), str(bundle)]
+        else:
+            command = [sys.executable, "-m", "dimerec_dist.serving.serve_cli", str(bundle), "--single-process"]
+        command += ["--port", "0", "--threads", str(threads), "--max-batch", str(max_batch)]
         self.process = subprocess.Popen(
             command,
             cwd=REPO,
@@ -104,13 +102,16 @@ class SingleProcessServer:
         self.process.wait(timeout=30)
 
 
+SINGLE_PROCESS, FASTAPI = 0, -1  # the servers without Ray, among the sharded services' shard counts
+
+
 def start_server(bundle: Path, shards: int, args, log_dir: Path):
-    """A started server and its start-up time: shards 0 is the single-process one."""
+    """A started server and its start-up time: shards SINGLE_PROCESS or FASTAPI are the single-process ones."""
     from tests.serving.service_process import Service
 
     started = time.time()
-    if shards == 0:
-        server = SingleProcessServer(bundle, args.threads, args.max_batch)
+    if shards in (SINGLE_PROCESS, FASTAPI):
+        server = SingleProcessServer(bundle, args.threads, args.max_batch, fastapi=shards == FASTAPI)
     else:
         log_dir.mkdir(parents=True, exist_ok=True)
         server = Service(bundle, log_dir, "--shards", str(shards), "--replicas", str(args.replicas))
@@ -197,6 +198,11 @@ def main() -> None:
     parser.add_argument("--shards", type=int, nargs="*", default=[1], help="sharded services to test, by shards")
     parser.add_argument("--replicas", type=int, default=1, help="replicas of each shard")
     parser.add_argument("--single-process", action="store_true", help="also test the single-process server")
+    parser.add_argument(
+        "--fastapi",
+        action="store_true",
+        help="also test the single-process server's candidate on FastAPI + uvicorn (tools/fastapi_frontend.py)",
+    )
     parser.add_argument("--kill-replica-after", type=float, default=0, help="> 0: kill a shard replica mid-level")
     parser.add_argument("--threads", type=int, default=0, help="single-process: torch threads (0: default)")
     parser.add_argument("--max-batch", type=int, default=64, help="single-process: micro-batch (1: no batching)")
@@ -222,15 +228,18 @@ def main() -> None:
         scan_bytes = ExactSearch(opened_bundle.parts, opened_bundle.cosine).table_bytes
         scan_ms = 1000 * scan_bytes / bandwidth
         histories = histories_from(bundle, args.data, 2000)
-        for shards in ([0] if args.single_process else []) + args.shards:
-            name = "single process" if shards == 0 else f"{shards} shard(s) x {args.replicas}"
+        single = [SINGLE_PROCESS] if args.single_process else []
+        for shards in single + ([FASTAPI] if args.fastapi else []) + args.shards:
+            name = {SINGLE_PROCESS: "single process", FASTAPI: "single process, FastAPI + uvicorn"}.get(
+                shards, f"{shards} shard(s) x {args.replicas}"
+            )
             server, start_s = start_server(bundle, shards, args, args.out / "logs" / f"{bundle.name}-{shards}")
             try:
                 run_level(server.port, histories, 1, 5, 30)  # warm-up: first calls page the table in
                 for level in args.concurrency:
                     timer = (
                         kill_a_replica_later(server, args.kill_replica_after)
-                        if shards and args.kill_replica_after
+                        if shards > 0 and args.kill_replica_after
                         else None
                     )
                     result = run_level(server.port, histories, level, args.requests, args.seconds)
