@@ -444,14 +444,13 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
 
 
 def run_cell_job(args, world: int, cell_args: list[str], items: int, result_file: Path) -> Path:
-    """One cell as its own torchrun job, the machine's cores split over its ranks; its result file."""
+    """One cell as its own job, the machine's cores split over its ranks; its result file. One rank
+    is a plain process (the trainer's one-rank group, as `dimerec-train` runs without torchrun)."""
     cores = args.cores or os.cpu_count()
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] if world > 1 else []
     command = [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={world}",
+        *launcher,
         str(Path(__file__).resolve()),
         "--cell",
         *cell_args,

@@ -9,7 +9,8 @@
 A grid file names the datasets (a job config each), the methods (config overrides each;
 every method is the same trainer with other settings; or {from: METHOD, eval: [overrides]}
 to re-evaluate METHOD's runs with other inference settings) and the seeds. Each run is
-`torchrun -m dimerec_dist.commands.train` into OUT/<dataset>/<method>/seed-<s>, and once finished it
+`torchrun -m dimerec_dist.commands.train` (a plain process with `nproc: 1`) into
+OUT/<dataset>/<method>/seed-<s>, and once finished it
 is recorded (research/run_records.py: its settings, final metrics and training curves,
 tens of KB) into RECORDS/<dataset>/<method>/seed-<s>. The records are what the report is made
 from and what "done" means: a recorded run is skipped, so an interrupted grid resumes where
@@ -68,7 +69,10 @@ from research.run_records import RecordError, code_version, final_digest, is_rec
 def run_one(grid: dict, out: Path, dataset: str, method: str, seed: int) -> Path:
     spec = grid["datasets"][dataset]
     target = run_dir(out, dataset, method, seed)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={grid['nproc']}"]
+    # One rank needs no torchrun agent (its start costs ~2 s a run): the trainer forms its one-rank group.
+    launch = [sys.executable]
+    if grid["nproc"] > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={grid['nproc']}"]
     derived = evaluation_only(grid, method)
     if derived is not None:
         source = run_dir(out, dataset, derived["from"], seed)
