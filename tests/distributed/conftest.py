@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ def torchrun_command(nproc: int, *target: str, restarts: int = 0) -> list[str]:
 
 
 def torchrun(nproc: int, module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m module args` under torchrun on loopback; fail the test with the job's output."""
-    command = torchrun_command(nproc, "-m", module, *args)
+    """Run `python -m module args` under torchrun on loopback; fail the test with the job's output.
+    One rank runs as a plain process, as `dimerec-train` does without torchrun: the same job (a
+    one-rank group), without the agent's start (~2 s a job; tests that need the agent say so)."""
+    command = torchrun_command(nproc, "-m", module, *args) if nproc > 1 else [sys.executable, "-m", module, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A session of its own, so a job that times out is killed with its workers, not just the agent.
     with subprocess.Popen(
@@ -36,6 +39,13 @@ def torchrun(nproc: int, module: str, *args: str, timeout: float = 300) -> subpr
     if done.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
     return done
+
+
+def two_at_a_time(job, items) -> list:
+    """`job(item)` for every item, two running at once, results in order. Small jobs are mostly
+    imports and process start, which two jobs overlap well on the 2 cores CI has."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(job, items))
 
 
 def error_line(done: subprocess.CompletedProcess) -> str:
@@ -67,8 +77,11 @@ FAULTY_TRAIN = REPO / "tools" / "faulty_train.py"  # dimerec-train with a kill o
 
 
 def faulty_train(world: int, run_dir, *args: str, restarts: int = 0) -> subprocess.CompletedProcess:
-    """tools/faulty_train.py under torchrun (`restarts` attempts after the first), its output kept."""
-    command = torchrun_command(world, str(FAULTY_TRAIN), "--run-dir", str(run_dir), *args, restarts=restarts)
+    """tools/faulty_train.py under torchrun (`restarts` attempts after the first), its output kept;
+    one rank with no restarts runs as a plain process (see `torchrun`)."""
+    target = [str(FAULTY_TRAIN), "--run-dir", str(run_dir), *args]
+    plain = world == 1 and not restarts
+    command = [sys.executable, *target] if plain else torchrun_command(world, *target, restarts=restarts)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 

@@ -8,41 +8,42 @@ import sys
 
 import pytest
 
-from tests.distributed.conftest import REPO
+from tests.distributed.conftest import REPO, two_at_a_time
+
+GRIDS = {  # the tool's three grids, small: each trains a few steps of real cells
+    "catalogs": ["--catalogs", "500", "1000000000000", "--worlds", "1", "2", "--layouts", "row_wise", "replicated"]
+    + ["--steps", "3", "--warmup", "1", "--batch", "32", "--repeats", "1", "--devices", "cpu", "cuda"],
+    "sequence": ["--sequence-modes", "--histories", "12", "--sequence-batches", "32", "--catalogs", "300"]
+    + ["--steps", "2", "--warmup", "1", "--repeats", "1"],
+    # 2 ranks: tests/distributed/test_pipelined_step.py proves the same equality there
+    "steps": ["--compare-steps", "--catalogs", "500", "--worlds", "1", "--precisions", "fp32", "bf16"]
+    + ["--batch", "32", "--steps", "3", "--warmup", "1", "--repeats", "1"],
+}
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench_train")
-    command = [
-        sys.executable,
-        "tools/bench_train.py",
-        "--out",
-        str(out),
-        "--catalogs",
-        "500",
-        "1000000000000",
-        "--worlds",
-        "1",
-        "2",
-        "--layouts",
-        "row_wise",
-        "replicated",
-        "--steps",
-        "3",
-        "--warmup",
-        "1",
-        "--batch",
-        "32",
-        "--repeats",
-        "1",
-        "--devices",
-        "cpu",
-        "cuda",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+def grids(tmp_path_factory):
+    """Each grid's output directory, the tool run once per grid (two at a time)."""
+    root = tmp_path_factory.mktemp("bench_train")
+
+    def run(name):
+        command = [sys.executable, "tools/bench_train.py", "--out", str(root / name), *GRIDS[name]]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+        return root / name, done
+
+    return dict(zip(GRIDS, two_at_a_time(run, GRIDS)))
+
+
+def grid(grids, name):
+    out, done = grids[name]
     assert done.returncode == 0, done.stderr[-4000:]
-    return out, json.loads((out / "results.json").read_text()), done.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(grids):
+    out = grid(grids, "catalogs")
+    return out, json.loads((out / "results.json").read_text()), grids["catalogs"][1].stdout
 
 
 def test_the_replicated_baseline_and_the_sharded_trainer_train_to_the_same_losses(report):
@@ -92,70 +93,27 @@ def test_gpu_cells_run_where_there_is_a_gpu_and_are_reported_not_started_elsewhe
     assert "NCCL has no sparse all-reduce" in cells[("replicated", 1)]["skipped"]
 
 
-def test_the_sequence_grid_trains_the_same_model_to_the_same_losses_in_both_modes(tmp_path):
+def test_the_sequence_grid_trains_the_same_model_to_the_same_losses_in_both_modes(grids):
     """--sequence-modes: per-prefix and sequence mode on the same targets and weights (score-bias
     positions) lose the same at every step, and sequence mode looks up fewer ids per target."""
-    command = [
-        sys.executable,
-        "tools/bench_train.py",
-        "--out",
-        str(tmp_path),
-        "--sequence-modes",
-        "--histories",
-        "12",
-        "--sequence-batches",
-        "32",
-        "--catalogs",
-        "300",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--repeats",
-        "1",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    cells = {(r["mode"], r["positions"]): r for r in json.loads((tmp_path / "sequence.json").read_text())}
+    out = grid(grids, "sequence")
+    cells = {(r["mode"], r["positions"]): r for r in json.loads((out / "sequence.json").read_text())}
     assert set(cells) == {("per_prefix", "input"), ("per_prefix", "bias"), ("sequence", "bias")}
     per_prefix, sequence = cells[("per_prefix", "bias")], cells[("sequence", "bias")]
     assert len(sequence["losses"]) == 3
     assert sequence["losses"] == pytest.approx(per_prefix["losses"], rel=1e-5)
     assert sequence["ids_per_target"] < per_prefix["ids_per_target"] / 3
     assert len(sequence["targets_per_s_runs"]) == 1
-    assert "| 32 | 12 | sequence | bias |" in (tmp_path / "sequence.md").read_text()
-    assert (tmp_path / "bench_sequence_throughput.png").stat().st_size > 0
+    assert "| 32 | 12 | sequence | bias |" in (out / "sequence.md").read_text()
+    assert (out / "bench_sequence_throughput.png").stat().st_size > 0
 
 
-def test_the_step_grid_trains_plain_and_pipelined_to_the_same_losses_and_reports_host_time(tmp_path):
+def test_the_step_grid_trains_plain_and_pipelined_to_the_same_losses_and_reports_host_time(grids):
     """--compare-steps: the plain step (batches made on the training thread, losses read every step)
     and the pipelined one (a prefetch thread, TorchRec's pipeline, one read at the end) train to the
     same losses; bf16 stays within 1e-2 relative of fp32 over these steps."""
-    command = [
-        sys.executable,
-        "tools/bench_train.py",
-        "--out",
-        str(tmp_path),
-        "--compare-steps",
-        "--catalogs",
-        "500",
-        "--worlds",
-        "1",  # 2 ranks: tests/distributed/test_pipelined_step.py proves the same equality there
-        "--precisions",
-        "fp32",
-        "bf16",
-        "--batch",
-        "32",
-        "--steps",
-        "3",
-        "--warmup",
-        "1",
-        "--repeats",
-        "1",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    cells = {(r["world"], r["precision"], r["step"]): r for r in json.loads((tmp_path / "steps.json").read_text())}
+    out = grid(grids, "steps")
+    cells = {(r["world"], r["precision"], r["step"]): r for r in json.loads((out / "steps.json").read_text())}
     assert len(cells) == 4
     for (world, precision, step), cell in cells.items():
         plain = cells[world, precision, "plain"]
@@ -164,7 +122,7 @@ def test_the_step_grid_trains_plain_and_pipelined_to_the_same_losses_and_reports
         assert cell["losses"] == pytest.approx(cells[world, "fp32", step]["losses"], rel=1e-2)
         assert cell["ms_per_step"] > 0 and (cell["read_ms_per_step"] > 0) == (step == "plain")
     assert cells[1, "bf16", "plain"]["losses"] != cells[1, "fp32", "plain"]["losses"], "bf16 really ran"
-    text = (tmp_path / "steps.md").read_text()
+    text = (out / "steps.md").read_text()
     assert "pipelined / plain, cpu, 500 items, batch 32, world 1, fp32: samples/s x" in text
     assert "bf16 / fp32, cpu, 500 items, batch 32, world 1, pipelined: samples/s x" in text
 

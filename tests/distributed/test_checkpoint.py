@@ -23,6 +23,7 @@ from tests.distributed.conftest import (
     error_line,
     losses_by_step,
     torchrun,
+    two_at_a_time,
 )
 
 STEPS = 40
@@ -111,22 +112,12 @@ def preempt(run_dir, dataset, *extra) -> Path:
     return saved
 
 
-def test_sigterm_saves_a_checkpoint_and_the_next_run_finishes_the_job(uninterrupted, tiny_dataset, tmp_path):
-    run_dir = tmp_path / "preempted"
-    preempt(run_dir, tiny_dataset)
-    torchrun(
-        2,
-        "dimerec_dist.commands.train",
-        "--run-dir",
-        str(run_dir),
-        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
-    )
-    assert losses_by_step(run_dir) == losses_by_step(uninterrupted)
-
-
-def test_a_stop_is_honoured_at_the_next_read_of_the_device_and_saves_there(uninterrupted, tiny_dataset, tmp_path):
+def test_sigterm_saves_at_the_next_read_of_the_device_and_the_next_run_finishes_the_job(
+    uninterrupted, tiny_dataset, tmp_path
+):
     """Steps run without reading the device back; the stop flags travel with the losses every
-    train.log_every steps, so a SIGTERM stops the run at the next multiple of log_every."""
+    train.log_every steps, so a SIGTERM stops the run at the next multiple of log_every and saves
+    there. The next run resumes from that checkpoint and ends as the uninterrupted run did."""
     run_dir = tmp_path / "preempted"
     saved = preempt(run_dir, tiny_dataset, "train.log_every=4")
     assert int(saved.name.split("-")[1]) % 4 == 0, saved
@@ -157,61 +148,71 @@ def table_and_momentum(checkpoint, tmp_path, name):
     return table, momentum
 
 
-@pytest.mark.parametrize(
-    "world, extra", [(1, []), (3, ["data.streams=6", "train.batch_size=96"]), (2, ["sharding.type=table_wise"])]
-)
-def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(
-    uninterrupted, tiny_dataset, tmp_path, world, extra
-):
+RESHARDED = {  # name: (world, overrides) of a job resuming the 2-rank row-wise run's last checkpoint
+    "one rank": (1, []),
+    "three ranks": (3, ["data.streams=6", "train.batch_size=96"]),
+    "table-wise": (2, ["sharding.type=table_wise"]),
+}
+
+
+@pytest.fixture(scope="module")
+def resharded(uninterrupted, tiny_dataset, tmp_path_factory):
     saved = CheckpointManager(uninterrupted / "checkpoints").path_for(STEPS)
-    run_dir = tmp_path / "resharded"
-    torchrun(
-        world,
-        "dimerec_dist.commands.train",
-        "--run-dir",
-        str(run_dir),
-        *job(tiny_dataset, f"train.max_steps={STEPS}", f"train.resume={saved}", *extra),
-    )
-    reloaded = CheckpointManager(run_dir / "checkpoints").path_for(STEPS)
-    assert json.loads((reloaded / META_FILE).read_text())["world_size"] == world
+    root = tmp_path_factory.mktemp("resharded")
+
+    def resume(name):
+        world, extra = RESHARDED[name]
+        run_dir = root / name.replace(" ", "-")
+        torchrun(
+            world,
+            "dimerec_dist.commands.train",
+            "--run-dir",
+            str(run_dir),
+            *job(tiny_dataset, f"train.max_steps={STEPS}", f"train.resume={saved}", *extra),
+        )
+        return run_dir
+
+    return saved, dict(zip(RESHARDED, two_at_a_time(resume, RESHARDED)))
+
+
+@pytest.mark.parametrize("name", RESHARDED)
+def test_a_two_rank_row_wise_checkpoint_loads_exactly_on_other_layouts(resharded, tmp_path, name):
+    saved, run_dirs = resharded
+    reloaded = CheckpointManager(run_dirs[name] / "checkpoints").path_for(STEPS)
+    assert json.loads((reloaded / META_FILE).read_text())["world_size"] == RESHARDED[name][0]
     table, momentum = table_and_momentum(saved, tmp_path, "saved")
     table2, momentum2 = table_and_momentum(reloaded, tmp_path, "reloaded")
     assert torch.equal(table, table2) and torch.equal(momentum, momentum2)
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("model.embedding_dim=32", "saved by a different model: embedding_dim (saved 16, now 32)"),
-        ("model.num_interests=3", "num_interests (saved 2, now 3)"),
-        ("model.guidance_dropout=0.2", "null guidance (saved without one, now with: model.guidance_dropout)"),
-        ("sharding.type=data_parallel", "laid out for row- or table-wise, this job shards the table data_parallel"),
-        ("sharding.type=column_wise", "this job shards the table column_wise (blocks of 16 columns)"),
-    ],
-)
-def test_a_checkpoint_of_another_model_is_refused_before_the_first_step(
-    uninterrupted, tiny_dataset, tmp_path, override, message
-):
+REFUSED = {  # an override of the resumed job: what its one error line must say
+    "model.embedding_dim=32": "saved by a different model: embedding_dim (saved 16, now 32)",
+    "model.num_interests=3": "num_interests (saved 2, now 3)",
+    "model.guidance_dropout=0.2": "null guidance (saved without one, now with: model.guidance_dropout)",
+    "sharding.type=data_parallel": "laid out for row- or table-wise, this job shards the table data_parallel",
+    "sharding.type=column_wise": "this job shards the table column_wise (blocks of 16 columns)",
+}
+
+
+@pytest.fixture(scope="module")
+def refused(uninterrupted, tiny_dataset, tmp_path_factory):
     saved = CheckpointManager(uninterrupted / "checkpoints").latest()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dimerec_dist.commands.train",
-            "--run-dir",
-            str(tmp_path / "other"),
-            *job(tiny_dataset, f"train.resume={saved}", override),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
-    assert (
-        not (tmp_path / "other" / "metrics.jsonl").exists()
-        or "loss/total" not in (tmp_path / "other" / "metrics.jsonl").read_text()
-    )
+    root = tmp_path_factory.mktemp("refused")
+
+    def resume(override):
+        run_dir = root / override.replace("=", "-")
+        command = [sys.executable, "-m", "dimerec_dist.commands.train", "--run-dir", str(run_dir)]
+        command += job(tiny_dataset, f"train.resume={saved}", override)
+        return run_dir, subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    return dict(zip(REFUSED, two_at_a_time(resume, REFUSED)))
+
+
+@pytest.mark.parametrize("override", REFUSED)
+def test_a_checkpoint_of_another_model_is_refused_before_the_first_step(refused, override):
+    run_dir, done = refused[override]
+    assert done.returncode == 2 and REFUSED[override] in done.stderr, done.stderr[-3000:]
+    assert not (run_dir / "metrics.jsonl").exists() or "loss/total" not in (run_dir / "metrics.jsonl").read_text()
 
 
 def test_resume_auto_refuses_other_settings_and_a_named_checkpoint_continues_with_a_warning(
@@ -292,25 +293,37 @@ def corrupt(path, how):
         (path / META_FILE).write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize(
-    "how", ["truncated shard", "truncated metadata", "flipped byte in a shard", "edited meta.json"]
-)
+CORRUPTIONS = ("truncated shard", "truncated metadata", "flipped byte in a shard", "edited meta.json")
+
+
+@pytest.fixture(scope="module")
+def resumed_past_corruption(uninterrupted, tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("corrupt")
+
+    def resume(how):
+        run_dir = root / how.replace(" ", "-")
+        shutil.copytree(uninterrupted, run_dir)
+        (run_dir / "final.json").unlink()
+        newest = CheckpointManager(run_dir / "checkpoints").latest()
+        assert newest.name == f"step-{STEPS:08d}"
+        corrupt(newest, how)
+        done = torchrun(
+            2,
+            "dimerec_dist.commands.train",
+            "--run-dir",
+            str(run_dir),
+            *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
+        )
+        return run_dir, newest, done
+
+    return dict(zip(CORRUPTIONS, two_at_a_time(resume, CORRUPTIONS)))
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
 def test_a_corrupt_newest_checkpoint_is_skipped_and_the_run_ends_like_the_uninterrupted_one(
-    uninterrupted, tiny_dataset, tmp_path, how
+    uninterrupted, resumed_past_corruption, how
 ):
-    run_dir = tmp_path / "corrupt"
-    shutil.copytree(uninterrupted, run_dir)
-    (run_dir / "final.json").unlink()
-    newest = CheckpointManager(run_dir / "checkpoints").latest()
-    assert newest.name == f"step-{STEPS:08d}"
-    corrupt(newest, how)
-    done = torchrun(
-        2,
-        "dimerec_dist.commands.train",
-        "--run-dir",
-        str(run_dir),
-        *job(tiny_dataset, f"train.max_steps={STEPS}", "train.checkpoint_every=10"),
-    )
+    run_dir, newest, done = resumed_past_corruption[how]
     assert (
         f"not resuming from {newest}" in done.stderr
         and "resumed from" in done.stderr

@@ -16,7 +16,6 @@ Sequence mode trains the same on 1 and 2 ranks too (each rank cuts chunks from i
 """
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from dimerec_dist.data.samples import EvaluationUsers
 from dimerec_dist.data.schema import Manifest, read_split
 from dimerec_dist.evaluation.ranking import mask_rows, ranking_metrics, user_starts
 from dimerec_dist.model import DimeRec
-from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun
+from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun, two_at_a_time
 
 LOSSES = ("loss/total", "loss/gem", "loss/recon", "loss/ssm")
 SGD = ["train.sparse_optimizer=sgd", "train.sparse_lr=0.5"]
@@ -84,9 +83,7 @@ def runs(tiny_dataset, tmp_path_factory):
         )
         return root / name, done.stdout + done.stderr
 
-    # Two jobs at a time: a job of this size is mostly imports and process start, which overlap well.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        out = dict(zip(RUNS, pool.map(train, RUNS)))
+    out = dict(zip(RUNS, two_at_a_time(train, RUNS)))
     out[1], out[2] = out["one"], out["row_wise"]
     return out
 

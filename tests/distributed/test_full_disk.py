@@ -8,6 +8,7 @@ fills at a chosen step."""
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.distributed.conftest import FAULTY_TRAIN, REPO, TINY_JOB, error_line, losses_by_step
 
@@ -33,7 +34,10 @@ def test_a_full_disk_stops_every_rank_in_one_line_keeps_the_last_checkpoint_and_
     tiny_dataset, make_small_disk, tmp_path
 ):
     run_dir = make_small_disk("runs", 4096) / "run"
-    line = error_line(faulty_train(run_dir, tiny_dataset, "--fill-disk-at-step", "4"))
+    with ThreadPoolExecutor(max_workers=1) as beside:  # the uninterrupted reference, meanwhile
+        reference = beside.submit(faulty_train, tmp_path / "reference", tiny_dataset)
+        line = error_line(faulty_train(run_dir, tiny_dataset, "--fill-disk-at-step", "4"))
+        reference = reference.result()
     assert line.startswith(f"dimerec-train: error: {run_dir}/"), line
     assert "No space left on device" in line and "step-00000003" in line and "free space and launch again" in line
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000003"], "no partial step-6 left"
@@ -41,6 +45,5 @@ def test_a_full_disk_stops_every_rank_in_one_line_keeps_the_last_checkpoint_and_
     resumed = faulty_train(run_dir, tiny_dataset)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "step-00000003" in resumed.stderr and max(losses_by_step(run_dir)) == 8
-    reference = faulty_train(tmp_path / "reference", tiny_dataset)
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert losses_by_step(run_dir) == losses_by_step(tmp_path / "reference"), "resumed exactly"

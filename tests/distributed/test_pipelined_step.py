@@ -9,11 +9,10 @@ checked by the trainer itself at every step (train_step.PipelinedStepRunner).
 """
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun
+from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun, two_at_a_time
 
 LOSSES = ("loss/total", "loss/gem", "loss/recon", "loss/ssm")
 STEPS = 50
@@ -41,8 +40,7 @@ def runs(tiny_dataset, tmp_path_factory):
         )
         return run_dir
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(RUNS, pool.map(train, RUNS)))
+    return dict(zip(RUNS, two_at_a_time(train, RUNS)))
 
 
 def losses(run_dir):

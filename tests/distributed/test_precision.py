@@ -9,7 +9,7 @@ HR@10 in bf16 against fp32 is measured in docs/BENCHMARKS.md (a full run is too 
 
 import pytest
 
-from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun
+from tests.distributed.conftest import TINY_JOB, read_jsonl, torchrun, two_at_a_time
 
 LOSSES = ("loss/total", "loss/gem", "loss/recon", "loss/ssm")
 STEPS = 30
@@ -20,7 +20,9 @@ TOLERANCE = {"bf16": 0.03, "fp16_table": 0.01}
 @pytest.fixture(scope="module")
 def runs(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("precision")
-    for name, overrides in RUNS.items():
+
+    def train(name):
+        overrides = RUNS[name]
         torchrun(
             2,
             "dimerec_dist.commands.train",
@@ -32,6 +34,8 @@ def runs(tiny_dataset, tmp_path_factory):
             f"train.max_steps={STEPS}",
             *overrides,
         )
+
+    two_at_a_time(train, RUNS)
     return root
 
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.distributed.conftest import torchrun
+from tests.distributed.conftest import torchrun, two_at_a_time
 from tests.distributed.sequence_variants import VARIANTS
 
 TOLERANCE = 1e-5
@@ -20,12 +20,13 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def results(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("sequence_exactness")
-    by_world = {}
-    for world in (1, 2):
+
+    def run(world):
         out = root / f"world-{world}.json"
         torchrun(world, "tests.distributed.sequence_exactness_job", str(tiny_dataset), str(out))
-        by_world[world] = json.loads(out.read_text())
-    return by_world
+        return json.loads(out.read_text())
+
+    return dict(zip((1, 2), two_at_a_time(run, (1, 2))))
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -4,6 +4,7 @@ wall-clock comparisons of the two modes use, stops, evaluates, and is not spent 
 train.patience, which stops once validation stops improving."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.distributed.conftest import TINY_JOB, faulty_train, losses_by_step, read_jsonl, torchrun
 
@@ -16,8 +17,12 @@ def job(dataset, *extra):
 
 def test_a_sigkilled_rank_restarts_and_the_run_ends_with_the_uninterrupted_losses(tiny_dataset, tmp_path):
     overrides = job(tiny_dataset, "train.max_steps=40", "train.checkpoint_every=10", "train.eval_every_epochs=0")
-    torchrun(2, "dimerec_dist.commands.train", "--run-dir", str(tmp_path / "uninterrupted"), *overrides)
-    done = faulty_train(2, tmp_path / "killed", "--kill-at-step", "25", "--kill-rank", "1", *overrides, restarts=1)
+    with ThreadPoolExecutor(max_workers=1) as beside:  # the reference and the killed run at once
+        reference = beside.submit(
+            torchrun, 2, "dimerec_dist.commands.train", "--run-dir", str(tmp_path / "uninterrupted"), *overrides
+        )
+        done = faulty_train(2, tmp_path / "killed", "--kill-at-step", "25", "--kill-rank", "1", *overrides, restarts=1)
+        reference.result()
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stderr and "step-00000020" in done.stderr
     uninterrupted = losses_by_step(tmp_path / "uninterrupted")
