@@ -4,6 +4,11 @@ citing a figure cites the raw output and this file, so anyone can see what to re
 
     from tools.provenance import write_provenance
     write_provenance(out_dir)          # at the end of a benchmark's main()
+
+A command that is not a benchmark tool (a training run whose metrics a doc cites) runs under it:
+
+    python tools/provenance.py runs/quick_bf16 -- dimerec-train --config configs/quickstart.yaml \
+        --run-dir runs/quick_bf16 train.precision=bf16
 """
 
 from __future__ import annotations
@@ -67,3 +72,25 @@ def write_provenance(out: Path, argv: list[str] | None = None) -> Path:
     path = Path(out) / "provenance.json"
     path.write_text(json.dumps(provenance(argv), indent=2) + "\n")
     return path
+
+
+def main() -> int:
+    """Run the command after `--`; once it succeeds, write its provenance into OUT."""
+    if "--" not in sys.argv[2:3] or len(sys.argv) < 4:
+        print("usage: python tools/provenance.py OUT -- COMMAND [ARG ...]", file=sys.stderr)
+        return 2
+    out, command = Path(sys.argv[1]), sys.argv[3:]
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        return done.returncode
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "provenance.json"
+    record = provenance()
+    record["command"] = shlex.join(command)  # the command measured, not this wrapper
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"provenance: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
