@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,18 +76,16 @@ def test_prepare_train_kill_resume_evaluate_and_export_all_on_the_bucket(bucket,
     assert missing.returncode == 2 and "s3://recs/raw/none.txt does not exist" in missing.stderr
 
     # The reference: a 2-rank job with a local run directory, reading the dataset from the bucket.
-    # Beside it (the two at once), the same job with its run directory on the bucket: checkpoints
-    # there, rank 1 SIGKILLed at step 5, torchrun restarts the job, which resumes from the bucket's
-    # step-4 checkpoint and ends with the reference's losses, its metrics, TensorBoard events, model
-    # and final.json on the bucket.
     overrides = ["data.source=prepared", "data.path=s3://recs/prepared", *CHAIN_JOB]
     local_run = tmp_path / "run"
-    with ThreadPoolExecutor(max_workers=1) as beside:
-        reference = beside.submit(torchrun, 2, "dimerec_dist.commands.train", "--run-dir", str(local_run), *overrides)
-        done = faulty_train(2, RUN, "--kill-at-step", "5", "--kill-rank", "1", *overrides, restarts=1)
-        reference.result()
+    torchrun(2, "dimerec_dist.commands.train", "--run-dir", str(local_run), *overrides)
     assert (local_run / "config.yaml").read_text().count("s3://recs/prepared") == 1
     manifest = json.loads(bucket.get_object(Bucket="recs", Key="prepared/manifest.json")["Body"].read())
+
+    # The same job with its run directory on the bucket: checkpoints there, rank 1 SIGKILLed at step 5,
+    # torchrun restarts the job, which resumes from the bucket's step-4 checkpoint and ends with the
+    # reference's losses, its metrics, TensorBoard events, model and final.json on the bucket.
+    done = faulty_train(2, RUN, "--kill-at-step", "5", "--kill-rank", "1", *overrides, restarts=1)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resumed from {RUN}/checkpoints/step-00000004" in done.stderr
     keys = listing(bucket, "runs/r1/")
