@@ -1,6 +1,6 @@
 # dimerec-dist: the two commands a new machine needs.
 #   make install   create .venv here and install the pinned stack (tools/install.sh owns the matrix)
-#   make test      the test suite, with line coverage of the test process; fails if dimerec_dist/model drops under 90%
+#   make test      the test suite (2 workers), with line coverage of the test processes; fails if dimerec_dist/model drops under 90%
 #   make coverage  the same, measuring every process the tests start too (torchrun jobs, servers; slower)
 #   make lint      ruff's checks and format check (pyproject.toml [tool.ruff]) over the package, research, tools and tests
 #   make format    ruff's formatter, applied
@@ -18,8 +18,12 @@ $(STAMP): tools/install.sh pyproject.toml
 	VENV=$(VENV) bash tools/install.sh
 	touch $@
 
+# Two pytest workers (pytest-xdist), each taking whole test modules (tests/conftest.py groups
+# them): most tests wait on the processes they start, and one worker leaves a core idle a third of the time.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest --cov=dimerec_dist --cov-report=term $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --cov=dimerec_dist --cov-report=term $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='dimerec_dist/model/*' --fail-under=90
 
 coverage: $(STAMP)

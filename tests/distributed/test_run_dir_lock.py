@@ -27,7 +27,7 @@ def test_a_second_job_on_a_held_run_dir_is_refused_naming_the_holder_and_a_resta
         "--kill-rank",
         "0",
         "--step-delay",
-        "0.25",
+        "0.4",  # 34 steps after job B starts: room for B's start on a machine busy with other tests
         *data,
         *JOB,
         restarts=1,
