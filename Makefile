@@ -18,12 +18,12 @@ $(STAMP): tools/install.sh pyproject.toml
 	VENV=$(VENV) bash tools/install.sh
 	touch $@
 
-# Two pytest workers (pytest-xdist), each taking whole test modules (tests/conftest.py groups
+# Two pytest workers (pytest-xdist), each taking whole test modules (tests/conftest.py schedules
 # them): most tests wait on the processes they start, and one worker leaves a core idle a third of the time.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --cov=dimerec_dist --cov-report=term $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --cov=dimerec_dist --cov-report=term $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='dimerec_dist/model/*' --fail-under=90
 
 coverage: $(STAMP)

@@ -11,20 +11,21 @@ from tests.full_disk import FullDiskUnavailable
 from tests.full_disk import small_disk as mount_small_disk
 from tests.read_only import ReadOnlyUnavailable, read_only_directory
 
-# Tests that start Ray (the sharded service, the Ray data backend) run on one pytest worker, one
-# after another: two local Ray clusters on one machine compete for its ports and /tmp/ray. The
-# serving tests share one trained run, bundle and service (session fixtures), made once that way.
+# Under `pytest -n N` (make test: pytest-xdist) a worker takes whole test modules, so a module's
+# fixtures are made once. The tests that start Ray (the sharded service, the Ray data backend) go
+# to one worker together, one after another: two local Ray clusters on one machine compete for
+# its ports and /tmp/ray, and the serving tests share one trained run, bundle and service.
 ONE_WORKER = ("tests/serving/", "tests/data/test_stream.py")
 
 
-def pytest_collection_modifyitems(items):
-    """Under `pytest -n N --dist loadgroup` (make test) a worker takes a whole module, so a module's
-    fixtures are made once; the tests in ONE_WORKER go to a single worker together."""
-    root = Path(__file__).resolve().parents[1]
-    for item in items:
-        module = item.path.relative_to(root).as_posix()
-        group = "ray" if module.startswith(ONE_WORKER) else module
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndRayTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:  # the unit a worker takes (xdist's hook for it)
+            return "ray" if nodeid.startswith(ONE_WORKER) else super()._split_scope(nodeid)
+
+    return ModulesAndRayTogether(config, log)
 
 
 @pytest.fixture(scope="session")
