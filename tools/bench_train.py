@@ -391,6 +391,7 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
     # hits every cell alike; the median rate is reported.
     cells = cells * args.repeats
     results, started = [], time.time()
+    failed: dict[tuple, list[str]] = {}  # a cell's failed runs: their kept output
     for index, key in enumerate(cells):
         device, layout, world, items = key
         if any(r.get("skipped") and cell_key(r) == key for r in results):
@@ -405,22 +406,16 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
             )
             continue
         result_file = Path(args.out) / f"cell-{device}-{layout}-w{world}-{items}.json"
-        earlier = next((r for r in results if cell_key(r) == key), None)
         try:
             run_cell_job(args, world, ["--device", device, "--layout", layout], items, result_file)
         except CellFailed as failure:
             # One crashed job (a gloo segfault, an out-of-memory kill) costs its cell, not the grid's hours;
             # the report names it, a later repeat of the cell may still measure it.
             print(f"[{index + 1}/{len(cells)}] {device} {layout} world {world} {items:,} items: FAILED, {failure}")
-            if earlier is None:
-                results.append({**dict(zip(("device", "layout", "world", "items"), key)), "failed": []})
-                earlier = results[-1]
-            earlier.setdefault("failed", []).append(str(failure.log))
+            failed.setdefault(key, []).append(str(failure.log))
             continue
         result = json.loads(result_file.read_text())
-        if earlier is not None and "samples_per_s" not in earlier:  # every earlier run of the cell failed
-            results.remove(earlier)
-            result["failed"], earlier = earlier["failed"], None
+        earlier = next((r for r in results if cell_key(r) == key), None)
         if earlier is None:
             result["samples_per_s_runs"] = [result["samples_per_s"]]
             results.append(result)
@@ -440,6 +435,12 @@ def run_grid(args, gpus: list[tuple[str, int]]) -> list[dict]:
             f"{device_peak} | {spent:.0f}s elapsed, ETA ~{spent / (index + 1) * (len(cells) - index - 1):.0f}s",
             flush=True,
         )
+    for key, logs in failed.items():
+        measured = next((r for r in results if cell_key(r) == key), None)
+        if measured is None:  # failed on every run: a row of its own, with no figures
+            measured = dict(zip(("device", "layout", "world", "items"), key))
+            results.append(measured)
+        measured["failed"] = logs
     return results
 
 

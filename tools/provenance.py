@@ -58,9 +58,11 @@ def stack() -> dict:
     return versions
 
 
-def provenance(argv: list[str] | None = None) -> dict:
+def provenance(argv: list[str] | None = None, as_given: bool = False) -> dict:
+    """`argv`: a script's arguments (python is put before them), or with `as_given` a whole command."""
+    argv = argv if argv is not None else sys.argv
     return {
-        "command": shlex.join([Path(sys.executable).name, *(argv if argv is not None else sys.argv)]),
+        "command": shlex.join(argv if as_given else [Path(sys.executable).name, *argv]),
         "code": code_version(REPO),
         "machine": machine(),
         "stack": stack(),
@@ -68,15 +70,15 @@ def provenance(argv: list[str] | None = None) -> dict:
     }
 
 
-def write_provenance(out: Path, argv: list[str] | None = None) -> Path:
+def write_provenance(out: Path, argv: list[str] | None = None, as_given: bool = False) -> Path:
     path = Path(out) / "provenance.json"
-    path.write_text(json.dumps(provenance(argv), indent=2) + "\n")
+    path.write_text(json.dumps(provenance(argv, as_given), indent=2) + "\n")
     return path
 
 
 def main() -> int:
     """Run the command after `--`; once it succeeds, write its provenance into OUT."""
-    if "--" not in sys.argv[2:3] or len(sys.argv) < 4:
+    if len(sys.argv) < 4 or sys.argv[2] != "--":
         print("usage: python tools/provenance.py OUT -- COMMAND [ARG ...]", file=sys.stderr)
         return 2
     out, command = Path(sys.argv[1]), sys.argv[3:]
@@ -84,11 +86,7 @@ def main() -> int:
     if done.returncode != 0:
         return done.returncode
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "provenance.json"
-    record = provenance()
-    record["command"] = shlex.join(command)  # the command measured, not this wrapper
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"provenance: {path}")
+    print(f"provenance: {write_provenance(out, command, as_given=True)}")
     return 0
 
 

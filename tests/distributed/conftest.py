@@ -14,16 +14,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def torchrun_command(nproc: int, *target: str, restarts: int = 0) -> list[str]:
-    """torchrun on loopback with `nproc` workers running `target` (`-m MODULE ...` or `SCRIPT ...`)."""
+    """torchrun on loopback with `nproc` workers running `target` (`-m MODULE ...` or `SCRIPT ...`).
+    One rank with no restarts to make is a plain process, as `dimerec-train` runs without torchrun:
+    the same job (a one-rank group), without the agent's start (~2 s a job)."""
+    if nproc == 1 and not restarts:
+        return [sys.executable, *target]
     standalone = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return [*standalone, *([f"--max-restarts={restarts}"] if restarts else []), *target]
 
 
 def torchrun(nproc: int, module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m module args` under torchrun on loopback; fail the test with the job's output.
-    One rank runs as a plain process, as `dimerec-train` does without torchrun: the same job (a
-    one-rank group), without the agent's start (~2 s a job; tests that need the agent say so)."""
-    command = torchrun_command(nproc, "-m", module, *args) if nproc > 1 else [sys.executable, "-m", module, *args]
+    """Run `python -m module args` under torchrun on loopback (see `torchrun_command`); fail the test
+    with the job's output."""
+    command = torchrun_command(nproc, "-m", module, *args)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A session of its own, so a job that times out is killed with its workers, not just the agent.
     with subprocess.Popen(
@@ -77,11 +80,8 @@ FAULTY_TRAIN = REPO / "tools" / "faulty_train.py"  # dimerec-train with a kill o
 
 
 def faulty_train(world: int, run_dir, *args: str, restarts: int = 0) -> subprocess.CompletedProcess:
-    """tools/faulty_train.py under torchrun (`restarts` attempts after the first), its output kept;
-    one rank with no restarts runs as a plain process (see `torchrun`)."""
-    target = [str(FAULTY_TRAIN), "--run-dir", str(run_dir), *args]
-    plain = world == 1 and not restarts
-    command = [sys.executable, *target] if plain else torchrun_command(world, *target, restarts=restarts)
+    """tools/faulty_train.py under torchrun (`restarts` attempts after the first), its output kept."""
+    command = torchrun_command(world, str(FAULTY_TRAIN), "--run-dir", str(run_dir), *args, restarts=restarts)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
